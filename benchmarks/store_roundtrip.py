@@ -1,0 +1,119 @@
+"""Write and read back large index versions in a DuckDB store.
+
+Cases (10^6 items by default): one tree with K=2 and one with K=18 (balanced layout: leaf i has
+the base-K digits of i as its path, depth = ceil(log_K n)), a forest of 4 K=18 trees (each a
+different random permutation of the items over the same layout), and Deep Retrieval codes with
+J=3, D=3, K=100. For each: median (and all runs) of the time to write the version (one
+transaction, including the derived item paths) and to read it back into validated structures.
+
+    python -m benchmarks.store_roundtrip [--items 1000000] [--runs 3]
+
+Writes ``benchmarks/results/store_roundtrip.json`` with machine information. Targets
+(issue 2): write <= 10 s, read <= 3 s for one tree of 10^6 items.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from indexstore.store import Store
+from indexstore.structures import Forest, PathCodes, Tree
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "store_roundtrip.json"
+
+
+def balanced_tree(n: int, arity: int, perm: np.ndarray | None = None) -> Tree:
+    """Leaf i holds item perm[i] (identity by default) at the base-K digits of i."""
+    depth = max(1, int(np.ceil(np.log(n) / np.log(arity) - 1e-9)))
+    digits = (np.arange(n, dtype=np.int64)[:, None] // arity ** np.arange(depth - 1, -1, -1)) % arity
+    items = np.arange(n, dtype=np.int64) if perm is None else perm
+    return Tree.from_paths(digits, items, n, arity)
+
+
+def random_codes(n: int, j: int, d: int, arity: int, seed: int) -> PathCodes:
+    rng = np.random.default_rng(seed)
+    # distinct paths per item: j distinct offsets added to a random base path id, mod K^D
+    base = rng.integers(0, arity ** d, size=(n, 1))
+    path_id = (base + np.arange(j)[None, :] * 7919) % arity ** d  # (n, J) distinct for j*7919 < K^D
+    codes = (path_id[:, :, None] // arity ** np.arange(d - 1, -1, -1)) % arity  # (n, J, D)
+    return PathCodes(codes, rng.random((n, j), dtype=np.float32), arity)
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def run_case(store: Store, name: str, structure, runs: int) -> dict:
+    writes, reads = [], []
+    for r in range(runs):
+        tw, info = timed(lambda: store.write_version(f"bench-{name}", "bench", structure, {"run": r}))
+        tr, back = timed(lambda: store.read_structure(info.id))
+        assert back.equals(structure), f"{name}: round trip differs"
+        writes.append(tw)
+        reads.append(tr)
+        print(f"{name}: run {r}: write {tw:.2f}s read {tr:.2f}s", flush=True)
+    return {"write_s": statistics.median(writes), "read_s": statistics.median(reads),
+            "write_runs": writes, "read_runs": reads}
+
+
+def machine() -> dict:
+    import duckdb
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "duckdb": duckdb.__version__,
+            "numpy": np.__version__}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    n = args.items
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="grove-bench-") as tmp:
+        url = f"duckdb:///{tmp}/bench.duckdb"
+        Store.init(url)
+        store = Store.open(url)
+        cases = {
+            "tree_k2": lambda: balanced_tree(n, 2),
+            "tree_k18": lambda: balanced_tree(n, 18),
+            "forest4_k18": lambda: Forest(tuple(balanced_tree(n, 18, rng.permutation(n)) for _ in range(4))),
+            "codes_j3_d3_k100": lambda: random_codes(n, 3, 3, 100, 0),
+        }
+        results = {}
+        for name, build in cases.items():
+            tb, structure = timed(build)
+            res = run_case(store, name, structure, args.runs)
+            res["build_s"] = tb
+            res["rows"] = ({"nodes": sum(t.n_nodes for t in structure.trees)} if isinstance(structure, Forest)
+                           else {"nodes": structure.n_nodes} if isinstance(structure, Tree)
+                           else {"paths": structure.n_items * structure.n_paths})
+            results[name] = res
+        size = os.path.getsize(f"{tmp}/bench.duckdb")
+    out = {"items": n, "runs": args.runs, "machine": machine(), "store_file_bytes": size,
+           "targets": {"tree_write_s": 10.0, "tree_read_s": 3.0}, "results": results,
+           "meets_targets": all(results[k]["write_s"] <= 10 and results[k]["read_s"] <= 3
+                                for k in ("tree_k2", "tree_k18"))}
+    path = pathlib.Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps({k: {"write_s": round(v["write_s"], 2), "read_s": round(v["read_s"], 2)}
+                      for k, v in results.items()}))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

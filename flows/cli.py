@@ -1,0 +1,51 @@
+"""The ``grove`` command line.
+
+``grove [--store URL] COMMAND ...``; the store URL defaults to ``$GROVE_STORE`` or
+``duckdb:///grove.duckdb`` in the working directory. Store commands live in
+`flows.cli_store`, learning commands in `flows.cli_models`; each registers its subcommands
+and sets ``func(args) -> int``. Every `GroveError` is printed as one line ``error: ...`` on
+stderr with exit status 2; every command but ``init`` (and ``demo``, which runs it) refuses a
+store whose schema is missing or behind.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from indexstore.errors import GroveError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flows import cli_models, cli_store
+
+    parser = argparse.ArgumentParser(prog="grove", description="learned retrieval indexes as versioned data")
+    parser.add_argument("--store", default=None,
+                        help="SQLAlchemy URL of the store (default: $GROVE_STORE or duckdb:///grove.duckdb)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cli_store.register(sub)
+    cli_models.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one grove command; returns the exit status (0 ok, 2 bad input or usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's usage errors (already printed) and --help
+        return int(exc.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GroveError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Bringing datasets into a store: import a file, synthesise one, split one.
+
+Thin glue between the pure data functions (`indexstore.readers`, `indexstore.protocol`,
+`indexstore.synth`) and the `Store`; used by ``grove data ...`` and ``grove demo``.
+"""
+from __future__ import annotations
+
+import pathlib
+
+from indexstore.entities import DatasetInfo, SplitInfo
+from indexstore.errors import InputError
+
+# CLI spellings of the MovieLens formats -> the reader's names
+FORMAT_ALIASES = {"ml-udata": "ml-100k", "ml-csv": "ml-latest", "tsv": "tsv"}
+
+
+def import_file(store, path: str, name: str, *, fmt: str = "auto", items: str | None = None,
+                seed: int = 0, user_col: str | None = None, item_col: str | None = None,
+                time_col: str | None = None, rating_col: str | None = None,
+                behavior_col: str | None = None) -> DatasetInfo:
+    """Read an interactions file (and optionally item categories) into a new dataset."""
+    from indexstore.readers import read_interactions, read_item_categories
+
+    if not pathlib.Path(path).exists():
+        raise InputError(f"{path}: no such file")
+    inter = read_interactions(path, FORMAT_ALIASES.get(fmt, fmt), user_col=user_col, item_col=item_col,
+                              time_col=time_col, rating_col=rating_col, behavior_col=behavior_col)
+    categories = read_item_categories(items, inter.item_raw, seed) if items else None
+    meta = {"format": fmt, "items_file": items, "seed": seed,
+            "columns": {"user": user_col, "item": item_col, "time": time_col, "rating": rating_col,
+                        "behavior": behavior_col}}
+    return store.import_dataset(name, inter, categories, source=str(path), meta=meta)
+
+
+def synth_dataset(store, name: str, n_items: int, n_users: int, seed: int = 0) -> DatasetInfo:
+    """Generate a planted-hierarchy dataset (`indexstore.synth.synthesize`) into the store."""
+    from indexstore.synth import synthesize
+
+    inter, categories = synthesize(n_items, n_users, seed)
+    return store.import_dataset(name, inter, categories, source="synth",
+                                meta={"generator": "indexstore.synth", "n_items": n_items,
+                                      "n_users": n_users, "seed": seed})
+
+
+def split_dataset(store, name: str, split: str = "default", *, seed: int = 0, min_positives: int = 10,
+                  valid_fraction: float = 0.1, test_fraction: float = 0.1,
+                  positive_rating: float | None = 4.0) -> SplitInfo:
+    """Apply the protocol's user split (PROTOCOL.md) to a stored dataset and store it."""
+    from indexstore.protocol import split_users
+
+    store.dataset(name)  # NotFoundError before loading anything
+    inter = store.load_interactions(name)
+    assignment = split_users(inter, positive_rating=positive_rating, min_positives=min_positives,
+                             valid_fraction=valid_fraction, test_fraction=test_fraction, seed=seed)
+    config = {"seed": seed, "min_positives": min_positives, "valid_fraction": valid_fraction,
+              "test_fraction": test_fraction, "positive_rating": positive_rating}
+    return store.write_split(name, split, assignment, config)

@@ -1,0 +1,124 @@
+"""Opening a store: SQLAlchemy engine, schema check against the Alembic head, transactions.
+
+The store is reached through a SQLAlchemy URL (``duckdb:///path`` by default). DuckDB admits
+one read-write process per file and, while it holds the file, no other process at all
+(STACK.md), so every engine uses `NullPool`: a connection lives only as long as one public
+store call, and the file is free between calls.
+
+`transaction` opens one connection, begins one transaction and yields the SQLAlchemy
+connection; `native` reaches the DuckDB connection underneath (same transaction) for bulk
+arrays. A file locked by another process is retried for ``GROVE_STORE_WAIT`` seconds
+(default 10) and then reported as `StoreBusyError`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from indexstore.errors import GroveError, SchemaError, StoreBusyError
+
+DEFAULT_URL = "duckdb:///grove.duckdb"
+_LOCK_RE = re.compile(r"Could not set lock on file|Conflicting lock is held")
+
+
+def default_url(url: str | None = None) -> str:
+    """``url``, else ``$GROVE_STORE``, else ``duckdb:///grove.duckdb`` (in the working dir)."""
+    return url or os.environ.get("GROVE_STORE") or DEFAULT_URL
+
+
+def make_engine(url: str | None = None, read_only: bool = False) -> sa.Engine:
+    """A NullPool engine for ``url``; ``read_only`` opens DuckDB files in read-only mode."""
+    url = default_url(url)
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise GroveError(f"invalid store URL {url!r}: {exc}") from exc
+    connect_args = {}
+    if parsed.get_backend_name() == "duckdb":
+        db = parsed.database
+        if read_only and db and db != ":memory:" and not os.path.exists(db):
+            raise SchemaError(f"store {db} does not exist: run `grove init`")
+        if read_only:
+            connect_args["read_only"] = True
+    try:
+        return sa.create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+        raise GroveError(f"cannot open store URL {url!r}: {exc}") from exc
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    return bool(_LOCK_RE.search(str(getattr(exc, "orig", exc))))
+
+
+def connect(engine: sa.Engine, wait: float | None = None) -> sa.Connection:
+    """Open a connection, retrying while another process holds the DuckDB lock.
+
+    Raises `StoreBusyError` after ``wait`` seconds (default ``$GROVE_STORE_WAIT`` or 10).
+    """
+    wait = float(os.environ.get("GROVE_STORE_WAIT", "10")) if wait is None else wait
+    deadline, delay = time.monotonic() + wait, 0.02
+    while True:
+        try:
+            return engine.connect()
+        except sa.exc.OperationalError as exc:
+            if not _is_lock_error(exc):
+                raise GroveError(f"cannot open store {engine.url}: {str(exc.orig).splitlines()[0]}") from exc
+            if time.monotonic() >= deadline:
+                pid = re.search(r"PID (\d+)", str(exc.orig))
+                who = f"process {pid.group(1)}" if pid else "another process"
+                raise StoreBusyError(f"store {engine.url.database} is locked by {who}; "
+                                     "try again when it has finished") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+@contextmanager
+def transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """One connection, one transaction: committed on success, rolled back on any exception."""
+    conn = connect(engine)
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.close()
+
+
+def native(conn: sa.Connection):
+    """The DuckDB connection under ``conn`` (shares its transaction), for bulk arrays."""
+    return conn.connection.driver_connection
+
+
+# ----------------------------------------------------------------------------------- schema
+def current_revision(conn: sa.Connection) -> str | None:
+    """The Alembic revision the store is at, or None for an empty store."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    return row[0] if row else None
+
+
+def head_revision() -> str:
+    """The newest revision the code knows (the head of migrations/versions)."""
+    from migrations import head_revision as _head
+
+    return _head()
+
+
+def check_schema(engine: sa.Engine) -> str:
+    """Raise `SchemaError` unless the store is at the Alembic head; returns the revision."""
+    head = head_revision()
+    db = engine.url.database
+    if engine.url.get_backend_name() == "duckdb" and db and db != ":memory:" and not os.path.exists(db):
+        raise SchemaError(f"store {db} does not exist: run `grove init`")  # and do not create it
+    with transaction(engine) as conn:
+        rev = current_revision(conn)
+    if rev != head:
+        where = "empty (no schema)" if rev is None else f"at {rev}"
+        raise SchemaError(f"store schema is {where}, code needs {head}: run `grove init`")
+    return rev

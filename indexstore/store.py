@@ -1,0 +1,364 @@
+"""The store facade: datasets, splits, index versions, metrics and aliases.
+
+Every public method validates its arguments, runs in ONE transaction on a short-lived
+connection (NullPool: the DuckDB file is free between calls) and returns plain frozen records
+(`indexstore.entities`) or numpy-backed structures -- never rows or connections.
+
+    store = Store.open()                       # $GROVE_STORE or duckdb:///grove.duckdb
+    info = store.write_version("ml-tdm", "tdm", tree, {"method": "tdm", ...}, "ml", "default")
+    info, tree, artifacts = store.read_version(info.id)
+
+Nothing published is updated in place: versions are written once (status 'ready'), metrics
+are appended, aliases move with a logged event.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import sqlalchemy as sa
+
+from indexstore import aliases, datasets_io, version_io
+from indexstore.diff import VersionDiff, diff_structures
+from indexstore.engine import check_schema, default_url, make_engine, native, transaction
+from indexstore.entities import AliasEvent, DatasetInfo, MetricRow, SplitInfo, VersionInfo, utcnow
+from indexstore.errors import GroveError, NotFoundError
+from indexstore.structures import Structure, kind_of
+
+_METRIC_FIELDS = ("role", "name", "k", "value", "beam", "filtered", "note")
+
+
+def _name(value, what: str) -> str:
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise GroveError(f"{what} must be a non-empty one-line string, got {value!r}")
+    return value
+
+
+def _version_info(row) -> VersionInfo:
+    return VersionInfo(int(row.id), row.index_name, row.kind, row.method,
+                       None if row.parent_id is None else int(row.parent_id), row.dataset, row.split,
+                       row.status, json.loads(row.config or "{}"), row.created_at, row.flow_run_id,
+                       row.note, json.loads(row.shape or "{}"))
+
+
+class Store:
+    """A grove store at a SQLAlchemy URL. Use `Store.open` (checks the schema) or `Store.init`."""
+
+    def __init__(self, url: str | None = None):
+        self.url = default_url(url)
+        self._engine = make_engine(self.url)
+
+    # ------------------------------------------------------------------------- lifecycle
+    @classmethod
+    def open(cls, url: str | None = None, check: bool = True) -> "Store":
+        """Open the store; refuses a schema that is missing or behind (run `grove init`)."""
+        store = cls(url)
+        if check:
+            store.check_schema()
+        return store
+
+    @staticmethod
+    def init(url: str | None = None) -> str:
+        """Create or upgrade the schema to the Alembic head; returns the URL."""
+        import migrations
+
+        url = default_url(url)
+        engine = make_engine(url)
+        from indexstore.engine import connect
+
+        conn = connect(engine)
+        try:
+            migrations.upgrade(url, "head", connection=conn)
+            conn.commit()
+        finally:
+            conn.close()
+        return url
+
+    def check_schema(self) -> str:
+        return check_schema(self._engine)
+
+    @contextmanager
+    def _tx(self):
+        with transaction(self._engine) as conn:
+            yield conn
+
+    # -------------------------------------------------------------------------- datasets
+    def import_dataset(self, name: str, interactions, categories=None, source: str | None = None,
+                       meta: dict | None = None) -> DatasetInfo:
+        """Store a new dataset (interactions, id maps, categories) in one transaction."""
+        _name(name, "dataset name")
+        with self._tx() as conn:
+            return datasets_io.import_dataset(conn, name, interactions, categories, source, meta or {})
+
+    def list_datasets(self) -> list[DatasetInfo]:
+        with self._tx() as conn:
+            return [datasets_io.dataset_info(r) for r in conn.exec_driver_sql(
+                "SELECT * FROM datasets ORDER BY name")]
+
+    def dataset(self, name: str) -> DatasetInfo:
+        with self._tx() as conn:
+            return datasets_io.get_dataset(conn, name)
+
+    def load_interactions(self, name: str):
+        with self._tx() as conn:
+            return datasets_io.load_interactions(conn, name)
+
+    def item_raw_ids(self, dataset: str) -> np.ndarray:
+        """(n_items,) str: raw id of every dense item."""
+        with self._tx() as conn:
+            return datasets_io.item_raw_ids(conn, dataset)
+
+    def item_dense_ids(self, dataset: str, raw: list[str]) -> np.ndarray:
+        """(len(raw),) int64 dense ids of raw item ids, -1 where unknown."""
+        known = self.item_raw_ids(dataset)
+        query = np.asarray([str(r).strip() for r in raw], dtype=str)
+        order = np.argsort(known)
+        pos = np.searchsorted(known[order], query)
+        pos = np.minimum(pos, max(len(known) - 1, 0))
+        hit = (len(known) > 0) & (known[order][pos] == query) if len(known) else np.zeros(len(query), bool)
+        return np.where(hit, order[pos] if len(known) else -1, -1).astype(np.int64)
+
+    def item_categories(self, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+        """(codes (n_items,) int32, -1 none; names (C,) str) of the kept category per item."""
+        with self._tx() as conn:
+            return datasets_io.item_category_codes(conn, dataset)
+
+    # ---------------------------------------------------------------------------- splits
+    def write_split(self, dataset: str, split_name: str, assignment, config: dict | None = None) -> SplitInfo:
+        _name(split_name, "split name")
+        with self._tx() as conn:
+            return datasets_io.write_split(conn, dataset, split_name, assignment, config or {})
+
+    def split(self, dataset: str, split_name: str = "default") -> SplitInfo:
+        with self._tx() as conn:
+            return datasets_io.get_split(conn, dataset, split_name)
+
+    def list_splits(self, dataset: str) -> list[SplitInfo]:
+        with self._tx() as conn:
+            return datasets_io.list_splits(conn, dataset)
+
+    def load_split(self, dataset: str, split_name: str = "default", min_behaviours: int = 1):
+        """The split's `SplitData` (training windows, held-out users) built per PROTOCOL.md."""
+        from indexstore.protocol import build_split_data
+
+        with self._tx() as conn:
+            assignment, info = datasets_io.load_assignment(conn, dataset, split_name)
+            inter = datasets_io.load_interactions(conn, dataset)
+            codes, _ = datasets_io.item_category_codes(conn, dataset)
+        positive = info.config["positive_rating"] if "positive_rating" in info.config else 4.0
+        return build_split_data(inter, assignment, len(inter.item_raw), codes, dataset, split_name,
+                                positive_rating=positive, min_behaviours=min_behaviours)
+
+    # -------------------------------------------------------------------------- versions
+    def _get_version(self, conn, version_id) -> VersionInfo:
+        if isinstance(version_id, bool) or not isinstance(version_id, (int, np.integer)):
+            raise GroveError(f"a version id is an integer, got {version_id!r}")
+        row = conn.execute(sa.text("SELECT * FROM versions WHERE id = :v"), {"v": int(version_id)}).first()
+        if row is None:
+            raise NotFoundError(f"unknown version {version_id}")
+        return _version_info(row)
+
+    def _check_index(self, conn, index_name: str, method: str, kind: str, dataset) -> None:
+        row = conn.execute(sa.text("SELECT method, kind FROM indexes WHERE name = :n"), {"n": index_name}).first()
+        if row is None:
+            conn.execute(sa.text("INSERT INTO indexes VALUES (:n, :m, :k, :d, :t)"),
+                         {"n": index_name, "m": method, "k": kind, "d": dataset, "t": utcnow()})
+        elif (row.method, row.kind) != (method, kind):
+            raise GroveError(f"index {index_name!r} holds {row.method} {row.kind} versions; "
+                             f"cannot add a {method} {kind} version (use another index name)")
+
+    def write_version(self, index_name: str, method: str, structure: Structure, config: dict,
+                      dataset: str | None = None, split: str | None = None, parent_id: int | None = None,
+                      artifacts: dict[str, bytes] | None = None, note: str | None = None,
+                      flow_run_id: str | None = None) -> VersionInfo:
+        """Write a complete version (row, nodes, item paths, artifacts) in one transaction."""
+        _name(index_name, "index name")
+        _name(method, "method")
+        try:
+            kind = kind_of(structure)
+        except TypeError as exc:
+            raise GroveError(str(exc)) from None
+        try:
+            config_json = json.dumps(config if config is not None else {})
+        except (TypeError, ValueError) as exc:
+            raise GroveError(f"version config is not JSON-serialisable: {exc}") from None
+        artifacts = dict(artifacts or {})
+        for key, data in artifacts.items():
+            if not isinstance(key, str) or not isinstance(data, (bytes, bytearray, memoryview)):
+                raise GroveError(f"artifact {key!r} must be bytes under a string name")
+        with self._tx() as conn:
+            if dataset is not None:
+                datasets_io.get_dataset(conn, dataset)
+                if split is not None:
+                    datasets_io.get_split(conn, dataset, split)
+            if parent_id is not None:
+                self._get_version(conn, parent_id)
+            self._check_index(conn, index_name, method, kind, dataset)
+            vid = conn.execute(sa.text(
+                "INSERT INTO versions (index_name, kind, method, parent_id, dataset, split, status, config, "
+                "created_at, flow_run_id, note, shape) VALUES (:i, :k, :m, :p, :d, :s, 'ready', :c, :t, "
+                ":f, :n, :sh) RETURNING id"),
+                {"i": index_name, "k": kind, "m": method, "p": parent_id, "d": dataset, "s": split,
+                 "c": config_json, "t": utcnow(), "f": flow_run_id, "n": note,
+                 "sh": json.dumps(version_io.shape_of(structure))}).scalar_one()
+            nat = native(conn)
+            version_io.write_structure(nat, vid, structure)
+            version_io.write_artifacts(nat, vid, {k: bytes(v) for k, v in artifacts.items()})
+            return self._get_version(conn, vid)
+
+    def read_version(self, version_id: int) -> tuple[VersionInfo, Structure, dict[str, bytes]]:
+        """The version, its structure (validated) and its artifacts (sha256 verified)."""
+        with self._tx() as conn:
+            info = self._get_version(conn, version_id)
+            nat = native(conn)
+            structure = version_io.read_structure(nat, info.id, info.kind, info.shape)
+            return info, structure, version_io.read_artifacts(nat, info.id)
+
+    def read_structure(self, version_id: int) -> Structure:
+        with self._tx() as conn:
+            info = self._get_version(conn, version_id)
+            return version_io.read_structure(native(conn), info.id, info.kind, info.shape)
+
+    def version(self, version_id: int) -> VersionInfo:
+        with self._tx() as conn:
+            return self._get_version(conn, version_id)
+
+    def list_versions(self, index_name: str | None = None) -> list[VersionInfo]:
+        with self._tx() as conn:
+            if index_name is not None:
+                self._require_index(conn, index_name)
+            rows = conn.execute(sa.text("SELECT * FROM versions WHERE :i IS NULL OR index_name = :i "
+                                        "ORDER BY id"), {"i": index_name})
+            return [_version_info(r) for r in rows]
+
+    def list_indexes(self) -> list[tuple[str, str, str, str | None]]:
+        """(name, method, kind, dataset) of every index."""
+        with self._tx() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(
+                "SELECT name, method, kind, dataset FROM indexes ORDER BY name")]
+
+    def lineage(self, version_id: int) -> list[VersionInfo]:
+        """The version and its ancestors along parent_id, newest first."""
+        out, seen = [], set()
+        with self._tx() as conn:
+            v = self._get_version(conn, version_id)
+            while v is not None and v.id not in seen:
+                out.append(v)
+                seen.add(v.id)
+                v = self._get_version(conn, v.parent_id) if v.parent_id is not None else None
+        return out
+
+    def diff(self, v1: int, v2: int) -> VersionDiff:
+        """Items whose leaf/path changed between two versions, agreement per level."""
+        return diff_structures(v1, self.read_structure(v1), v2, self.read_structure(v2))
+
+    def _require_index(self, conn, index_name: str) -> None:
+        if conn.execute(sa.text("SELECT 1 FROM indexes WHERE name = :n"), {"n": index_name}).first() is None:
+            known = [r[0] for r in conn.exec_driver_sql("SELECT name FROM indexes ORDER BY name")]
+            raise NotFoundError(f"unknown index {index_name!r}; the store has: {', '.join(known) or 'none'}")
+
+    def resolve(self, index_name: str, version: int | None = None, alias: str | None = None) -> VersionInfo:
+        """Explicit version (of this index), else ``alias``, else 'production', else the newest."""
+        with self._tx() as conn:
+            self._require_index(conn, index_name)
+            if version is None:
+                if alias is not None:
+                    version = aliases.current(conn, index_name, alias)
+                    if version is None:
+                        raise NotFoundError(f"index {index_name!r} has no alias {alias!r}")
+                else:
+                    version = aliases.current(conn, index_name, "production")
+            if version is None:
+                row = conn.execute(sa.text("SELECT max(id) FROM versions WHERE index_name = :i "
+                                           "AND status = 'ready'"), {"i": index_name}).scalar()
+                if row is None:
+                    raise NotFoundError(f"index {index_name!r} has no ready version")
+                version = int(row)
+            info = self._get_version(conn, version)
+            if info.index_name != index_name:
+                raise GroveError(f"version {info.id} belongs to index {info.index_name!r}, not {index_name!r}")
+            return info
+
+    # --------------------------------------------------------------------------- metrics
+    def record_metrics(self, version_id: int, rows) -> int:
+        """Append metric rows (MetricRow, any object with its fields, or dicts); returns count."""
+        now = utcnow()
+        values = []
+        for r in rows:
+            get = r.get if isinstance(r, dict) else (lambda f, _r=r: getattr(_r, f, None))
+            if get("name") is None or get("value") is None:
+                raise GroveError(f"a metric row needs a name and a value, got {r!r}")
+            values.append({"v": int(version_id), "t": now, "role": get("role"), "name": get("name"),
+                           "k": None if get("k") is None else int(get("k")), "value": float(get("value")),
+                           "beam": None if get("beam") is None else int(get("beam")),
+                           "filtered": bool(get("filtered")), "note": get("note")})
+        with self._tx() as conn:
+            self._get_version(conn, version_id)
+            if values:
+                conn.execute(sa.text("INSERT INTO metrics VALUES (:v, :t, :role, :name, :k, :value, :beam, "
+                                     ":filtered, :note)"), values)
+        return len(values)
+
+    def metrics(self, version_id: int) -> list[MetricRow]:
+        with self._tx() as conn:
+            self._get_version(conn, version_id)
+            rows = conn.execute(sa.text("SELECT * FROM metrics WHERE version_id = :v "
+                                        "ORDER BY recorded_at, role, name, k, beam"), {"v": int(version_id)})
+            return [MetricRow(r.role, r.name, r.k, r.value, r.beam, bool(r.filtered), r.note, r.recorded_at)
+                    for r in rows]
+
+    # --------------------------------------------------------------------------- aliases
+    def set_alias(self, index_name: str, alias: str, version_id: int, reason: str | None = None,
+                  action: str = "set") -> AliasEvent:
+        """Point ``alias`` of ``index_name`` at a version of that index; the move is logged."""
+        _name(alias, "alias")
+        with self._tx() as conn:
+            self._require_index(conn, index_name)
+            info = self._get_version(conn, version_id)
+            if info.index_name != index_name:
+                raise GroveError(f"version {info.id} belongs to index {info.index_name!r}, not {index_name!r}")
+            return aliases.move(conn, index_name, alias, info.id, reason, action)
+
+    def rollback(self, index_name: str, alias: str = "production", to: int | None = None,
+                 reason: str | None = None) -> AliasEvent:
+        """Move ``alias`` back (to ``to``, or to the version before the current one); logged."""
+        with self._tx() as conn:
+            self._require_index(conn, index_name)
+            if aliases.current(conn, index_name, alias) is None:
+                raise NotFoundError(f"index {index_name!r} has no alias {alias!r}")
+            target = aliases.rollback_target(conn, index_name, alias) if to is None else to
+            info = self._get_version(conn, target)
+            if info.index_name != index_name:
+                raise GroveError(f"version {info.id} belongs to index {info.index_name!r}, not {index_name!r}")
+            return aliases.move(conn, index_name, alias, info.id, reason, "rollback")
+
+    def alias_history(self, index_name: str, alias: str | None = None) -> list[AliasEvent]:
+        with self._tx() as conn:
+            self._require_index(conn, index_name)
+            return aliases.history(conn, index_name, alias)
+
+    def aliases(self, index_name: str) -> dict[str, int]:
+        with self._tx() as conn:
+            self._require_index(conn, index_name)
+            rows = conn.execute(sa.text("SELECT alias, version_id FROM aliases WHERE index_name = :i"),
+                                {"i": index_name})
+            return {a: int(v) for a, v in rows}
+
+    # ------------------------------------------------------------------------------- SQL
+    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run ``sql`` on a read-only connection; returns (column names, rows)."""
+        from indexstore.engine import connect
+
+        engine = make_engine(self.url, read_only=True)
+        conn = connect(engine)
+        try:
+            result = conn.exec_driver_sql(sql)
+            if not result.returns_rows:
+                return [], []
+            return list(result.keys()), [tuple(r) for r in result.all()]
+        except sa.exc.DBAPIError as exc:
+            first = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+            raise GroveError(f"query failed: {first}") from None
+        finally:
+            conn.close()

@@ -1,0 +1,230 @@
+"""Moving index structures in and out of the store's tables with DuckDB's bulk paths.
+
+Every function here takes the *native* DuckDB connection of an open transaction
+(`indexstore.engine.native`) so that the caller decides the transaction; arrays travel as
+pyarrow tables registered on the connection (``INSERT INTO t SELECT ... FROM registered``) and
+come back with ``fetchnumpy`` / ``to_arrow_table``, never row by row.
+
+Layout (DESIGN.md):
+
+* ``nodes(version_id, tree, node, level, parent, item)`` -- every node of every tree
+  (``tree`` = index of the tree in a forest, 0 for a single tree).
+* ``item_paths(version_id, tree, item, leaf, path INTEGER[], score)`` -- trees: one row per leaf
+  with its K-way code from the root (score NULL); codes: one row per (item, j) with ``tree = j``,
+  ``leaf`` NULL, the D codes and the path's score.
+
+Reading a tree uses only ``nodes`` (``item_paths`` is derived, for SQL); the structure is rebuilt
+through its validating constructor, so a broken stored structure raises `StructureError`.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+import pyarrow as pa
+
+from indexstore.errors import IntegrityError, StructureError
+from indexstore.structures import Forest, PathCodes, Structure, Tree, kind_of
+
+_tmp_names = itertools.count()
+
+
+def arrow(nat, sql: str, params: list) -> pa.Table:
+    """Run a query on the native connection and return a pyarrow Table (no row objects).
+
+    ``con.sql(...).to_arrow_table()`` is ~3x faster than arrow from an ``execute`` result, but
+    refuses to run while SQLAlchemy's last statement has an unfinished result on the same
+    connection: finish that first with a trivial fully-fetched statement.
+    """
+    nat.execute("SELECT 1").fetchall()
+    return nat.sql(sql, params=params).to_arrow_table()
+
+
+def _insert(nat, table: str, columns: str, select: str, data: pa.Table, params: list) -> None:
+    """``INSERT INTO table (columns) SELECT select FROM <data>`` through a registered view."""
+    name = f"_grove_in_{next(_tmp_names)}"
+    nat.register(name, data)
+    try:
+        nat.execute(f"INSERT INTO {table} ({columns}) SELECT {select} FROM {name}", params)
+    finally:
+        nat.unregister(name)
+
+
+# --------------------------------------------------------------------------------- shapes
+def shape_of(structure: Structure) -> dict:
+    """The parameters that rebuild ``structure`` exactly, stored as ``versions.shape``."""
+    kind = kind_of(structure)
+    if kind == "codes":
+        return {"n_items": structure.n_items, "arity": structure.arity,
+                "n_paths": structure.n_paths, "depth": structure.depth}
+    trees = structure.trees if kind == "forest" else (structure,)
+    n_nodes = [t.n_nodes for t in trees]
+    return {"n_items": trees[0].n_items, "arity": trees[0].arity, "arities": [t.arity for t in trees],
+            "n_trees": len(trees), "n_nodes": n_nodes, "depth": [t.depth for t in trees],
+            "total_nodes": int(sum(n_nodes))}
+
+
+# ---------------------------------------------------------------------------------- trees
+def leaf_paths(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """K-way codes of every leaf as a ragged array.
+
+    Returns (leaves (L,) int64, lengths (L,) int32 = level of each leaf, values (sum lengths,)
+    int32 = the codes root->leaf, leaf after leaf). Uses ``tree.node_paths`` when the tree has
+    already computed it; otherwise walks up from the leaves only (depth passes over L leaves,
+    no (M, depth) matrix).
+    """
+    leaves = tree.leaves
+    lengths = tree.level[leaves].astype(np.int32)
+    depth = tree.depth
+    if "node_paths" in tree.__dict__:  # already cached by whoever built the tree
+        paths = tree.node_paths[leaves]
+    else:
+        parent = tree.parent
+        # breadth-first order: a node's siblings are contiguous, the first is the first node
+        # whose parent equals its parent -> child index = node - first sibling.
+        nodes = np.arange(tree.n_nodes, dtype=np.int64)
+        child_index = nodes - np.searchsorted(parent, parent, side="left")
+        paths = np.empty((leaves.shape[0], depth), dtype=np.int32)  # (L, depth)
+        cur = leaves.copy()
+        for d in range(depth, 0, -1):  # fill column d-1 for leaves at level >= d
+            at = lengths >= d
+            if at.all():
+                paths[:, d - 1] = child_index[cur]
+                cur = parent[cur]
+            else:
+                paths[at, d - 1] = child_index[cur[at]]
+                cur[at] = parent[cur[at]]
+    if (lengths == depth).all():
+        values = np.ascontiguousarray(paths, dtype=np.int32).reshape(-1)
+    else:
+        values = paths[np.arange(depth)[None, :] < lengths[:, None]].astype(np.int32)
+    return leaves, lengths, values
+
+
+def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
+
+
+def write_tree(nat, version_id: int, tree_no: int, tree: Tree) -> None:
+    """Insert the nodes and leaf paths of one tree."""
+    m = tree.n_nodes
+    nodes = pa.table({"node": np.arange(m, dtype=np.int64), "level": tree.level,
+                      "parent": tree.parent, "item": tree.item})
+    _insert(nat, "nodes", "version_id, tree, node, level, parent, item",
+            "$1, $2, node, level, parent, item", nodes, [version_id, tree_no])
+    leaves, lengths, values = leaf_paths(tree)
+    paths = pa.table({"item": tree.item[leaves], "leaf": leaves, "path": _list_array(lengths, values)})
+    _insert(nat, "item_paths", "version_id, tree, item, leaf, path, score",
+            "$1, $2, item, leaf, path, NULL", paths, [version_id, tree_no])
+
+
+def read_tree(nat, version_id: int, tree_no: int, n_nodes: int, n_items: int, arity: int) -> Tree:
+    """Rebuild one tree from ``nodes`` (validated: a broken structure raises StructureError)."""
+    cols = nat.execute("SELECT node, parent, item FROM nodes WHERE version_id = $1 AND tree = $2",
+                       [version_id, tree_no]).fetchnumpy()
+    node = np.asarray(cols["node"], dtype=np.int64)
+    if node.shape[0] != n_nodes:
+        raise IntegrityError(f"version {version_id} tree {tree_no} has {node.shape[0]} nodes stored, "
+                             f"expected {n_nodes}")
+    if n_nodes and (node.min() < 0 or node.max() >= n_nodes
+                    or np.bincount(node, minlength=n_nodes).max() != 1):
+        raise StructureError(f"version {version_id} tree {tree_no}: node numbers are not 0..{n_nodes - 1}")
+    # rows come back in any order: scatter by node number (no ORDER BY sort needed)
+    parent = np.empty(n_nodes, dtype=np.int64)
+    item = np.empty(n_nodes, dtype=np.int64)
+    parent[node] = cols["parent"]
+    item[node] = cols["item"]
+    try:
+        return Tree(parent, item, n_items, arity)
+    except StructureError as exc:
+        raise StructureError(f"version {version_id} tree {tree_no} is broken: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------- codes
+def write_codes(nat, version_id: int, codes: PathCodes) -> None:
+    """One item_paths row per (item, j): tree = j, D codes, score."""
+    n, j, d = codes.codes.shape
+    lengths = np.full(n * j, d, dtype=np.int32)
+    table = pa.table({"tree": np.tile(np.arange(j, dtype=np.int32), n),
+                      "item": np.repeat(np.arange(n, dtype=np.int64), j),
+                      "path": _list_array(lengths, codes.codes.reshape(-1)),
+                      "score": codes.scores.reshape(-1).astype(np.float64)})
+    _insert(nat, "item_paths", "version_id, tree, item, leaf, path, score",
+            "$1, tree, item, NULL, path, score", table, [version_id])
+
+
+def read_codes(nat, version_id: int, n_items: int, n_paths: int, depth: int, arity: int) -> PathCodes:
+    """Rebuild the PathCodes of a codes version (validated)."""
+    t = arrow(nat, "SELECT tree, item, path, score FROM item_paths WHERE version_id = $1", [version_id])
+    rows = n_items * n_paths
+    if t.num_rows != rows:
+        raise IntegrityError(f"version {version_id} has {t.num_rows} path rows stored, expected {rows}")
+    path = t.column("path").combine_chunks()
+    lengths = np.asarray(path.value_lengths().fill_null(-1))
+    if (lengths != depth).any():
+        i = int(np.flatnonzero(lengths != depth)[0])
+        raise StructureError(f"version {version_id}: a stored path has {lengths[i]} codes, expected {depth}")
+    slot = np.asarray(t.column("tree")).astype(np.int64)
+    item = np.asarray(t.column("item")).astype(np.int64)
+    if (slot < 0).any() or (slot >= n_paths).any() or (item < 0).any() or (item >= n_items).any():
+        raise StructureError(f"version {version_id}: a stored path has an item or slot out of range")
+    where = item * n_paths + slot  # (rows,) flat position of (item, j)
+    flat = np.asarray(path.flatten()).reshape(rows, depth)
+    score = np.asarray(t.column("score").combine_chunks().fill_null(np.nan), dtype=np.float32)
+    if np.array_equal(where, np.arange(rows)):  # rows came back in write order: no scatter
+        codes, scores = flat, score
+    else:
+        if np.bincount(where, minlength=rows).max() != 1:
+            raise StructureError(f"version {version_id}: an (item, path) pair is stored twice")
+        codes = np.empty((rows, depth), dtype=np.int32)
+        codes[where] = flat
+        scores = np.empty(rows, dtype=np.float32)
+        scores[where] = score
+    try:
+        return PathCodes(codes.reshape(n_items, n_paths, depth), scores.reshape(n_items, n_paths), arity)
+    except StructureError as exc:
+        raise StructureError(f"version {version_id} is broken: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------ structure
+def write_structure(nat, version_id: int, structure: Structure) -> None:
+    kind = kind_of(structure)
+    if kind == "codes":
+        write_codes(nat, version_id, structure)
+        return
+    trees = structure.trees if kind == "forest" else (structure,)
+    for t, tree in enumerate(trees):
+        write_tree(nat, version_id, t, tree)
+
+
+def read_structure(nat, version_id: int, kind: str, shape: dict) -> Structure:
+    if kind == "codes":
+        return read_codes(nat, version_id, shape["n_items"], shape["n_paths"], shape["depth"], shape["arity"])
+    arities = shape.get("arities") or [shape["arity"]] * shape["n_trees"]
+    trees = [read_tree(nat, version_id, t, shape["n_nodes"][t], shape["n_items"], arities[t])
+             for t in range(shape["n_trees"])]
+    return trees[0] if kind == "tree" else Forest(tuple(trees))
+
+
+# ------------------------------------------------------------------------------ artifacts
+def write_artifacts(nat, version_id: int, artifacts: dict[str, bytes]) -> None:
+    for name, data in sorted(artifacts.items()):
+        nat.execute("INSERT INTO artifacts (version_id, name, sha256, size, data) VALUES ($1, $2, $3, $4, $5)",
+                    [version_id, name, hashlib.sha256(data).hexdigest(), len(data), bytes(data)])
+
+
+def read_artifacts(nat, version_id: int) -> dict[str, bytes]:
+    """All artifacts of a version; raises IntegrityError when bytes do not match their sha256."""
+    out = {}
+    for name, sha, size, data in nat.execute(
+            "SELECT name, sha256, size, data FROM artifacts WHERE version_id = $1 ORDER BY name",
+            [version_id]).fetchall():
+        data = bytes(data) if data is not None else b""
+        if hashlib.sha256(data).hexdigest() != sha or len(data) != size:
+            raise IntegrityError(f"artifact {name!r} of version {version_id} does not match its "
+                                 f"sha256 {sha[:12]}...: the stored bytes were altered")
+        out[name] = data
+    return out

@@ -1,0 +1,233 @@
+"""Evaluate a `Searcher` on held-out users (PROTOCOL.md §4-6).
+
+One search per batch at ``max(ks)`` answers every cut-off: the metrics @k read the first k
+columns of the same ranked list, so P/R/F/NDCG/Novelty at 10 and 50 cost one search.
+
+Filtering seen items (TDM Table 2, "interacted items"): a searcher cannot be told what to leave
+out, so for a batch we ask for ``max(ks) + max_u |S(u)|`` items (capped at n_items), drop the
+items of S(u) (the user's whole first half, not only the 69 behaviours fed to the model) and keep
+the first ``max(ks)`` of what is left, order preserved. A beam searcher whose beam is smaller
+than the number asked for may return a padded list; then the filtered list is shorter and
+precision counts the padding as misses. Pass a beam at least as large as that if it matters.
+
+Timing covers the searcher's calls only (with a CUDA synchronise), not the metric arithmetic.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from indexstore.errors import InputError
+from indexstore.samples import HeldOutUsers
+from models.method import Searcher
+from models.metrics import METRIC_NAMES, fidelity as fidelity_ratio, in_sets, per_user_metrics
+from models.progress import Progress
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric row; the fields mirror the store's ``metrics`` table."""
+
+    role: str  # 'valid' | 'test'
+    name: str  # 'precision' | 'recall' | 'f1' | 'ndcg' | 'novelty' | 'fidelity'
+    k: int
+    value: float
+    beam: int | None  # None for exhaustive search
+    filtered: bool  # seen items removed from the list
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics of one evaluation plus the search's speed.
+
+    rows : every (name, k) metric as a `MetricValue`.
+    users_per_second : held-out users answered per second of search time.
+    mean_candidates : mean candidate items per user, when the searcher reports it (forests, DR).
+    """
+
+    rows: tuple[MetricValue, ...]
+    role: str
+    n_users: int
+    beam: int | None
+    filtered: bool
+    search_seconds: float
+    users_per_second: float
+    mean_candidates: float | None = None
+
+    def value(self, name: str, k: int) -> float:
+        for row in self.rows:
+            if row.name == name and row.k == k:
+                return row.value
+        raise KeyError(f"no metric {name}@{k} in this result")
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"recall@10": 0.12, ...}``."""
+        return {f"{r.name}@{r.k}": r.value for r in self.rows}
+
+    def table(self) -> str:
+        """A small text table: one line per k, one column per metric (percent)."""
+        ks = sorted({r.k for r in self.rows})
+        head = "k".rjust(5) + "".join(n.rjust(11) for n in METRIC_NAMES)
+        lines = [head]
+        for k in ks:
+            vals = "".join(f"{100 * self.value(n, k):10.2f}%" for n in METRIC_NAMES)
+            lines.append(str(k).rjust(5) + vals)
+        how = "exhaustive" if self.beam is None else f"beam {self.beam}"
+        lines.append(f"{self.n_users} {self.role} users, {how}, filtered={self.filtered}, "
+                     f"{self.users_per_second:,.0f} users/s")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    """Beam search against the same model scoring every item: ratios[k] = recall ratio @k."""
+
+    beam_result: EvalResult
+    exhaustive_result: EvalResult
+    ratios: dict[int, float]
+
+    def rows(self) -> list[MetricValue]:
+        r = self.beam_result
+        return [MetricValue(r.role, "fidelity", k, v, r.beam, r.filtered) for k, v in sorted(self.ratios.items())]
+
+
+def _check_args(held_out: HeldOutUsers, ks, beam: int, batch_size: int) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) <= 0:
+        raise InputError(f"every k must be a positive integer, got ks={ks}")
+    if beam <= 0:
+        raise InputError(f"beam must be a positive integer, got {beam}")
+    if batch_size <= 0:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size}")
+    if len(held_out) == 0:
+        raise InputError("there are no held-out users to evaluate")
+    return ks
+
+
+def drop_seen(items: np.ndarray, seen_offsets: np.ndarray, seen_items: np.ndarray, k: int) -> np.ndarray:
+    """Remove each user's seen items from a ranked list, keeping order; first k kept, -1 padded.
+
+    items : (B, m) int -- ranked lists, -1 padded.  seen_offsets (B+1,), seen_items : CSR of S(u).
+    Returns (B, k) int64.
+    """
+    items = np.asarray(items, dtype=np.int64)
+    b, m = items.shape
+    keep = (items >= 0) & ~in_sets(items, seen_offsets, seen_items)  # (B, m)
+    cols = np.arange(m)[None, :]
+    order = np.argsort(np.where(keep, cols, m + cols), axis=1, kind="stable")  # kept first, in order
+    out = np.take_along_axis(np.where(keep, items, -1), order, axis=1)[:, :k]
+    if out.shape[1] < k:
+        out = np.concatenate([out, np.full((b, k - out.shape[1]), -1, dtype=np.int64)], axis=1)
+    return out
+
+
+def _fix_width(items: np.ndarray, k: int) -> np.ndarray:
+    """(B, m) -> (B, k): cut or pad with -1 (a searcher should already return k columns)."""
+    if items.shape[1] >= k:
+        return items[:, :k]
+    pad = np.full((items.shape[0], k - items.shape[1]), -1, dtype=np.int64)
+    return np.concatenate([items, pad], axis=1)
+
+
+def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int | None,
+                 filter_seen: bool = False, batch_size: int = 256,
+                 device: str | torch.device | None = None) -> tuple[np.ndarray, float, float | None]:
+    """Run the searcher over every held-out user in batches.
+
+    Parameters
+    ----------
+    beam : int, or None for the searcher's exhaustive mode.
+    device : where the histories go; default the searcher's device.
+
+    Returns
+    -------
+    items : (U, k) int64 ranked lists (seen items removed when ``filter_seen``), -1 padded.
+    seconds : time spent inside the searcher.
+    mean_candidates : user-weighted mean of ``searcher.last_candidates()``, or None.
+    """
+    dev = torch.device(device) if device is not None else searcher.device
+    n_users = len(held_out)
+    histories = torch.as_tensor(np.asarray(held_out.histories), dtype=torch.int64)  # (U, 69)
+    seen_offsets = np.asarray(held_out.seen_offsets, dtype=np.int64)
+    seen_counts = np.diff(seen_offsets)
+    out = np.full((n_users, k), -1, dtype=np.int64)
+    seconds, cand_sum, cand_users = 0.0, 0.0, 0
+    with Progress("evaluate", total=n_users, unit="user") as progress:
+        for lo in range(0, n_users, batch_size):
+            hi = min(lo + batch_size, n_users)
+            want = k
+            if filter_seen:
+                want = int(min(k + seen_counts[lo:hi].max(initial=0), max(searcher.n_items, k)))
+            batch = histories[lo:hi].to(dev)
+            start = time.perf_counter()
+            if beam is None:
+                _, found = searcher.exhaustive(batch, want)
+            else:
+                _, found = searcher.search(batch, want, beam)
+            if found.is_cuda:
+                torch.cuda.synchronize(found.device)
+            seconds += time.perf_counter() - start
+            found = found.detach().cpu().numpy().astype(np.int64)  # (b, want)
+            if filter_seen:
+                offs = seen_offsets[lo:hi + 1]
+                found = drop_seen(found, offs - offs[0], held_out.seen_items[offs[0]:offs[-1]], k)
+            out[lo:hi] = _fix_width(found, k)
+            cand = searcher.last_candidates()
+            if cand is not None:
+                cand_sum, cand_users = cand_sum + cand * (hi - lo), cand_users + (hi - lo)
+            progress.update(hi - lo)
+    return out, seconds, (cand_sum / cand_users if cand_users else None)
+
+
+def evaluate(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int = 50,
+             filter_seen: bool = False, batch_size: int = 256, exhaustive: bool = False,
+             role: str = "test", device: str | torch.device | None = None) -> EvalResult:
+    """Precision / recall / F / NDCG / novelty @ every k in ``ks``, averaged over users.
+
+    Parameters
+    ----------
+    searcher : a loaded `Searcher` (any method, baselines included).
+    held_out : the valid or test users of a split.
+    ks : cut-offs; one search at max(ks) serves all of them.
+    beam : beam width of the search (ignored, and stored as None, when ``exhaustive``).
+    filter_seen : drop the user's seen items S(u) before cutting at k (see module docstring).
+    exhaustive : use the searcher's brute-force mode instead of beam search.
+    role : 'valid' or 'test', written on every row.
+    device : where histories are sent; default the searcher's device.
+
+    Returns
+    -------
+    EvalResult with len(ks) * 5 rows.
+    """
+    ks = _check_args(held_out, ks, 1 if exhaustive else beam, batch_size)
+    kmax = max(ks)
+    used_beam = None if exhaustive else int(beam)
+    items, seconds, cand = retrieve_all(searcher, held_out, kmax, used_beam, filter_seen, batch_size, device)
+    rows = []
+    for k in sorted(set(ks)):
+        per_user = per_user_metrics(items, k, held_out.truth_offsets, held_out.truth_items,
+                                    held_out.seen_offsets, held_out.seen_items)
+        rows += [MetricValue(role, name, k, float(per_user[name].mean()), used_beam, bool(filter_seen))
+                 for name in METRIC_NAMES]
+    n = len(held_out)
+    return EvalResult(tuple(rows), role, n, used_beam, bool(filter_seen), seconds,
+                      n / max(seconds, 1e-9), cand)
+
+
+def fidelity(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int = 50,
+             filter_seen: bool = False, batch_size: int = 256, role: str = "test",
+             device: str | torch.device | None = None) -> FidelityResult:
+    """Recall of beam search divided by recall of the same model scoring every item, per k.
+
+    Runs `evaluate` twice (beam, then exhaustive) with the same arguments.
+    """
+    common = dict(ks=ks, filter_seen=filter_seen, batch_size=batch_size, role=role, device=device)
+    beam_res = evaluate(searcher, held_out, beam=beam, **common)
+    full_res = evaluate(searcher, held_out, beam=beam, exhaustive=True, **common)
+    ratios = {k: fidelity_ratio(beam_res.value("recall", k), full_res.value("recall", k))
+              for k in sorted(set(int(k) for k in ks))}
+    return FidelityResult(beam_res, full_res, ratios)

@@ -1,0 +1,139 @@
+"""The contract every index method (TDM, JTM, DeFoRec, RecForest, Deep Retrieval) fulfils.
+
+A method is a stateless object with four verbs over a `Built` index (structure + artifacts):
+
+    construct(config, data, seed)          -> Built   initial index (and any pretraining)
+    train(config, built, data, seed)       -> Built   same structure, new weights
+    relearn(config, built, data, seed)     -> Built   new structure from the trained model
+    searcher(config, built, device)        -> Searcher, answers batched top-k queries
+
+Flows call these verbs and write each result as a new store version; they never see tensors.
+Artifacts are the bytes of what the method needs besides the structure (``torch.save`` of
+state dicts, usually ``{"weights.pt": ...}``); the store keeps them as hashed blobs.
+
+Every method has one frozen dataclass config (`MethodConfig` subclass); the version stores
+``dataclasses.asdict(config)`` as JSON and a model is rebuilt with ``config_from_dict``.
+Build-time knobs live in the config; query-time knobs (k, beam) are arguments of ``search``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from indexstore.errors import GroveError, StateError
+from indexstore.samples import SplitData
+from indexstore.structures import Structure
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of the per-method frozen configs. Subclasses add typed fields with defaults."""
+
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(cls: type[MethodConfig], values: dict[str, Any] | None) -> MethodConfig:
+    """Build ``cls`` from a dict, refusing unknown fields with a message that lists known ones."""
+    values = dict(values or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise GroveError(f"unknown config field {unknown[0]!r} for {cls.__name__}; "
+                         f"known fields: {', '.join(sorted(known))}")
+    for name, val in list(values.items()):
+        default = known[name].default
+        if isinstance(default, tuple) and isinstance(val, list):
+            values[name] = tuple(val)  # JSON turns tuples into lists
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise GroveError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True, eq=False)
+class Built:
+    """An index as a method produced it: the structure and named artifact bytes."""
+
+    structure: Structure
+    artifacts: dict[str, bytes] = dataclasses.field(default_factory=dict)
+
+
+class Searcher(ABC):
+    """A loaded, trained index on a device.
+
+    ``histories`` are (B, 69) int64 tensors, nearest first, padded with -1
+    (see `indexstore.samples`). Results are fixed-shape: ``scores`` (B, k) float32 and
+    ``items`` (B, k) int64, best first, padded with -inf / -1 where fewer than k were found.
+    """
+
+    n_items: int
+    device: torch.device
+
+    @abstractmethod
+    def search(self, histories: torch.Tensor, k: int, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beam search over the index."""
+
+    @abstractmethod
+    def exhaustive(self, histories: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same model scoring every item (brute-force reference for fidelity)."""
+
+    def last_candidates(self) -> float | None:
+        """Mean number of candidate items per user in the last search (forests, DR); or None."""
+        return None
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    kind: ClassVar[str]  # 'tree' | 'forest' | 'codes'
+    config_cls: ClassVar[type[MethodConfig]]
+    relearns: ClassVar[bool] = True  # whether `relearn` changes the structure
+
+    @abstractmethod
+    def construct(self, config: MethodConfig, data: SplitData, seed: int) -> Built: ...
+
+    @abstractmethod
+    def train(self, config: MethodConfig, built: Built, data: SplitData, seed: int) -> Built: ...
+
+    @abstractmethod
+    def relearn(self, config: MethodConfig, built: Built, data: SplitData, seed: int) -> Built: ...
+
+    @abstractmethod
+    def searcher(self, config: MethodConfig, built: Built, device: str | torch.device = "cpu") -> Searcher: ...
+
+
+def state_to_bytes(state: dict[str, Any]) -> bytes:
+    """Serialise a state dict (tensors, numbers, strings) with torch.save."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def bytes_to_state(data: bytes, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Inverse of `state_to_bytes`; uses weights_only=True (no code runs on load)."""
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+
+
+def require_artifact(built: Built, name: str, method: str) -> bytes:
+    """The artifact ``name`` or a StateError that says the version was never trained."""
+    if name not in built.artifacts:
+        raise StateError(f"this {method} version has no '{name}': it was never trained "
+                         "(run `grove train` on it first)")
+    return built.artifacts[name]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'cuda' if asked and available, else CPU; a clear error if CUDA is asked but missing."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GroveError("device 'cuda' was asked for but no CUDA GPU is available")
+    return dev

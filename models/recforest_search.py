@@ -1,0 +1,179 @@
+"""RecForest retrieval (appendix Algorithm 4): beam search per tree with cached decoding, the
+union of the items found, and the forest score  sum_t log p_t(item)  over every tree.
+
+An item may sit at several leaves of a complete tree (Algorithm 2 duplicates items). We define
+``p_t(item) = sum over the item's leaves of p_t(leaf path)``: the probability that decoder t
+generates the item. Training samples a leaf uniformly among the item's leaves (see
+`ForestTables.sample_codes`), so probability mass is spread over all of them; scoring takes the
+log-sum-exp over leaves. Leaf log-probs found by a tree's beam are reused; every other
+(candidate, leaf) pair is scored by teacher forcing, compacted to a fixed-width batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from indexstore.errors import StructureError
+from indexstore.structures import Forest, Tree
+from models.method import Searcher
+from models.recforest_model import RecForestNet
+
+PATH_CHUNK = 1 << 16  # max (users x paths) scored by teacher forcing at once
+
+
+def tree_code_tables(tree: Tree, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """A complete K-ary tree -> (leaf_item (K^H,) item of each leaf code, item_codes (n, R)
+    the leaf codes of every item padded -1). A leaf code is its path read as a base-K int."""
+    k, depth = tree.arity, tree.depth
+    leaves, items, paths = tree.leaf_paths()
+    if depth == 0 or (tree.level[leaves] != depth).any() or leaves.size != k ** depth:
+        raise StructureError(f"RecForest tree {index} is not a complete {k}-ary tree "
+                             f"({leaves.size} leaves at depth {depth}, need {k}^{depth})")
+    code = paths @ (k ** np.arange(depth - 1, -1, -1, dtype=np.int64))
+    leaf_item = np.empty(k ** depth, dtype=np.int64)
+    leaf_item[code] = items
+    order = np.lexsort((code, items))  # leaves grouped by item
+    counts = np.bincount(items, minlength=tree.n_items)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(order.size) - first[items[order]]
+    item_codes = np.full((tree.n_items, int(counts.max())), -1, dtype=np.int64)
+    item_codes[items[order], rank] = code[order]
+    return leaf_item, item_codes
+
+
+@dataclass
+class ForestTables:
+    """Per tree, on one device: leaf_item (K^H,), item_codes (n_items, R), n_codes (n_items,)."""
+
+    arity: int
+    depths: list[int]
+    leaf_item: list[torch.Tensor]
+    item_codes: list[torch.Tensor]
+    n_codes: list[torch.Tensor]
+
+    @classmethod
+    def from_forest(cls, forest: Forest, device) -> "ForestTables":
+        arities = {t.arity for t in forest.trees}
+        if len(arities) != 1:
+            raise StructureError(f"the trees of a RecForest index have different arities {sorted(arities)}")
+        leaf_item, item_codes, n_codes = [], [], []
+        for i, tree in enumerate(forest.trees):
+            li, ic = tree_code_tables(tree, i)
+            leaf_item.append(torch.as_tensor(li, device=device))
+            item_codes.append(torch.as_tensor(ic, device=device))
+            n_codes.append((item_codes[-1] >= 0).sum(1))
+        return cls(arities.pop(), [t.depth for t in forest.trees], leaf_item, item_codes, n_codes)
+
+    def digits(self, codes: torch.Tensor, t: int) -> torch.Tensor:
+        """Leaf codes (...) -> K-way paths (..., H_t)."""
+        h = self.depths[t]
+        powers = self.arity ** torch.arange(h - 1, -1, -1, device=codes.device)
+        return (codes.clamp(min=0)[..., None] // powers) % self.arity
+
+    def to_codes(self, digits: torch.Tensor) -> torch.Tensor:
+        h = digits.shape[-1]
+        powers = self.arity ** torch.arange(h - 1, -1, -1, device=digits.device)
+        return (digits * powers).sum(-1)
+
+    def sample_codes(self, items: torch.Tensor, t: int, gen: torch.Generator) -> torch.Tensor:
+        """Training targets: for items (n,), one of each item's leaves in tree t, uniformly
+        at random -> paths (n, H_t)."""
+        u = torch.rand(items.shape, generator=gen, device=gen.device).to(items.device)
+        r = (u * self.n_codes[t][items]).long()
+        return self.digits(self.item_codes[t][items, r], t)
+
+
+def score_paths(dec, mem, digits: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced log p(path) for digits (U, P, H) -> (U, P), chunked over P."""
+    u, p, _ = digits.shape
+    step = max(1, PATH_CHUNK // max(u, 1))
+    return torch.cat([dec.path_log_probs(mem, digits[:, i:i + step]) for i in range(0, p, step)], dim=1)
+
+
+def unique_rows(items: torch.Tensor) -> torch.Tensor:
+    """(U, C) item ids (-1 holes) -> same shape, each item kept once per row, others -1."""
+    s, _ = items.sort(dim=1)
+    dup = torch.zeros_like(s, dtype=torch.bool)
+    dup[:, 1:] = s[:, 1:] == s[:, :-1]
+    return torch.where(dup, torch.full_like(s, -1), s)
+
+
+class RecForestSearcher(Searcher):
+    """Beam search over every tree's decoder, union of items, rank by sum_t log p_t(item)."""
+
+    def __init__(self, net: RecForestNet, tables: ForestTables, n_items: int, device: torch.device):
+        self.net, self.tables, self.n_items, self.device = net.eval(), tables, n_items, device
+        self._last_candidates: float | None = None
+
+    def last_candidates(self) -> float | None:
+        return self._last_candidates
+
+    def _item_log_probs(self, t, mem, cand, beam_codes, beam_lp):
+        """log p_t(item) for candidates (U, C) (-1 holes -> -inf), reusing the beam's leaves
+        beam_codes / beam_lp (U, B)."""
+        tab, dec = self.tables, self.net.decoders[t]
+        u, c = cand.shape
+        leaves = tab.item_codes[t][cand.clamp(min=0)]  # (U, C, R)
+        leaves = torch.where((cand >= 0)[..., None], leaves, torch.full_like(leaves, -1)).reshape(u, -1)
+        sorted_codes, order = beam_codes.sort(dim=1)
+        pos = torch.searchsorted(sorted_codes, leaves).clamp(max=sorted_codes.shape[1] - 1)
+        hit = (sorted_codes.gather(1, pos) == leaves) & (leaves >= 0)
+        lp = torch.where(hit, beam_lp.gather(1, order.gather(1, pos)), torch.full_like(leaves, 0.0, dtype=beam_lp.dtype))
+        lp = lp.masked_fill(leaves < 0, float("-inf"))
+        missing = (leaves >= 0) & ~hit
+        width = int(missing.sum(1).max().item()) if missing.numel() else 0
+        if width:
+            idx = torch.argsort((~missing).to(torch.int8), dim=1, stable=True)[:, :width]  # (U, W)
+            sub = leaves.gather(1, idx)
+            scored = score_paths(dec, mem, tab.digits(sub, t))
+            take = missing.gather(1, idx)
+            lp = lp.scatter(1, idx, torch.where(take, scored, lp.gather(1, idx)))
+        return torch.logsumexp(lp.view(u, c, -1), dim=2)
+
+    @torch.no_grad()
+    def search(self, histories: torch.Tensor, k: int, beam: int):
+        histories = histories.to(self.device).long()
+        mems = self.net.memories(histories)
+        found = []
+        for t, (dec, mem) in enumerate(zip(self.net.decoders, mems)):
+            digits, lp = dec.beam_search(mem, beam)
+            codes = self.tables.to_codes(digits)
+            found.append((codes, lp, self.tables.leaf_item[t][codes]))
+        cand = unique_rows(torch.cat([f[2] for f in found], dim=1))  # (U, C)
+        self._last_candidates = float((cand >= 0).sum(1).float().mean().item())
+        total = torch.zeros(cand.shape, device=self.device)
+        for t, mem in enumerate(mems):
+            total = total + self._item_log_probs(t, mem, cand, found[t][0], found[t][1])
+        total = total.masked_fill(cand < 0, float("-inf"))
+        return _top_k(total, cand, k)
+
+    @torch.no_grad()
+    def exhaustive(self, histories: torch.Tensor, k: int):
+        """Every item scored by sum_t log p_t(item): all leaves teacher-forced (chunked)."""
+        histories = histories.to(self.device).long()
+        u = histories.shape[0]
+        total = torch.zeros(u, self.n_items, device=self.device)
+        for t, (dec, mem) in enumerate(zip(self.net.decoders, self.net.memories(histories))):
+            n_leaves = self.tables.leaf_item[t].shape[0]
+            all_codes = torch.arange(n_leaves, device=self.device)
+            digits = self.tables.digits(all_codes, t).expand(u, -1, -1)
+            leaf_lp = score_paths(dec, mem, digits)  # (U, K^H)
+            codes = self.tables.item_codes[t]  # (n_items, R)
+            per = leaf_lp[:, codes.clamp(min=0)].masked_fill((codes < 0)[None], float("-inf"))
+            total = total + torch.logsumexp(per, dim=2)
+        items = torch.arange(self.n_items, device=self.device).expand(u, -1)
+        return _top_k(total, items, k)
+
+
+def _top_k(scores: torch.Tensor, items: torch.Tensor, k: int):
+    """(U, C) scores/items -> (U, k) best first, padded -inf / -1."""
+    u, c = scores.shape
+    if c < k:
+        scores = torch.cat([scores, scores.new_full((u, k - c), float("-inf"))], dim=1)
+        items = torch.cat([items, items.new_full((u, k - c), -1)], dim=1)
+    top, idx = scores.topk(k, dim=1)
+    out = items.gather(1, idx)
+    out = torch.where(torch.isfinite(top), out, torch.full_like(out, -1))
+    return top.float(), out.long()

@@ -1,0 +1,146 @@
+"""`Retriever`: loads one index version from the store onto a device and answers top-k queries.
+
+Lifecycle: ``Retriever.load(store, index, version=..., alias=...)`` reads the structure, config
+and weights (hashes verified by the store) into memory and lets go of the store file, so a
+DuckDB writer is never blocked by a serving process. ``retrieve`` then runs without the store.
+
+Histories come in *time order* (oldest first), as dense item ids (``retrieve``) or as the
+dataset's raw ids (``retrieve_raw``). Unknown ids are dropped and counted, never a crash.
+An empty history is served from the prior: the model is queried with an all-padding input
+(for TDM this is the tree's answer for a user with no behaviour: the popular branches it learnt).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from indexstore.errors import GroveError
+from indexstore.samples import MAX_BEHAVIOURS, pad_histories
+from models.method import Built, Searcher, config_from_dict, resolve_device
+from models.registry import get_method
+
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class RawResult:
+    """Result of `Retriever.retrieve_raw`: raw ids (None where padded), scores, dropped ids."""
+
+    items: list[list[str | None]]
+    scores: np.ndarray
+    unknown: int
+
+
+class Retriever:
+    """A loaded index version. Build with `Retriever.load`, not the constructor."""
+
+    def __init__(self, version, searcher: Searcher, item_raw: np.ndarray, load_seconds: float):
+        self.version = version
+        self.searcher = searcher
+        self.item_raw = item_raw
+        self._raw_to_dense = {str(r): i for i, r in enumerate(item_raw.tolist())}
+        self.load_seconds = load_seconds
+        self.n_items = int(item_raw.shape[0])
+
+    @classmethod
+    def load(cls, store, index: str, version: int | None = None, alias: str | None = None,
+             device: str | None = "auto") -> "Retriever":
+        """Load ``index`` at an explicit version, an alias, or (neither) production / newest."""
+        start = time.perf_counter()
+        info = store.resolve(index, version=version, alias=alias)
+        _, structure, artifacts = store.read_version(info.id)
+        item_raw = store.item_raw_ids(info.dataset)
+        method = get_method(info.method)
+        config = config_from_dict(method.config_cls, info.config.get("config", {}))
+        searcher = method.searcher(config, Built(structure, artifacts), resolve_device(device))
+        return cls(info, searcher, item_raw, time.perf_counter() - start)
+
+    @property
+    def device(self) -> torch.device:
+        return self.searcher.device
+
+    # ---------------------------------------------------------------------------- queries
+    def retrieve(self, histories, k: int, beam: int, exclude_seen: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items for a batch of users.
+
+        Parameters
+        ----------
+        histories : list of time-ordered dense item id sequences (any length, may be empty),
+            or a (B, L) int array padded with -1.
+        k, beam : result size and beam width (both > 0).
+        exclude_seen : drop items of the history from the result.
+
+        Returns
+        -------
+        scores : (B, k) float32, best first, -inf where padded.
+        items : (B, k) int64 dense item ids, -1 where padded.
+        """
+        _check_query(k, beam)
+        rows = [np.asarray([i for i in h if i >= 0], dtype=np.int64) for h in histories]
+        if len(rows) > MAX_BATCH:
+            raise GroveError(f"a batch holds at most {MAX_BATCH} histories, got {len(rows)}")
+        for h in rows:
+            if h.size and (h.max() >= self.n_items):
+                raise GroveError(f"item id {int(h.max())} is out of range [0, {self.n_items})")
+        if not rows:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        padded = torch.from_numpy(pad_histories(rows, MAX_BEHAVIOURS).astype(np.int64)).to(self.device)
+        extra = max((len(h) for h in rows), default=0) if exclude_seen else 0
+        want = min(k + extra, self.n_items)
+        with torch.inference_mode():
+            scores, items = self.searcher.search(padded, want, beam)
+        scores, items = scores.float().cpu().numpy(), items.cpu().numpy().astype(np.int64)
+        if exclude_seen:
+            scores, items = _drop_seen(scores, items, rows)
+        return _fit(scores, items, k)
+
+    def retrieve_raw(self, histories: list[list[str]], k: int, beam: int,
+                     exclude_seen: bool = False) -> RawResult:
+        """Like `retrieve`, with the dataset's raw item ids in and out. Unknown raw ids are dropped
+        (their count is returned and warned about)."""
+        dense, unknown = [], 0
+        for h in histories:
+            ids = [self._raw_to_dense.get(str(x)) for x in h]
+            unknown += sum(i is None for i in ids)
+            dense.append([i for i in ids if i is not None])
+        if unknown:
+            warnings.warn(f"{unknown} unknown item id(s) in the histories were ignored", stacklevel=2)
+        scores, items = self.retrieve(dense, k, beam, exclude_seen)
+        raw = [[str(self.item_raw[i]) if i >= 0 else None for i in row] for row in items.tolist()]
+        return RawResult(raw, scores, unknown)
+
+
+def _check_query(k: int, beam: int) -> None:
+    if not isinstance(k, (int, np.integer)) or k <= 0:
+        raise GroveError(f"k must be a positive integer, got {k!r}")
+    if not isinstance(beam, (int, np.integer)) or beam <= 0:
+        raise GroveError(f"beam must be a positive integer, got {beam!r}")
+
+
+def _drop_seen(scores: np.ndarray, items: np.ndarray, rows: list[np.ndarray]):
+    """Mask items present in each row's history; keep order of the rest."""
+    b, w = items.shape
+    seen = np.zeros((b, w), dtype=bool)
+    for i, h in enumerate(rows):  # histories are short (<= a few hundred): one isin per user
+        if h.size:
+            seen[i] = np.isin(items[i], h)
+    keep = (~seen) & (items >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept entries first, original order
+    items = np.take_along_axis(np.where(keep, items, -1), order, axis=1)
+    scores = np.take_along_axis(np.where(keep, scores, -np.inf), order, axis=1)
+    return scores, items
+
+
+def _fit(scores: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut or pad to exactly (B, k)."""
+    b, w = items.shape
+    if w >= k:
+        return scores[:, :k].astype(np.float32), items[:, :k]
+    pad_s = np.full((b, k - w), -np.inf, dtype=np.float32)
+    pad_i = np.full((b, k - w), -1, dtype=np.int64)
+    return np.concatenate([scores.astype(np.float32), pad_s], 1), np.concatenate([items, pad_i], 1)

@@ -1,0 +1,247 @@
+"""TDM (KDD 2018) and JTM (NeurIPS 2019) behind the `models.method.Method` contract.
+
+Lifecycle of both (each verb's result is one store version):
+
+* ``construct``: TDM's category tree (§3.5, generalised to K children): categories shuffled with
+  the seed, items of a category together, the list split recursively into near-equal parts.
+  No weights yet.
+* ``train``: the attention-DNN scorer (`models.tdm.TDMScorer`; JTM: `models.jtm.HierarchicalScorer`)
+  trained on the version's tree with per-level negative sampling and binary cross-entropy
+  (`models.tree_training`) -> artifact ``weights.pt``. Training a version that already has
+  weights continues from them; training a freshly relearnt tree warm-starts from the previous
+  model (``warm_start.pt``, see below).
+* ``relearn``: a new tree from the trained model. TDM: top-down balanced k-means over the learnt
+  item (= leaf) embeddings (§3.5). JTM: Algorithm 2 (top-down assignment d levels at a time by
+  the log-likelihood of each item's training pairs, with the capacity rebalance,
+  `models.jtm.learn_tree`). The new version carries the old model and old tree as
+  ``warm_start.pt`` and no ``weights.pt``: its tree has never been trained, so it cannot be
+  searched until `train` runs.
+* ``searcher``: TDM Algorithm 1, batched (`models.beam_search.beam_search`); ``exhaustive``
+  scores every leaf with the same model.
+
+Choices where the papers are silent
+-----------------------------------
+* Warm start after relearning. TDM retrains "the model" on the new tree; we keep item
+  embeddings and the network and re-initialise internal-node embeddings (k-means positions mean
+  something new). JTM's tree learning keeps positions, so internal nodes are also carried over
+  by their K-way path code (`models.tdm.transfer_weights`). A cold start is ``warm_start=False``.
+* Negatives: level l gets ``ceil(neg_base * neg_growth ** (l - 1))`` (TDM §5.2 draws more near
+  the leaves). With the defaults a depth-11 binary tree draws ~110 negatives per sample, the
+  order of the papers' 100-200.
+* JTM uses the same batch-normalised MLP as TDM (the supplement describes the same network).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from indexstore.errors import GroveError
+from indexstore.samples import SplitData
+from indexstore.structures import Tree
+from models.beam_search import beam_search, exhaustive
+from models.jtm import HierarchicalScorer, learn_tree
+from models.method import (Built, Method, MethodConfig, Searcher, bytes_to_state, require_artifact,
+                           resolve_device, state_to_bytes)
+from models.tdm import TDMScorer, transfer_weights
+from models.tree_builders import category_tree, kmeans_tree, tree_tensors
+from models.tree_training import TrainOptions, train_scorer
+
+WEIGHTS = "weights.pt"
+WARM_START = "warm_start.pt"
+
+
+@dataclass(frozen=True)
+class TreeMethodConfig(MethodConfig):
+    """Knobs shared by TDM and JTM (saved with every version).
+
+    arity: K children per node. dim: embedding size (24). hidden: MLP widths (128, 64, 24).
+    epochs, batch_size, lr, lr_decay: Adam with per-epoch exponential decay (1e-3, 0.9).
+    neg_base, neg_growth, negatives: negatives per level (module doc; explicit counts win).
+    max_samples: train on a seeded subset of this many windows (0 = all).
+    warm_start: start training a relearnt tree from the previous model.
+    device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+    """
+
+    arity: int = 2
+    dim: int = 24
+    hidden: tuple[int, ...] = (128, 64, 24)
+    epochs: int = 1
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_decay: float = 0.9
+    neg_base: float = 2.0
+    neg_growth: float = 1.3
+    negatives: tuple[int, ...] = ()
+    max_samples: int = 0
+    warm_start: bool = True
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.arity < 2:
+            raise ValueError(f"arity must be >= 2, got {self.arity}")
+        if self.dim < 1 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("dim, batch_size and lr must be positive and epochs >= 0; got "
+                             f"dim={self.dim}, epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+        if self.neg_base <= 0 or self.neg_growth <= 0 or any(n < 0 for n in self.negatives):
+            raise ValueError("negatives must be positive")
+        if self.max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0, got {self.max_samples}")
+
+    def train_options(self, seed: int) -> TrainOptions:
+        return TrainOptions(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_decay=self.lr_decay,
+                            neg_base=self.neg_base, neg_growth=self.neg_growth, negatives=tuple(self.negatives),
+                            max_samples=self.max_samples or None, seed=seed)
+
+
+@dataclass(frozen=True)
+class TDMConfig(TreeMethodConfig):
+    """TDM: plus ``kmeans_iters``, the balanced k-means rounds per split when relearning."""
+
+    kmeans_iters: int = 10
+
+
+@dataclass(frozen=True)
+class JTMConfig(TreeMethodConfig):
+    """JTM: plus ``gap`` (d, levels assigned per tree-learning step; 7 in the supplement) and
+    ``tree_samples`` (training pairs scored by tree learning, seeded subset; 0 = all)."""
+
+    gap: int = 7
+    tree_samples: int = 100_000
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gap < 1 or self.tree_samples < 0:
+            raise ValueError(f"gap must be >= 1 and tree_samples >= 0; got {self.gap}, {self.tree_samples}")
+
+
+def _tree(built: Built) -> Tree:
+    if not isinstance(built.structure, Tree):
+        raise GroveError(f"a tree index holds a Tree, got {type(built.structure).__name__}")
+    return built.structure
+
+
+def _state(scorer: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in scorer.state_dict().items()}
+
+
+def _tree_state(tree: Tree) -> dict:
+    return {"parent": torch.from_numpy(tree.parent.copy()), "item": torch.from_numpy(tree.item.copy()),
+            "n_items": tree.n_items, "arity": tree.arity}
+
+
+def _tree_from_state(saved: dict) -> Tree:
+    return Tree(saved["parent"].numpy(), saved["item"].numpy(), int(saved["n_items"]), int(saved["arity"]))
+
+
+class TreeSearcher(Searcher):
+    """A trained tree and its scorer on a device: batched beam search and exhaustive scoring."""
+
+    def __init__(self, scorer: TDMScorer, tree: Tree, device: torch.device):
+        self.scorer, self.tree, self.device = scorer.to(device).eval(), tree, device
+        self.tt = tree_tensors(tree, device)
+        self.n_items = tree.n_items
+
+    def _score_fn(self, hist: torch.Tensor):
+        """The beam-search score function over (user-major) pairs: one scorer call per level,
+        each user's behaviours encoded once for its W candidates."""
+        b = hist.shape[0]
+
+        def score(rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+            grid = nodes.view(b, -1)                                   # (B, W)
+            # padding pairs come as the root (node 0), never a real candidate below level 0;
+            # give them a real candidate of this call so all pairs share a level (JTM's
+            # hierarchical behaviours then take their one-level fast path). Scores are discarded.
+            grid = torch.where(grid == 0, grid.max(), grid)
+            return self.scorer.score(hist, grid).reshape(-1)
+
+        return score
+
+    @torch.inference_mode()
+    def search(self, histories: torch.Tensor, k: int, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hist = histories.to(self.device).long()
+        return beam_search(self.tt, self._score_fn(hist), hist.shape[0], k, beam)
+
+    @torch.inference_mode()
+    def exhaustive(self, histories: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hist = histories.to(self.device).long()
+        # leaves per call: keep B * chunk * 69 * 36 activation floats around 2**26
+        chunk = max(64, (1 << 26) // max(1, hist.shape[0] * hist.shape[1] * 36))
+        return exhaustive(self.tt, self._score_fn(hist), hist.shape[0], k, chunk=chunk)
+
+
+class _TreeMethod(Method):
+    """What TDM and JTM share; subclasses pick the scorer and the relearning."""
+
+    kind = "tree"
+    keep_nodes_by_path: bool = False
+
+    def make_scorer(self, config: TreeMethodConfig, tree: Tree) -> TDMScorer:
+        return TDMScorer(tree, dim=config.dim, hidden=tuple(config.hidden))
+
+    def load_scorer(self, config: TreeMethodConfig, built: Built, device: torch.device) -> TDMScorer:
+        tree = _tree(built)
+        scorer = self.make_scorer(config, tree)
+        scorer.load_state_dict(bytes_to_state(require_artifact(built, WEIGHTS, self.name), "cpu"))
+        return scorer.to(device).eval()
+
+    def construct(self, config: TreeMethodConfig, data: SplitData, seed: int) -> Built:
+        return Built(category_tree(data.item_category, arity=config.arity, seed=seed), {})
+
+    def train(self, config: TreeMethodConfig, built: Built, data: SplitData, seed: int) -> Built:
+        tree = _tree(built)
+        device = resolve_device(config.device)
+        torch.manual_seed(seed)
+        scorer = self.make_scorer(config, tree)
+        if WEIGHTS in built.artifacts:  # more training of a trained tree continues from its weights
+            scorer.load_state_dict(bytes_to_state(built.artifacts[WEIGHTS], "cpu"))
+        elif WARM_START in built.artifacts and config.warm_start:
+            saved = bytes_to_state(built.artifacts[WARM_START], "cpu")
+            transfer_weights(scorer, saved["state"], _tree_from_state(saved["tree"]), tree,
+                             keep_nodes_by_path=self.keep_nodes_by_path)
+        train_scorer(scorer, tree, data.train.behaviours, data.train.targets, config.train_options(seed),
+                     device, desc=f"{self.name} train")
+        return Built(tree, {WEIGHTS: state_to_bytes(_state(scorer))})
+
+    def relearn(self, config: TreeMethodConfig, built: Built, data: SplitData, seed: int) -> Built:
+        tree = _tree(built)
+        device = resolve_device(config.device)
+        scorer = self.load_scorer(config, built, device)
+        new = self.learn(config, scorer, tree, data, seed, device)
+        warm = {"state": _state(scorer), "tree": _tree_state(tree)}
+        return Built(new, {WARM_START: state_to_bytes(warm)})
+
+    def learn(self, config, scorer: TDMScorer, tree: Tree, data: SplitData, seed: int,
+              device: torch.device) -> Tree:
+        raise NotImplementedError
+
+    def searcher(self, config: TreeMethodConfig, built: Built, device="cpu") -> Searcher:
+        device = resolve_device(device)
+        return TreeSearcher(self.load_scorer(config, built, device), _tree(built), device)
+
+
+class TDMMethod(_TreeMethod):
+    """TDM: category tree -> train -> k-means tree over the learnt leaf embeddings -> train ..."""
+
+    name = "tdm"
+    config_cls = TDMConfig
+
+    def learn(self, config: TDMConfig, scorer, tree, data, seed, device) -> Tree:
+        emb = scorer.item_embeddings().detach()  # (n_items, d): item i's leaf embedding
+        return kmeans_tree(emb, arity=config.arity, seed=seed, device=device, iters=config.kmeans_iters)
+
+
+class JTMMethod(_TreeMethod):
+    """JTM: hierarchical user preference representation + joint tree learning (Algorithm 2)."""
+
+    name = "jtm"
+    config_cls = JTMConfig
+    keep_nodes_by_path = True
+
+    def make_scorer(self, config: JTMConfig, tree: Tree) -> TDMScorer:
+        return HierarchicalScorer(tree, dim=config.dim, hidden=tuple(config.hidden))
+
+    def learn(self, config: JTMConfig, scorer, tree, data, seed, device) -> Tree:
+        return learn_tree(scorer, tree, data.train.behaviours, data.train.targets, gap=config.gap,
+                          max_samples=config.tree_samples or None, seed=seed, device=device)
+

@@ -1,0 +1,33 @@
+"""Shared fixtures. Prefect and grove are kept off $HOME and quiet in tests."""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import pytest
+
+_PREFECT_HOME = pathlib.Path(tempfile.mkdtemp(prefix="grove-prefect-"))
+os.environ.setdefault("PREFECT_HOME", str(_PREFECT_HOME))
+os.environ.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{_PREFECT_HOME}/prefect.db")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("GROVE_QUIET", "1")
+
+SHARED_DATASETS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture
+def shared_datasets() -> pathlib.Path:
+    """../shared/datasets, or skip the test when it is absent."""
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip("../shared/datasets is absent")
+    return SHARED_DATASETS
+
+
+@pytest.fixture
+def store_url(tmp_path) -> str:
+    """A fresh DuckDB file URL in the test's temporary directory (not yet initialised)."""
+    return f"duckdb:///{tmp_path / 'grove.duckdb'}"

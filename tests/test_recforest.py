@@ -1,0 +1,216 @@
+"""RecForest: the decoder's cached beam search, the forest tables, training and retrieval."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from indexstore.errors import StateError, StructureError
+from indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
+from indexstore.structures import Forest, Tree
+from models.method import Built
+from models.recforest import RecForestConfig, RecForestMethod, svd_item_embeddings
+from models.recforest_model import RecForestNet
+from models.recforest_search import ForestTables, RecForestSearcher, tree_code_tables
+
+
+def planted_split(n_items=60, n_groups=6, n_users=240, seq=12, seed=0) -> SplitData:
+    """Users each like one group of items: histories and targets are drawn from it."""
+    rng = np.random.default_rng(seed)
+    group = np.arange(n_items) % n_groups
+    members = [np.flatnonzero(group == g) for g in range(n_groups)]
+    hist, targets, users, offsets, flat = [], [], [], [0], []
+    for u in range(n_users):
+        seqn = rng.choice(members[u % n_groups], size=seq)
+        flat.extend(seqn)
+        offsets.append(len(flat))
+        for j in range(4, seq):
+            hist.append(seqn[:j])
+            targets.append(seqn[j])
+            users.append(u)
+    train = TrainingSamples(pad_histories(hist), np.array(targets, np.int32), np.array(users, np.int32))
+
+    def held(n, base):
+        h, so, si, to, ti = [], [0], [], [0], []
+        for u in range(n):
+            items = rng.choice(members[u % n_groups], size=8, replace=False)
+            h.append(items[:4])
+            si.extend(items[:4]); so.append(len(si))
+            ti.extend(items[4:]); to.append(len(ti))
+        return HeldOutUsers(np.arange(base, base + n, dtype=np.int32), pad_histories(h), np.array(so),
+                            np.array(si), np.array(to), np.array(ti))
+
+    pop = np.bincount(np.array(flat), minlength=n_items)
+    return SplitData("synthetic", "default", n_items, group.astype(np.int32), pop, train,
+                     np.array(offsets), np.array(flat), held(30, n_users), held(30, n_users + 30))
+
+
+def complete_tree(n_items: int, arity: int, seed: int, order=None) -> Tree:
+    """Items (in ``order``, default random) laid over a complete K-ary tree, duplicates random."""
+    rng = np.random.default_rng(seed)
+    depth = int(np.ceil(np.log(n_items) / np.log(arity) - 1e-9))
+    n_leaves = arity ** depth
+    order = rng.permutation(n_items) if order is None else np.asarray(order)
+    dups = rng.choice(n_items, n_leaves - n_items)
+    pos = np.empty(n_items)
+    pos[order] = np.arange(n_items)
+    keys = np.concatenate([np.arange(n_items), pos[dups] + 0.5])  # a duplicate sits by its original
+    items = np.concatenate([order, dups])[np.argsort(keys, kind="stable")]
+    codes = np.arange(n_leaves)
+    paths = (codes[:, None] // arity ** np.arange(depth - 1, -1, -1)) % arity
+    return Tree.from_paths(paths, items, n_items, arity)
+
+
+def test_cached_beam_search_matches_recomputation():
+    torch.manual_seed(0)
+    net = RecForestNet(40, 3, [4], hidden=32, heads=4).eval()
+    hist = torch.randint(-1, 40, (6, 69))
+    hist[:, 15:] = -1
+    hist[3] = -1  # an empty history must work (prior)
+    with torch.no_grad():
+        mem = net.memories(hist)[0]
+        c1, s1 = net.decoders[0].beam_search(mem, 9, use_cache=True)
+        c2, s2 = net.decoders[0].beam_search(mem, 9, use_cache=False)
+        tf = net.decoders[0].path_log_probs(mem, c1)
+    assert c1.shape == (6, 9, 4) and s1.shape == (6, 9)
+    assert torch.equal(c1, c2)
+    assert torch.allclose(s1, s2, atol=1e-5)
+    assert torch.allclose(tf, s1, atol=1e-5)  # teacher forcing scores the beam's paths alike
+    assert torch.isfinite(s1).all()
+    assert (s1[:, :-1] >= s1[:, 1:]).all()  # best first
+
+
+def test_full_beam_gives_every_path_and_probabilities_sum_to_one():
+    torch.manual_seed(1)
+    net = RecForestNet(10, 3, [2], hidden=16, heads=2).eval()
+    with torch.no_grad():
+        mem = net.memories(torch.randint(0, 10, (2, 69)))[0]
+        codes, lp = net.decoders[0].beam_search(mem, 100)
+    assert codes.shape == (2, 9, 2)
+    assert torch.allclose(lp.exp().sum(1), torch.ones(2), atol=1e-5)
+
+
+def test_code_tables_complete_tree_and_every_item_has_a_leaf():
+    tree = complete_tree(20, 3, seed=0)
+    leaf_item, item_codes = tree_code_tables(tree, 0)
+    assert leaf_item.shape == (27,) and tree.depth == 3
+    assert (item_codes[:, 0] >= 0).all()  # every item has >= 1 leaf
+    valid = item_codes >= 0
+    assert (leaf_item[item_codes[valid]] == np.nonzero(valid)[0]).all()
+    assert valid.sum() == 27  # every leaf listed once
+
+
+def test_incomplete_tree_is_refused():
+    tree = Tree.from_parents([-1, 0, 0, 1, 1], [-1, -1, 2, 0, 1], 3, 2)  # leaves at depths 1, 2
+    with pytest.raises(StructureError, match="not a complete"):
+        tree_code_tables(tree, 0)
+
+
+def _config(**kw):
+    base = dict(arity=3, trees=2, hidden=32, heads=4, encoder_layers=1, decoder_layers=1, ff=64,
+                dropout=0.0, epochs=3, batch_size=128, lr=3e-3, embeddings="svd", device="cpu")
+    base.update(kw)
+    return RecForestConfig(**base)
+
+
+def _forest(data, seed=0):
+    # trees that keep each group together (different orders within groups per tree)
+    rng = np.random.default_rng(seed)
+    trees = []
+    for t in range(2):
+        order = np.lexsort((rng.random(data.n_items), data.item_category))
+        trees.append(complete_tree(data.n_items, 3, seed + t, order=order))
+    return Forest(tuple(trees))
+
+
+def _recall(items, data, k):
+    truth = data.test.truth()
+    return float(np.mean([np.isin(items[i, :k], t).sum() / len(t) for i, t in enumerate(truth)]))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = planted_split()
+    method = RecForestMethod()
+    built = method.train(_config(), Built(_forest(data)), data, seed=0)
+    return data, method, built
+
+
+def test_training_learns_and_search_is_fixed_shape(trained):
+    data, method, built = trained
+    s = method.searcher(_config(), built, "cpu")
+    hist = torch.as_tensor(data.test.histories, dtype=torch.long)
+    scores, items = s.search(hist, k=10, beam=6)
+    assert scores.shape == (30, 10) and items.shape == (30, 10)
+    assert scores.dtype == torch.float32 and items.dtype == torch.int64
+    assert _recall(items.numpy(), data, 10) > 0.5  # planted groups of 10 items: chance is ~0.17
+    big_s, big_i = s.search(hist, k=200, beam=6)  # more than the candidates: padded
+    assert (big_i[:, -1] == -1).all() and torch.isinf(big_s[:, -1]).all()
+    for row in items.numpy():  # no duplicates
+        row = row[row >= 0]
+        assert len(np.unique(row)) == len(row)
+
+
+def test_search_scores_equal_exhaustive_scores(trained):
+    data, method, built = trained
+    s = method.searcher(_config(), built, "cpu")
+    hist = torch.as_tensor(data.test.histories, dtype=torch.long)
+    es, ei = s.exhaustive(hist, k=data.n_items)
+    bs, bi = s.search(hist, k=10, beam=6)
+    full = torch.full((30, data.n_items), float("nan"))
+    full.scatter_(1, ei, es)
+    found = bi >= 0
+    assert torch.allclose(bs[found], full.gather(1, bi.clamp(min=0))[found], atol=1e-4)
+    # a beam as wide as the leaves finds the exhaustive top-k
+    ws, wi = s.search(hist, k=10, beam=27)
+    assert torch.allclose(ws, es[:, :10], atol=1e-4)
+
+
+def test_forest_beats_one_tree_of_the_same_forest(trained):
+    data, method, built = trained
+    hist = torch.as_tensor(data.test.histories, dtype=torch.long)
+    forest_s = method.searcher(_config(), built, "cpu")
+    # the same trained model restricted to tree 0
+    net = copy.deepcopy(forest_s.net)
+    net.decoders = net.decoders[:1]
+    tables = ForestTables.from_forest(Forest(built.structure.trees[:1]), "cpu")
+    one_s = RecForestSearcher(net, tables, data.n_items, torch.device("cpu"))
+    _, fi = forest_s.search(hist, k=10, beam=4)
+    _, oi = one_s.search(hist, k=10, beam=4)
+    assert forest_s.last_candidates() > one_s.last_candidates()
+    assert _recall(fi.numpy(), data, 10) > _recall(oi.numpy(), data, 10)
+
+
+def test_same_seed_same_result_and_round_trip(trained):
+    data, method, built = trained
+    cfg = _config(max_steps=6)
+    one = method.train(cfg, Built(built.structure), data, seed=0)
+    again = method.train(cfg, Built(built.structure), data, seed=0)
+    hist = torch.as_tensor(data.test.histories[:8], dtype=torch.long)
+    a = method.searcher(cfg, one, "cpu").search(hist, 5, 5)
+    b = method.searcher(cfg, again, "cpu").search(hist, 5, 5)
+    assert torch.equal(a[1], b[1]) and torch.allclose(a[0], b[0])
+
+
+def test_untrained_version_refuses_search():
+    data = planted_split(n_users=12)
+    with pytest.raises(StateError, match="never trained"):
+        RecForestMethod().searcher(_config(), Built(_forest(data)), "cpu")
+
+
+def test_svd_embeddings_shape_and_seed():
+    data = planted_split(n_users=24)
+    a = svd_item_embeddings(data, 8, seed=3)
+    b = svd_item_embeddings(data, 8, seed=3)
+    assert a.shape == (60, 8) and np.array_equal(a, b)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        RecForestConfig(hidden=30, heads=4)
+    with pytest.raises(ValueError):
+        RecForestConfig(embeddings="nope")
+    assert dataclasses.asdict(RecForestConfig())["arity"] == 18
