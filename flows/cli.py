@@ -2,7 +2,8 @@
 
 ``grove [--store URL] COMMAND ...``; the store URL defaults to ``$GROVE_STORE`` or
 ``duckdb:///grove.duckdb`` in the working directory. Store commands live in
-`flows.cli_store`, learning commands in `flows.cli_models`; each registers its subcommands
+`flows.cli_store`, learning commands in `flows.cli_models`, operating commands
+(schedule, promote, serve, report) in `flows.cli_ops`; each registers its subcommands
 and sets ``func(args) -> int``. Every `GroveError` is printed as one line ``error: ...`` on
 stderr with exit status 2; every command but ``init`` (and ``demo``, which runs it) refuses a
 store whose schema is missing or behind.
@@ -47,5 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """Console-script entry point: `main`, then exit without interpreter finalisation.
+
+    DuckDB's nanobind bindings print hundreds of "leaked instance" lines at interpreter exit
+    once a store was used through SQLAlchemy; they are harmless (the process is ending) but
+    bury the command's output. Output is flushed and the process ends with `os._exit`."""
+    import os
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

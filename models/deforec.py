@@ -209,7 +209,7 @@ def _scorer_discriminator(scorer: TDMScorer, tree: Tree):
     def score(hist: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         nonlocal leaf
         if leaf is None:
-            leaf = torch.as_tensor(tree.item_leaf, device=hist.device)
+            leaf = torch.as_tensor(tree.item_leaf.copy(), device=hist.device)
         return scorer.score(hist, leaf[items])
 
     return score

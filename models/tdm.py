@@ -76,7 +76,10 @@ class _PReLU(nn.Module):
         self.slope = nn.Parameter(torch.full((n,), 0.25))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x >= 0, x, x * self.slope)
+        # torch's fused prelu kernel wants the channel at dim 1: move the last dim there (a view)
+        if x.dim() < 2:
+            return torch.where(x >= 0, x, x * self.slope)
+        return nn.functional.prelu(x.movedim(-1, 1), self.slope).movedim(1, -1)
 
 
 class TDMScorer(nn.Module):
@@ -156,8 +159,14 @@ class TDMScorer(nn.Module):
         w_b, w_p, w_n = self.act_in.weight.split(d, dim=1)          # each (h, d)
         # first layer of the activation unit: b @ Wb + (b * n) @ Wp + n @ Wn + bias
         #   = b @ (Wb^T + diag(n) Wp^T) + (n @ Wn^T + bias): one (L, d) x (d, h) product per pair
-        mix = w_b.T + e_n.unsqueeze(-1) * w_p.T                     # (U, C, d, h)
-        hid = e_b @ mix + (e_n @ w_n.T + self.act_in.bias).unsqueeze(2)  # (U, C, L, h)
+        # first layer of the activation unit, [b, b*n, n] @ W^T + bias, as three terms:
+        #   b @ Wb^T (U, 1|C, L, h) once per user, n @ Wn^T + bias (U, C, 1, h) once per node,
+        #   (b*n) @ Wp^T as ONE large GEMM over all (U*C*L, d) rows (small batched products
+        #   per pair are several times slower on CPU); the (U, C, L, 3d) concat is never built.
+        per_beh = e_b @ w_b.T                                       # (U, 1|C, L, h)
+        per_node = (e_n @ w_n.T + self.act_in.bias).unsqueeze(2)    # (U, C, 1, h)
+        cross = (e_b * e_n.unsqueeze(2)) @ w_p.T                    # (U, C, L, h)
+        hid = cross + per_beh + per_node                            # (U, C, L, h)
         att = self.act_out(self.act_prelu(hid)).squeeze(-1)         # (U, C, L)
         att = att * valid
         win = self.windows[: beh_rows.shape[-1]]                     # (L, 10)
