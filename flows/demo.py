@@ -93,6 +93,13 @@ def cmd_demo(args) -> int:
         if rows:
             print(f"\nmetrics of version {vid} ({store.version(vid).note}), valid users:")
             print(metrics_table(rows))
+    # the promotion gate (flows.gate): the last version takes `production` if it is no worse
+    from flows.gate import GateConfig, run_gate
+
+    gate = GateConfig(k=args.k[0], beam=args.beam[0])
+    decision = run_gate(store, index, versions[-1], gate, publish=False)
+    print(f"\ngate: {decision.reason}")
+    print(f"aliases of {index!r}: {store.aliases(index)}")
     print(f"\ninspect: grove versions list --index {index}; "
           f"grove retrieve {index} --history <ids> --k 10")
     return 0
