@@ -1,0 +1,76 @@
+"""The CUDA path of every method: trained on the GPU, searched on the GPU, the same answers as
+the same index searched on the CPU (skipped without CUDA; run on a GPU machine)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flows.datasets import split_dataset, synth_dataset
+from flows.steps import load_split
+from indexstore.store import Store
+from models.method import config_from_dict
+from models.registry import get_method
+from models.retriever import Retriever
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+TINY = {
+    "tdm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 3000, "device": "cuda"},
+    "jtm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 3000, "tree_samples": 3000,
+            "device": "cuda"},
+    "deforec": {"epochs": 1, "dim": 8, "negatives": 5, "max_samples": 3000, "tree_samples": 3000,
+                "device": "cuda"},
+    "recforest": {"arity": 8, "trees": 2, "hidden": 32, "ff": 64, "epochs": 1, "embeddings": "svd",
+                  "device": "cuda"},
+    "dr": {"arity": 8, "depth": 2, "n_paths": 2, "dim": 16, "hidden": 32, "epochs": 2,
+           "joint_epochs": 1, "device": "cuda"},
+    "two_tower": {"epochs": 1, "dim": 8, "hidden": [16], "device": "cuda"},
+    "itemcf": {"device": "cuda"},
+}
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory) -> str:
+    url = f"duckdb:///{tmp_path_factory.mktemp('cuda') / 'grove.duckdb'}"
+    Store.init(url)
+    store = Store.open(url)
+    synth_dataset(store, "synth", n_items=400, n_users=500, seed=3)
+    split_dataset(store, "synth", "default", seed=3)
+    return url
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_trains_and_searches_on_cuda_like_on_cpu(url, name):
+    store = Store.open(url)
+    method = get_method(name)
+    config = config_from_dict(method.config_cls, TINY[name])
+    data = load_split(store, "synth", "default", config)
+    built = method.train(config, method.construct(config, data, 0), data, 0)
+    hist = torch.as_tensor(data.valid.histories[:64]).long()
+    gpu = method.searcher(config, built, "cuda")
+    cpu = method.searcher(config, built, "cpu")
+    assert gpu.device.type == "cuda"
+    s_gpu, i_gpu = gpu.search(hist.cuda(), 10, 20)
+    s_cpu, i_cpu = cpu.search(hist, 10, 20)
+    assert i_gpu.device.type == "cuda" and i_gpu.shape == (hist.shape[0], 10) == i_cpu.shape
+    # float sums differ in the last bits between devices; near-ties may swap, rarely more
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_gpu.cpu().tolist(), i_cpu.tolist())])
+    assert overlap >= 0.95, overlap
+    torch.testing.assert_close(s_gpu.cpu().sort(1).values, s_cpu.sort(1).values, atol=1e-3, rtol=1e-3)
+
+
+def test_retriever_loads_onto_cuda(url):
+    store = Store.open(url)
+    method = get_method("tdm")
+    config = config_from_dict(method.config_cls, TINY["tdm"])
+    data = load_split(store, "synth", "default", config)
+    built = method.train(config, method.construct(config, data, 0), data, 0)
+    info = store.write_version("cuda-tdm", "tdm", built.structure,
+                               {"method": "tdm", "config": config.to_dict(), "step": "train", "round": 0},
+                               dataset="synth", split="default", artifacts=built.artifacts)
+    r = Retriever.load(store, "cuda-tdm", version=info.id, device="cuda")
+    assert r.device.type == "cuda"
+    scores, items = r.retrieve([[1, 2, 3], [], [5]], k=7, beam=20)
+    assert items.shape == (3, 7) and (items[:, 0] >= 0).all()
