@@ -17,7 +17,7 @@ from indexstore.errors import GroveError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flows import cli_models, cli_store
+    from flows import cli_models, cli_ops, cli_store
 
     parser = argparse.ArgumentParser(prog="grove", description="learned retrieval indexes as versioned data")
     parser.add_argument("--store", default=None,
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     cli_store.register(sub)
     cli_models.register(sub)
+    cli_ops.register(sub)
     return parser
 
 
@@ -56,7 +57,10 @@ def run() -> None:
     bury the command's output. Output is flushed and the process ends with `os._exit`."""
     import os
 
+    import atexit
+
     code = main()
+    atexit._run_exitfuncs()  # what a normal exit runs first: e.g. stops Prefect's temporary server
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -213,7 +213,7 @@ def assign_with_capacity(weights: torch.Tensor, counts: torch.Tensor, parent: to
     pref = torch.where(has.unsqueeze(1), weights, is_old.to(weights.dtype))
     mean = torch.where(has.unsqueeze(1), weights / counts.clamp(min=1).unsqueeze(1),
                        torch.full_like(weights, -torch.inf))
-    room = torch.full((int(parent.max()) + 1) * width, capacity, dtype=torch.int64, device=device)
+    room = torch.full(((int(parent.max()) + 1) * width,), capacity, dtype=torch.int64, device=device)
     child = torch.full((n,), -1, dtype=torch.int64, device=device)
     cols = torch.arange(width, device=device)
     for _ in range(width + 2):
