@@ -1,0 +1,582 @@
+"""Quality benchmark: every method against the two-tower brute force and Item-CF (issues 3, 4, 5, 7).
+
+    python -m benchmarks.quality                                   # ml-1m-subset, seeds 0 1 2
+    python -m benchmarks.quality --dataset ml-latest-small --seeds 0 1 2 --device auto
+    python -m benchmarks.quality --dataset ml-1m-subset ml-latest-small --jobs 6   # parallel seeds
+    python -m benchmarks.quality --quick                           # seconds-long smoke run
+
+For each dataset and seed: the ratings (and the genre file, for TDM's category tree) are imported
+into a temporary DuckDB store (`flows.datasets.import_file`), split with the protocol
+(`flows.datasets.split_dataset`, split seed = the run's seed: the spread over seeds covers both
+the user split and the model initialisation) and loaded as `SplitData` (`Store.load_split`).
+Without the store's packages (duckdb, sqlalchemy, alembic) the same readers and protocol
+functions are called directly; the JSON says which path ran (``data_path``).
+Every method then runs its lifecycle in-process (no Prefect), with the seeds `flows.steps` uses
+(train: seed + round, relearn: seed + 1000 * round):
+
+* TDM: category tree -> train ("initial tree"); k-means relearn -> train ("1 relearn").
+* JTM: category tree -> train; 2 x (tree learning -> train): "initial", "1 relearn", "2 relearns".
+* DeFoRec: category tree -> train = 1 tree; ``--deforec-rounds`` - 1 times (tree learning, append,
+  train): the forest of every round, plus the last round's tree alone.
+* RecForest: 4 trees built once over the two-tower item embeddings; the network trained for the
+  first 1, 2 and 4 trees.
+* DR: J = 1 and J = 3: random codes -> train, ``--dr-em`` x (E+M step -> train).
+  DR's brute force (its softmax model over every item) is the ``exhaustive`` reference.
+* Two-tower (exact top-k over all items) and Item-CF.
+
+Evaluation (PROTOCOL.md): the split's test users, P/R/F/NDCG/Novelty @10, @20, @50, seen items
+kept (main table) and filtered; each index at beams 20/50/100 (``--beams``) with fidelity =
+recall(beam) / recall(same model scoring every item). Training samples/s = samples processed by
+`train` (epochs x windows) / wall seconds of the call (on the training device). Search speed:
+users/s of the evaluation on the evaluation device (whole test set, batches of 256), and, for the
+first seed, users/s on the CPU at batch 256 with ``--cpu-threads`` threads (median of
+``--speed-repeats`` runs after a warm-up; exhaustive scoring: one run), for the final model of
+each lifecycle only (search cost depends on the index size, not on the training round).
+
+Configs (full run; ``--quick`` caps everything, see QUICK) are in CONFIGS below and in the JSON.
+They were chosen to converge on ml-1m-subset within the GPU budget: training loss flattens
+after 3-4 epochs for the tree scorers and two-tower; DR gets the paper's 2 joint + 2 frozen
+epochs and 3 EM rounds of 2 further epochs each.
+
+Outputs ``benchmarks/results/quality_<dataset>.json`` (every seed's raw metrics, the
+aggregates mean/std, configs, machine) and ``quality_<dataset>.md`` (tables, mean ± std).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA_DIRS = [ROOT.parent / "shared" / "datasets", ROOT / ".devcarry" / "quality" / "datasets"]
+
+DATASETS = {
+    "ml-1m-subset": ("ratings_users0001-2999.dat.gz", "movies.dat"),
+    "ml-latest-small": ("ratings.csv", "movies.csv"),
+}
+KS = (10, 20, 50)
+METHODS = ("tdm", "jtm", "deforec", "recforest", "dr", "two_tower", "itemcf")
+
+# method -> config values (the method's frozen dataclass fields); "device" is set from --device.
+CONFIGS: dict[str, dict] = {
+    "tdm": {"arity": 2, "epochs": 4, "batch_size": 256, "lr": 1e-3, "lr_decay": 0.9, "kmeans_iters": 10},
+    "jtm": {"arity": 2, "epochs": 4, "batch_size": 256, "lr": 1e-3, "lr_decay": 0.9, "gap": 7,
+            "tree_samples": 100_000},
+    "deforec": {"arity": 2, "negatives": 40, "gap": 7, "epochs": 3, "batch_size": 128, "lr": 1e-3,
+                "lr_decay": 0.9, "tree_samples": 100_000},
+    "recforest": {"arity": 18, "trees": 4, "hidden": 96, "epochs": 3, "batch_size": 256, "lr": 1e-3,
+                  "embeddings": "two_tower", "pretrain_epochs": 4},
+    "dr": {"arity": 50, "depth": 3, "epochs": 4, "joint_epochs": 2, "batch_size": 256, "lr": 1e-3,
+           "alpha": 3e-5, "estep_beam": 20, "mstep_iters": 4},
+    "two_tower": {"dim": 24, "epochs": 4, "negatives": 100, "batch_size": 256, "lr": 1e-3},
+    "itemcf": {"neighbours": 100},
+}
+LIFECYCLE = {"deforec_rounds": 3, "recforest_trees": (1, 2, 4), "dr_paths": (1, 3), "dr_em_rounds": 3,
+             "dr_em_epochs": 2, "jtm_relearns": 2}
+# --quick: tiny caps so that a run takes a minute or two (numbers are meaningless)
+QUICK = {
+    "tdm": {"epochs": 1, "max_samples": 4000},
+    "jtm": {"epochs": 1, "max_samples": 4000, "tree_samples": 4000},
+    "deforec": {"epochs": 1, "max_samples": 4000, "tree_samples": 4000},
+    "recforest": {"epochs": 1, "max_steps": 15, "pretrain_max_steps": 15},
+    "dr": {"epochs": 1, "joint_epochs": 1, "max_samples": 4000},
+    "two_tower": {"epochs": 1, "max_steps": 20},
+    "itemcf": {},
+}
+QUICK_LIFECYCLE = {"deforec_rounds": 2, "recforest_trees": (1, 2), "dr_paths": (1, 3), "dr_em_rounds": 1,
+                   "dr_em_epochs": 1, "jtm_relearns": 1}
+
+
+# ------------------------------------------------------------------------------------ data
+def find_data_dir(name: str, explicit: str | None) -> pathlib.Path:
+    dirs = [pathlib.Path(explicit)] if explicit else DATA_DIRS
+    for d in dirs:
+        if (d / name / DATASETS[name][0]).exists():
+            return d / name
+    raise SystemExit(f"dataset {name} not found under {', '.join(map(str, dirs))}")
+
+
+def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str) -> tuple[object, dict]:
+    """SplitData of ``name`` split with ``seed``: through a temporary DuckDB store when its
+    packages are importable, else through the same readers and protocol functions directly."""
+    ratings, items = (folder / f for f in DATASETS[name])
+    try:
+        from flows.datasets import import_file, split_dataset
+        from indexstore.store import Store
+    except ImportError as exc:  # store stack missing (e.g. a bare GPU machine)
+        note = f"direct (readers + protocol; store unavailable: {exc})"
+        from indexstore.protocol import build_split_data, split_users
+        from indexstore.readers import read_interactions, read_item_categories
+
+        inter = read_interactions(str(ratings))
+        cats = read_item_categories(str(items), inter.item_raw, seed)
+        kept = np.asarray(cats.kept, dtype=object)
+        names = sorted({c for c in kept if c is not None})
+        code = {c: i for i, c in enumerate(names)}
+        codes = np.array([code.get(c, -1) if c is not None else -1 for c in kept], dtype=np.int32)
+        data = build_split_data(inter, split_users(inter, seed=seed), len(inter.item_raw), codes, name,
+                                f"seed{seed}")
+        return data, {"data_path": note}
+    url = f"duckdb:///{workdir}/quality_{name}.duckdb"
+    Store.init(url)
+    store = Store.open(url)
+    if name not in {d.name for d in store.list_datasets()}:
+        import_file(store, str(ratings), name, items=str(items), seed=0)
+    split_dataset(store, name, f"seed{seed}", seed=seed)
+    data = store.load_split(name, f"seed{seed}")
+    return data, {"data_path": f"store ({url})"}
+
+
+# ------------------------------------------------------------------------------ measuring
+def _flatten(res, tag: str, out: dict) -> None:
+    suffix = "/filtered" if res.filtered else ""
+    for r in res.rows:
+        out[f"{r.name}@{r.k}{suffix}/{tag}"] = r.value
+
+
+def evaluate_model(searcher, held, beams, brute_force: bool) -> dict:
+    """Every metric of one trained model on the held-out users, flat ``name@k[/filtered]/tag``
+    keys; tag = 'exact' (brute force: the model over every item) or 'b<beam>'."""
+    from models.evaluation import evaluate
+    from models.metrics import fidelity
+
+    out: dict = {}
+    dev = searcher.device.type
+    for filt in (False, True):
+        res = evaluate(searcher, held, KS, exhaustive=True, filter_seen=filt, role="test")
+        _flatten(res, "exact", out)
+        if not filt:
+            out[f"users_per_s_{dev}/exact"] = res.users_per_second
+    if brute_force:
+        return out
+    for beam in beams:
+        for filt in (False, True):
+            res = evaluate(searcher, held, KS, beam=beam, filter_seen=filt, role="test")
+            _flatten(res, f"b{beam}", out)
+            if not filt:
+                out[f"users_per_s_{dev}/b{beam}"] = res.users_per_second
+                if res.mean_candidates is not None:
+                    out[f"candidates/b{beam}"] = res.mean_candidates
+        for k in KS:
+            out[f"fidelity@{k}/b{beam}"] = fidelity(out[f"recall@{k}/b{beam}"], out[f"recall@{k}/exact"])
+    return out
+
+
+def cpu_speed(make_searcher, held, beams, brute_force: bool, threads: int, repeats: int,
+              batch: int = 256, k: int = 50) -> dict:
+    """Users/s on the CPU at batch ``batch``: median of ``repeats`` timed searches after a warm-up
+    (exhaustive scoring: one timed run after the beam runs warmed the model up)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        searcher = make_searcher("cpu")
+        hist = torch.as_tensor(np.asarray(held.histories), dtype=torch.long)
+        hist = torch.cat([hist] * (batch // len(hist) + 1))[:batch]
+        out = {}
+
+        def timed(fn, n):
+            times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            return batch / statistics.median(times)
+
+        if not brute_force:
+            for beam in beams:
+                searcher.search(hist, k, beam)  # warm-up
+                out[f"users_per_s_cpu256/b{beam}"] = timed(lambda: searcher.search(hist, k, beam), repeats)
+        else:
+            searcher.exhaustive(hist, k)
+        out["users_per_s_cpu256/exact"] = timed(lambda: searcher.exhaustive(hist, k), 1 if not brute_force else repeats)
+        return out
+    finally:
+        torch.set_num_threads(old)
+
+
+def n_train_samples(name: str, cfg, n: int) -> int:
+    """Samples one `train` call processes with ``cfg`` on ``n`` windows."""
+    if getattr(cfg, "max_samples", 0):
+        n = min(n, cfg.max_samples)
+    total = cfg.epochs * n
+    if getattr(cfg, "max_steps", 0):
+        total = min(total, cfg.max_steps * cfg.batch_size)
+    return total
+
+
+class Runner:
+    """One (dataset, seed): runs every lifecycle, evaluates, returns rows."""
+
+    def __init__(self, data, seed: int, device: str, beams, speed: bool, threads: int, repeats: int,
+                 configs: dict, lifecycle: dict, test_users: int | None):
+        self.data, self.seed, self.device, self.beams = data, seed, device, tuple(beams)
+        self.speed, self.threads, self.repeats = speed, threads, repeats
+        self.configs, self.life = configs, lifecycle
+        self.held = data.test if not test_users else data.test.subset(test_users)
+        self.rows: list[dict] = []
+
+    def cfg(self, name: str, **extra):
+        from models.method import config_from_dict
+        from models.registry import get_method
+
+        values = {**self.configs[name], "device": self.device, "seed": self.seed, **extra}
+        return config_from_dict(get_method(name).config_cls, values)
+
+    def timed(self, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t
+
+    def train(self, method, cfg, built, seed, name):
+        trained, sec = self.timed(method.train, cfg, built, self.data, seed)
+        return trained, {"train_seconds": sec,
+                         "train_samples_per_s": n_train_samples(name, cfg, len(self.data.train)) / sec}
+
+    def record(self, label: str, method_name: str, make_searcher, brute_force: bool = False,
+               speed: bool = False, **info):
+        from models.method import resolve_device
+
+        t = time.perf_counter()
+        searcher = make_searcher(resolve_device(self.device))
+        row = {"model": label, "method": method_name, "seed": self.seed, **info,
+               **evaluate_model(searcher, self.held, self.beams, brute_force)}
+        if self.speed and speed:  # final model of each lifecycle (speed depends on size, not round)
+            row.update(cpu_speed(make_searcher, self.held, self.beams, brute_force, self.threads, self.repeats))
+        row["eval_seconds"] = time.perf_counter() - t
+        self.rows.append(row)
+        hb = max(self.beams)
+        r = {k: row.get(k) for k in ("recall@10/exact", "recall@50/exact", f"recall@10/b{hb}", f"recall@50/b{hb}")}
+        print(f"[seed {self.seed}] {label}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if v is not None),
+              flush=True)
+
+    # ----------------------------------------------------------------------- methods
+    def tdm_like(self, name: str, relearns: int, label: str, relearn_label: str):
+        from models.registry import get_method
+
+        m, cfg = get_method(name), self.cfg(name)
+        built, sec_c = self.timed(m.construct, cfg, self.data, self.seed)
+        built, info = self.train(m, cfg, built, self.seed, name)
+        self.record(f"{label} initial tree", name, lambda d, b=built: m.searcher(cfg, b, d), **info)
+        for r in range(1, relearns + 1):
+            built, sec = self.timed(m.relearn, cfg, built, self.data, self.seed + 1000 * r)
+            built, info = self.train(m, cfg, built, self.seed + r, name)
+            info["relearn_seconds"] = sec
+            self.record(f"{label} {relearn_label} x{r}", name, lambda d, b=built: m.searcher(cfg, b, d),
+                        speed=r == relearns, **info)
+
+    def run_tdm(self):
+        self.tdm_like("tdm", 1, "TDM", "k-means relearn")
+
+    def run_jtm(self):
+        self.tdm_like("jtm", self.life["jtm_relearns"], "JTM", "tree learning")
+
+    def run_deforec(self):
+        from models.registry import get_method
+
+        m, cfg = get_method("deforec"), self.cfg("deforec")
+        built = m.construct(cfg, self.data, self.seed)
+        built, info = self.train(m, cfg, built, self.seed, "deforec")
+        self.record("DeFoRec 1 tree (round 0)", "deforec", lambda d, b=built: m.searcher(cfg, b, d), **info)
+        rounds = self.life["deforec_rounds"]
+        for r in range(1, rounds):
+            built, sec = self.timed(m.relearn, cfg, built, self.data, self.seed + 1000 * r)
+            built, info = self.train(m, cfg, built, self.seed + r, "deforec")
+            info["relearn_seconds"] = sec
+            self.record(f"DeFoRec forest of {r + 1} trees", "deforec",
+                        lambda d, b=built: m.searcher(cfg, b, d), speed=r == rounds - 1, **info)
+
+        def last_tree(d, b=built):
+            f = m.searcher(cfg, b, d)
+            return type(f)(f.trees[-1:], f.scorers[-1:], f.discriminate, f.n_items, f.device)
+
+        self.record(f"DeFoRec last tree alone (round {rounds - 1})", "deforec", last_tree)
+
+    def run_recforest(self):
+        from models.method import Built
+        from models.registry import get_method
+        from indexstore.structures import Forest
+
+        trees = self.life["recforest_trees"]
+        m, base = get_method("recforest"), self.cfg("recforest", trees=max(trees))
+        full, sec_c = self.timed(m.construct, base, self.data, self.seed)
+        for t in trees:
+            cfg = self.cfg("recforest", trees=t)
+            built = Built(Forest(full.structure.trees[:t]), full.artifacts)
+            built, info = self.train(m, cfg, built, self.seed, "recforest")
+            info["construct_seconds_all_trees"] = sec_c
+            self.record(f"RecForest {t} tree{'s' if t > 1 else ''}", "recforest",
+                        lambda d, b=built, c=cfg: m.searcher(c, b, d), speed=t in (1, max(trees)), **info)
+
+    def run_dr(self):
+        from models.registry import get_method
+
+        m = get_method("dr")
+        for j in self.life["dr_paths"]:
+            cfg = self.cfg("dr", n_paths=j)
+            built = m.construct(cfg, self.data, self.seed)
+            built, info = self.train(m, cfg, built, self.seed, "dr")
+            em_cfg = self.cfg("dr", n_paths=j, epochs=self.life["dr_em_epochs"])
+            relearn_s = 0.0
+            for r in range(1, self.life["dr_em_rounds"] + 1):
+                built, sec = self.timed(m.relearn, em_cfg, built, self.data, self.seed + 1000 * r)
+                relearn_s += sec
+                built, info = self.train(m, em_cfg, built, self.seed + r, "dr")
+            sizes = np.unique(built.structure.path_ids().reshape(-1), return_counts=True)[1]
+            info.update(relearn_seconds=relearn_s, top_path=int(sizes.max()), nonempty_paths=int(sizes.size))
+            self.record(f"DR J={j} (brute force = its softmax model)", "dr",
+                        lambda d, b=built, c=cfg: m.searcher(c, b, d), speed=True, **info)
+
+    def run_two_tower(self):
+        from models.registry import get_method
+
+        m, cfg = get_method("two_tower"), self.cfg("two_tower")
+        built = m.construct(cfg, self.data, self.seed)
+        built, info = self.train(m, cfg, built, self.seed, "two_tower")
+        self.record("Two-tower (brute force)", "two_tower", lambda d, b=built: m.searcher(cfg, b, d),
+                    brute_force=True, speed=True, **info)
+
+    def run_itemcf(self):
+        from models.registry import get_method
+
+        m, cfg = get_method("itemcf"), self.cfg("itemcf")
+        built = m.construct(cfg, self.data, self.seed)
+        built, sec = self.timed(m.train, cfg, built, self.data, self.seed)
+        self.record("Item-CF", "itemcf", lambda d, b=built: m.searcher(cfg, b, d), brute_force=True,
+                    speed=True, build_seconds=sec)
+
+
+def run_one(job: dict) -> dict:
+    """Worker: one (dataset, seed). Returns {"rows": [...], "errors": [...], ...}."""
+    os.environ.setdefault("GROVE_QUIET", "1")
+    torch.set_num_threads(job["threads_train"])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        data, info = load_data(job["dataset"], pathlib.Path(job["folder"]), job["seed"], tmp)
+    info.update(n_items=int(data.n_items), train_windows=len(data.train), test_users=len(data.test),
+                valid_users=len(data.valid), train_users=int(len(data.train_offsets) - 1))
+    runner = Runner(data, job["seed"], job["device"], job["beams"], job["speed"], job["cpu_threads"],
+                    job["repeats"], job["configs"], job["lifecycle"], job["test_users"])
+    errors, seconds = [], {}
+    for name in job["methods"]:
+        t = time.perf_counter()
+        try:
+            getattr(runner, f"run_{name}")()
+        except Exception as exc:  # one method's failure must not lose the others' figures
+            traceback.print_exc()
+            errors.append({"method": name, "seed": job["seed"], "error": f"{type(exc).__name__}: {exc}"})
+        seconds[name] = time.perf_counter() - t
+        print(f"[{job['dataset']} seed {job['seed']}] {name} done in {seconds[name]:.1f}s", flush=True)
+    return {"dataset": job["dataset"], "seed": job["seed"], "rows": runner.rows, "errors": errors,
+            "method_seconds": seconds, "seconds": time.perf_counter() - start, "data": info}
+
+
+# ----------------------------------------------------------------------------- reporting
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and (sample) std over seeds of every numeric field, per model label, in run order."""
+    order, groups = [], {}
+    for r in rows:
+        if r["model"] not in groups:
+            order.append(r["model"])
+            groups[r["model"]] = []
+        groups[r["model"]].append(r)
+    out = []
+    for label in order:
+        g = groups[label]
+        agg = {"model": label, "method": g[0]["method"], "seeds": [r["seed"] for r in g]}
+        keys = [k for k in g[0] if k not in ("model", "method", "seed")]
+        for k in keys:
+            vals = [r[k] for r in g if isinstance(r.get(k), (int, float)) and r.get(k) is not None]
+            if not vals:
+                continue
+            agg[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                      "n": len(vals)}
+        out.append(agg)
+    return out
+
+
+def _pm(agg: dict, key: str, pct: bool = True, digits: int = 2) -> str:
+    v = agg.get(key)
+    if v is None:
+        return "–"
+    scale = 100.0 if pct else 1.0
+    if v["n"] > 1:
+        return f"{scale * v['mean']:.{digits}f} ± {scale * v['std']:.{digits}f}"
+    return f"{scale * v['mean']:.{digits}f}"
+
+
+def _num(agg: dict, key: str) -> str:
+    v = agg.get(key)
+    if v is None:
+        return "–"
+    m = v["mean"]
+    return f"{m:,.0f}" if m >= 100 else f"{m:,.1f}"
+
+
+def headline(agg: dict, beam: int) -> str:
+    """The tag of a row's headline figures: the index's beam search, or exact for brute force."""
+    return f"b{beam}" if f"recall@10/b{beam}" in agg else "exact"
+
+
+def markdown(result: dict) -> str:
+    agg, beams = result["aggregate"], result["settings"]["beams"]
+    hb = max(beams)
+    m = result["machine"]
+    lines = [f"# Quality on {result['dataset_label']}",
+             "",
+             f"{result['data']['train_windows']:,} training windows, {result['data']['test_users']} test users, "
+             f"{result['data']['n_items']:,} items; seeds {result['settings']['seeds']} (split and model); "
+             f"mean ± std over seeds, percent. Machine: {m['gpu'] or 'no GPU'}, {m['cpu_count']} CPU cores "
+             f"({m['cpu_model']}), torch {m['torch']}. Command: `{result['command']}`.",
+             "",
+             f"## Test users, seen items kept; indexes at beam {hb}, baselines exact",
+             "",
+             "| model | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in agg:
+        t = headline(a, hb)
+        cells = [_pm(a, f"{n}@{k}/{t}") for k in (10, 50) for n in ("precision", "recall", "f1", "ndcg")]
+        lines.append(f"| {a['model']} | " + " | ".join(cells + [_pm(a, f'ndcg@20/{t}')]) + " |")
+    lines += ["", f"## Seen items filtered (TDM Table 2 style), same beams", "",
+              "| model | P@10 | R@10 | P@50 | R@50 | NDCG@20 | Novelty@10 (kept) |", "|---|---|---|---|---|---|---|"]
+    for a in agg:
+        t = headline(a, hb)
+        cells = [_pm(a, f"{n}@{k}/filtered/{t}") for k in (10, 50) for n in ("precision", "recall")]
+        lines.append(f"| {a['model']} | " + " | ".join(cells + [_pm(a, f'ndcg@20/filtered/{t}'),
+                                                                _pm(a, f'novelty@10/{t}')]) + " |")
+    lines += ["", "## Fidelity: recall(beam) / recall(same model, every item); the model's exhaustive recall",
+              "", "| model | R@10 exact | R@50 exact | " + " | ".join(
+                  f"fid@10 b{b} | fid@50 b{b}" for b in beams) + " | cand./user b" + str(hb) + " |",
+              "|---|---|---|" + "---|---|" * len(beams) + "---|"]
+    for a in agg:
+        if headline(a, hb) == "exact":
+            continue
+        cells = [_pm(a, "recall@10/exact"), _pm(a, "recall@50/exact")]
+        cells += [_pm(a, f"fidelity@{k}/b{b}", pct=False, digits=3) for b in beams for k in (10, 50)]
+        cells.append(_num(a, f"candidates/b{hb}"))
+        lines.append(f"| {a['model']} | " + " | ".join(cells) + " |")
+    dev = "cuda" if m["gpu"] else "cpu"
+    lines += ["", f"## Speed: training samples/s ({result['settings']['device']}), search users/s",
+              "",
+              f"CPU columns: batch 256, {result['settings']['cpu_threads']} threads, median of "
+              f"{result['settings']['speed_repeats']} runs after a warm-up (exact: 1 run), first seed, final model of each lifecycle. "
+              f"'eval {dev.upper()}' columns: the whole test-set evaluation in batches of 256 on {dev.upper()}.",
+              "",
+              "| model | train samples/s | " + " | ".join(f"CPU b{b}" for b in beams) + " | CPU exact | "
+              + " | ".join(f"eval {dev.upper()} b{b}" for b in beams) + f" | eval {dev.upper()} exact |",
+              "|---|---|" + "---|" * (2 * len(beams) + 2)]
+    for a in agg:
+        cells = [_num(a, "train_samples_per_s")] + [_num(a, f"users_per_s_cpu256/b{b}") for b in beams]
+        cells += [_num(a, "users_per_s_cpu256/exact")] + [_num(a, f"users_per_s_{dev}/b{b}") for b in beams]
+        cells.append(_num(a, f"users_per_s_{dev}/exact"))
+        lines.append(f"| {a['model']} | " + " | ".join(cells) + " |")
+    if result["errors"]:
+        lines += ["", "## Errors", ""] + [f"- {e['method']} seed {e['seed']}: {e['error']}" for e in result["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    cpu_model = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "cpu_model": cpu_model, "gpu": gpu,
+            "gpu_memory_gib": (torch.cuda.get_device_properties(0).total_memory / 2**30) if gpu else None}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", nargs="+", default=["ml-1m-subset"], choices=list(DATASETS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--device", default="auto", help="training and evaluation device (auto: CUDA if present)")
+    p.add_argument("--beams", nargs="+", type=int, default=[20, 50, 100])
+    p.add_argument("--cpu-threads", type=int, default=2, help="threads of the CPU speed measurement")
+    p.add_argument("--speed-repeats", type=int, default=3)
+    p.add_argument("--no-speed", action="store_true", help="skip the CPU speed measurement")
+    p.add_argument("--jobs", type=int, default=1, help="(dataset, seed) runs in parallel processes")
+    p.add_argument("--quick", action="store_true", help="tiny caps everywhere: a smoke run, not figures")
+    p.add_argument("--test-users", type=int, default=0, help="evaluate the first N test users only (0: all)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset folders")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    a = p.parse_args(argv)
+    configs = {k: dict(v) for k, v in CONFIGS.items()}
+    life = dict(LIFECYCLE)
+    if a.quick:
+        for k, v in QUICK.items():
+            configs[k].update(v)
+        life.update(QUICK_LIFECYCLE)
+        a.speed_repeats = min(a.speed_repeats, 1)
+        a.test_users = a.test_users or 64
+    cores = os.cpu_count() or 2
+    jobs = []
+    for ds in a.dataset:
+        folder = find_data_dir(ds, a.data_dir)
+        for i, seed in enumerate(a.seeds):
+            jobs.append({"dataset": ds, "folder": str(folder), "seed": seed, "device": a.device,
+                         "beams": a.beams, "speed": (i == 0 and not a.no_speed), "cpu_threads": a.cpu_threads,
+                         "repeats": a.speed_repeats, "configs": configs, "lifecycle": life,
+                         "test_users": a.test_users or None, "methods": a.methods,
+                         "threads_train": max(1, cores // max(1, min(a.jobs, len(a.dataset) * len(a.seeds))))})
+    start = time.perf_counter()
+    if a.jobs > 1:
+        with ProcessPoolExecutor(max_workers=a.jobs, mp_context=get_context("spawn")) as pool:
+            outs = list(pool.map(run_one, jobs))
+    else:
+        outs = [run_one(j) for j in jobs]
+    wall = time.perf_counter() - start
+    command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    out_dir = pathlib.Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for ds in a.dataset:
+        mine = [o for o in outs if o["dataset"] == ds]
+        rows = [r for o in mine for r in o["rows"]]
+        result = {
+            "dataset": ds, "dataset_label": "ML-1M subset" if ds == "ml-1m-subset" else "MovieLens latest-small",
+            "command": command, "quick": a.quick, "machine": machine(),
+            "settings": {"seeds": a.seeds, "beams": a.beams, "ks": list(KS), "device": a.device,
+                         "cpu_threads": a.cpu_threads, "speed_repeats": a.speed_repeats, "jobs": a.jobs,
+                         "test_users": a.test_users or "all", "methods": a.methods},
+            "configs": configs, "lifecycle": {k: list(v) if isinstance(v, tuple) else v for k, v in life.items()},
+            "data": mine[0]["data"] if mine else {},
+            "per_seed_data": [{"seed": o["seed"], **o["data"]} for o in mine],
+            "seconds": {"wall_all_datasets": wall,
+                        "per_seed": {str(o["seed"]): {"total": o["seconds"], **o["method_seconds"]} for o in mine}},
+            "errors": [e for o in mine for e in o["errors"]],
+            "key_format": "metric@k[/filtered]/tag, tag = 'exact' (the model over every item) or 'b<beam>'",
+            "aggregate": aggregate(rows), "rows": rows,
+        }
+        stem = f"quality_{ds}" + ("_quick" if a.quick else "")
+        (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float))
+        (out_dir / f"{stem}.md").write_text(markdown(result))
+        print(markdown(result))
+        results[ds] = result
+    print(f"total {wall:.0f}s", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
