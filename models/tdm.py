@@ -183,9 +183,13 @@ class TDMScorer(nn.Module):
         nodes (U, C). Behaviours of a user are shared by its C candidate nodes."""
         return self.forward_rows(self.behaviour_rows(trim_padding(histories), nodes), self.node_rows(nodes))
 
-    def score(self, histories: torch.Tensor, nodes: torch.Tensor, max_elements: int = 1 << 24) -> torch.Tensor:
+    def score(self, histories: torch.Tensor, nodes: torch.Tensor, max_elements: int | None = None) -> torch.Tensor:
         """`forward` in user chunks so that no intermediate exceeds ~``max_elements`` floats
         (U * C * L * 36); for inference (eval mode, so chunking does not change results)."""
+        # default chunk: ~2**20 floats on CPU (the (chunk, C, L, 36) activations stay near the
+        # caches: measured 3.4x faster per user than 2**24 at batch 256), 2**24 on CUDA
+        if max_elements is None:
+            max_elements = (1 << 24) if histories.is_cuda else (1 << 20)
         u, c = nodes.shape
         per_user = max(1, c * histories.shape[1] * max(self.act_in.out_features, self.dim))
         step = max(1, max_elements // per_user)
