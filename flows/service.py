@@ -197,8 +197,16 @@ class MicroBatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the worker after the batch in hand; queries still queued fail (never hang)."""
         self._queue.put(None)
         self._thread.join(timeout=10)
+        while True:
+            try:
+                q = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if q is not None and not q.future.done():
+                q.future.set_exception(RuntimeError("the retrieval service is stopping"))
 
     def submit(self, query: Query) -> Future:
         self._queue.put(query)

@@ -29,7 +29,7 @@ def served(tmp_path_factory):
 
 
 def _client(url, **cfg):
-    config = ServiceConfig(poll_seconds=0.1, max_request=8, max_k=50, **cfg)
+    config = ServiceConfig(poll_seconds=0.1, max_backoff=1.0, max_request=8, max_k=50, **cfg)
     service = RetrievalService.open(url, "tiny", "production", device="cpu", config=config)
     return service, TestClient(create_app(service))
 
@@ -120,16 +120,18 @@ def test_switches_versions_under_load_without_failures(served):
         workers = [threading.Thread(target=load) for _ in range(6)]
         for w in workers:
             w.start()
-        time.sleep(0.5)
-        store.set_alias("tiny", "production", v2, reason="promote under load", action="promote")
-        assert wait_for(v2), "service did not pick up the promotion"
-        time.sleep(0.3)
-        rollback_index(url, "tiny", reason="rollback under load")
-        assert wait_for(v1), "service did not pick up the rollback"
-        time.sleep(0.3)
-        stop.set()
-        for w in workers:
-            w.join()
+        try:  # stop the load before leaving the client, also when an assertion fails
+            time.sleep(0.5)
+            store.set_alias("tiny", "production", v2, reason="promote under load", action="promote")
+            assert wait_for(v2, timeout=60), "service did not pick up the promotion"
+            time.sleep(0.3)
+            rollback_index(url, "tiny", reason="rollback under load")
+            assert wait_for(v1, timeout=60), "service did not pick up the rollback"
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(timeout=60)
     statuses = {s for s, _ in results}
     versions = [v for _, v in results]
     assert statuses == {200}, f"failed requests: {[r for r in results if r[0] != 200][:3]}"
