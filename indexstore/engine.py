@@ -24,7 +24,10 @@ from sqlalchemy.pool import NullPool
 from indexstore.errors import GroveError, SchemaError, StoreBusyError
 
 DEFAULT_URL = "duckdb:///grove.duckdb"
-_LOCK_RE = re.compile(r"Could not set lock on file|Conflicting lock is held")
+# another process holds the file's lock, or (same process) a connection with another
+# read_only setting is open, e.g. the retrieval service's alias poll beside a writer: both pass
+_LOCK_RE = re.compile(r"Could not set lock on file|Conflicting lock is held|"
+                      r"different configuration than existing connections|Unique file handle conflict")
 
 
 def default_url(url: str | None = None) -> str:
