@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import time
 
 import numpy as np
@@ -112,16 +113,19 @@ def search_speed(cfg: DRConfig, built: Built, data: SplitData, beam: int, batch:
     """Users per second on CPU at ``batch`` users: full search and the beam search alone."""
     s = DRMethod().searcher(cfg, built, "cpu")
     h = torch.as_tensor(np.resize(np.asarray(data.test.histories), (batch, 69))).long()
-    s.search(h, 50, beam)  # warm-up
-    t = time.perf_counter()
-    for _ in range(repeats):
-        s.search(h, 50, beam)
-    full = repeats * batch / (time.perf_counter() - t)
     u = s.net.encode(h)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        beam_search(s.net.structure, u, beam)
-    only = repeats * batch / (time.perf_counter() - t)
+
+    def median_users_per_s(fn) -> float:  # warm-up, then the median of ``repeats`` timed calls
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return batch / statistics.median(times)
+
+    full = median_users_per_s(lambda: s.search(h, 50, beam))
+    only = median_users_per_s(lambda: beam_search(s.net.structure, u, beam))
     return {"batch": batch, "beam": beam, "k": 50, "users_per_s": full, "beam_only_users_per_s": only,
             "threads": torch.get_num_threads()}
 
@@ -173,4 +177,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from indexstore.quiet_exit import exit_quietly
+
     main()
+    exit_quietly(0)

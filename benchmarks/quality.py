@@ -364,7 +364,8 @@ class Runner:
 
 def run_one(job: dict) -> dict:
     """Worker: one (dataset, seed). Returns {"rows": [...], "errors": [...], ...}."""
-    os.environ.setdefault("GROVE_QUIET", "1")
+    if job["quiet"]:  # parallel workers: interleaved progress lines would be unreadable
+        os.environ.setdefault("GROVE_QUIET", "1")
     torch.set_num_threads(job["threads_train"])
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -506,6 +507,36 @@ def machine() -> dict:
             "gpu_memory_gib": (torch.cuda.get_device_properties(0).total_memory / 2**30) if gpu else None}
 
 
+def apply_override(configs: dict, life: dict, item: str) -> None:
+    """``tdm.max_samples=30000`` -> configs["tdm"]["max_samples"] = 30000; ``life.X=V`` -> the lifecycle.
+    The method's config class checks the field name when the run builds it; a bad key fails here."""
+    key, sep, raw = item.partition("=")
+    name, dot, field = key.partition(".")
+    if not sep or not dot or not field:
+        raise SystemExit(f"--set {item!r}: expected METHOD.FIELD=VALUE")
+    if name != "life" and name not in configs:
+        raise SystemExit(f"--set {item!r}: unknown method {name!r} (known: {', '.join(configs)}, life)")
+    if name == "life" and field not in life:
+        raise SystemExit(f"--set {item!r}: unknown lifecycle field {field!r} (known: {', '.join(life)})")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if name == "life":
+        life[field] = tuple(value) if isinstance(value, list) else value
+    else:
+        from models.method import config_from_dict
+        from models.registry import get_method
+
+        from indexstore.errors import GroveError
+
+        try:  # an unknown field or a bad value fails now, not after the earlier methods ran
+            config_from_dict(get_method(name).config_cls, {**configs[name], field: value})
+        except GroveError as exc:
+            raise SystemExit(f"--set {item!r}: {exc}") from exc
+        configs[name][field] = value
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", nargs="+", default=["ml-1m-subset"], choices=list(DATASETS))
@@ -521,6 +552,10 @@ def main(argv=None) -> dict:
     p.add_argument("--test-users", type=int, default=0, help="evaluate the first N test users only (0: all)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset folders")
     p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--set", nargs="+", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="override a config field (tdm.max_samples=30000) or the lifecycle (life.jtm_relearns=1); "
+                        "values are JSON, else text")
+    p.add_argument("--tag", default="", help="results go to quality_<dataset>_<tag>.* (a run under other budgets)")
     a = p.parse_args(argv)
     configs = {k: dict(v) for k, v in CONFIGS.items()}
     life = dict(LIFECYCLE)
@@ -530,6 +565,8 @@ def main(argv=None) -> dict:
         life.update(QUICK_LIFECYCLE)
         a.speed_repeats = min(a.speed_repeats, 1)
         a.test_users = a.test_users or 64
+    for item in a.set:
+        apply_override(configs, life, item)
     cores = os.cpu_count() or 2
     jobs = []
     for ds in a.dataset:
@@ -538,7 +575,7 @@ def main(argv=None) -> dict:
             jobs.append({"dataset": ds, "folder": str(folder), "seed": seed, "device": a.device,
                          "beams": a.beams, "speed": (i == 0 and not a.no_speed), "cpu_threads": a.cpu_threads,
                          "repeats": a.speed_repeats, "configs": configs, "lifecycle": life,
-                         "test_users": a.test_users or None, "methods": a.methods,
+                         "test_users": a.test_users or None, "methods": a.methods, "quiet": a.jobs > 1,
                          "threads_train": max(1, cores // max(1, min(a.jobs, len(a.dataset) * len(a.seeds))))})
     start = time.perf_counter()
     if a.jobs > 1:
@@ -557,7 +594,7 @@ def main(argv=None) -> dict:
         result = {
             "dataset": ds, "dataset_label": "ML-1M subset" if ds == "ml-1m-subset" else "MovieLens latest-small",
             "command": command, "quick": a.quick, "machine": machine(),
-            "settings": {"seeds": a.seeds, "beams": a.beams, "ks": list(KS), "device": a.device,
+            "settings": {"overrides": a.set, "tag": a.tag, "seeds": a.seeds, "beams": a.beams, "ks": list(KS), "device": a.device,
                          "cpu_threads": a.cpu_threads, "speed_repeats": a.speed_repeats, "jobs": a.jobs,
                          "test_users": a.test_users or "all", "methods": a.methods},
             "configs": configs, "lifecycle": {k: list(v) if isinstance(v, tuple) else v for k, v in life.items()},
@@ -569,7 +606,7 @@ def main(argv=None) -> dict:
             "key_format": "metric@k[/filtered]/tag, tag = 'exact' (the model over every item) or 'b<beam>'",
             "aggregate": aggregate(rows), "rows": rows,
         }
-        stem = f"quality_{ds}" + ("_quick" if a.quick else "")
+        stem = f"quality_{ds}" + ("_quick" if a.quick else "") + (f"_{a.tag}" if a.tag else "")
         (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float))
         (out_dir / f"{stem}.md").write_text(markdown(result))
         print(markdown(result))
@@ -579,4 +616,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from indexstore.quiet_exit import exit_quietly
+
     main()
+    exit_quietly(0)

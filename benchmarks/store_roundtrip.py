@@ -116,4 +116,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from indexstore.quiet_exit import exit_quietly
+
+    exit_quietly(main() or 0)

@@ -50,21 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point: `main`, then exit without interpreter finalisation.
+    """Console-script entry point: `main`, then exit without interpreter finalisation
+    (`indexstore.quiet_exit`: DuckDB's leak report would bury the command's output)."""
+    from indexstore.quiet_exit import exit_quietly
 
-    DuckDB's nanobind bindings print hundreds of "leaked instance" lines at interpreter exit
-    once a store was used through SQLAlchemy; they are harmless (the process is ending) but
-    bury the command's output. Output is flushed and the process ends with `os._exit`."""
-    import os
-
-    import atexit
-
-    code = main()
-    atexit._run_exitfuncs()  # what a normal exit runs first: e.g. stops Prefect's temporary server
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
+    exit_quietly(main())
 
 if __name__ == "__main__":
     run()

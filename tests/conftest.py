@@ -47,10 +47,6 @@ def pytest_unconfigure(config):
     DuckDB's nanobind bindings print hundreds of harmless "leaked instance" lines at
     interpreter exit, which bury the test summary in CI logs. Same exit status as pytest's."""
     if _EXIT_STATUS and os.environ.get("GROVE_TEST_FINALIZE") != "1":
-        import atexit
-        import sys
+        from indexstore.quiet_exit import exit_quietly
 
-        atexit._run_exitfuncs()  # what a normal exit runs first (temporary servers, temp files)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])
+        exit_quietly(_EXIT_STATUS[-1])

@@ -1,0 +1,211 @@
+"""GPU benchmark (issue 7.4): batched beam search on CUDA against the CPU, users per second.
+
+    python -m benchmarks.gpu                     # 10^6 items, batch 1024, every device present
+    python -m benchmarks.gpu --quick             # 10^4 items, batch 128, 2 runs: a smoke run
+    python -m benchmarks.gpu --devices cpu       # one half only
+
+Two indexes over the same synthetic corpus of N items:
+
+* **TDM**: a binary category tree (random categories of ~100 items, TDM §3.5 construction) with
+  the TDM attention scorer (dim 24, untrained: search cost does not depend on the weights);
+  `TreeSearcher.search` = TDM Algorithm 1 for the whole batch, one scorer call per level.
+* **RecForest**: 4 complete 18-ary trees (appendix Algorithm 2 over random 24-d embeddings,
+  seeds 0..3) and the paper-sized transformer (hidden 96), untrained; `RecForestSearcher.search`
+  = a beam search per tree's decoder, union of the trees' items, ranked by the summed log p.
+
+The same weights and histories (random item ids, 69 behaviours) run on every device. CUDA
+searches batches of ``--batch`` (1024) users; the CPU searches the first ``--cpu-batch`` (256)
+of them: on the CPU the scorer is compute-bound and batching barely changes users/s
+(`scale.md`: 8.2 users/s at batch 256 vs 6.2 at batch 1 for 10^6 items), while one TDM batch of
+1024 at 10^6 items takes minutes and a RecForest one far longer. Per device and index: a warm-up
+search of 64 users, then ``--repeats`` timed searches of the whole batch
+(CUDA timings are synchronised); users/s = batch / median seconds. The JSON also keeps how many
+of the CPU's top-k items each device returns (float arithmetic differs in the last bits, so a
+tied score may rank differently; anything far below 1 would be a bug). Without CUDA the script
+runs its CPU half, says so on stdout and records ``"cuda": "not available"``.
+
+Writes ``benchmarks/results/gpu.json`` and ``gpu.md`` (``gpu_quick.*`` with ``--quick``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+DIM = 24
+HIST = 69
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_searches(search, hist: torch.Tensor, k: int, beam: int, repeats: int, device) -> dict:
+    """Warm-up on 64 users, then ``repeats`` timed searches of the whole batch."""
+    search(hist[:64], k, beam)
+    _sync(device)
+    runs, items = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        _, items = search(hist, k, beam)
+        _sync(device)
+        runs.append(time.perf_counter() - t)
+    med = statistics.median(runs)
+    return {"seconds": runs, "median_s": med, "users_per_s": hist.shape[0] / med, "items": items.cpu()}
+
+
+def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean fraction of row i of ``a``'s items (-1 = padding) that row i of ``b`` also holds."""
+    fr = []
+    for x, y in zip(a.tolist(), b.tolist()):
+        xs = {v for v in x if v >= 0}
+        fr.append(len(xs & set(y)) / max(len(xs), 1))
+    return float(np.mean(fr))
+
+
+def build_tdm(n: int, seed: int):
+    from models.tdm import TDMScorer
+    from models.tree_builders import category_tree
+
+    tree = category_tree(np.random.default_rng(seed).integers(0, max(n // 100, 1), n), 2, seed=seed)
+    torch.manual_seed(seed)
+    return tree, TDMScorer(tree, dim=DIM)
+
+
+def build_recforest(n: int, trees: int, seed: int, device: str):
+    from indexstore.structures import Forest
+    from models.recforest import RecForestConfig, make_net
+    from models.tree_builders import recforest_tree
+
+    emb = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    forest = Forest(tuple(recforest_tree(emb, 18, seed=seed * 1000 + t, device=device) for t in range(trees)))
+    torch.manual_seed(seed)
+    net = make_net(RecForestConfig(trees=trees), n, [t.depth for t in forest.trees])
+    return forest, net
+
+
+def searchers(index: str, built, device: torch.device):
+    from models.recforest_search import ForestTables, RecForestSearcher
+    from models.tree_methods import TreeSearcher
+
+    if index == "tdm":
+        tree, scorer = built
+        return TreeSearcher(copy.deepcopy(scorer), tree, device)
+    forest, net = built
+    return RecForestSearcher(copy.deepcopy(net).to(device), ForestTables.from_forest(forest, device),
+                             forest.n_items, device)
+
+
+def machine(threads: int) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "cpu_threads": threads, "load_average_before": os.getloadavg()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda)
+    else:
+        info["cuda"] = "not available"
+    return info
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"# Beam search, CUDA vs CPU ({res['items']:,} items, CUDA batch {res['batch']}, "
+             f"CPU batch {res['cpu_batch']}, "
+             f"beam {res['beam']}, k {res['k']})", "",
+             f"Machine: {m['cpu_count']} CPU cores ({m['cpu_threads']} torch threads), "
+             f"GPU: {m.get('gpu', 'none (CUDA not available: CPU half only)')}; torch {m['torch']}; "
+             f"load average before {tuple(round(x, 2) for x in m['load_average_before'])}. "
+             f"Median of {res['repeats']} runs after a warm-up. Command: `{res['command']}`.", "",
+             "| index | device | users/s | median s per batch | runs (s) | top-k overlap with CPU |",
+             "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        ov = "–" if r["overlap_with_cpu"] is None else f"{r['overlap_with_cpu']:.3f}"
+        runs = ", ".join(f"{s:.2f}" for s in r["seconds"])
+        lines.append(f"| {r['index']} | {r['device']} | {r['users_per_s']:.1f} | {r['median_s']:.3f} | {runs} | {ov} |")
+    for index, ratio in res["speedup_cuda_over_cpu"].items():
+        lines.append(f"\n{index}: CUDA serves {ratio:.1f}x the CPU's users per second.")
+    if not res["speedup_cuda_over_cpu"]:
+        lines.append("\nNo CUDA device: the CUDA half was not run.")
+    lines.append("\nBuild seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res["build_seconds"].items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=1024, help="users per search on CUDA")
+    ap.add_argument("--cpu-batch", type=int, default=256,
+                    help="users per search on the CPU (the first rows of the same histories)")
+    ap.add_argument("--beam", type=int, default=50)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--trees", type=int, default=4, help="RecForest trees")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--indexes", nargs="+", default=["tdm", "recforest"], choices=["tdm", "recforest"])
+    ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
+    ap.add_argument("--cpu-threads", type=int, default=None, help="torch threads on the CPU (default: torch's)")
+    ap.add_argument("--quick", action="store_true", help="10^4 items, batch 128, 2 runs (numbers mean little)")
+    ap.add_argument("--out-dir", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.items, a.batch, a.repeats = min(a.items, 10_000), min(a.batch, 128), min(a.repeats, 2)
+        a.cpu_batch = min(a.cpu_batch, 32)
+    if a.cpu_threads:
+        torch.set_num_threads(a.cpu_threads)
+    devices = a.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("--devices cuda: torch sees no CUDA device")
+    if not torch.cuda.is_available():
+        print("CUDA not available: running the CPU half only", flush=True)
+    build_dev = "cuda" if "cuda" in devices else "cpu"
+    hist = torch.as_tensor(np.random.default_rng(1).integers(0, a.items, (a.batch, HIST)))
+    res = {"command": "python -m benchmarks.gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "machine": machine(torch.get_num_threads()), "items": a.items, "batch": a.batch, "beam": a.beam,
+           "cpu_batch": a.cpu_batch, "k": a.k, "repeats": a.repeats, "trees": a.trees, "build_seconds": {}, "rows": [],
+           "speedup_cuda_over_cpu": {}}
+    for index in a.indexes:
+        t = time.perf_counter()
+        built = build_tdm(a.items, 0) if index == "tdm" else build_recforest(a.items, a.trees, 0, build_dev)
+        res["build_seconds"][index] = time.perf_counter() - t
+        print(f"{index}: built in {res['build_seconds'][index]:.1f}s", flush=True)
+        per_dev = {}
+        for dev in devices:
+            device = torch.device(dev)
+            s = searchers(index, built, device)
+            rows = hist if device.type == "cuda" else hist[:a.cpu_batch]
+            out = timed_searches(s.search, rows, a.k, a.beam, a.repeats, device)
+            per_dev[dev] = out
+            print(f"{index} on {dev}: {out['users_per_s']:.1f} users/s (median {out['median_s']:.3f}s)", flush=True)
+            del s
+        for dev, out in per_dev.items():
+            ov = overlap(per_dev["cpu"]["items"], out["items"][:a.cpu_batch]) if "cpu" in per_dev and dev != "cpu" else None
+            res["rows"].append({"index": index, "device": dev, "batch": a.batch if dev == "cuda" else a.cpu_batch,
+                                "users_per_s": out["users_per_s"],
+                                "median_s": out["median_s"], "seconds": out["seconds"], "overlap_with_cpu": ov})
+        if "cpu" in per_dev and "cuda" in per_dev:
+            res["speedup_cuda_over_cpu"][index] = per_dev["cuda"]["users_per_s"] / per_dev["cpu"]["users_per_s"]
+    out_dir = pathlib.Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "gpu_quick" if a.quick else "gpu"
+    (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    (out_dir / f"{stem}.md").write_text(markdown(res))
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    from indexstore.quiet_exit import exit_quietly
+
+    main()
+    exit_quietly(0)
