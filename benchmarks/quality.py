@@ -442,9 +442,12 @@ def markdown(result: dict) -> str:
     lines = [f"# Quality on {result['dataset_label']}",
              "",
              f"{result['data']['train_windows']:,} training windows, {result['data']['test_users']} test users, "
-             f"{result['data']['n_items']:,} items; seeds {result['settings']['seeds']} (split and model); "
+             f"{result['data']['n_items']:,} items; seeds {result['settings'].get('seeds_done', result['settings']['seeds'])} "
+             f"(split and model){'' if result.get('complete', True) else ' (run not finished: seeds done so far)'}; "
              f"mean ± std over seeds, percent. Machine: {m['gpu'] or 'no GPU'}, {m['cpu_count']} CPU cores "
-             f"({m['cpu_model']}), torch {m['torch']}. Command: `{result['command']}`.",
+             f"({m['cpu_model']}), torch {m['torch']}. Command: `{result['command']}`."
+             + (f" Config overrides (a budgeted run): `{' '.join(result['settings']['overrides'])}`."
+                if result["settings"].get("overrides") else ""),
              "",
              f"## Test users, seen items kept; indexes at beam {hb}, baselines exact",
              "",
@@ -578,39 +581,53 @@ def main(argv=None) -> dict:
                          "test_users": a.test_users or None, "methods": a.methods, "quiet": a.jobs > 1,
                          "threads_train": max(1, cores // max(1, min(a.jobs, len(a.dataset) * len(a.seeds))))})
     start = time.perf_counter()
+    command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    out_dir = pathlib.Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(outs: list[dict], final: bool) -> dict:
+        """Results of the runs so far, per dataset: JSON + Markdown (rewritten after every serial
+        run, so that a run cut short keeps the seeds it finished; ``complete`` says which)."""
+        results = {}
+        for ds in a.dataset:
+            mine = [o for o in outs if o["dataset"] == ds]
+            if not mine:
+                continue
+            rows = [r for o in mine for r in o["rows"]]
+            result = {
+                "dataset": ds, "dataset_label": "ML-1M subset" if ds == "ml-1m-subset" else "MovieLens latest-small",
+                "command": command, "quick": a.quick, "machine": machine(), "complete": final,
+                "settings": {"overrides": a.set, "tag": a.tag, "seeds": a.seeds, "seeds_done": [o["seed"] for o in mine],
+                             "beams": a.beams, "ks": list(KS), "device": a.device, "cpu_threads": a.cpu_threads,
+                             "speed_repeats": a.speed_repeats, "jobs": a.jobs,
+                             "test_users": a.test_users or "all", "methods": a.methods},
+                "configs": configs, "lifecycle": {k: list(v) if isinstance(v, tuple) else v for k, v in life.items()},
+                "data": mine[0]["data"],
+                "per_seed_data": [{"seed": o["seed"], **o["data"]} for o in mine],
+                "seconds": {"wall_all_datasets": time.perf_counter() - start,
+                            "per_seed": {str(o["seed"]): {"total": o["seconds"], **o["method_seconds"]} for o in mine}},
+                "errors": [e for o in mine for e in o["errors"]],
+                "key_format": "metric@k[/filtered]/tag, tag = 'exact' (the model over every item) or 'b<beam>'",
+                "aggregate": aggregate(rows), "rows": rows,
+            }
+            stem = f"quality_{ds}" + ("_quick" if a.quick else "") + (f"_{a.tag}" if a.tag else "")
+            (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float))
+            (out_dir / f"{stem}.md").write_text(markdown(result))
+            results[ds] = result
+        return results
+
     if a.jobs > 1:
         with ProcessPoolExecutor(max_workers=a.jobs, mp_context=get_context("spawn")) as pool:
             outs = list(pool.map(run_one, jobs))
     else:
-        outs = [run_one(j) for j in jobs]
-    wall = time.perf_counter() - start
-    command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
-    out_dir = pathlib.Path(a.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for ds in a.dataset:
-        mine = [o for o in outs if o["dataset"] == ds]
-        rows = [r for o in mine for r in o["rows"]]
-        result = {
-            "dataset": ds, "dataset_label": "ML-1M subset" if ds == "ml-1m-subset" else "MovieLens latest-small",
-            "command": command, "quick": a.quick, "machine": machine(),
-            "settings": {"overrides": a.set, "tag": a.tag, "seeds": a.seeds, "beams": a.beams, "ks": list(KS), "device": a.device,
-                         "cpu_threads": a.cpu_threads, "speed_repeats": a.speed_repeats, "jobs": a.jobs,
-                         "test_users": a.test_users or "all", "methods": a.methods},
-            "configs": configs, "lifecycle": {k: list(v) if isinstance(v, tuple) else v for k, v in life.items()},
-            "data": mine[0]["data"] if mine else {},
-            "per_seed_data": [{"seed": o["seed"], **o["data"]} for o in mine],
-            "seconds": {"wall_all_datasets": wall,
-                        "per_seed": {str(o["seed"]): {"total": o["seconds"], **o["method_seconds"]} for o in mine}},
-            "errors": [e for o in mine for e in o["errors"]],
-            "key_format": "metric@k[/filtered]/tag, tag = 'exact' (the model over every item) or 'b<beam>'",
-            "aggregate": aggregate(rows), "rows": rows,
-        }
-        stem = f"quality_{ds}" + ("_quick" if a.quick else "") + (f"_{a.tag}" if a.tag else "")
-        (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float))
-        (out_dir / f"{stem}.md").write_text(markdown(result))
+        outs = []
+        for j in jobs:
+            outs.append(run_one(j))
+            write(outs, final=False)
+    results = write(outs, final=True)
+    for result in results.values():
         print(markdown(result))
-        results[ds] = result
+    wall = time.perf_counter() - start
     print(f"total {wall:.0f}s", flush=True)
     return results
 
