@@ -18,6 +18,7 @@ import argparse
 import json
 import pathlib
 import platform
+import statistics
 import time
 
 import numpy as np
@@ -65,23 +66,29 @@ def quality(searcher, data: SplitData, beam: int, users: int) -> dict:
     return out
 
 
-def users_per_s(searcher, data: SplitData, beam: int, batch: int = 256, k: int = 50) -> float:
+def users_per_s(searcher, data: SplitData, beam: int, batch: int = 256, k: int = 50, repeats: int = 5) -> float:
+    """Users/s at batch ``batch``: a warm-up, then the median of ``repeats`` timed searches."""
     hist = torch.as_tensor(data.test.histories[:batch], dtype=torch.long)
     hist = torch.cat([hist] * (batch // len(hist) + 1))[:batch]
     searcher.search(hist[:8], k, beam)  # warm-up
-    start = time.perf_counter()
-    searcher.search(hist, k, beam)
-    return batch / (time.perf_counter() - start)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        searcher.search(hist, k, beam)
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
 
 
 def latency_ms(searcher, data: SplitData, beam: int, n: int = 50) -> float:
-    """Mean wall time of one single-user query (batch 1)."""
+    """Median wall time of one single-user query (batch 1) over ``n`` users, after a warm-up."""
     hist = torch.as_tensor(data.test.histories[:n], dtype=torch.long)
     searcher.search(hist[:1], 20, beam)
-    start = time.perf_counter()
+    times = []
     for i in range(len(hist)):
+        start = time.perf_counter()
         searcher.search(hist[i:i + 1], 20, beam)
-    return 1000 * (time.perf_counter() - start) / len(hist)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def run_recforest(data, args) -> dict:
