@@ -23,12 +23,12 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import time
 
 import numpy as np
 import torch
 
+from benchmarks.timing import median_seconds
 from indexstore.protocol import build_split_data, split_users
 from indexstore.samples import SplitData
 from models.deep_retrieval import DRConfig, DRMethod
@@ -115,17 +115,8 @@ def search_speed(cfg: DRConfig, built: Built, data: SplitData, beam: int, batch:
     h = torch.as_tensor(np.resize(np.asarray(data.test.histories), (batch, 69))).long()
     u = s.net.encode(h)
 
-    def median_users_per_s(fn) -> float:  # warm-up, then the median of ``repeats`` timed calls
-        fn()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return batch / statistics.median(times)
-
-    full = median_users_per_s(lambda: s.search(h, 50, beam))
-    only = median_users_per_s(lambda: beam_search(s.net.structure, u, beam))
+    full = batch / median_seconds(lambda: s.search(h, 50, beam), repeats)  # warm-up + median
+    only = batch / median_seconds(lambda: beam_search(s.net.structure, u, beam), repeats)
     return {"batch": batch, "beam": beam, "k": 50, "users_per_s": full, "beam_only_users_per_s": only,
             "threads": torch.get_num_threads()}
 

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.timing import median_seconds
 from indexstore.protocol import build_split_data, split_users
 from indexstore.samples import SplitData
 from indexstore.structures import Forest
@@ -71,12 +72,7 @@ def users_per_s(searcher, data: SplitData, beam: int, batch: int = 256, k: int =
     hist = torch.as_tensor(data.test.histories[:batch], dtype=torch.long)
     hist = torch.cat([hist] * (batch // len(hist) + 1))[:batch]
     searcher.search(hist[:8], k, beam)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        searcher.search(hist, k, beam)
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    return batch / median_seconds(lambda: searcher.search(hist, k, beam), repeats, warmup=False)
 
 
 def latency_ms(searcher, data: SplitData, beam: int, n: int = 50) -> float:

@@ -50,7 +50,6 @@ import math
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -60,6 +59,8 @@ from multiprocessing import get_context
 
 import numpy as np
 import torch
+
+from benchmarks.timing import median_seconds
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -189,21 +190,14 @@ def cpu_speed(make_searcher, held, beams, brute_force: bool, threads: int, repea
         hist = torch.cat([hist] * (batch // len(hist) + 1))[:batch]
         out = {}
 
-        def timed(fn, n):
-            times = []
-            for _ in range(n):
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            return batch / statistics.median(times)
-
         if not brute_force:
             for beam in beams:
-                searcher.search(hist, k, beam)  # warm-up
-                out[f"users_per_s_cpu256/b{beam}"] = timed(lambda: searcher.search(hist, k, beam), repeats)
-        else:
-            searcher.exhaustive(hist, k)
-        out["users_per_s_cpu256/exact"] = timed(lambda: searcher.exhaustive(hist, k), 1 if not brute_force else repeats)
+                sec = median_seconds(lambda: searcher.search(hist, k, beam), repeats)
+                out[f"users_per_s_cpu256/b{beam}"] = batch / sec
+        # exhaustive scoring of an index: one run, warmed up by the beam runs above
+        sec = median_seconds(lambda: searcher.exhaustive(hist, k), repeats if brute_force else 1,
+                             warmup=brute_force)
+        out["users_per_s_cpu256/exact"] = batch / sec
         return out
     finally:
         torch.set_num_threads(old)
