@@ -87,8 +87,9 @@ def latency_ms(searcher, data: SplitData, beam: int, n: int = 50) -> float:
     return 1000 * statistics.median(times)
 
 
-def run_recforest(data, args) -> dict:
-    method, out = RecForestMethod(), {}
+def run_recforest(data, args, out: dict, save) -> dict:
+    """Fills ``out`` model by model, calling ``save()`` after each (a run cut short keeps its rows)."""
+    method = RecForestMethod()
     base = RecForestConfig(trees=4, max_steps=args.steps, pretrain_max_steps=args.pretrain_steps,
                            device=args.device, embeddings=args.embeddings)
     t0 = time.perf_counter()
@@ -105,15 +106,15 @@ def run_recforest(data, args) -> dict:
         if trees == 1:
             row["latency_ms_per_user_beam20"] = latency_ms(searcher, data, 20)
         out[f"trees_{trees}"] = row
+        save()
         print(f"recforest T={trees}: {row}", flush=True)
     return out
 
 
-def run_deforec(data, args) -> dict:
+def run_deforec(data, args, out: dict, save) -> dict:
     method = DeFoRecMethod()
     cfg = DeFoRecConfig(max_steps=args.steps, device=args.device, tree_samples=20_000)
     built = method.train(cfg, method.construct(cfg, data, seed=0), data, seed=0)
-    out = {}
     for r in range(args.rounds):
         if r > 0:
             built = method.train(cfg, method.relearn(cfg, built, data, seed=r), data, seed=r)
@@ -123,6 +124,7 @@ def run_deforec(data, args) -> dict:
                "last_tree": quality(last, data, args.beam, args.users),
                "users_per_s_cpu_batch256": users_per_s(forest, data, args.beam)}
         out[f"round_{r}"] = row
+        save()
         print(f"deforec round {r}: {row}", flush=True)
     return out
 
@@ -143,14 +145,19 @@ def main(argv=None) -> dict:
     data = load_data(args.dataset, seed=0)
     result = {"dataset": args.dataset, "n_items": data.n_items, "train_samples": len(data.train),
               "settings": vars(args), "machine": platform.platform(), "cpu_threads": torch.get_num_threads(),
-              "note": "training time-boxed to --steps optimiser steps; not converged"}
-    if args.only in (None, "recforest"):
-        result["recforest"] = run_recforest(data, args)
-    if args.only in (None, "deforec"):
-        result["deforec"] = run_deforec(data, args)
+              "note": "training time-boxed to --steps optimiser steps; not converged", "complete": False}
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=float))
+
+    def save() -> None:
+        path.write_text(json.dumps(result, indent=2, default=float))
+
+    if args.only in (None, "recforest"):
+        run_recforest(data, args, result.setdefault("recforest", {}), save)
+    if args.only in (None, "deforec"):
+        run_deforec(data, args, result.setdefault("deforec", {}), save)
+    result["complete"] = True
+    save()
     return result
 
 
