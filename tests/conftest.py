@@ -33,6 +33,25 @@ def store_url(tmp_path) -> str:
     return f"duckdb:///{tmp_path / 'grove.duckdb'}"
 
 
+@pytest.fixture(scope="session")
+def make_synth_store(tmp_path_factory):
+    """Factory ``make(label, n_items, n_users, seed) -> URL``: a fresh initialised DuckDB store in
+    its own temporary folder, holding the synthetic dataset "synth" and its split "default"
+    (both generated with ``seed``). Module fixtures call it once and share the store."""
+    from flows.datasets import split_dataset, synth_dataset
+    from indexstore.store import Store
+
+    def make(label: str, n_items: int, n_users: int, seed: int) -> str:
+        url = f"duckdb:///{tmp_path_factory.mktemp(label) / 'grove.duckdb'}"
+        Store.init(url)
+        store = Store.open(url)
+        synth_dataset(store, "synth", n_items=n_items, n_users=n_users, seed=seed)
+        split_dataset(store, "synth", "default", seed=seed)
+        return url
+
+    return make
+
+
 _EXIT_STATUS: list[int] = []
 
 

@@ -9,20 +9,14 @@ import pytest
 
 from flows.cli import main
 from flows.cli_models import parse_settings
-from flows.datasets import split_dataset, synth_dataset
 from indexstore.errors import GroveError
 from indexstore.store import Store
 from models.retriever import Retriever
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory) -> str:
-    url = f"duckdb:///{tmp_path_factory.mktemp('cli') / 'grove.duckdb'}"
-    Store.init(url)
-    store = Store.open(url)
-    synth_dataset(store, "synth", n_items=300, n_users=400, seed=2)
-    split_dataset(store, "synth", "default", seed=2)
-    return url
+def url(make_synth_store) -> str:
+    return make_synth_store("cli", n_items=300, n_users=400, seed=2)
 
 
 def grove(url, *args) -> int:

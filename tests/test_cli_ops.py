@@ -15,7 +15,6 @@ import time
 import pytest
 
 from flows.cli import main
-from flows.datasets import split_dataset, synth_dataset
 from indexstore.store import Store
 
 INDEX = "ops-tdm"
@@ -23,7 +22,7 @@ TDM = {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 400, "neg_base":
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory):
+def ops(make_synth_store):
     """A store with versions construct (v0) -> train (v1) -> relearn -> train (v2) of a tiny TDM
     index; v1 evaluated at beams 5 and 20, v2 at 5, 20, 50 and exhaustively, on 20 valid users."""
     import torch
@@ -31,7 +30,7 @@ def ops(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: a second thread only fights for the 2 shared cores
     try:
-        return _build(f"duckdb:///{tmp_path_factory.mktemp('ops') / 'grove.duckdb'}")
+        return _build(make_synth_store("ops", n_items=300, n_users=400, seed=2))
     finally:
         torch.set_num_threads(threads)
 
@@ -39,10 +38,6 @@ def ops(tmp_path_factory):
 def _build(url: str):
     from flows import steps
 
-    Store.init(url)
-    store = Store.open(url)
-    synth_dataset(store, "synth", n_items=300, n_users=400, seed=2)
-    split_dataset(store, "synth", "default", seed=2)
     v0 = steps.construct(url, INDEX, "tdm", TDM, "synth").version_id
     v1 = steps.train(url, v0).version_id
     v2 = steps.train(url, steps.relearn(url, v1).version_id).version_id

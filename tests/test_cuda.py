@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from flows.datasets import split_dataset, synth_dataset
 from flows.steps import load_split
 from indexstore.store import Store
 from models.method import config_from_dict
@@ -32,13 +31,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory) -> str:
-    url = f"duckdb:///{tmp_path_factory.mktemp('cuda') / 'grove.duckdb'}"
-    Store.init(url)
-    store = Store.open(url)
-    synth_dataset(store, "synth", n_items=400, n_users=500, seed=3)
-    split_dataset(store, "synth", "default", seed=3)
-    return url
+def url(make_synth_store) -> str:
+    return make_synth_store("cuda", n_items=400, n_users=500, seed=3)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -9,7 +9,6 @@ from indexstore.errors import StateError
 from indexstore.structures import Forest
 from models.deforec import DeFoRecConfig, DeFoRecMethod, DeFoRecSearcher
 from models.deforec_train import SoftmaxLevels
-from models.method import Built
 from models.tree_builders import category_tree
 from test_recforest import planted_split
 

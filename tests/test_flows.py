@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from flows.datasets import split_dataset, synth_dataset
 from indexstore.store import Store
 
 # small enough to train in seconds on a 2-core CPU (the paper-sized defaults take minutes)
@@ -21,13 +20,8 @@ def prefect_server():
 
 
 @pytest.fixture(scope="module")
-def synth_store(tmp_path_factory) -> str:
-    url = f"duckdb:///{tmp_path_factory.mktemp('flows') / 'grove.duckdb'}"
-    Store.init(url)
-    store = Store.open(url)
-    synth_dataset(store, "synth", n_items=300, n_users=400, seed=1)
-    split_dataset(store, "synth", "default", seed=1)
-    return url
+def synth_store(make_synth_store) -> str:
+    return make_synth_store("flows", n_items=300, n_users=400, seed=1)
 
 
 def test_construct_train_relearn_evaluate_flows(prefect_server, synth_store):

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
-from flows.datasets import split_dataset, synth_dataset
 from flows.steps import load_split
 from indexstore.store import Store
 from models.evaluation import evaluate
@@ -24,13 +22,9 @@ TINY = {"epochs": 2, "dim": 8, "hidden": [16, 8], "max_samples": 2000, "neg_base
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    url = f"duckdb:///{tmp_path_factory.mktemp('trees') / 'grove.duckdb'}"
-    Store.init(url)
-    store = Store.open(url)
-    synth_dataset(store, "synth", n_items=N_ITEMS, n_users=400, seed=1)
-    split_dataset(store, "synth", "default", seed=1)
-    return load_split(store, "synth", "default", None)
+def data(make_synth_store):
+    url = make_synth_store("trees", n_items=N_ITEMS, n_users=400, seed=1)
+    return load_split(Store.open(url), "synth", "default", None)
 
 
 def one_leaf_per_item(tree) -> bool:
