@@ -33,7 +33,8 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.quality import CONFIGS, QUICK, RESULTS, find_data_dir, load_data, machine
+from benchmarks.machine import machine_info
+from benchmarks.quality import CONFIGS, QUICK, RESULTS, find_data_dir, load_data
 from models.method import config_from_dict
 from models.metrics import per_user_metrics
 from models.registry import get_method
@@ -182,7 +183,7 @@ def main(argv=None) -> dict:
             cfg["max_samples"] = a.max_samples
         configs[name] = cfg
     result = {"dataset": a.dataset, "k": a.k, "beams": a.beams, "threads": a.threads, "repeats": repeats,
-              "quick": a.quick, "configs": configs, "machine": machine(), "load_before": os.getloadavg(),
+              "quick": a.quick, "configs": configs, "machine": machine_info(),
               "n_items": data.n_items, "test_users": len(data.test), **meta, "methods": {}}
     for name in a.methods:
         print(f"{name}: training", flush=True)

@@ -22,7 +22,7 @@ search of 64 users, then ``--repeats`` timed searches of the whole batch
 (CUDA timings are synchronised); users/s = batch / median seconds. The JSON also keeps how many
 of the CPU's top-k items each device returns (float arithmetic differs in the last bits, so a
 tied score may rank differently; anything far below 1 would be a bug). Without CUDA the script
-runs its CPU half, says so on stdout and records ``"cuda": "not available"``.
+runs its CPU half, says so on stdout and records ``"gpu": null``.
 
 Writes ``benchmarks/results/gpu.json`` and ``gpu.md`` (``gpu_quick.*`` with ``--quick``).
 """
@@ -31,15 +31,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
 
 import numpy as np
 import torch
+
+from benchmarks.machine import machine_info
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DIM = 24
@@ -107,25 +107,13 @@ def searchers(index: str, built, device: torch.device):
                              forest.n_items, device)
 
 
-def machine(threads: int) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "cpu_threads": threads, "load_average_before": os.getloadavg()}
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda)
-    else:
-        info["cuda"] = "not available"
-    return info
-
-
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# Beam search, CUDA vs CPU ({res['items']:,} items, CUDA batch {res['batch']}, "
              f"CPU batch {res['cpu_batch']}, "
              f"beam {res['beam']}, k {res['k']})", "",
-             f"Machine: {m['cpu_count']} CPU cores ({m['cpu_threads']} torch threads), "
-             f"GPU: {m.get('gpu', 'none (CUDA not available: CPU half only)')}; torch {m['torch']}; "
+             f"Machine: {m['cpu_count']} CPU cores ({m['torch_threads']} torch threads), "
+             f"GPU: {m['gpu'] or 'none (CUDA not available: CPU half only)'}; torch {m['torch']}; "
              f"load average before {tuple(round(x, 2) for x in m['load_average_before'])}. "
              f"Median of {res['repeats']} runs after a warm-up. Command: `{res['command']}`.", "",
              "| index | device | users/s | median s per batch | runs (s) | top-k overlap with CPU |",
@@ -171,7 +159,7 @@ def main(argv=None) -> dict:
     build_dev = "cuda" if "cuda" in devices else "cpu"
     hist = torch.as_tensor(np.random.default_rng(1).integers(0, a.items, (a.batch, HIST)))
     res = {"command": "python -m benchmarks.gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "machine": machine(torch.get_num_threads()), "items": a.items, "batch": a.batch, "beam": a.beam,
+           "machine": machine_info(), "items": a.items, "batch": a.batch, "beam": a.beam,
            "cpu_batch": a.cpu_batch, "k": a.k, "repeats": a.repeats, "trees": a.trees, "build_seconds": {}, "rows": [],
            "speedup_cuda_over_cpu": {}}
     for index in a.indexes:

@@ -44,12 +44,9 @@ aggregates mean/std, configs, machine) and ``quality_<dataset>.md`` (tables, mea
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -60,6 +57,7 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
+from benchmarks.machine import machine_info
 from benchmarks.timing import median_seconds
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -451,7 +449,7 @@ def markdown(result: dict) -> str:
         t = headline(a, hb)
         cells = [_pm(a, f"{n}@{k}/{t}") for k in (10, 50) for n in ("precision", "recall", "f1", "ndcg")]
         lines.append(f"| {a['model']} | " + " | ".join(cells + [_pm(a, f'ndcg@20/{t}')]) + " |")
-    lines += ["", f"## Seen items filtered (TDM Table 2 style), same beams", "",
+    lines += ["", "## Seen items filtered (TDM Table 2 style), same beams", "",
               "| model | P@10 | R@10 | P@50 | R@50 | NDCG@20 | Novelty@10 (kept) |", "|---|---|---|---|---|---|---|"]
     for a in agg:
         t = headline(a, hb)
@@ -487,21 +485,6 @@ def markdown(result: dict) -> str:
     if result["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e['method']} seed {e['seed']}: {e['error']}" for e in result["errors"]]
     return "\n".join(lines) + "\n"
-
-
-def machine() -> dict:
-    cpu_model = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "cpu_model": cpu_model, "gpu": gpu,
-            "gpu_memory_gib": (torch.cuda.get_device_properties(0).total_memory / 2**30) if gpu else None}
 
 
 def apply_override(configs: dict, life: dict, item: str) -> None:
@@ -590,7 +573,7 @@ def main(argv=None) -> dict:
             rows = [r for o in mine for r in o["rows"]]
             result = {
                 "dataset": ds, "dataset_label": "ML-1M subset" if ds == "ml-1m-subset" else "MovieLens latest-small",
-                "command": command, "quick": a.quick, "machine": machine(), "complete": final,
+                "command": command, "quick": a.quick, "machine": machine_info(), "complete": final,
                 "settings": {"overrides": a.set, "tag": a.tag, "seeds": a.seeds, "seeds_done": [o["seed"] for o in mine],
                              "beams": a.beams, "ks": list(KS), "device": a.device, "cpu_threads": a.cpu_threads,
                              "speed_repeats": a.speed_repeats, "jobs": a.jobs,

@@ -46,7 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.tree_build import DIM, machine
+from benchmarks.machine import machine_info
+from benchmarks.tree_build import DIM
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K_SEARCH, BEAM, HIST = 50, 50, 69
@@ -424,7 +425,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.sizes, args.repeats, args.batch_runs, args.batch1_users, args.jtm_pairs = [1000, 10_000], 2, 2, 5, 50
     args.sizes = sorted(args.sizes)
-    info, t0 = machine("cpu", None), time.perf_counter()
+    info, t0 = machine_info(device="cpu"), time.perf_counter()
     raw = [spawn(s) for s in plan(args)]
     info["load_average_after"] = os.getloadavg()
     result = {"machine": info, "sizes": args.sizes, "args": {k: v for k, v in vars(args).items() if k != "out"},

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import pathlib
-import platform
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,8 @@ import threading
 import time
 
 import numpy as np
+
+from benchmarks.machine import machine_info
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 INDEX = "bench-tdm"
@@ -182,25 +183,15 @@ def first_answers(per_move: list[dict], records) -> None:
 
 
 # ------------------------------------------------------------------------------ report
-def machine(server_threads: int) -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads_default": torch.get_num_threads(),
-            "torch_threads_server": server_threads or torch.get_num_threads(),
-            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
-
-
 def markdown(res: dict) -> str:
     s, m, w = res["steady"], res["moves"], res["workload"]
     sw = [x["health_switch_s"] for x in m["per_move"] if x["health_switch_s"] is not None]
     fa = [x["first_answer_s"] for x in m["per_move"] if x["first_answer_s"] is not None]
     lines = [
         "# Retrieval service benchmark (`python -m benchmarks.service`)", "",
-        f"Machine: {res['machine']['cores']} cores, torch {res['machine']['torch']} with "
+        f"Machine: {res['machine']['cpu_count']} cores, torch {res['machine']['torch']} with "
         f"{res['machine']['torch_threads_server']} thread(s) in the server (default "
-        f"{res['machine']['torch_threads_default']}), load average {res['machine']['load_average_start']} at start, "
+        f"{res['machine']['torch_threads']}), load average {res['machine']['load_average_before']} at start, "
         f"{res['machine']['load_average_end']} at end. Client and server share these cores (loopback).", "",
         f"Workload: TDM ({w['items']} items, tree of {w['tree_nodes']} nodes), {w['clients']} closed-loop "
         f"clients, {w['per_request']} histories/request, k={w['k']}, beam={w['beam']}, CPU; "
@@ -249,7 +240,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     seconds = 5.0 if args.quick else args.duration
     os.environ.setdefault("GROVE_QUIET", "1")
-    info = machine(args.server_threads)
+    info = machine_info()
+    info["torch_threads_server"] = args.server_threads or info["torch_threads"]
     import torch
 
     torch.set_num_threads(1)  # the build here; the clients do not use torch

@@ -17,12 +17,14 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import tempfile
 import time
 
+import duckdb
 import numpy as np
+
+from benchmarks.machine import machine_info
 
 from indexstore.store import Store
 from indexstore.structures import Forest, PathCodes, Tree
@@ -66,14 +68,6 @@ def run_case(store: Store, name: str, structure, runs: int) -> dict:
             "write_runs": writes, "read_runs": reads}
 
 
-def machine() -> dict:
-    import duckdb
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "duckdb": duckdb.__version__,
-            "numpy": np.__version__}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -102,7 +96,7 @@ def main(argv=None) -> int:
                            else {"paths": structure.n_items * structure.n_paths})
             results[name] = res
         size = os.path.getsize(f"{tmp}/bench.duckdb")
-    out = {"items": n, "runs": args.runs, "machine": machine(), "store_file_bytes": size,
+    out = {"items": n, "runs": args.runs, "machine": machine_info(duckdb=duckdb.__version__, numpy=np.__version__), "store_file_bytes": size,
            "targets": {"tree_write_s": 10.0, "tree_read_s": 3.0}, "results": results,
            "meets_targets": all(results[k]["write_s"] <= 10 and results[k]["read_s"] <= 3
                                 for k in ("tree_k2", "tree_k18"))}

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tree_build.json"
 DIM = 24
@@ -135,18 +136,6 @@ def growth(rows: list[dict]) -> dict:
     return out
 
 
-def machine(device: str, threads: int | None) -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": threads or torch.get_num_threads(), "device": device,
-            "load_average_before": os.getloadavg()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -168,7 +157,7 @@ def main(argv=None) -> dict:
         return {}
     sizes = [10_000, 100_000] if args.quick else args.sizes
     repeats = 1 if args.quick else args.repeats
-    result = {"machine": machine(args.device, args.threads),
+    result = {"machine": machine_info(device=args.device, **({"torch_threads": args.threads} if args.threads else {})),
               "notes": "kmeans_tree: median of `repeats` builds, each in a fresh process (peak RSS "
                        "is that process's ru_maxrss, including the embeddings and torch); "
                        "N >= 10^6 uses `repeats_large`. Beam search: dot-product scorer over "
