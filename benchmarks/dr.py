@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import time
 
 import numpy as np
 import torch
 
+from benchmarks.machine import machine_info
 from benchmarks.timing import median_seconds
 from indexstore.protocol import build_split_data, split_users
 from indexstore.samples import SplitData
 from models.deep_retrieval import DRConfig, DRMethod
-from models.dr_search import beam_search
+from models.dr_search import beam_search, path_id_weights
 from models.evaluation import evaluate
 from models.method import Built
 from models.metrics import fidelity
@@ -61,12 +60,23 @@ def path_stats(codes) -> dict:
             "mean_path_size": float(sizes.mean())}
 
 
+@torch.no_grad()
+def beam_diversity(searcher, data: SplitData, beam: int) -> int:
+    """Distinct paths over all test users' B-path beams: B when every user gets the same beam
+    (a structure model that learnt only popularity), up to users x B when beams are personal."""
+    u = searcher.net.encode(torch.as_tensor(np.asarray(data.test.histories), dtype=torch.long))
+    paths, logp = beam_search(searcher.net.structure, u, beam)  # (users, B, D), (users, B)
+    pid = (paths.clamp_min(0) * path_id_weights(searcher.codes.arity, paths.shape[-1], u.device)).sum(-1)
+    return int(torch.unique(pid[torch.isfinite(logp)]).numel())
+
+
 def measure(cfg: DRConfig, built: Built, data: SplitData, beam: int, device: str) -> dict:
     """Test-set recall@10/@50 of beam search and of the brute-force reference, fidelity, candidates."""
     s = DRMethod().searcher(cfg, built, device)
     res = evaluate(s, data.test, ks=(10, 50), beam=beam)
     bf = evaluate(s, data.test, ks=(10, 50), exhaustive=True)
-    out = {"beam": beam, "candidates": res.mean_candidates, **path_stats(built.structure)}
+    out = {"beam": beam, "candidates": res.mean_candidates, **path_stats(built.structure),
+           "distinct_paths_in_user_beams": beam_diversity(s, data, beam)}
     for k in (10, 50):
         r, rb = res.value("recall", k), bf.value("recall", k)
         out.update({f"recall@{k}": r, f"precision@{k}": res.value("precision", k),
@@ -137,6 +147,8 @@ def main(argv=None) -> dict:
     p.add_argument("--alpha", type=float, default=3e-5)
     p.add_argument("--alphas", type=float, nargs="*", default=[0.0, 3e-7, 3e-5])
     p.add_argument("--max-samples", type=int, default=0)
+    p.add_argument("--estep-beam", type=int, default=DRConfig.estep_beam, help="S: paths per sample in the E-step")
+    p.add_argument("--estep-pool", type=int, default=DRConfig.estep_pool, help="candidate paths kept per item")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=str(DATASETS), help="folder holding ml-1m-subset/")
@@ -146,23 +158,28 @@ def main(argv=None) -> dict:
     data = load_data(a.dataset, a.items, a.users, a.seed, a.data_dir)
     arity = a.arity or (50 if a.dataset == "ml-1m-subset" else 20)
     base = DRConfig(arity=arity, depth=a.depth, n_paths=3, epochs=a.epochs, joint_epochs=a.joint_epochs,
-                    alpha=a.alpha, max_samples=a.max_samples, device=a.device, seed=a.seed)
+                    alpha=a.alpha, max_samples=a.max_samples, estep_beam=a.estep_beam,
+                    estep_pool=a.estep_pool, device=a.device, seed=a.seed)
     result = {"dataset": a.dataset, "n_items": data.n_items, "n_train_samples": len(data.train),
-              "n_test_users": len(data.test), "machine": platform.platform(), "cpus": os.cpu_count(),
-              "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "config": base.to_dict(), "filtered": False, "runs": {}}
+              "n_test_users": len(data.test), "machine": machine_info(), "config": base.to_dict(), "filtered": False, "runs": {}}
     t0 = time.perf_counter()
+    out = pathlib.Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(complete: bool = False) -> None:  # after every stage: a run cut short keeps its rows
+        result.update(complete=complete, total_s=time.perf_counter() - t0)
+        out.write_text(json.dumps(result, indent=2))
+
     builts = {}
     for j in (1, 3):
         cfg = DRConfig(**{**base.to_dict(), "n_paths": j})
         result["runs"][f"J={j}"], builts[j] = em_run(cfg, data, a.rounds, a.beam, a.device, a.seed, f"J={j}")
+        save()
     result["alpha_sweep"] = alpha_sweep(base, builts[3][0], data, a.alphas, a.beam, a.device, a.seed)
+    save()
     result["beam_sweep_J=3"] = [measure(base, builts[3][-1], data, b, a.device) for b in a.beams]
     result["search_speed_cpu"] = search_speed(base, builts[3][-1], data, a.beam)
-    result["total_s"] = time.perf_counter() - t0
-    out = pathlib.Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    save(complete=True)
     print(f"wrote {out}")
     return result
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
 
+from benchmarks.machine import machine_info
 from benchmarks.timing import median_seconds
 from indexstore.protocol import build_split_data, split_users
 from indexstore.samples import SplitData
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     data = load_data(args.dataset, seed=0)
     result = {"dataset": args.dataset, "n_items": data.n_items, "train_samples": len(data.train),
-              "settings": vars(args), "machine": platform.platform(), "cpu_threads": torch.get_num_threads(),
+              "settings": vars(args), "machine": machine_info(),
               "note": "training time-boxed to --steps optimiser steps; not converged", "complete": False}
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
 import numpy as np
@@ -593,11 +593,13 @@ def main(argv=None) -> dict:
             results[ds] = result
         return results
 
-    if a.jobs > 1:
+    outs = []
+    if a.jobs > 1:  # results rewritten as each (dataset, seed) run ends: a run cut short keeps them
         with ProcessPoolExecutor(max_workers=a.jobs, mp_context=get_context("spawn")) as pool:
-            outs = list(pool.map(run_one, jobs))
+            for done in as_completed([pool.submit(run_one, j) for j in jobs]):
+                outs.append(done.result())
+                write(outs, final=False)
     else:
-        outs = []
         for j in jobs:
             outs.append(run_one(j))
             write(outs, final=False)

@@ -414,7 +414,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--jtm-pairs", type=int, default=500)
     ap.add_argument("--mstep-iters", type=int, default=1)
     ap.add_argument("--search-arity", type=int, default=2)
-    ap.add_argument("--batch-runs", type=int, default=3, help="batch-256 beam-search calls per N")
+    ap.add_argument("--batch-runs", type=int, default=5, help="batch-256 beam-search calls per N")
     ap.add_argument("--batch1-users", type=int, default=20)
     ap.add_argument("--exhaustive-users-large", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)

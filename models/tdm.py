@@ -21,9 +21,10 @@ Network
 * Behaviours (U, 69) nearest first, -1 padded, fall into 10 time windows of sizes
   ``WINDOWS = [1, 1, 1, 2, 2, 2, 10, 10, 20, 20]`` (columns 0, 1, 2, 3-4, 5-6, ...).
 * Activation unit (DIN style): per (behaviour b, node n) an MLP over ``[b, b ⊙ n, n]``
-  (3d -> 36 PReLU -> 1) gives a weight w. The first layer is applied as
-  ``b @ (Wb + diag(n) Wp) + n @ Wn`` so the (P, 69, 3d) concatenation is never built, and a
-  user's (69, d) behaviour embeddings are looked up once and shared by its C candidate nodes.
+  (3d -> 36 PReLU -> 1) gives a weight w. The first layer is applied as three terms,
+  ``b @ Wb^T`` once per user, ``n @ Wn^T`` once per node and ``(b ⊙ n) @ Wp^T`` as one GEMM, so
+  the (P, 69, 3d) concatenation is never built, and a user's (69, d) behaviour embeddings are
+  looked up once and shared by its C candidate nodes.
 * Window vector = sum_i w_i b_i / (number of non-padding behaviours in the window); an empty
   window gives zeros. Choice: TDM says "weighted averaged" without saying how weights are
   normalised. A softmax inside a window would make the three one-behaviour windows ignore the
@@ -157,8 +158,6 @@ class TDMScorer(nn.Module):
         e_b = self.emb(beh_rows.unsqueeze(1) if shared else beh_rows)  # (U, 1|C, L, d)
         valid = (beh_rows != self.pad_row).unsqueeze(1) if shared else beh_rows != self.pad_row
         w_b, w_p, w_n = self.act_in.weight.split(d, dim=1)          # each (h, d)
-        # first layer of the activation unit: b @ Wb + (b * n) @ Wp + n @ Wn + bias
-        #   = b @ (Wb^T + diag(n) Wp^T) + (n @ Wn^T + bias): one (L, d) x (d, h) product per pair
         # first layer of the activation unit, [b, b*n, n] @ W^T + bias, as three terms:
         #   b @ Wb^T (U, 1|C, L, h) once per user, n @ Wn^T + bias (U, C, 1, h) once per node,
         #   (b*n) @ Wp^T as ONE large GEMM over all (U*C*L, d) rows (small batched products
