@@ -15,6 +15,7 @@ Artifacts: ``{"weights.pt": state_to_bytes({"model": state_dict, "epochs_done": 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from indexstore.errors import GroveError, StructureError
 from indexstore.samples import SplitData
 from indexstore.structures import PathCodes
-from models.dr_em import estep_scores, mstep, random_codes
+from models.dr_em import estep_scores, mstep, pool_coverage, pool_warning, random_codes
 from models.dr_model import DRNet
 from models.dr_search import PathIndex, beam_search, topk_padded
 from models.dr_train import train_epochs
@@ -146,6 +147,9 @@ class DRMethod(Method):
         beh, tgt = _samples(config, data, seed)
         cands = estep_scores(net, beh, tgt, data.n_items, config.estep_beam, config.estep_pool,
                              max(config.batch_size, 512), device)
+        message = pool_warning(pool_coverage(cands, config.n_paths), data.n_items)
+        if message:
+            warnings.warn(message, stacklevel=2)
         new_codes = mstep(cands, codes, config.alpha, config.mstep_iters, seed)
         return Built(new_codes, dict(built.artifacts))
 

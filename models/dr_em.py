@@ -115,6 +115,49 @@ def _top_per_item(item: np.ndarray, pid: np.ndarray, val: np.ndarray, n_items: i
     return CandidateScores(offsets, pid[keep].astype(np.int64), val[keep])
 
 
+@dataclass(frozen=True)
+class PoolCoverage:
+    """How many paths the E-step offers the M-step: ``items`` with at least one candidate,
+    ``paths`` distinct paths over all their pools, ``n_paths`` = J."""
+
+    items: int
+    paths: int
+    n_paths: int
+
+    @property
+    def least_top_path(self) -> int:
+        """No assignment can do better: the items' J slots fill at most ``paths`` paths, so
+        some path holds at least ceil(items * J / paths) of them (pigeonhole)."""
+        return -(-self.items * self.n_paths // max(self.paths, 1)) if self.items else 0
+
+
+# `pool_warning` fires when least_top_path exceeds both this share of the corpus and this many
+# items (small corpora cluster into a few paths by design: that is not crowding)
+CROWDED_SHARE, CROWDED_MIN = 0.01, 50
+
+
+def pool_coverage(cands: CandidateScores, n_paths: int) -> PoolCoverage:
+    return PoolCoverage(int((np.diff(cands.offsets) > 0).sum()), int(np.unique(cands.path_ids).size), n_paths)
+
+
+def pool_warning(cov: PoolCoverage, n_items: int) -> str | None:
+    """A message when the E-step pools force crowded paths, else None.
+
+    The M-step only moves an item to one of its candidate paths, so if every user's beam holds
+    the same few paths (a structure model that has learnt popularity only, e.g. after a small
+    fraction of an epoch) every item gets the same pool and no alpha can spread the items out:
+    beam search then lands on paths holding a large share of the corpus. Measured on
+    ml-1m-subset (benchmarks/README.md, dr): 20,000 training windows left 56 distinct paths in
+    the pools (top path >= 127 of 3,615 items); three epochs gave 739 at S = 20."""
+    floor = cov.least_top_path
+    if floor <= max(CROWDED_SHARE * n_items, CROWDED_MIN):
+        return None
+    return (f"DR E-step: the candidate pools of {cov.items} items hold only {cov.paths} distinct "
+            f"paths, so every assignment puts >= {floor} items on some path "
+            f"({100 * floor / n_items:.1f}% of {n_items}); train the structure model longer before "
+            f"relearning, or raise estep_beam / estep_pool")
+
+
 def _with_fallback(cands: CandidateScores, prev: PathCodes) -> CandidateScores:
     """Add an item's previous paths (score 0) where it has fewer than J candidates."""
     j = prev.n_paths

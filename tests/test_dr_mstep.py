@@ -6,7 +6,8 @@ import pytest
 
 from indexstore.errors import GroveError
 from indexstore.structures import PathCodes
-from models.dr_em import CandidateScores, _top_per_item, mstep, random_codes, size_penalty
+from models.dr_em import (CandidateScores, _top_per_item, mstep, pool_coverage, pool_warning, random_codes,
+                          size_penalty)
 
 K, D = 4, 3  # 64 paths; path ids 0..63
 
@@ -95,3 +96,23 @@ def test_random_codes_distinct_seeded_and_in_range():
     assert all(sorted(r) == [0, 1, 2, 3] for r in full.path_ids().tolist())
     with pytest.raises(GroveError, match="K\\^D"):
         random_codes(5, 5, 2, 2, seed=0)
+
+
+def test_shared_pools_bound_the_top_path_whatever_alpha():
+    """Every item offered the same 3 paths (a popularity-only structure model): 90 items x J=2
+    slots over 3 paths -> some path holds >= 60 items; the M-step meets the bound at a large
+    alpha and cannot beat it, and the coverage check says so. Personal pools raise no warning."""
+    rng = np.random.default_rng(3)
+    shared = table([[(p, float(x)) for p, x in zip((5, 9, 40), rng.random(3) + 0.1)] for _ in range(90)])
+    cov = pool_coverage(shared, n_paths=2)
+    assert (cov.items, cov.paths, cov.least_top_path) == (90, 3, 60)
+    out = mstep(shared, random_codes(90, 2, K, D, seed=0), alpha=1.0, iters=4, seed=0)
+    sizes = np.unique(out.path_ids(), return_counts=True)[1]
+    assert sizes.max() == cov.least_top_path
+    message = pool_warning(cov, n_items=90)
+    assert message and "3 distinct paths" in message and ">= 60 items" in message
+    assert pool_warning(cov, n_items=6001) is None  # 60 items is 1% of this corpus: not flagged
+
+    personal = table([[(v, 1.0), (v + 30, 0.5)] for v in range(30)])
+    assert pool_coverage(personal, n_paths=2).least_top_path == 1  # 60 paths for 60 slots
+    assert pool_warning(pool_coverage(personal, n_paths=2), n_items=30) is None
