@@ -5,7 +5,8 @@
     python -m benchmarks.curves --quick                           # a minute; numbers meaningless
 
 For each method in ``--methods``: its lifecycle up to one trained index (TDM/JTM/DeFoRec:
-category tree -> train -> relearn -> train; RecForest/DR: construct -> train), then Recall@k and
+category tree -> train -> relearn -> train; DR: random codes -> train -> one EM round (E + M step)
+-> train; RecForest: construct -> train), then Recall@k and
 users/s of its beam search on the test users for every beam in ``--beams`` (batch 256,
 ``--threads`` CPU threads, median of ``--repeats`` timed passes after a warm-up; recall from the
 same results). Beside them, over the SAME two-tower embeddings (user tower = query, item matrix =
@@ -70,7 +71,7 @@ def method_curve(name: str, data, beams, k: int, cfg: dict, repeats: int) -> lis
     config = config_from_dict(method.config_cls, cfg)
     built = method.construct(config, data, 0)
     built = method.train(config, built, data, 0)
-    if name in TREE_METHODS:  # the relearnt index is the one the papers report
+    if name in TREE_METHODS or method.relearns:  # the relearnt index is the one the papers report
         built = method.train(config, method.relearn(config, built, data, 1000), data, 1)
     searcher = method.searcher(config, built, "cpu")
     hist = torch.as_tensor(data.test.histories).long()
