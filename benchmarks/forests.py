@@ -114,15 +114,21 @@ def run_recforest(data, args, out: dict, save) -> dict:
 def run_deforec(data, args, out: dict, save) -> dict:
     method = DeFoRecMethod()
     cfg = DeFoRecConfig(max_steps=args.steps, device=args.device, tree_samples=20_000)
-    built = method.train(cfg, method.construct(cfg, data, seed=0), data, seed=0)
+    built = method.construct(cfg, data, seed=0)
     for r in range(args.rounds):
+        t0 = time.perf_counter()
         if r > 0:
-            built = method.train(cfg, method.relearn(cfg, built, data, seed=r), data, seed=r)
+            built = method.relearn(cfg, built, data, seed=r)
+        t1 = time.perf_counter()
+        built = method.train(cfg, built, data, seed=r)
+        train_s = time.perf_counter() - t1
         forest = method.searcher(cfg, built, "cpu")
         last = type(forest)(forest.trees[-1:], forest.scorers[-1:], forest.discriminate, forest.n_items, forest.device)
         row = {"forest": quality(forest, data, args.beam, args.users),
                "last_tree": quality(last, data, args.beam, args.users),
-               "users_per_s_cpu_batch256": users_per_s(forest, data, args.beam)}
+               "users_per_s_cpu_batch256": users_per_s(forest, data, args.beam),
+               "tree_learning_s": t1 - t0, "train_s": train_s,
+               "train_samples_per_s": min(cfg.max_steps * cfg.batch_size or np.inf, cfg.epochs * len(data.train)) / train_s}
         out[f"round_{r}"] = row
         save()
         print(f"deforec round {r}: {row}", flush=True)
