@@ -44,6 +44,15 @@ class DRConfig(MethodConfig):
     ``max_samples`` > 0 caps the training samples used per train / E-step (seeded subset).
     ``softmax_samples`` 0 = full softmax over items; > 0 = sampled softmax with that many
     uniform negatives (for large corpora).
+
+    Choosing alpha: the M-step weighs log-scores (differences of order 1) against the marginal
+    penalty alpha * ((n+1)^4 - n^4) / 4 ~ alpha * n^3 of joining a path of n items, so the path
+    size where the penalty bites scales as alpha^(-1/3) and the right alpha depends on the
+    corpus (the paper: 3e-5 for MovieLens-20M, 3e-7 for Amazon Books). On ml-1m-subset (3,615
+    items, K=50) alpha 3e-3 keeps the top path at ~11 items and ~400 candidates per user at beam
+    50 with no recall lost against the brute force (benchmarks/README.md, dr). The E-step can
+    only offer paths that some user's beam reaches: relearning from an undertrained structure
+    model crowds the items onto a few paths whatever alpha is (`models.dr_em.pool_warning`).
     """
 
     arity: int = 100
