@@ -58,9 +58,10 @@ def load_data(name: str, seed: int) -> SplitData:
 
 def quality(searcher, data: SplitData, beam: int, users: int) -> dict:
     held = data.test.subset(users)
-    res = evaluate(searcher, held, ks=(10, 50), beam=beam)
+    res = evaluate(searcher, held, ks=(10, 20, 50), beam=beam)
     full = evaluate(searcher, held, ks=(10, 50), beam=beam, exhaustive=True)
     out = {f"{m}@{k}": res.value(m, k) for m in ("precision", "recall", "ndcg") for k in (10, 50)}
+    out["ndcg@20"] = res.value("ndcg", 20)  # issue 4 compares RecForest with the two-tower on NDCG@20
     out.update({f"exhaustive_recall@{k}": full.value("recall", k) for k in (10, 50)})
     out.update({f"fidelity@{k}": fidelity(res.value("recall", k), full.value("recall", k)) for k in (10, 50)})
     out["candidates_per_user"] = searcher.last_candidates()

@@ -147,8 +147,9 @@ def pool_warning(cov: PoolCoverage, n_items: int) -> str | None:
     the same few paths (a structure model that has learnt popularity only, e.g. after a small
     fraction of an epoch) every item gets the same pool and no alpha can spread the items out:
     beam search then lands on paths holding a large share of the corpus. Measured on
-    ml-1m-subset (benchmarks/README.md, dr): 20,000 training windows left 56 distinct paths in
-    the pools (top path >= 127 of 3,615 items); three epochs gave 739 at S = 20."""
+    ml-1m-subset (benchmarks/README.md, dr_pools): a model trained on 20,000 windows left 55
+    distinct paths in the pools of 2,837 items (top path >= 155), three epochs over all windows
+    739 at S = 20."""
     floor = cov.least_top_path
     if floor <= max(CROWDED_SHARE * n_items, CROWDED_MIN):
         return None
