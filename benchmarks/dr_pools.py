@@ -26,7 +26,7 @@ import torch
 from benchmarks.dr import DATASETS, beam_diversity, load_data, path_stats
 from benchmarks.machine import machine_info
 from models.deep_retrieval import DRConfig, DRMethod, load_net
-from models.dr_em import estep_scores, mstep
+from models.dr_em import estep_scores, mstep, pool_coverage
 from models.evaluation import evaluate
 from models.method import Built
 
@@ -80,9 +80,9 @@ def main(argv=None) -> dict:
         for width in a.widths:
             t = time.perf_counter()
             cands = estep_scores(net, beh, tgt, data.n_items, width, width, 512, dev)
-            pools = {"estep_width": width, "estep_s": time.perf_counter() - t,
-                     "items_with_candidates": int((np.diff(cands.offsets) > 0).sum()),
-                     "distinct_paths_in_pools": int(np.unique(cands.path_ids).size)}
+            cov = pool_coverage(cands, cfg.n_paths)
+            pools = {"estep_width": width, "estep_s": time.perf_counter() - t, "items_with_candidates": cov.items,
+                     "distinct_paths_in_pools": cov.paths, "least_top_path": cov.least_top_path}
             for alpha in a.alphas:
                 codes = mstep(cands, start.structure, alpha, 4, 0)
                 one = DRConfig(**{**cfg.to_dict(), "epochs": 1, "joint_epochs": 0, "max_samples": cap})
