@@ -31,7 +31,7 @@ from benchmarks.timing import median_seconds
 from indexstore.protocol import build_split_data, split_users
 from indexstore.samples import SplitData
 from models.deep_retrieval import DRConfig, DRMethod
-from models.dr_search import beam_search, path_id_weights
+from models.dr_search import beam_search, path_ids_of
 from models.evaluation import evaluate
 from models.method import Built
 from models.metrics import fidelity
@@ -66,8 +66,7 @@ def beam_diversity(searcher, data: SplitData, beam: int) -> int:
     (a structure model that learnt only popularity), up to users x B when beams are personal."""
     u = searcher.net.encode(torch.as_tensor(np.asarray(data.test.histories), dtype=torch.long))
     paths, logp = beam_search(searcher.net.structure, u, beam)  # (users, B, D), (users, B)
-    pid = (paths.clamp_min(0) * path_id_weights(searcher.codes.arity, paths.shape[-1], u.device)).sum(-1)
-    return int(torch.unique(pid[torch.isfinite(logp)]).numel())
+    return int(torch.unique(path_ids_of(paths, searcher.codes.arity)[torch.isfinite(logp)]).numel())
 
 
 def measure(cfg: DRConfig, built: Built, data: SplitData, beam: int, device: str) -> dict:

@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
         base = {"max_samples": cap, "epochs": epochs, "train_s": time.perf_counter() - t,
                 "round0": retrieval(cfg, start, data)}
         net, _ = load_net(cfg, start, dev)
+        one = DRConfig(**{**cfg.to_dict(), "epochs": 1, "joint_epochs": 0})  # the retrain after an M-step
         for width in a.widths:
             t = time.perf_counter()
             cands = estep_scores(net, beh, tgt, data.n_items, width, width, 512, dev)
@@ -85,7 +86,6 @@ def main(argv=None) -> dict:
                      "distinct_paths_in_pools": cov.paths, "least_top_path": cov.least_top_path}
             for alpha in a.alphas:
                 codes = mstep(cands, start.structure, alpha, 4, 0)
-                one = DRConfig(**{**cfg.to_dict(), "epochs": 1, "joint_epochs": 0, "max_samples": cap})
                 trained = m.train(one, Built(codes, dict(start.artifacts)), data, 1)
                 row = {**base, **pools, "alpha": alpha, "after_mstep": path_stats(codes),
                        "retrained": retrieval(one, trained, data)}

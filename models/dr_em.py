@@ -29,7 +29,7 @@ import torch
 from indexstore.errors import GroveError
 from indexstore.structures import PathCodes
 from models.dr_model import DRNet
-from models.dr_search import beam_search, path_id_weights
+from models.dr_search import beam_search, path_ids_of
 from models.progress import Progress
 
 _REDUCE_EVERY = 1 << 22  # pending (key, prob) pairs before a merge, bounds E-step memory
@@ -78,14 +78,13 @@ def estep_scores(net: DRNet, behaviours: np.ndarray, targets: np.ndarray, n_item
         raise GroveError(f"n_items * K^D = {n_items} * {n_space} is too large for 64-bit path keys")
     net.eval()
     keys, vals, pending = [], [], 0
-    weights = path_id_weights(st.arity, st.depth, device)
     n = int(targets.shape[0])
     with Progress("dr e-step", total=n, unit="sample") as prog:
         for lo in range(0, n, batch_size):
             hist = torch.tensor(behaviours[lo:lo + batch_size], dtype=torch.long, device=device)
             paths, logp = beam_search(st, net.encode(hist), beam)  # (b, S, D), (b, S)
             ok = torch.isfinite(logp)
-            pid = (paths.clamp_min(0) * weights).sum(-1)  # (b, S)
+            pid = path_ids_of(paths, st.arity)  # (b, S)
             tgt = torch.tensor(targets[lo:lo + batch_size], dtype=torch.long, device=device)
             key = tgt[:, None] * n_space + pid
             keys.append(key[ok].cpu().numpy())

@@ -19,6 +19,13 @@ def path_id_weights(arity: int, depth: int, device=None) -> torch.Tensor:
     return torch.tensor([arity ** (depth - 1 - d) for d in range(depth)], dtype=torch.long, device=device)
 
 
+def path_ids_of(paths: torch.Tensor, arity: int) -> torch.Tensor:
+    """(..., D) long codes -> (...,) int64 path ids as `PathCodes.path_ids`; a row holding a -1
+    code (no path, e.g. a beam wider than the grid) gives -1."""
+    ids = (paths.clamp_min(0) * path_id_weights(arity, paths.shape[-1], paths.device)).sum(-1)
+    return torch.where((paths >= 0).all(-1), ids, torch.full_like(ids, -1))
+
+
 @torch.no_grad()
 def beam_search(structure: StructureModel, u: torch.Tensor, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top paths of every user by beam search (Algorithm 3).
@@ -74,7 +81,6 @@ class PathIndex:
         self.path_ids = torch.as_tensor(uniq, device=device)
         self.offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)]), device=device)
         self.items = torch.as_tensor(item[order], device=device)
-        self.weights = path_id_weights(codes.arity, codes.depth, device)
 
     def path_sizes(self) -> torch.Tensor:
         """(P,) items per non-empty path."""
@@ -97,9 +103,7 @@ class PathIndex:
         number of distinct candidates of a user, at least 1).
         """
         n = paths.shape[0]
-        pid = torch.where((paths >= 0).all(-1), (paths.clamp_min(0) * self.weights).sum(-1),
-                          torch.full(paths.shape[:2], -1, dtype=torch.long, device=paths.device))
-        start, size = self.lookup(pid)  # (B, P) each
+        start, size = self.lookup(path_ids_of(paths, self.arity))  # (B, P) each
         seg = size.reshape(-1)  # (B*P,) segment lengths
         per_user = size.sum(1)  # (B,)
         width = max(int(per_user.max()) if n else 0, 1)
