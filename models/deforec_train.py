@@ -82,19 +82,27 @@ def train_softmax_scorer(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, 
                 if steps >= total:
                     break
                 idx = order[b * opts.batch_size:(b + 1) * opts.batch_size]
-                nodes, _, mask = levels.sampler.sample(tgt[idx], gen)  # (N, C)
-                loss = levels.loss(scorer(beh[idx].long(), nodes), mask)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
+                loss = softmax_step(scorer, optim, levels, beh[idx].long(), tgt[idx], gen)
                 steps, done, batches = steps + 1, done + idx.numel(), batches + 1
-                loss_sum += float(loss.detach())
+                loss_sum += float(loss)
                 prog.update(1, postfix=f"loss {loss_sum / batches:.3f}")
             sched.step()
     scorer.eval()
     elapsed = max(time.perf_counter() - start, 1e-9)
     return {"loss": loss_sum / max(batches, 1), "samples_per_s": done / elapsed, "steps": steps,
             "samples": done}
+
+
+def softmax_step(scorer: TDMScorer, optim, levels: SoftmaxLevels, hist: torch.Tensor, tgt: torch.Tensor,
+                 gen: torch.Generator) -> torch.Tensor:
+    """One Adam step on a batch, hist (N, L) and tgt (N,): Eq. 9 over freshly drawn negatives.
+    Returns the (detached) loss."""
+    nodes, _, mask = levels.sampler.sample(tgt, gen)  # (N, C)
+    loss = levels.loss(scorer(hist, nodes), mask)
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    optim.step()
+    return loss.detach()
 
 
 def learn_tree_softmax(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, targets: np.ndarray,

@@ -151,7 +151,7 @@ def train_scorer(scorer: nn.Module, tree: Tree, behaviours: np.ndarray, targets:
             loss_sum = torch.zeros((), device=device)
             for b in range(steps_per_epoch):
                 idx = order[b * opts.batch_size:(b + 1) * opts.batch_size]
-                loss = _step(scorer, optim, sampler, beh[idx].long(), tgt[idx], gen)
+                loss = bce_step(scorer, optim, sampler, beh[idx].long(), tgt[idx], gen)
                 loss_sum += loss
                 steps, done = steps + 1, done + idx.numel()
                 prog.update(1, postfix=f"{done / max(time.perf_counter() - start, 1e-9):,.0f} samples/s")
@@ -162,8 +162,8 @@ def train_scorer(scorer: nn.Module, tree: Tree, behaviours: np.ndarray, targets:
             "steps": steps, "samples": int(n)}
 
 
-def _step(scorer, optim, sampler: LevelSampler, hist: torch.Tensor, tgt: torch.Tensor,
-          gen: torch.Generator) -> torch.Tensor:
+def bce_step(scorer, optim, sampler: LevelSampler, hist: torch.Tensor, tgt: torch.Tensor,
+             gen: torch.Generator) -> torch.Tensor:
     """One Adam step on a batch: masked mean binary cross-entropy over all sampled pairs."""
     nodes, labels, mask = sampler.sample(tgt, gen)              # (N, C) each
     logits = scorer(hist, nodes)                                # (N, C)
