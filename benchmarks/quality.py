@@ -356,8 +356,9 @@ class Runner:
 
 def run_one(job: dict) -> dict:
     """Worker: one (dataset, seed). Returns {"rows": [...], "errors": [...], ...}."""
-    if job["quiet"]:  # parallel workers: interleaved progress lines would be unreadable
-        os.environ.setdefault("GROVE_QUIET", "1")
+    if job["quiet"]:  # parallel workers: tagged progress lines, at most one a minute per worker
+        os.environ.setdefault("GROVE_PROGRESS_PREFIX", f"[{job['dataset']} seed {job['seed']}] ")
+        os.environ.setdefault("GROVE_PROGRESS_INTERVAL", "60")
     torch.set_num_threads(job["threads_train"])
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

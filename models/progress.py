@@ -1,6 +1,8 @@
 """Progress for long work (training, tree learning, evaluation): one line to stderr at most
 every ``interval`` seconds, with the rate and an estimate of the time left. Quiet when
-GROVE_QUIET=1."""
+GROVE_QUIET=1. Parallel workers set GROVE_PROGRESS_PREFIX (a tag in front of every line, e.g.
+"[ml-1m-subset seed 1] ") and GROVE_PROGRESS_INTERVAL (seconds, a floor on ``interval``) so that
+their interleaved lines stay readable."""
 from __future__ import annotations
 
 import os
@@ -12,7 +14,9 @@ class Progress:
     """``with Progress("training", total=n_batches, unit="batch") as p: p.update(1)``."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", interval: float = 2.0):
-        self.desc, self.total, self.unit, self.interval = desc, total, unit, interval
+        floor = float(os.environ.get("GROVE_PROGRESS_INTERVAL", "0") or 0)
+        self.desc, self.total, self.unit, self.interval = desc, total, unit, max(interval, floor)
+        self.prefix = os.environ.get("GROVE_PROGRESS_PREFIX", "")
         self.done = 0
         self.start = self.last = time.perf_counter()
         self.quiet = os.environ.get("GROVE_QUIET") == "1"
@@ -48,4 +52,4 @@ class Progress:
             head = f"{self.desc}: {self.done} {self.unit}"
             tail = f"{rate:,.1f} {self.unit}/s, {elapsed:.1f}s"
         extra = f" [{self.postfix}]" if self.postfix else ""
-        print(f"{head} {tail}{extra}", file=sys.stderr, flush=True)
+        print(f"{self.prefix}{head} {tail}{extra}", file=sys.stderr, flush=True)
