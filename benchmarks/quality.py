@@ -405,6 +405,43 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+MERGE_MUST_MATCH = ("dataset", "quick", "configs", "lifecycle")
+MERGE_SETTINGS_MUST_MATCH = ("overrides", "beams", "ks", "test_users")
+
+
+def merge_results(paths: list[pathlib.Path]) -> dict:
+    """One result from runs of the same dataset, configs and lifecycle whose seeds ran apart (in
+    parallel, on two machines, or after a stop): rows, per-seed data and seconds joined, the
+    aggregate recomputed. Raises ValueError naming the file and field when the runs differ in
+    what they measured (dataset, configs, lifecycle, overrides, beams, ks, test users, methods)
+    or when a seed comes twice."""
+    res = []
+    for path in paths:
+        try:
+            res.append(json.loads(pathlib.Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable quality result ({exc})") from exc
+    first = res[0]
+    for path, r in zip(paths[1:], res[1:]):
+        for key in MERGE_MUST_MATCH:
+            if r.get(key) != first.get(key):
+                raise ValueError(f"{path}: {key} differs from {paths[0]}")
+        for key in MERGE_SETTINGS_MUST_MATCH + ("methods",):
+            if r["settings"].get(key) != first["settings"].get(key):
+                raise ValueError(f"{path}: settings.{key} {r['settings'].get(key)!r} differs from "
+                                 f"{first['settings'].get(key)!r} in {paths[0]}")
+    seeds = [s for r in res for s in r["settings"]["seeds_done"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed comes twice among {[str(p) for p in paths]}: seeds {seeds}")
+    rows = [row for r in res for row in r["rows"]]
+    return {**first, "command": " ; ".join(r["command"] for r in res), "complete": all(r["complete"] for r in res),
+            "merged_from": [str(p) for p in paths], "machines": [r["machine"] for r in res],
+            "settings": {**first["settings"], "seeds": seeds, "seeds_done": seeds},
+            "per_seed_data": [d for r in res for d in r["per_seed_data"]],
+            "seconds": {"per_seed": {k: v for r in res for k, v in r["seconds"]["per_seed"].items()}},
+            "errors": [e for r in res for e in r["errors"]], "aggregate": aggregate(rows), "rows": rows}
+
+
 def _pm(agg: dict, key: str, pct: bool = True, digits: int = 2) -> str:
     v = agg.get(key)
     if v is None:
@@ -527,6 +564,9 @@ def main(argv=None) -> dict:
     p.add_argument("--beams", nargs="+", type=int, default=[20, 50, 100])
     p.add_argument("--cpu-threads", type=int, default=2, help="threads of the CPU speed measurement")
     p.add_argument("--speed-repeats", type=int, default=3)
+    p.add_argument("--train-threads", type=int, default=0,
+                   help="torch threads of training and evaluation (0: the cores over the parallel jobs); "
+                        "1 when other jobs share the cores: 2 OpenMP threads on a busy 2-core machine run 5-10x slower")
     p.add_argument("--no-speed", action="store_true", help="skip the CPU speed measurement")
     p.add_argument("--jobs", type=int, default=1, help="(dataset, seed) runs in parallel processes")
     p.add_argument("--quick", action="store_true", help="tiny caps everywhere: a smoke run, not figures")
@@ -537,7 +577,23 @@ def main(argv=None) -> dict:
                    help="override a config field (tdm.max_samples=30000) or the lifecycle (life.jtm_relearns=1); "
                         "values are JSON, else text")
     p.add_argument("--tag", default="", help="results go to quality_<dataset>_<tag>.* (a run under other budgets)")
+    p.add_argument("--merge", nargs="+", default=[], metavar="RESULT.json",
+                   help="join the seeds of finished runs (same dataset, configs, methods) into quality_<dataset>_<tag>.*; "
+                        "runs nothing")
     a = p.parse_args(argv)
+    if a.merge:
+        try:
+            merged = merge_results([pathlib.Path(f) for f in a.merge])
+        except ValueError as exc:
+            p.exit(2, f"quality --merge: {exc}\n")
+        stem = pathlib.Path(a.out_dir) / (f"quality_{merged['dataset']}" + ("_quick" if merged["quick"] else "")
+                                          + (f"_{a.tag}" if a.tag else ""))
+        if str(stem) + ".json" in {str(pathlib.Path(f)) for f in a.merge}:
+            p.exit(2, f"quality --merge: the output {stem}.json is one of the inputs; give another --tag\n")
+        pathlib.Path(f"{stem}.json").write_text(json.dumps(merged, indent=1, default=float))
+        pathlib.Path(f"{stem}.md").write_text(markdown(merged))
+        print(markdown(merged))
+        return {merged["dataset"]: merged}
     configs = {k: dict(v) for k, v in CONFIGS.items()}
     life = dict(LIFECYCLE)
     if a.quick:
@@ -557,7 +613,7 @@ def main(argv=None) -> dict:
                          "beams": a.beams, "speed": (i == 0 and not a.no_speed), "cpu_threads": a.cpu_threads,
                          "repeats": a.speed_repeats, "configs": configs, "lifecycle": life,
                          "test_users": a.test_users or None, "methods": a.methods, "quiet": a.jobs > 1,
-                         "threads_train": max(1, cores // max(1, min(a.jobs, len(a.dataset) * len(a.seeds))))})
+                         "threads_train": a.train_threads or max(1, cores // max(1, min(a.jobs, len(a.dataset) * len(a.seeds))))})
     start = time.perf_counter()
     command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
     out_dir = pathlib.Path(a.out_dir)

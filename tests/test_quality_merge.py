@@ -1,0 +1,54 @@
+"""benchmarks.quality --merge: seeds run apart join into one table; runs that differ are refused."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import quality
+
+
+def _result(seeds, recall, configs=None, beams=(20, 50, 100)):
+    rows = [{"model": "Item-CF", "method": "itemcf", "seed": s, "recall@10/exact": r, "precision@10/exact": r / 2}
+            for s, r in zip(seeds, recall)]
+    return {"dataset": "ml-1m-subset", "dataset_label": "ML-1M subset", "command": f"run {seeds}", "quick": False,
+            "machine": {"gpu": None, "cpu_count": 2, "cpu_model": "x", "torch": "2"}, "complete": True,
+            "settings": {"overrides": [], "tag": "", "seeds": seeds, "seeds_done": seeds, "beams": list(beams),
+                         "ks": [10, 20, 50], "test_users": "all", "methods": ["itemcf"], "device": "cpu",
+                         "cpu_threads": 2, "speed_repeats": 3},
+            "configs": configs or {"itemcf": {"neighbours": 100}}, "lifecycle": {},
+            "data": {"train_windows": 10, "test_users": 3, "n_items": 5},
+            "per_seed_data": [{"seed": s} for s in seeds],
+            "seconds": {"per_seed": {str(s): {"total": 1.0} for s in seeds}}, "errors": [],
+            "aggregate": quality.aggregate(rows), "rows": rows}
+
+
+def _write(tmp_path, name, result):
+    path = tmp_path / name
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_merge_joins_seeds_and_recomputes_mean_and_std(tmp_path):
+    a = _write(tmp_path, "a.json", _result([0, 1], [0.10, 0.20]))
+    b = _write(tmp_path, "b.json", _result([2], [0.30]))
+    out = quality.main(["--merge", str(a), str(b), "--tag", "merged", "--out-dir", str(tmp_path)])["ml-1m-subset"]
+    agg = out["aggregate"][0]["recall@10/exact"]
+    assert out["settings"]["seeds_done"] == [0, 1, 2] and agg["n"] == 3
+    assert agg["mean"] == pytest.approx(0.20) and agg["std"] == pytest.approx(0.10)
+    assert (tmp_path / "quality_ml-1m-subset_merged.md").read_text().count("20.00 ± 10.00") == 1
+    assert json.loads((tmp_path / "quality_ml-1m-subset_merged.json").read_text())["merged_from"] == [str(a), str(b)]
+
+
+@pytest.mark.parametrize("other, what", [
+    (_result([0], [0.3]), "seed comes twice"),
+    (_result([2], [0.3], configs={"itemcf": {"neighbours": 50}}), "configs differs"),
+    (_result([2], [0.3], beams=(50,)), "settings.beams"),
+])
+def test_merge_refuses_runs_that_differ(tmp_path, capsys, other, what):
+    a = _write(tmp_path, "a.json", _result([0, 1], [0.1, 0.2]))
+    b = _write(tmp_path, "b.json", other)
+    with pytest.raises(SystemExit) as exc:
+        quality.main(["--merge", str(a), str(b), "--tag", "m", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2 and what in capsys.readouterr().err
+    assert not (tmp_path / "quality_ml-1m-subset_m.json").exists()
