@@ -434,7 +434,8 @@ def merge_results(paths: list[pathlib.Path]) -> dict:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed comes twice among {[str(p) for p in paths]}: seeds {seeds}")
     rows = [row for r in res for row in r["rows"]]
-    return {**first, "command": " ; ".join(r["command"] for r in res), "complete": all(r["complete"] for r in res),
+    asked = {s for r in res for s in r["settings"]["seeds"]}  # complete: every seed any run asked for is done
+    return {**first, "command": " ; ".join(r["command"] for r in res), "complete": asked <= set(seeds),
             "merged_from": [str(p) for p in paths], "machines": [r["machine"] for r in res],
             "settings": {**first["settings"], "seeds": seeds, "seeds_done": seeds},
             "per_seed_data": [d for r in res for d in r["per_seed_data"]],

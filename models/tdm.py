@@ -144,9 +144,10 @@ class TDMScorer(nn.Module):
     # Training on CPU runs the activation unit in user chunks of ~2**20 floats per (chunk, C, L, h)
     # intermediate under activation checkpointing: each chunk's forward and (recomputed) backward
     # stay near the caches instead of streaming several (U, C, L, h) tensors through memory.
-    # `benchmarks.train_speed` (one CPU thread, a corpus shaped like ml-1m-subset): TDM 2.0-2.3x,
-    # JTM 1.8x, DeFoRec 2.0-2.5x more samples/s than one piece; gradients equal to float precision.
-    # Off on CUDA (not measured there; its memory bandwidth is the reason the CPU needs it).
+    # `benchmarks.train_speed` (one CPU thread, a corpus shaped like ml-1m-subset, two runs): TDM
+    # 1.8-2.3x, JTM 1.5-1.8x, DeFoRec 1.9-3.0x more samples/s than one piece; gradients equal to
+    # float precision.
+    # Off on CUDA: not measured there, and a GPU's memory bandwidth makes the one-piece pass cheap.
     train_chunk_elements: int = 1 << 20
 
     def forward_rows(self, beh_rows: torch.Tensor, node_rows: torch.Tensor) -> torch.Tensor:
@@ -172,7 +173,8 @@ class TDMScorer(nn.Module):
             # split, not slices: a slice's backward fills a full-size zero gradient per chunk
             # (ruinous for JTM's (U, C, L, d) behaviours); split's backward is one cat
             step = max(1, self.train_chunk_elements // per_user)
-            vec = torch.cat([checkpoint(self._window_vectors, b, n, v, win, use_reentrant=False)
+            vec = torch.cat([checkpoint(self._window_vectors, b, n, v, win, use_reentrant=False,
+                                        preserve_rng_state=False)  # nothing random inside
                              for b, n, v in zip(e_b.split(step), e_n.split(step), valid.split(step))])
         else:
             vec = self._window_vectors(e_b, e_n, valid, win)

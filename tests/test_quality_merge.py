@@ -34,10 +34,20 @@ def test_merge_joins_seeds_and_recomputes_mean_and_std(tmp_path):
     b = _write(tmp_path, "b.json", _result([2], [0.30]))
     out = quality.main(["--merge", str(a), str(b), "--tag", "merged", "--out-dir", str(tmp_path)])["ml-1m-subset"]
     agg = out["aggregate"][0]["recall@10/exact"]
-    assert out["settings"]["seeds_done"] == [0, 1, 2] and agg["n"] == 3
+    assert out["settings"]["seeds_done"] == [0, 1, 2] and agg["n"] == 3 and out["complete"]
     assert agg["mean"] == pytest.approx(0.20) and agg["std"] == pytest.approx(0.10)
     assert (tmp_path / "quality_ml-1m-subset_merged.md").read_text().count("20.00 ± 10.00") == 1
     assert json.loads((tmp_path / "quality_ml-1m-subset_merged.json").read_text())["merged_from"] == [str(a), str(b)]
+
+
+def test_merge_of_a_run_cut_short_is_complete_only_when_its_seeds_are_done(tmp_path):
+    cut = _result([0, 1], [0.1, 0.2])
+    cut["settings"]["seeds"], cut["complete"] = [0, 1, 2], False  # asked for 0 1 2, stopped after 0 1
+    a = _write(tmp_path, "a.json", cut)
+    b = _write(tmp_path, "b.json", _result([2], [0.3]))
+    c = _write(tmp_path, "c.json", _result([3], [0.3]))
+    assert quality.merge_results([a, b])["complete"]
+    assert not quality.merge_results([a, c])["complete"]
 
 
 @pytest.mark.parametrize("other, what", [
