@@ -7,11 +7,11 @@
 when it trains on CPU. This measures what that buys, per trainer:
 
 * ``tdm``: `TDMScorer` with TDM's per-level binary cross-entropy (`models.tree_training.bce_step`,
-  negatives 2 * 1.3^(l-1) per level: the TDM config's defaults);
+  negatives per level from `TDMConfig`'s defaults, 2 * 1.3^(l-1));
 * ``jtm``: `models.jtm.HierarchicalScorer` (behaviours mapped to the scored node's level: no
   behaviour sharing across a user's C nodes), same loss;
 * ``deforec``: `TDMScorer` with DeFoRec's layer-wise sampled softmax
-  (`models.deforec_train.softmax_step`, m = 40).
+  (`models.deforec_train.softmax_step`, m = `DeFoRecConfig().negatives`, 40).
 
 Corpus: synthetic, the shape of ml-1m-subset: 3,615 items on a K = 2 category tree (18
 categories; depth 12), full 69-item histories. For every (trainer, batch size) one scorer is
@@ -40,10 +40,12 @@ def _trainer(kind: str, device, seed: int = 0):
     import numpy as np
     import torch
 
+    from models.deforec import DeFoRecConfig
     from models.deforec_train import SoftmaxLevels, softmax_step
     from models.jtm import HierarchicalScorer
     from models.tdm import TDMScorer
     from models.tree_builders import category_tree
+    from models.tree_methods import TDMConfig
     from models.tree_training import LevelSampler, bce_step, negatives_per_level
 
     tree = category_tree(np.random.default_rng(seed).integers(0, CATEGORIES, N_ITEMS), 2, seed=seed)
@@ -52,9 +54,10 @@ def _trainer(kind: str, device, seed: int = 0):
     optim = torch.optim.Adam(scorer.parameters(), lr=1e-3)
     gen = torch.Generator(device=device).manual_seed(seed)
     if kind == "deforec":
-        levels = SoftmaxLevels(tree, 40, device)
+        levels = SoftmaxLevels(tree, DeFoRecConfig().negatives, device)
         return scorer, tree, lambda h, t: softmax_step(scorer, optim, levels, h, t, gen)
-    sampler = LevelSampler(tree, negatives_per_level(tree.level_counts(), 2.0, 1.3), device)
+    cfg = TDMConfig()  # the negatives per level of the TDM and JTM configs' defaults
+    sampler = LevelSampler(tree, negatives_per_level(tree.level_counts(), cfg.neg_base, cfg.neg_growth), device)
     return scorer, tree, lambda h, t: bce_step(scorer, optim, sampler, h, t, gen)
 
 

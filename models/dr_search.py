@@ -14,15 +14,14 @@ from indexstore.structures import PathCodes
 from models.dr_model import StructureModel
 
 
-def path_id_weights(arity: int, depth: int, device=None) -> torch.Tensor:
-    """(D,) int64 K^(D-1-d): path id = sum_d c_d * K^(D-1-d), as `PathCodes.path_ids`."""
-    return torch.tensor([arity ** (depth - 1 - d) for d in range(depth)], dtype=torch.long, device=device)
-
-
 def path_ids_of(paths: torch.Tensor, arity: int) -> torch.Tensor:
-    """(..., D) long codes -> (...,) int64 path ids as `PathCodes.path_ids`; a row holding a -1
-    code (no path, e.g. a beam wider than the grid) gives -1."""
-    ids = (paths.clamp_min(0) * path_id_weights(arity, paths.shape[-1], paths.device)).sum(-1)
+    """(..., D) long codes -> (...,) int64 path ids sum_d c_d * K^(D-1-d), as
+    `PathCodes.path_ids`; a row holding a -1 code (no path, e.g. a beam wider than the grid)
+    gives -1. Horner's rule over the D levels: no weight tensor to build (and copy to a GPU)
+    on every call of the search and E-step loops."""
+    ids = paths[..., 0].clamp_min(0)
+    for d in range(1, paths.shape[-1]):
+        ids = ids * arity + paths[..., d].clamp_min(0)
     return torch.where((paths >= 0).all(-1), ids, torch.full_like(ids, -1))
 
 

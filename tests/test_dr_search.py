@@ -12,7 +12,7 @@ from indexstore.structures import PathCodes
 from models.deep_retrieval import DRConfig, DRMethod, DRSearcher, new_net
 from models.dr_em import random_codes
 from models.dr_model import StructureModel
-from models.dr_search import PathIndex, beam_search, dedup_rows, path_id_weights
+from models.dr_search import PathIndex, beam_search, dedup_rows, path_ids_of
 from models.method import Built, state_to_bytes
 
 
@@ -69,7 +69,7 @@ def test_beam_search_exact_when_beam_covers_all_prefixes():
     exact = enumerate_log_probs(model, u)
     top, idx = torch.topk(exact, beam, dim=1)
     torch.testing.assert_close(logp, top)
-    ids = (paths * path_id_weights(k, d)).sum(-1)
+    ids = path_ids_of(paths, k)  # sum_d c_d * K^(D-1-d), the enumeration order
     assert torch.equal(ids, idx)
 
 
@@ -78,6 +78,7 @@ def test_beam_larger_than_grid_is_padded():
     paths, logp = beam_search(model, torch.randn(3, 4), beam=6)
     assert paths.shape == (3, 6, 2) and logp.shape == (3, 6)
     assert (paths[:, 4:] == -1).all() and torch.isinf(logp[:, 4:]).all()
+    assert (path_ids_of(paths, 2)[:, 4:] == -1).all() and (path_ids_of(paths, 2)[:, :4] >= 0).all()
     assert torch.isfinite(logp[:, :4]).all()
 
 
