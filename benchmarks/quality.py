@@ -4,6 +4,8 @@
     python -m benchmarks.quality --dataset ml-latest-small --seeds 0 1 2 --device auto
     python -m benchmarks.quality --dataset ml-1m-subset ml-latest-small --jobs 6   # parallel seeds
     python -m benchmarks.quality --quick                           # seconds-long smoke run
+    python -m benchmarks.quality --merge A.json B.json --tag T     # one run's seeds, run apart
+    python -m benchmarks.quality --combine A.json B.json --tag T   # runs of other methods/budgets: one table
 
 For each dataset and seed: the ratings (and the genre file, for TDM's category tree) are imported
 into a temporary DuckDB store (`flows.datasets.import_file`), split with the protocol
@@ -443,6 +445,96 @@ def merge_results(paths: list[pathlib.Path]) -> dict:
             "errors": [e for r in res for e in r["errors"]], "aggregate": aggregate(rows), "rows": rows}
 
 
+COMBINE_MUST_MATCH = ("dataset", "quick")
+COMBINE_SETTINGS_MUST_MATCH = ("beams", "ks", "test_users")
+BASELINES = ("two_tower", "itemcf")  # rows that no lifecycle field changes
+
+
+def method_budget(result: dict, method: str) -> str:
+    """The ``--set`` overrides of ``method`` in a run, as ``field=value ...`` ('' = CONFIGS sizes)."""
+    return " ".join(o.split(".", 1)[1] for o in result["settings"].get("overrides", []) if o.startswith(method + "."))
+
+
+def combine_results(paths: list[pathlib.Path]) -> dict:
+    """One table from runs of one dataset that measured different methods or budgets (issue 7.1's
+    "one table" when the methods ran apart, as they must on a 2-core CPU).
+
+    A row is keyed by its model label, its method's config and, for the indexes, the lifecycle.
+    Rows of one key from several runs join their seeds (mean ± std over all of them). A (key,
+    seed) that two runs both measured (the baselines that every run repeats, on the same split) is
+    kept once, from the first run given; how far the repeat differs is recorded under
+    ``repeats`` (recall@10/@50, exact), since thread counts can change a float reduction and so
+    a tie in the ranking. A label that comes under two configs gets its method's overrides in
+    brackets (``[full size]`` for none), as does every row of a method that ran with overrides. Raises ValueError naming the file and field when the
+    runs differ in dataset, beams, ks or test users, or when one seed's split differs (its
+    training windows, test users or items)."""
+    res = []
+    for path in paths:
+        try:
+            res.append(json.loads(pathlib.Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable quality result ({exc})") from exc
+    first = res[0]
+    for path, r in zip(paths[1:], res[1:]):
+        for key in COMBINE_MUST_MATCH:
+            if r.get(key) != first.get(key):
+                raise ValueError(f"{path}: {key} {r.get(key)!r} differs from {first.get(key)!r} in {paths[0]}")
+        for key in COMBINE_SETTINGS_MUST_MATCH:
+            if r["settings"].get(key) != first["settings"].get(key):
+                raise ValueError(f"{path}: settings.{key} {r['settings'].get(key)!r} differs from "
+                                 f"{first['settings'].get(key)!r} in {paths[0]}")
+    splits: dict[int, tuple[str, dict]] = {}  # seed -> (file, its data): one split per seed
+    for path, r in zip(paths, res):
+        for d in r.get("per_seed_data", []):
+            data = {k: d.get(k) for k in ("train_windows", "test_users", "n_items")}
+            seen = splits.setdefault(d["seed"], (str(path), data))
+            if seen[1] != data:
+                raise ValueError(f"{path}: seed {d['seed']}'s split {data} differs from {seen[1]} in {seen[0]}")
+
+    def key_of(r: dict, row: dict) -> tuple:
+        m = row["method"]
+        life = None if m in BASELINES else json.dumps(r.get("lifecycle"), sort_keys=True)
+        return row["model"], json.dumps(r["configs"].get(m), sort_keys=True, default=str), life
+
+    labels: dict[str, set] = {}
+    for r in res:
+        for row in r["rows"]:
+            labels.setdefault(row["model"], set()).add(key_of(r, row))
+    rows, where, repeats, told = [], {}, [], {}
+    for path, r in zip(paths, res):
+        for row in r["rows"]:
+            key = key_of(r, row)
+            if (key, row["seed"]) in where:
+                kept = where[(key, row["seed"])]
+                diff = {k: abs(row[k] - kept[k]) for k in ("recall@10/exact", "recall@50/exact")
+                        if isinstance(row.get(k), (int, float)) and isinstance(kept.get(k), (int, float))}
+                repeats.append({"model": row["model"], "seed": row["seed"], "file": str(path), "abs_diff": diff})
+                continue
+            out = dict(row)
+            budget = method_budget(r, row["method"])
+            if budget or len(labels[row["model"]]) > 1:
+                out["model"] = f"{row['model']} [{budget or 'full size'}]"
+            if told.setdefault(out["model"], key) != key:
+                raise ValueError(f"{path}: rows {out['model']!r} come under two configs or lifecycles "
+                                 f"that the same overrides name; combine those runs apart")
+            where[(key, row["seed"])] = out
+            rows.append(out)
+    seeds = sorted({row["seed"] for row in rows})
+    return {**first, "command": "python -m benchmarks.quality --combine " + " ".join(map(str, paths)),
+            "complete": all(r.get("complete") for r in res), "combined_from": [str(p) for p in paths], "machines": [r["machine"] for r in res],
+            "runs": [{"file": str(p), "command": r["command"], "methods": r["settings"].get("methods"),
+                      "seeds": r["settings"].get("seeds_done", r["settings"].get("seeds")),
+                      "complete": r.get("complete", True), "overrides": r["settings"].get("overrides"),
+                      "configs": r.get("configs"), "lifecycle": r.get("lifecycle")} for p, r in zip(paths, res)],
+            "configs": None, "lifecycle": None,  # per run: see "runs"
+            "settings": {**first["settings"], "seeds": seeds, "seeds_done": seeds, "overrides": [],
+                         "methods": sorted({row["method"] for row in rows}), "tag": "combined"},
+            "per_seed_data": [{"seed": s, **splits[s][1]} for s in sorted(splits)],
+            "seconds": {"per_run": [r.get("seconds") for r in res]},
+            "errors": [e for r in res for e in r["errors"]], "repeats": repeats,
+            "aggregate": aggregate(rows), "rows": rows}
+
+
 def _pm(agg: dict, key: str, pct: bool = True, digits: int = 2) -> str:
     v = agg.get(key)
     if v is None:
@@ -481,13 +573,32 @@ def markdown(result: dict) -> str:
                 if result["settings"].get("overrides") else ""),
              "",
              f"## Test users, seen items kept; indexes at beam {hb}, baselines exact",
-             "",
-             "| model | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             ""]
+    combined = bool(result.get("combined_from"))
+    if combined:  # rows of several runs: each row says its seeds; the runs' budgets below the table
+        lines[2] = lines[2].replace("; seeds ", "; seeds (all rows) ").replace(
+            "(run not finished: seeds done so far)", "(a run below was cut short: its finished seeds only)")
+        lines += ["| model | seeds | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| model | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
     for a in agg:
         t = headline(a, hb)
         cells = [_pm(a, f"{n}@{k}/{t}") for k in (10, 50) for n in ("precision", "recall", "f1", "ndcg")]
-        lines.append(f"| {a['model']} | " + " | ".join(cells + [_pm(a, f'ndcg@20/{t}')]) + " |")
+        seeds = [",".join(map(str, a["seeds"]))] if combined else []
+        lines.append(f"| {a['model']} | " + " | ".join(seeds + cells + [_pm(a, f'ndcg@20/{t}')]) + " |")
+    if combined:
+        lines += ["", "Runs combined (each method's overrides; none = the `CONFIGS` sizes):", ""]
+        lines += [f"- `{pathlib.Path(r['file']).name}`: {', '.join(r['methods'] or [])}, seeds {r['seeds']}"
+                  + ("" if r.get("complete", True) else " (cut short)")
+                  + (f", `{' '.join(r['overrides'])}`" if r["overrides"] else "") for r in result["runs"]]
+        reps = result.get("repeats", [])
+        if reps:
+            worst = max((v for rep in reps for v in rep["abs_diff"].values()), default=0.0)
+            lines += ["", f"{len(reps)} (row, seed) pairs were measured again by a later run (the baselines on "
+                      f"the same split); the first run's row is kept, and the repeats' R@10/R@50 differ from it by "
+                      f"at most {100 * worst:.2f} points."]
     lines += ["", "## Seen items filtered (TDM Table 2 style), same beams", "",
               "| model | P@10 | R@10 | P@50 | R@50 | NDCG@20 | Novelty@10 (kept) |", "|---|---|---|---|---|---|---|"]
     for a in agg:
@@ -581,16 +692,24 @@ def main(argv=None) -> dict:
     p.add_argument("--merge", nargs="+", default=[], metavar="RESULT.json",
                    help="join the seeds of finished runs (same dataset, configs, methods) into quality_<dataset>_<tag>.*; "
                         "runs nothing")
+    p.add_argument("--combine", nargs="+", default=[], metavar="RESULT.json",
+                   help="one table from runs of one dataset that measured different methods or budgets "
+                        "(rows keyed by model and config, seeds joined, repeated baselines kept once); runs nothing")
     a = p.parse_args(argv)
-    if a.merge:
+    if a.merge and a.combine:
+        p.exit(2, "quality: --merge and --combine are two different joins; give one\n")
+    if a.merge or a.combine:
+        flag, join, inputs = (("--merge", merge_results, a.merge) if a.merge
+                              else ("--combine", combine_results, a.combine))
         try:
-            merged = merge_results([pathlib.Path(f) for f in a.merge])
+            merged = join([pathlib.Path(f) for f in inputs])
         except ValueError as exc:
-            p.exit(2, f"quality --merge: {exc}\n")
+            p.exit(2, f"quality {flag}: {exc}\n")
         stem = pathlib.Path(a.out_dir) / (f"quality_{merged['dataset']}" + ("_quick" if merged["quick"] else "")
                                           + (f"_{a.tag}" if a.tag else ""))
-        if str(stem) + ".json" in {str(pathlib.Path(f)) for f in a.merge}:
-            p.exit(2, f"quality --merge: the output {stem}.json is one of the inputs; give another --tag\n")
+        if str(stem) + ".json" in {str(pathlib.Path(f)) for f in inputs}:
+            p.exit(2, f"quality {flag}: the output {stem}.json is one of the inputs; give another --tag\n")
+        stem.parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(f"{stem}.json").write_text(json.dumps(merged, indent=1, default=float))
         pathlib.Path(f"{stem}.md").write_text(markdown(merged))
         print(markdown(merged))

@@ -62,3 +62,61 @@ def test_merge_refuses_runs_that_differ(tmp_path, capsys, other, what):
         quality.main(["--merge", str(a), str(b), "--tag", "m", "--out-dir", str(tmp_path)])
     assert exc.value.code == 2 and what in capsys.readouterr().err
     assert not (tmp_path / "quality_ml-1m-subset_m.json").exists()
+
+
+def _run(seeds, method, model, recall, overrides=(), lifecycle=None, configs=None, train_windows=10):
+    r = _result(seeds, recall, configs=configs or {method: {"epochs": 4}})
+    for row in r["rows"]:
+        row["model"], row["method"] = model, method
+    r["settings"]["methods"], r["settings"]["overrides"] = [method], list(overrides)
+    r["lifecycle"] = lifecycle or {"jtm_relearns": 2}
+    r["per_seed_data"] = [{"seed": s, "train_windows": train_windows, "test_users": 3, "n_items": 5} for s in seeds]
+    r["aggregate"] = quality.aggregate(r["rows"])
+    return r
+
+
+def _with_baseline(run, recall):
+    """The run also measured Item-CF on its seeds (as every quality run does)."""
+    extra = [{"model": "Item-CF", "method": "itemcf", "seed": s, "recall@10/exact": v, "precision@10/exact": v / 2}
+             for s, v in zip(run["settings"]["seeds_done"], recall)]
+    run["rows"] += extra
+    run["configs"]["itemcf"] = {"neighbours": 100}
+    run["aggregate"] = quality.aggregate(run["rows"])
+    return run
+
+
+def test_combine_makes_one_table_of_methods_and_budgets_run_apart(tmp_path):
+    dr = _write(tmp_path, "dr.json", _with_baseline(_run([0, 1, 2], "dr", "DR J=1", [0.2, 0.3, 0.4]), [0.1, 0.2, 0.3]))
+    tdm_small = _write(tmp_path, "t12k.json", _with_baseline(
+        _run([0], "tdm", "TDM initial tree", [0.05], overrides=["tdm.max_samples=12000"],
+             configs={"tdm": {"max_samples": 12000}}), [0.1]))
+    tdm_big = _write(tmp_path, "t60k.json", _run([0, 1], "tdm", "TDM initial tree", [0.07, 0.09],
+                                                   overrides=["tdm.max_samples=60000"], configs={"tdm": {"max_samples": 60000}}))
+    out = quality.main(["--combine", str(dr), str(tdm_small), str(tdm_big), "--tag", "all",
+                        "--out-dir", str(tmp_path)])["ml-1m-subset"]
+    by_model = {a["model"]: a for a in out["aggregate"]}
+    # one label under two configs is told apart by the overrides; the baseline repeated on seed 0 is kept once
+    assert set(by_model) == {"DR J=1", "Item-CF", "TDM initial tree [max_samples=12000]",
+                             "TDM initial tree [max_samples=60000]"}
+    assert by_model["Item-CF"]["seeds"] == [0, 1, 2] and by_model["Item-CF"]["recall@10/exact"]["n"] == 3
+    assert by_model["TDM initial tree [max_samples=60000]"]["recall@10/exact"]["mean"] == pytest.approx(0.08)
+    assert out["repeats"] == [{"model": "Item-CF", "seed": 0, "file": str(tdm_small),
+                               "abs_diff": {"recall@10/exact": 0.0}}]
+    md = (tmp_path / "quality_ml-1m-subset_all.md").read_text()
+    assert "| TDM initial tree [max_samples=60000] | 0,1 | " in md and "`t60k.json`: tdm, seeds [0, 1]" in md
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda r: r["settings"].update(beams=[50]), "settings.beams"),
+    (lambda r: r.update(dataset="ml-latest-small"), "dataset"),
+    (lambda r: r["per_seed_data"][0].update(train_windows=11), "seed 0's split"),
+])
+def test_combine_refuses_runs_of_another_protocol(tmp_path, capsys, change, what):
+    a = _write(tmp_path, "a.json", _run([0], "dr", "DR J=1", [0.2]))
+    other = _run([0], "tdm", "TDM initial tree", [0.1])
+    change(other)
+    b = _write(tmp_path, "b.json", other)
+    with pytest.raises(SystemExit) as exc:
+        quality.main(["--combine", str(a), str(b), "--tag", "c", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2 and what in capsys.readouterr().err
+    assert not (tmp_path / "quality_ml-1m-subset_c.json").exists()
