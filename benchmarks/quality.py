@@ -112,6 +112,16 @@ def find_data_dir(name: str, explicit: str | None) -> pathlib.Path:
     raise SystemExit(f"dataset {name} not found under {', '.join(map(str, dirs))}")
 
 
+def target_coverage(data) -> dict:
+    """How much training signal each item gets: training windows per item, and the share of items
+    that are the target of no window, or of fewer than 5. An item that is rarely a target keeps a
+    near-random leaf embedding, which a k-means relearn then clusters (see benchmarks/README.md)."""
+    counts = np.bincount(np.asarray(data.train.targets), minlength=data.n_items)
+    return {"windows_per_item": float(counts.sum() / max(1, data.n_items)),
+            "median_targets_per_item": float(np.median(counts)),
+            "items_never_target": float((counts == 0).mean()), "items_under_5_targets": float((counts < 5).mean())}
+
+
 def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str) -> tuple[object, dict]:
     """SplitData of ``name`` split with ``seed``: through a temporary DuckDB store when its
     packages are importable, else through the same readers and protocol functions directly."""
@@ -366,7 +376,7 @@ def run_one(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data, info = load_data(job["dataset"], pathlib.Path(job["folder"]), job["seed"], tmp)
     info.update(n_items=int(data.n_items), train_windows=len(data.train), test_users=len(data.test),
-                valid_users=len(data.valid), train_users=int(len(data.train_offsets) - 1))
+                valid_users=len(data.valid), train_users=int(len(data.train_offsets) - 1), **target_coverage(data))
     runner = Runner(data, job["seed"], job["device"], job["beams"], job["speed"], job["cpu_threads"],
                     job["repeats"], job["configs"], job["lifecycle"], job["test_users"])
     errors, seconds = [], {}
@@ -565,7 +575,12 @@ def markdown(result: dict) -> str:
     lines = [f"# Quality on {result['dataset_label']}",
              "",
              f"{result['data']['train_windows']:,} training windows, {result['data']['test_users']} test users, "
-             f"{result['data']['n_items']:,} items; seeds {result['settings'].get('seeds_done', result['settings']['seeds'])} "
+             f"{result['data']['n_items']:,} items"
+             + (f" ({result['data']['windows_per_item']:.1f} training windows per item; "
+                f"{100 * result['data']['items_never_target']:.0f}% of the items are the target of no window, "
+                f"{100 * result['data']['items_under_5_targets']:.0f}% of fewer than 5)"
+                if "windows_per_item" in result["data"] else "")
+             + f"; seeds {result['settings'].get('seeds_done', result['settings']['seeds'])} "
              f"(split and model){'' if result.get('complete', True) else ' (run not finished: seeds done so far)'}; "
              f"mean ± std over seeds, percent. Machine: {m['gpu'] or 'no GPU'}, {m['cpu_count']} CPU cores "
              f"({m['cpu_model']}), torch {m['torch']}. Command: `{result['command']}`."

@@ -1,8 +1,10 @@
-"""benchmarks.quality --merge: seeds run apart join into one table; runs that differ are refused."""
+"""benchmarks.quality --merge (seeds run apart join into one table; runs that differ are refused), --combine
+(runs of other methods or budgets make one table) and the per-item training signal it records."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import quality
@@ -120,3 +122,15 @@ def test_combine_refuses_runs_of_another_protocol(tmp_path, capsys, change, what
         quality.main(["--combine", str(a), str(b), "--tag", "c", "--out-dir", str(tmp_path)])
     assert exc.value.code == 2 and what in capsys.readouterr().err
     assert not (tmp_path / "quality_ml-1m-subset_c.json").exists()
+
+
+def test_target_coverage_counts_the_training_signal_per_item():
+    class _Train:
+        targets = np.array([0, 0, 0, 0, 0, 1, 1, 2], dtype=np.int32)
+
+    class _Data:
+        train, n_items = _Train(), 4  # item 3 is nobody's target; items 1, 2 fewer than 5 times
+
+    cov = quality.target_coverage(_Data())
+    assert cov == {"windows_per_item": 2.0, "median_targets_per_item": 1.5, "items_never_target": 0.25,
+                   "items_under_5_targets": 0.75}
