@@ -167,6 +167,26 @@ class PathDecoder(nn.Module):
             new_cache.append(kv)
         return self._logits(x, level)[:, :, 0], new_cache
 
+    def all_leaf_log_probs(self, mem) -> torch.Tensor:
+        """log p(path) of every leaf, (U, K^H) in leaf-code order (the path read as a base-K int,
+        first level most significant): the tree expanded level by level with the cache, one
+        decoder step per internal node (1 + K + ... + K^(H-1) in all) instead of H steps for
+        each of the K^H leaves as teacher forcing takes. Memory: the cache of the K^(H-1) last
+        prefixes, (U, K^(H-1), heads, H-1, dh) per layer -- chunk users for deep trees."""
+        u = mem[1].shape[0]
+        dev = mem[1].device
+        scores = torch.zeros(u, 1, device=dev)
+        cache, last = None, None
+        for level in range(self.depth):
+            logp, cache = self.step(mem, last, level, cache)  # (U, P, K), P = K^level prefixes
+            scores = (scores[:, :, None] + logp).reshape(u, -1)  # prefix p, child c -> p * K + c
+            if level + 1 < self.depth:
+                p = scores.shape[1]
+                last = (torch.arange(p, device=dev) % self.arity).expand(u, p)
+                cache = [(k.repeat_interleave(self.arity, dim=1), v.repeat_interleave(self.arity, dim=1))
+                         for k, v in cache]
+        return scores
+
     def beam_search(self, mem, beam: int, use_cache: bool = True):
         """Top-`beam` paths by log-probability, batched over users and beams.
 

@@ -151,20 +151,28 @@ class RecForestSearcher(Searcher):
 
     @torch.no_grad()
     def exhaustive(self, histories: torch.Tensor, k: int):
-        """Every item scored by sum_t log p_t(item): all leaves teacher-forced (chunked)."""
+        """Every item scored by sum_t log p_t(item): every leaf's log-prob from expanding each
+        tree level by level (`PathDecoder.all_leaf_log_probs`), the same values teacher forcing
+        gives at about 1 / (H (K - 1)) of its decoder token steps."""
         histories = histories.to(self.device).long()
         u = histories.shape[0]
         total = torch.zeros(u, self.n_items, device=self.device)
         for t, (dec, mem) in enumerate(zip(self.net.decoders, self.net.memories(histories))):
-            n_leaves = self.tables.leaf_item[t].shape[0]
-            all_codes = torch.arange(n_leaves, device=self.device)
-            digits = self.tables.digits(all_codes, t).expand(u, -1, -1)
-            leaf_lp = score_paths(dec, mem, digits)  # (U, K^H)
+            # every leaf by expanding the tree with the cache, in user chunks of <= PATH_CHUNK last prefixes
+            step = max(1, PATH_CHUNK // self.tables.arity ** max(0, self.tables.depths[t] - 1))
+            leaf_lp = torch.cat([dec.all_leaf_log_probs(_user_slice(mem, i, i + step))
+                                 for i in range(0, u, step)])  # (U, K^H), leaf-code order
             codes = self.tables.item_codes[t]  # (n_items, R)
             per = leaf_lp[:, codes.clamp(min=0)].masked_fill((codes < 0)[None], float("-inf"))
             total = total + torch.logsumexp(per, dim=2)
         items = torch.arange(self.n_items, device=self.device).expand(u, -1)
         return _top_k(total, items, k)
+
+
+def _user_slice(mem, lo: int, hi: int):
+    """Users lo..hi of a decoder memory ([(k, v) per layer], bias), all batch-first."""
+    kvs, bias = mem
+    return [(k[lo:hi], v[lo:hi]) for k, v in kvs], bias[lo:hi]
 
 
 def _top_k(scores: torch.Tensor, items: torch.Tensor, k: int):

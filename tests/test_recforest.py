@@ -83,6 +83,23 @@ def test_cached_beam_search_matches_recomputation():
     assert (s1[:, :-1] >= s1[:, 1:]).all()  # best first
 
 
+def test_expanding_every_leaf_equals_teacher_forcing_every_path():
+    torch.manual_seed(2)
+    net = RecForestNet(30, 3, [3], hidden=16, heads=2).eval()
+    hist = torch.randint(-1, 30, (5, 69))
+    hist[1] = -1
+    with torch.no_grad():
+        mem = net.memories(hist)[0]
+        dec = net.decoders[0]
+        expanded = dec.all_leaf_log_probs(mem)  # (5, 27) in leaf-code order
+        codes = torch.arange(27)
+        digits = ((codes[:, None] // 3 ** torch.arange(2, -1, -1)) % 3).expand(5, -1, -1)
+        forced = dec.path_log_probs(mem, digits)
+    assert expanded.shape == (5, 27)
+    assert torch.allclose(expanded, forced, atol=1e-5)
+    assert torch.allclose(expanded.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
 def test_full_beam_gives_every_path_and_probabilities_sum_to_one():
     torch.manual_seed(1)
     net = RecForestNet(10, 3, [2], hidden=16, heads=2).eval()
