@@ -6,7 +6,9 @@ An item may sit at several leaves of a complete tree (Algorithm 2 duplicates ite
 generates the item. Training samples a leaf uniformly among the item's leaves (see
 `ForestTables.sample_codes`), so probability mass is spread over all of them; scoring takes the
 log-sum-exp over leaves. Leaf log-probs found by a tree's beam are reused; every other
-(candidate, leaf) pair is scored by teacher forcing, compacted to a fixed-width batch.
+(candidate, leaf) pair is scored by teacher forcing, compacted to a fixed-width batch -- or, when
+that would take more decoder token steps (width x H) than expanding the whole tree with the cache
+(one step per internal node), by that expansion: deep trees whose items sit on many leaves.
 """
 from __future__ import annotations
 
@@ -103,12 +105,23 @@ def unique_rows(items: torch.Tensor) -> torch.Tensor:
 class RecForestSearcher(Searcher):
     """Beam search over every tree's decoder, union of items, rank by sum_t log p_t(item)."""
 
+    # how the candidates' leaves missing from a tree's beam are scored: "auto" takes the cheaper of
+    # "teacher" (forcing each missing path) and "expand" (every leaf, by expanding the tree)
+    leaf_scoring = "auto"
+
     def __init__(self, net: RecForestNet, tables: ForestTables, n_items: int, device: torch.device):
         self.net, self.tables, self.n_items, self.device = net.eval(), tables, n_items, device
         self._last_candidates: float | None = None
 
     def last_candidates(self) -> float | None:
         return self._last_candidates
+
+    def _all_leaves(self, t: int, mem) -> torch.Tensor:
+        """log p_t(leaf) of every leaf of tree t, (U, K^H): the tree expanded with the cache, in
+        user chunks of <= PATH_CHUNK last-level prefixes."""
+        step = max(1, PATH_CHUNK // self.tables.arity ** max(0, self.tables.depths[t] - 1))
+        dec, u = self.net.decoders[t], mem[1].shape[0]
+        return torch.cat([dec.all_leaf_log_probs(_user_slice(mem, i, i + step)) for i in range(0, u, step)])
 
     def _item_log_probs(self, t, mem, cand, beam_codes, beam_lp):
         """log p_t(item) for candidates (U, C) (-1 holes -> -inf), reusing the beam's leaves
@@ -124,7 +137,14 @@ class RecForestSearcher(Searcher):
         lp = lp.masked_fill(leaves < 0, float("-inf"))
         missing = (leaves >= 0) & ~hit
         width = int(missing.sum(1).max().item()) if missing.numel() else 0
-        if width:
+        expand = (self.leaf_scoring == "expand" or self.leaf_scoring == "auto"
+                  and width * tab.depths[t] > _expansion_steps(tab.arity, tab.depths[t]))
+        if width and expand:
+            # teacher forcing would cost more decoder token steps than expanding the whole tree
+            # (deep trees whose items sit on many leaves): take every leaf's log-prob instead
+            every = self._all_leaves(t, mem)  # (U, K^H)
+            lp = torch.where(missing, every.gather(1, leaves.clamp(min=0)), lp)
+        elif width:
             idx = torch.argsort((~missing).to(torch.int8), dim=1, stable=True)[:, :width]  # (U, W)
             sub = leaves.gather(1, idx)
             scored = score_paths(dec, mem, tab.digits(sub, t))
@@ -157,16 +177,18 @@ class RecForestSearcher(Searcher):
         histories = histories.to(self.device).long()
         u = histories.shape[0]
         total = torch.zeros(u, self.n_items, device=self.device)
-        for t, (dec, mem) in enumerate(zip(self.net.decoders, self.net.memories(histories))):
-            # every leaf by expanding the tree with the cache, in user chunks of <= PATH_CHUNK last prefixes
-            step = max(1, PATH_CHUNK // self.tables.arity ** max(0, self.tables.depths[t] - 1))
-            leaf_lp = torch.cat([dec.all_leaf_log_probs(_user_slice(mem, i, i + step))
-                                 for i in range(0, u, step)])  # (U, K^H), leaf-code order
+        for t, mem in enumerate(self.net.memories(histories)):
+            leaf_lp = self._all_leaves(t, mem)  # (U, K^H), leaf-code order
             codes = self.tables.item_codes[t]  # (n_items, R)
             per = leaf_lp[:, codes.clamp(min=0)].masked_fill((codes < 0)[None], float("-inf"))
             total = total + torch.logsumexp(per, dim=2)
         items = torch.arange(self.n_items, device=self.device).expand(u, -1)
         return _top_k(total, items, k)
+
+
+def _expansion_steps(arity: int, depth: int) -> int:
+    """Decoder steps to expand a complete tree: one per internal node, 1 + K + ... + K^(H-1)."""
+    return (arity ** depth - 1) // (arity - 1)
 
 
 def _user_slice(mem, lo: int, hi: int):

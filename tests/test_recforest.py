@@ -186,6 +186,19 @@ def test_search_scores_equal_exhaustive_scores(trained):
     assert torch.allclose(ws, es[:, :10], atol=1e-4)
 
 
+def test_final_ranking_by_expansion_equals_teacher_forcing(trained):
+    data, method, built = trained
+    hist = torch.as_tensor(data.test.histories, dtype=torch.long)
+    s = method.searcher(_config(), built, "cpu")
+    out = {}
+    for mode in ("expand", "teacher", "auto"):
+        s.leaf_scoring = mode
+        out[mode] = s.search(hist, k=10, beam=4)
+    for mode in ("teacher", "auto"):
+        assert torch.equal(out["expand"][1], out[mode][1])
+        assert torch.allclose(out["expand"][0], out[mode][0], atol=1e-5)
+
+
 def test_forest_beats_one_tree_of_the_same_forest(trained):
     data, method, built = trained
     hist = torch.as_tensor(data.test.histories, dtype=torch.long)
