@@ -1,0 +1,100 @@
+"""RecForest's final ranking: how the candidates' leaves missing from a tree's beam are scored.
+
+    python -m benchmarks.recforest_leaves                      # three corpus sizes, one thread
+    python -m benchmarks.recforest_leaves --cases 3615:100:64  # items:beam:batch
+
+Every candidate item is scored by sum_t log p_t(item) over all trees, and p_t(item) sums over the
+item's leaves, so the leaves that tree t's beam did not reach must be scored too:
+``teacher`` forces each such path through the decoder (width x H token steps per user),
+``expand`` expands the whole tree with the cache (one step per internal node,
+1 + K + ... + K^(H-1)), ``auto`` (the default) takes expand when width x H exceeds
+``EXPAND_MARGIN`` x the internal nodes. Untrained 4-tree forests of 18-ary trees over random
+embeddings (cost does not depend on training), 69-item histories, k = 50; users/s of one search
+of the batch, the modes alternating, median of ``--repeats`` after a warm-up. The three modes must
+return the same items (checked). Writes ``results/recforest_leaves.json`` and ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from benchmarks.gpu import build_recforest, searchers
+from benchmarks.machine import machine_info
+from benchmarks.quality import RESULTS
+from models.recforest_search import EXPAND_MARGIN
+
+MODES = ("teacher", "expand", "auto")
+
+
+def run_case(items: int, beam: int, batch: int, trees: int, repeats: int) -> dict:
+    searcher = searchers("recforest", build_recforest(items, trees, 0, "cpu"), torch.device("cpu"))
+    hist = torch.randint(0, items, (batch, 69), generator=torch.Generator().manual_seed(0))
+    searcher.search(hist, k=50, beam=beam)  # warm-up
+    times, out = {m: [] for m in MODES}, {}
+    for _ in range(repeats):
+        for mode in MODES:
+            searcher.leaf_scoring = mode
+            start = time.perf_counter()
+            out[mode] = searcher.search(hist, k=50, beam=beam)
+            times[mode].append(time.perf_counter() - start)
+    same = all(torch.equal(out["teacher"][1], out[m][1]) for m in MODES)
+    ups = {m: batch / statistics.median(v) for m, v in times.items()}
+    return {"items": items, "beam": beam, "batch": batch, "trees": trees,
+            "depth": searcher.tables.depths[0], "candidates_per_user": searcher.last_candidates(),
+            "users_per_s": ups, "runs_s": times, "same_items": same,
+            "auto_over_teacher": ups["auto"] / ups["teacher"]}
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = ["# RecForest final ranking: teacher forcing vs tree expansion", "",
+             f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch']}, {res['threads']} thread(s); "
+             f"load average {m.get('load_average_before')}. {res['trees']} trees, 18-ary, k 50, median of {res['repeats']} "
+             f"after a warm-up, modes alternating. EXPAND_MARGIN = {res['expand_margin']}. Command: `{res['command']}`.",
+             "", "| items | depth | beam | batch | candidates/user | teacher users/s | expand users/s | auto users/s "
+                 "| auto / teacher | same items |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in res["cases"]:
+        u = c["users_per_s"]
+        lines.append(f"| {c['items']:,} | {c['depth']} | {c['beam']} | {c['batch']} | {c['candidates_per_user']:.0f} | "
+                     f"{u['teacher']:.2f} | {u['expand']:.2f} | {u['auto']:.2f} | {c['auto_over_teacher']:.2f}x | "
+                     f"{c['same_items']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["3615:100:64", "9724:100:64", "10000:50:16"],
+                    help="ITEMS:BEAM:BATCH")
+    ap.add_argument("--trees", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out-dir", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    cases = []
+    for spec in a.cases:
+        try:
+            items, beam, batch = (int(x) for x in spec.split(":"))
+        except ValueError:
+            ap.exit(2, f"recforest_leaves: --cases {spec!r}: expected ITEMS:BEAM:BATCH\n")
+        cases.append(run_case(items, beam, batch, a.trees, a.repeats))
+        print(json.dumps({k: v for k, v in cases[-1].items() if k != "runs_s"}, default=float), flush=True)
+    res = {"command": "python -m benchmarks.recforest_leaves " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+           "machine": machine_info(), "threads": a.threads, "trees": a.trees, "repeats": a.repeats,
+           "expand_margin": EXPAND_MARGIN, "cases": cases}
+    os.makedirs(a.out_dir, exist_ok=True)
+    with open(os.path.join(a.out_dir, "recforest_leaves.json"), "w") as f:
+        json.dump(res, f, indent=1, default=float)
+    with open(os.path.join(a.out_dir, "recforest_leaves.md"), "w") as f:
+        f.write(markdown(res))
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
