@@ -421,12 +421,9 @@ MERGE_MUST_MATCH = ("dataset", "quick", "configs", "lifecycle")
 MERGE_SETTINGS_MUST_MATCH = ("overrides", "beams", "ks", "test_users")
 
 
-def merge_results(paths: list[pathlib.Path]) -> dict:
-    """One result from runs of the same dataset, configs and lifecycle whose seeds ran apart (in
-    parallel, on two machines, or after a stop): rows, per-seed data and seconds joined, the
-    aggregate recomputed. Raises ValueError naming the file and field when the runs differ in
-    what they measured (dataset, configs, lifecycle, overrides, beams, ks, test users, methods)
-    or when a seed comes twice."""
+def read_matching(paths: list[pathlib.Path], keys: tuple, settings_keys: tuple) -> list[dict]:
+    """The quality results at ``paths``; ValueError naming the file and field when one is not
+    readable or differs from the first in a top-level ``keys`` or a ``settings_keys`` field."""
     res = []
     for path in paths:
         try:
@@ -435,13 +432,24 @@ def merge_results(paths: list[pathlib.Path]) -> dict:
             raise ValueError(f"{path}: not a readable quality result ({exc})") from exc
     first = res[0]
     for path, r in zip(paths[1:], res[1:]):
-        for key in MERGE_MUST_MATCH:
+        for key in keys:
             if r.get(key) != first.get(key):
-                raise ValueError(f"{path}: {key} differs from {paths[0]}")
-        for key in MERGE_SETTINGS_MUST_MATCH + ("methods",):
+                raise ValueError(f"{path}: {key} differs from {paths[0]} ({r.get(key)!r} against {first.get(key)!r})")
+        for key in settings_keys:
             if r["settings"].get(key) != first["settings"].get(key):
                 raise ValueError(f"{path}: settings.{key} {r['settings'].get(key)!r} differs from "
                                  f"{first['settings'].get(key)!r} in {paths[0]}")
+    return res
+
+
+def merge_results(paths: list[pathlib.Path]) -> dict:
+    """One result from runs of the same dataset, configs and lifecycle whose seeds ran apart (in
+    parallel, on two machines, or after a stop): rows, per-seed data and seconds joined, the
+    aggregate recomputed. Raises ValueError naming the file and field when the runs differ in
+    what they measured (dataset, configs, lifecycle, overrides, beams, ks, test users, methods)
+    or when a seed comes twice."""
+    res = read_matching(paths, MERGE_MUST_MATCH, MERGE_SETTINGS_MUST_MATCH + ("methods",))
+    first = res[0]
     seeds = [s for r in res for s in r["settings"]["seeds_done"]]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed comes twice among {[str(p) for p in paths]}: seeds {seeds}")
@@ -475,24 +483,11 @@ def combine_results(paths: list[pathlib.Path]) -> dict:
     kept once, from the first run given; how far the repeat differs is recorded under
     ``repeats`` (recall@10/@50, exact), since thread counts can change a float reduction and so
     a tie in the ranking. A label that comes under two configs gets its method's overrides in
-    brackets (``[full size]`` for none), as does every row of a method that ran with overrides. Raises ValueError naming the file and field when the
-    runs differ in dataset, beams, ks or test users, or when one seed's split differs (its
-    training windows, test users or items)."""
-    res = []
-    for path in paths:
-        try:
-            res.append(json.loads(pathlib.Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a readable quality result ({exc})") from exc
+    brackets (``[full size]`` for none), as does every row of a method that ran with overrides.
+    Raises ValueError naming the file and field when the runs differ in dataset, beams, ks or
+    test users, or when one seed's split differs (its training windows, test users or items)."""
+    res = read_matching(paths, COMBINE_MUST_MATCH, COMBINE_SETTINGS_MUST_MATCH)
     first = res[0]
-    for path, r in zip(paths[1:], res[1:]):
-        for key in COMBINE_MUST_MATCH:
-            if r.get(key) != first.get(key):
-                raise ValueError(f"{path}: {key} {r.get(key)!r} differs from {first.get(key)!r} in {paths[0]}")
-        for key in COMBINE_SETTINGS_MUST_MATCH:
-            if r["settings"].get(key) != first["settings"].get(key):
-                raise ValueError(f"{path}: settings.{key} {r['settings'].get(key)!r} differs from "
-                                 f"{first['settings'].get(key)!r} in {paths[0]}")
     splits: dict[int, tuple[str, dict]] = {}  # seed -> (file, its data): one split per seed
     for path, r in zip(paths, res):
         for d in r.get("per_seed_data", []):
@@ -531,7 +526,8 @@ def combine_results(paths: list[pathlib.Path]) -> dict:
             rows.append(out)
     seeds = sorted({row["seed"] for row in rows})
     return {**first, "command": "python -m benchmarks.quality --combine " + " ".join(map(str, paths)),
-            "complete": all(r.get("complete") for r in res), "combined_from": [str(p) for p in paths], "machines": [r["machine"] for r in res],
+            "complete": all(r.get("complete") for r in res), "combined_from": [str(p) for p in paths],
+            "machines": [r["machine"] for r in res],
             "runs": [{"file": str(p), "command": r["command"], "methods": r["settings"].get("methods"),
                       "seeds": r["settings"].get("seeds_done", r["settings"].get("seeds")),
                       "complete": r.get("complete", True), "overrides": r["settings"].get("overrides"),
@@ -572,6 +568,7 @@ def markdown(result: dict) -> str:
     agg, beams = result["aggregate"], result["settings"]["beams"]
     hb = max(beams)
     m = result["machine"]
+    combined = bool(result.get("combined_from"))
     lines = [f"# Quality on {result['dataset_label']}",
              "",
              f"{result['data']['train_windows']:,} training windows, {result['data']['test_users']} test users, "
@@ -580,8 +577,10 @@ def markdown(result: dict) -> str:
                 f"{100 * result['data']['items_never_target']:.0f}% of the items are the target of no window, "
                 f"{100 * result['data']['items_under_5_targets']:.0f}% of fewer than 5)"
                 if "windows_per_item" in result["data"] else "")
-             + f"; seeds {result['settings'].get('seeds_done', result['settings']['seeds'])} "
-             f"(split and model){'' if result.get('complete', True) else ' (run not finished: seeds done so far)'}; "
+             + f"; seeds{' (all rows)' if combined else ''} "
+             f"{result['settings'].get('seeds_done', result['settings']['seeds'])} (split and model)"
+             + ("" if result.get("complete", True) else " (a run below was cut short: its finished seeds only)"
+                if combined else " (run not finished: seeds done so far)") + "; "
              f"mean ± std over seeds, percent. Machine: {m['gpu'] or 'no GPU'}, {m['cpu_count']} CPU cores "
              f"({m['cpu_model']}), torch {m['torch']}. Command: `{result['command']}`."
              + (f" Config overrides (a budgeted run): `{' '.join(result['settings']['overrides'])}`."
@@ -589,10 +588,7 @@ def markdown(result: dict) -> str:
              "",
              f"## Test users, seen items kept; indexes at beam {hb}, baselines exact",
              ""]
-    combined = bool(result.get("combined_from"))
     if combined:  # rows of several runs: each row says its seeds; the runs' budgets below the table
-        lines[2] = lines[2].replace("; seeds ", "; seeds (all rows) ").replace(
-            "(run not finished: seeds done so far)", "(a run below was cut short: its finished seeds only)")
         lines += ["| model | seeds | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
     else:
