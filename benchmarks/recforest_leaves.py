@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -84,7 +85,7 @@ def main(argv=None) -> dict:
             ap.exit(2, f"recforest_leaves: --cases {spec!r}: expected ITEMS:BEAM:BATCH\n")
         cases.append(run_case(items, beam, batch, a.trees, a.repeats))
         print(json.dumps({k: v for k, v in cases[-1].items() if k != "runs_s"}, default=float), flush=True)
-    res = {"command": "python -m benchmarks.recforest_leaves " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+    res = {"command": "python -m benchmarks.recforest_leaves " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine_info(), "threads": a.threads, "trees": a.trees, "repeats": a.repeats,
            "expand_margin": EXPAND_MARGIN, "cases": cases}
     os.makedirs(a.out_dir, exist_ok=True)
