@@ -4,26 +4,42 @@
     python -m benchmarks.curves --dataset ml-latest-small --methods tdm jtm dr
     python -m benchmarks.curves --quick                           # a minute; numbers meaningless
 
-For each method in ``--methods``: its lifecycle up to one trained index (TDM/JTM/DeFoRec:
-category tree -> train -> relearn -> train; DR: random codes -> train -> one EM round (E + M step)
--> train; RecForest: construct -> train), then Recall@k and
-users/s of its beam search on the test users for every beam in ``--beams`` (batch 256,
-``--threads`` CPU threads, median of ``--repeats`` timed passes after a warm-up; recall from the
-same results). Beside them, over the SAME two-tower embeddings (user tower = query, item matrix =
-base): exact search (a matrix product + topk, the two-tower brute force), FAISS HNSW (M=32,
-efSearch swept) and FAISS IVF-Flat (nlist = 4 sqrt(N), nprobe swept), inner product. FAISS is
-an optional benchmark dependency (``pip install faiss-cpu``); without it those curves are
-skipped and the JSON says so.
+    # train apart (here two processes, one core each), then time everything side by side:
+    python -m benchmarks.curves --methods tdm jtm --train-only --store /tmp/a.duckdb --threads 1 &
+    python -m benchmarks.curves --methods dr recforest --train-only --store /tmp/b.duckdb --threads 1
+    python -m benchmarks.curves --from-store /tmp/a.duckdb /tmp/b.duckdb
+
+For each method in ``--methods``: its lifecycle up to one trained index, run through the flows'
+steps (`flows.steps`) into a DuckDB store as versions of the index ``curves-<method>`` (TDM/JTM/
+DeFoRec/DR: construct -> train -> relearn -> train, i.e. category tree -> train -> one tree
+learning round -> train, a DeFoRec forest of 2 trees, DR random codes -> train -> one EM round
+-> train; RecForest: construct -> train). The newest version of each index is then loaded the way
+a server loads it (`models.retriever.Retriever.load`) and its beam search run on the test users
+for every beam in ``--beams``: users/s at batch 256 (the test users' histories repeated to fill
+whole batches; ``--threads`` CPU threads; median of ``--repeats`` timed passes after a warm-up)
+and Recall@k of the test users (seen items kept). Beside them, over the SAME two-tower embeddings
+(user tower = query, item matrix = base): exact search (a matrix product + topk, the two-tower
+brute force), FAISS HNSW (M=32, efSearch swept) and FAISS IVF-Flat (nlist = 4 sqrt(N), nprobe
+swept), inner product. FAISS is an optional benchmark dependency (``pip install faiss-cpu``);
+without it those curves are skipped and the JSON says so.
+
+Training is what costs (a tree scorer's epoch is minutes to an hour on a CPU thread); timing is
+cheap but must not share the cores. ``--train-only`` trains into ``--store`` and measures
+nothing; ``--from-store FILE ...`` trains no index and measures the ``curves-*`` indexes of those
+stores in one process (each store must hold the same split: checked; the two-tower baselines are
+trained in that process). Without ``--store`` a temporary store is used and dropped.
 
 Training configs are benchmarks.quality's (or its QUICK caps with ``--quick``), with
-``--max-samples`` capping the training windows of the tree scorers (CPU time: TDM's attention
-scores every (behaviour, node) pair, ~300 samples/s on 2 cores).
+``--max-samples`` capping the training windows of TDM/JTM/DeFoRec and ``--set METHOD.FIELD=VALUE``
+overriding any field (as in benchmarks.quality). In ``--from-store`` mode the configs recorded
+are the versions' own.
 
-Writes ``benchmarks/results/curves_<dataset>.json`` and ``curves_<dataset>.png``.
+Writes ``benchmarks/results/curves_<dataset>[_<tag>].json``, ``.md`` (a row per point) and ``.png``.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -35,12 +51,25 @@ import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
-from benchmarks.quality import CONFIGS, QUICK, RESULTS, find_data_dir, load_data
+from benchmarks.quality import (CONFIGS, LIFECYCLE, METHODS, QUICK, RESULTS, apply_override, find_data_dir,
+                                load_data)
 from models.method import config_from_dict
 from models.metrics import per_user_metrics
-from models.registry import get_method
 
 TREE_METHODS = ("tdm", "jtm", "deforec")
+INDEX_PREFIX = "curves-"
+BATCH = 256
+
+
+def curve_label(name: str, config: dict) -> str:
+    """What the curve's index is: the method and the lifecycle `train_into_store` ran."""
+    return {"tdm": "TDM (k-means relearn x1)", "jtm": "JTM (tree learning x1)",
+            "deforec": "DeFoRec (forest of 2)", "recforest": f"RecForest ({config.get('trees', '?')} trees)",
+            "dr": f"DR (J={config.get('n_paths', '?')}, EM x1)"}.get(name, name)
+
+
+def split_name(seed: int = 0) -> str:
+    return f"seed{seed}"
 
 
 def recall_at(items: np.ndarray, held_out, k: int) -> float:
@@ -50,37 +79,67 @@ def recall_at(items: np.ndarray, held_out, k: int) -> float:
     return float(np.mean(rows["recall"]))
 
 
-def timed(search, hist: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
-    """Median users/s of ``search(batch)`` over all users in batches of 256, and the items."""
-    def one_pass():
-        out = [search(hist[i:i + 256]) for i in range(0, hist.shape[0], 256)]
-        return torch.cat(out)
+def batch_rows(hist: torch.Tensor, batch: int = BATCH) -> torch.Tensor:
+    """The (U, L) histories repeated to whole batches of ``batch`` rows (U=58 -> 256 rows), so that
+    users/s is measured at the batch size the curve states whatever the number of test users."""
+    n = math.ceil(hist.shape[0] / batch) * batch
+    return torch.cat([hist] * math.ceil(n / hist.shape[0]))[:n]
 
-    items = one_pass()  # warm-up (and the results)
+
+def timed(search, hist: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
+    """Median users/s of ``search`` over whole batches of 256 (see `batch_rows`), and the items of
+    one untimed pass over ``hist`` itself (what recall is computed from)."""
+    rows = batch_rows(hist)
+
+    def one_pass(h):
+        return torch.cat([search(h[i:i + BATCH]) for i in range(0, h.shape[0], BATCH)])
+
+    items = one_pass(hist)  # warm-up (and the results)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        one_pass()
+        one_pass(rows)
         times.append(time.perf_counter() - start)
-    return hist.shape[0] / statistics.median(times), items
+    return rows.shape[0] / statistics.median(times), items
 
 
-def method_curve(name: str, data, beams, k: int, cfg: dict, repeats: int) -> list[dict]:
-    """Train ``name`` once, then one point per beam."""
-    method = get_method(name)
-    config = config_from_dict(method.config_cls, cfg)
-    built = method.construct(config, data, 0)
-    built = method.train(config, built, data, 0)
-    if name in TREE_METHODS or method.relearns:  # the relearnt index is the one the papers report
-        built = method.train(config, method.relearn(config, built, data, 1000), data, 1)
-    searcher = method.searcher(config, built, "cpu")
-    hist = torch.as_tensor(data.test.histories).long()
+def split_fingerprint(data) -> str:
+    """sha256 over the item count and the test users' histories and truth: equal splits, equal print."""
+    h = hashlib.sha256(str(data.n_items).encode())
+    for arr in (data.test.histories, data.test.truth_offsets, data.test.truth_items):
+        h.update(np.ascontiguousarray(np.asarray(arr, dtype=np.int64)).tobytes())
+    return h.hexdigest()
+
+
+def train_into_store(url: str, name: str, dataset: str, cfg: dict) -> int:
+    """``name``'s lifecycle through the flows' steps, each step a new version of ``curves-<name>``;
+    returns the id of the last (trained) version."""
+    from flows import steps
+    from models.registry import get_method
+
+    index = INDEX_PREFIX + name
+    vid = steps.construct(url, index, name, cfg, dataset, split_name()).version_id
+    vid = steps.train(url, vid).version_id
+    if get_method(name).relearns:  # the relearnt index is the one the papers report
+        vid = steps.train(url, steps.relearn(url, vid).version_id).version_id
+    return vid
+
+
+def measure_index(store, file: str, name: str, data, beams, k: int, repeats: int) -> dict:
+    """Load the newest ``curves-<name>`` version as a server would and time/score each beam."""
+    from models.retriever import Retriever
+
+    retriever = Retriever.load(store, INDEX_PREFIX + name, device="cpu")
+    searcher = retriever.searcher
+    hist = torch.as_tensor(np.asarray(data.test.histories)).long()
     points = []
     for beam in beams:
         ups, items = timed(lambda h: searcher.search(h, k, beam)[1], hist, repeats)
-        points.append({"beam": beam, "users_per_s": ups, "recall": recall_at(items.numpy(), data.test, k)})
+        points.append({"beam": beam, "users_per_s": ups, "recall": recall_at(items.numpy(), data.test, k),
+                       "candidates": searcher.last_candidates()})
         print(f"  {name} beam {beam}: recall@{k} {points[-1]['recall']:.4f}, {ups:,.0f} users/s", flush=True)
-    return points
+    info = retriever.version
+    return {"store": file, "version": info.id, "config": info.config.get("config", {}), "points": points}
 
 
 def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dict:
@@ -93,7 +152,6 @@ def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dic
     hist = torch.as_tensor(data.test.histories).long()
     with torch.inference_mode():
         item_mat = model.item_matrix().detach().float().contiguous()                  # (N, d)
-        users = torch.cat([model.user(hist[i:i + 256]) for i in range(0, hist.shape[0], 256)])
 
     def exact(h):
         with torch.inference_mode():
@@ -131,7 +189,6 @@ def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dic
             print(f"  two-tower {label} {knob}={v}: recall@{k} {pts[-1]['recall']:.4f}, {ups:,.0f} users/s",
                   flush=True)
         out[label] = pts
-    del users
     return out
 
 
@@ -141,16 +198,21 @@ def plot(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, pts in result["methods"].items():
-        ax.plot([p["users_per_s"] for p in pts], [p["recall"] for p in pts], "o-", label=f"{name} (beam)")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, m in result["methods"].items():
+        pts = m["points"] if isinstance(m, dict) else m  # a list in files written before the store mode
+        label = curve_label(name, m["config"]) if isinstance(m, dict) else name
+        ax.plot([p["users_per_s"] for p in pts], [100 * p["recall"] for p in pts], "o-", label=f"{label}, beam")
+        for p in pts:
+            ax.annotate(str(p["beam"]), (p["users_per_s"], 100 * p["recall"]), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
     for label, pts in result["two_tower"].items():
         if isinstance(pts, list):
-            ax.plot([p["users_per_s"] for p in pts], [p["recall"] for p in pts],
+            ax.plot([p["users_per_s"] for p in pts], [100 * p["recall"] for p in pts],
                     "s--" if label != "exact" else "k*", label=f"two-tower {label}", markersize=9 if label == "exact" else 5)
     ax.set_xscale("log")
     ax.set_xlabel("users per second (CPU, batch 256)")
-    ax.set_ylabel(f"Recall@{result['k']}")
+    ax.set_ylabel(f"Recall@{result['k']} (%)")
     ax.set_title(f"{result['dataset']}: efficiency vs accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -159,45 +221,172 @@ def plot(result: dict, path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="ml-1m-subset")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--methods", nargs="+", default=["tdm"])
-    p.add_argument("--beams", nargs="+", type=int, default=[1, 2, 5, 10, 20, 50, 100])
-    p.add_argument("--k", type=int, default=50)
-    p.add_argument("--max-samples", type=int, default=30000)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out-dir", default=str(RESULTS))
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    os.environ.setdefault("GROVE_QUIET", "1")
-    with tempfile.TemporaryDirectory() as work:
-        data, meta = load_data(a.dataset, find_data_dir(a.dataset, a.data_dir), 0, work)
-    repeats = 1 if a.quick else a.repeats
+def store_url(file: str) -> str:
+    return file if file.startswith("duckdb:") else f"duckdb:///{os.path.abspath(file)}"
+
+
+def method_configs(methods, a) -> dict:
+    """quality's configs (QUICK caps with --quick), --max-samples, then the --set overrides."""
     configs = {}
-    for name in a.methods + ["two_tower"]:
+    for name in methods:
         cfg = {**CONFIGS[name], **(QUICK[name] if a.quick else {}), "device": "cpu"}
         if name in TREE_METHODS and not a.quick:
             cfg["max_samples"] = a.max_samples
         configs[name] = cfg
-    result = {"dataset": a.dataset, "k": a.k, "beams": a.beams, "threads": a.threads, "repeats": repeats,
-              "quick": a.quick, "configs": configs, "machine": machine_info(),
-              "n_items": data.n_items, "test_users": len(data.test), **meta, "methods": {}}
-    for name in a.methods:
-        print(f"{name}: training", flush=True)
-        result["methods"][name] = method_curve(name, data, a.beams, a.k, configs[name], repeats)
-    print("two-tower: training", flush=True)
-    result["two_tower"] = two_tower_curves(data, a.k, configs["two_tower"], repeats,
-                                           {"ef": [16, 32, 64, 128, 256], "nprobe": [1, 2, 4, 8, 16, 32, 64]})
-    result["load_after"] = os.getloadavg()
-    out = os.path.join(a.out_dir, f"curves_{a.dataset}{'_quick' if a.quick else ''}")
+    for item in a.set:
+        if item.partition(".")[0] in configs:
+            apply_override(configs, dict(LIFECYCLE), item)
+        else:
+            raise SystemExit(f"--set {item!r}: {item.partition('.')[0]!r} is not among the methods of this run "
+                             f"({', '.join(configs)})")
+    return configs
+
+
+def stored_indexes(files, dataset: str, methods) -> tuple[object, dict]:
+    """The split of ``dataset`` (the same in every store: checked) and {method: (store, file)} of
+    the ``curves-*`` indexes found (one store per method: checked)."""
+    from indexstore.errors import GroveError
+    from indexstore.store import Store
+
+    data, found, first = None, {}, None
+    for file in files:
+        if not file.startswith("duckdb:") and not os.path.exists(file):
+            raise SystemExit(f"--from-store {file}: no such file")
+        store = Store.open(store_url(file))
+        try:
+            split = store.load_split(dataset, split_name())
+        except GroveError as exc:
+            raise SystemExit(f"--from-store {file}: {exc}") from exc
+        if data is None:
+            data, first = split, file
+        elif split_fingerprint(split) != split_fingerprint(data):
+            raise SystemExit(f"--from-store {file}: its {dataset} split {split_name()} differs from {first}'s "
+                             "(other items or test users): curves must share one split")
+        for index, *_ in store.list_indexes():
+            if index.startswith(INDEX_PREFIX):
+                name = index[len(INDEX_PREFIX):]
+                if name in found:
+                    raise SystemExit(f"--from-store: {index} is in both {found[name][1]} and {file}")
+                found[name] = (store, file)
+    wanted = methods or [m for m in METHODS if m in found]
+    missing = [m for m in wanted if m not in found]
+    if missing or not wanted:
+        raise SystemExit(f"--from-store: no {INDEX_PREFIX}{missing[0] if missing else '*'} index in "
+                         f"{', '.join(files)} (found: {', '.join(sorted(found)) or 'none'})")
+    return data, {m: found[m] for m in wanted}
+
+
+def markdown(result: dict) -> str:
+    """One row per measured point: index, knob, Recall@k, users/s (and candidates per user)."""
+    m = result["machine"]
+    lines = [f"# Efficiency vs accuracy: {result['dataset']}", "",
+             f"Split {result.get('split', 'seed0')}, {result['n_items']:,} items, {result['test_users']} test users, "
+             f"k = {result['k']}, seen items kept; users/s on the CPU at batch {result.get('batch', BATCH)}, "
+             f"{result['threads']} thread(s), median of {result['repeats']} timed passes after a warm-up. "
+             f"Machine: {m.get('cpu_count', '?')} CPUs, {m.get('cpu_model', '?')}, GPU {m.get('gpu') or 'none'}; "
+             f"load average after: {', '.join(f'{x:.2f}' for x in result.get('load_after', []))}.", "",
+             f"| index | knob | value | Recall@{result['k']} (%) | users/s | candidates/user |", "|---|---|---|---|---|---|"]
+    for name, meth in result["methods"].items():
+        pts = meth["points"] if isinstance(meth, dict) else meth
+        label = curve_label(name, meth["config"]) if isinstance(meth, dict) else name
+        for p in pts:
+            cand = p.get("candidates")
+            lines.append(f"| {label} | beam | {p['beam']} | {100 * p['recall']:.2f} | {p['users_per_s']:,.0f} | "
+                         f"{'' if cand is None else f'{cand:.1f}'} |")
+    knobs = {"exact": "", "hnsw": "efSearch", "ivf": "nprobe"}
+    for label, pts in result.get("two_tower", {}).items():
+        if isinstance(pts, list):
+            for p in pts:
+                lines.append(f"| two-tower {label} | {knobs.get(label, '')} | {'' if p['param'] is None else p['param']} "
+                             f"| {100 * p['recall']:.2f} | {p['users_per_s']:,.0f} | |")
+        else:
+            lines.append(f"| two-tower {label} | | | {pts} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write_result(result: dict, out: str, with_plot: bool) -> None:
     with open(out + ".json", "w") as f:
         json.dump(result, f, indent=2)
-    plot(result, out + ".png")
-    print(f"wrote {out}.json and {out}.png")
+    with open(out + ".md", "w") as f:
+        f.write(markdown(result))
+    if with_plot:
+        plot(result, out + ".png")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="ml-1m-subset")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--methods", nargs="+", default=None, choices=[m for m in METHODS if m not in ("two_tower", "itemcf")],
+                   help="default: tdm (with --from-store: every curves-* index of the stores)")
+    p.add_argument("--beams", nargs="+", type=int, default=[1, 2, 5, 10, 20, 50, 100])
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--max-samples", type=int, default=30000)
+    p.add_argument("--set", nargs="+", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="override a training config field, as in benchmarks.quality (tdm.epochs=1)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of training and timing")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--store", default=None, help="DuckDB file the trained indexes are written to "
+                   "(versions of curves-<method>; kept); default: a temporary one")
+    p.add_argument("--train-only", action="store_true", help="train into --store and measure nothing")
+    p.add_argument("--from-store", nargs="+", default=None, metavar="FILE",
+                   help="measure the curves-* indexes of these stores (written by --train-only runs); train none")
+    p.add_argument("--tag", default="", help="results go to curves_<dataset>_<tag>.*")
+    p.add_argument("--out-dir", default=str(RESULTS))
+    a = p.parse_args(argv)
+    if a.train_only and not a.store:
+        raise SystemExit("--train-only needs --store (where the trained indexes are kept)")
+    if a.from_store and (a.store or a.train_only or a.set):
+        raise SystemExit("--from-store measures stored indexes: it takes no --store, --train-only or --set")
+    torch.set_num_threads(a.threads)
+    if a.quick:
+        os.environ.setdefault("GROVE_QUIET", "1")
+    repeats = 1 if a.quick else a.repeats
+    tag = "_".join(t for t in (a.tag, "quick" if a.quick else "") if t)
+    out = os.path.join(a.out_dir, f"curves_{a.dataset}{'_' + tag if tag else ''}")
+    os.makedirs(a.out_dir, exist_ok=True)
+    two_tower_cfg = method_configs(["two_tower"], argparse.Namespace(**{**vars(a), "set": []}))["two_tower"]
+    with tempfile.TemporaryDirectory() as work:
+        if a.from_store:
+            data, indexes = stored_indexes(a.from_store, a.dataset, a.methods)
+            meta = {"data_path": f"stores {', '.join(a.from_store)}"}
+            methods, configs = list(indexes), {}
+        else:
+            methods = a.methods or ["tdm"]
+            configs = method_configs(methods, a)
+            url = store_url(a.store) if a.store else f"duckdb:///{work}/curves_{a.dataset}.duckdb"
+            data, meta = load_data(a.dataset, find_data_dir(a.dataset, a.data_dir), 0, work, url=url)
+        result = {"dataset": a.dataset, "split": split_name(), "split_fingerprint": split_fingerprint(data),
+                  "k": a.k, "beams": a.beams, "batch": BATCH, "threads": a.threads, "repeats": repeats,
+                  "quick": a.quick, "configs": {**configs, "two_tower": two_tower_cfg}, "machine": machine_info(),
+                  "n_items": data.n_items, "test_users": len(data.test), **meta, "methods": {}}
+        if not a.from_store:
+            from indexstore.store import Store
+
+            for name in methods:
+                print(f"{name}: training", flush=True)
+                start = time.perf_counter()
+                vid = train_into_store(url, name, a.dataset, configs[name])
+                print(f"{name}: trained in {time.perf_counter() - start:,.0f} s -> version {vid} of "
+                      f"{INDEX_PREFIX}{name} in {a.store or 'a temporary store'}", flush=True)
+                if not a.train_only:
+                    result["methods"][name] = measure_index(Store.open(url), a.store or "(temporary)", name, data,
+                                                            a.beams, a.k, repeats)
+                    write_result(result, out, with_plot=False)  # a long run keeps what it measured
+            if a.train_only:
+                return result
+        else:
+            for name, (store, file) in indexes.items():
+                print(f"{name}: measuring", flush=True)
+                result["methods"][name] = measure_index(store, file, name, data, a.beams, a.k, repeats)
+                result["configs"][name] = result["methods"][name]["config"]
+        print("two-tower: training", flush=True)
+        result["two_tower"] = two_tower_curves(data, a.k, two_tower_cfg, repeats,
+                                               {"ef": [16, 32, 64, 128, 256], "nprobe": [1, 2, 4, 8, 16, 32, 64]})
+    result["load_after"] = os.getloadavg()
+    write_result(result, out, with_plot=True)
+    print(f"wrote {out}.json, .md and .png")
     return result
 
 

@@ -122,9 +122,11 @@ def target_coverage(data) -> dict:
             "items_never_target": float((counts == 0).mean()), "items_under_5_targets": float((counts < 5).mean())}
 
 
-def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str) -> tuple[object, dict]:
-    """SplitData of ``name`` split with ``seed``: through a temporary DuckDB store when its
-    packages are importable, else through the same readers and protocol functions directly."""
+def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str, url: str | None = None
+              ) -> tuple[object, dict]:
+    """SplitData of ``name`` split with ``seed`` (split ``seed<seed>``): through a DuckDB store
+    (``url``, else a new one in ``workdir``; the dataset and split are reused when the store has
+    them) when its packages are importable, else through the same readers and protocol functions."""
     ratings, items = (folder / f for f in DATASETS[name])
     try:
         from flows.datasets import import_file, split_dataset
@@ -143,12 +145,13 @@ def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str) -> tuple
         data = build_split_data(inter, split_users(inter, seed=seed), len(inter.item_raw), codes, name,
                                 f"seed{seed}")
         return data, {"data_path": note}
-    url = f"duckdb:///{workdir}/quality_{name}.duckdb"
+    url = url or f"duckdb:///{workdir}/quality_{name}.duckdb"
     Store.init(url)
     store = Store.open(url)
     if name not in {d.name for d in store.list_datasets()}:
         import_file(store, str(ratings), name, items=str(items), seed=0)
-    split_dataset(store, name, f"seed{seed}", seed=seed)
+    if f"seed{seed}" not in {s.name for s in store.list_splits(name)}:
+        split_dataset(store, name, f"seed{seed}", seed=seed)
     data = store.load_split(name, f"seed{seed}")
     return data, {"data_path": f"store ({url})"}
 
