@@ -198,7 +198,7 @@ def plot(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for name, m in result["methods"].items():
         pts = m["points"] if isinstance(m, dict) else m  # a list in files written before the store mode
         label = curve_label(name, m["config"]) if isinstance(m, dict) else name
@@ -215,7 +215,7 @@ def plot(result: dict, path) -> None:
     ax.set_ylabel(f"Recall@{result['k']} (%)")
     ax.set_title(f"{result['dataset']}: efficiency vs accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the curves fill the plot
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
