@@ -14,7 +14,7 @@ from indexstore.structures import Forest, Tree
 from models.method import Built
 from models.recforest import RecForestConfig, RecForestMethod, svd_item_embeddings
 from models.recforest_model import RecForestNet
-from models.recforest_search import ForestTables, RecForestSearcher, tree_code_tables
+from models.recforest_search import ForestTables, RecForestSearcher, score_paths, tree_code_tables
 
 
 def planted_split(n_items=60, n_groups=6, n_users=240, seq=12, seed=0) -> SplitData:
@@ -98,6 +98,27 @@ def test_expanding_every_leaf_equals_teacher_forcing_every_path():
     assert expanded.shape == (5, 27)
     assert torch.allclose(expanded, forced, atol=1e-5)
     assert torch.allclose(expanded.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_scoring_paths_by_shared_prefix_equals_one_pass_per_path():
+    """score_paths runs the decoder once per distinct (user, first H-1 codes); every path, siblings
+    or not, repeated or not, in any order, gets the log-prob of its own teacher-forced pass."""
+    torch.manual_seed(3)
+    net = RecForestNet(30, 4, [3], hidden=16, heads=2).eval()
+    hist = torch.randint(-1, 30, (5, 69))
+    hist[2] = -1
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 64, (5, 40), generator=gen)
+    codes[:, 20:30] = codes[:, :10] // 4 * 4 + torch.randint(0, 4, (5, 10), generator=gen)  # siblings
+    codes[:, 30:] = codes[:, 5:15]  # repeats
+    digits = (codes[..., None] // 4 ** torch.arange(2, -1, -1)) % 4
+    with torch.no_grad():
+        mem = net.memories(hist)[0]
+        shared = score_paths(net.decoders[0], mem, digits)
+        alone = net.decoders[0].path_log_probs(mem, digits)
+        empty = score_paths(net.decoders[0], mem, digits[:, :0])
+    assert shared.shape == (5, 40) and empty.shape == (5, 0)
+    assert torch.allclose(shared, alone, atol=1e-5)
 
 
 def test_full_beam_gives_every_path_and_probabilities_sum_to_one():
