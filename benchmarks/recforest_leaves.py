@@ -5,9 +5,10 @@
 
 Every candidate item is scored by sum_t log p_t(item) over all trees, and p_t(item) sums over the
 item's leaves, so the leaves that tree t's beam did not reach must be scored too:
-``teacher`` forces each such path through the decoder (width x H token steps per user),
+``teacher`` forces the paths through the decoder, one pass per distinct parent prefix (an item's
+copies sit on sibling leaves; distinct parents x H token steps per user),
 ``expand`` expands the whole tree with the cache (one step per internal node,
-1 + K + ... + K^(H-1)), ``auto`` (the default) takes expand when width x H exceeds
+1 + K + ... + K^(H-1)), ``auto`` (the default) takes expand when distinct parents x H exceeds
 ``EXPAND_MARGIN`` x the internal nodes. Untrained 4-tree forests of 18-ary trees over random
 embeddings (cost does not depend on training), 69-item histories, k = 50; users/s of one search
 of the batch, the modes alternating, median of ``--repeats`` after a warm-up. The three modes must
