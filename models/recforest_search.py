@@ -105,6 +105,8 @@ def score_paths(dec, mem, digits: torch.Tensor) -> torch.Tensor:
     new[:, 1:] = sp[:, 1:] != sp[:, :-1]
     rank = new.long().cumsum(1) - 1                                     # (U, P) unique slot, sorted order
     width = int(rank[:, -1].max().item()) + 1 if p else 0
+    if not width:
+        return digits.new_zeros(u, p, dtype=torch.float32)
     rep = torch.zeros(u, width, dtype=torch.long, device=digits.device)
     rep.scatter_(1, rank, order)               # a path holding each unique prefix (duplicates agree)
     slot = torch.empty_like(rank).scatter_(1, order, rank)              # (U, P) path -> its slot
@@ -115,8 +117,6 @@ def score_paths(dec, mem, digits: torch.Tensor) -> torch.Tensor:
         logp = dec.level_log_probs(mem, reps[:, i:i + step])            # (U, w, H, K)
         head.append(logp[:, :, :-1].gather(-1, reps[:, i:i + step, :-1, None]).squeeze(-1).sum(-1))
         last.append(logp[:, :, -1])                                     # (U, w, K)
-    if not width:
-        return digits.new_zeros(u, p, dtype=torch.float32)
     head, last = torch.cat(head, dim=1), torch.cat(last, dim=1)
     return head.gather(1, slot) + last.gather(1, slot[..., None].expand(-1, -1, k)).gather(
         2, digits[..., -1:]).squeeze(-1)
