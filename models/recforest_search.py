@@ -6,9 +6,10 @@ An item may sit at several leaves of a complete tree (Algorithm 2 duplicates ite
 generates the item. Training samples a leaf uniformly among the item's leaves (see
 `ForestTables.sample_codes`), so probability mass is spread over all of them; scoring takes the
 log-sum-exp over leaves. Leaf log-probs found by a tree's beam are reused; every other
-(candidate, leaf) pair is scored by teacher forcing, compacted to a fixed-width batch -- or, when
-that would take more decoder token steps (width x H) than expanding the whole tree with the cache
-(one step per internal node), by that expansion: deep trees whose items sit on many leaves.
+(candidate, leaf) pair is scored by teacher forcing, one decoder pass per distinct parent (an item's
+copies sit on sibling leaves), compacted to a fixed-width batch -- or, when that would take more
+decoder token steps (distinct parents x H) than expanding the whole tree with the cache (one step
+per internal node), by that expansion: deep trees whose items sit on many leaves.
 """
 from __future__ import annotations
 
@@ -88,44 +89,48 @@ class ForestTables:
         return self.digits(self.item_codes[t][items, r], t)
 
 
-def score_paths(dec, mem, digits: torch.Tensor) -> torch.Tensor:
-    """Teacher-forced log p(path) for digits (U, P, H) -> (U, P), chunked over the prefixes.
+def sibling_groups(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group each row's paths by parent: parents (U, P) ints (a path's first H-1 codes as a
+    base-K int) -> slot (U, P), the group of each path, and rep (U, W), one path of each group
+    (W = the most groups in a row; a row with fewer repeats its first path, harmlessly)."""
+    u, p = parents.shape
+    sp, order = parents.sort(dim=1)
+    new = torch.ones_like(sp, dtype=torch.bool)
+    new[:, 1:] = sp[:, 1:] != sp[:, :-1]
+    rank = new.long().cumsum(1) - 1                                     # (U, P) group, sorted order
+    width = int(rank[:, -1].max().item()) + 1 if p else 0
+    rep = torch.zeros(u, width, dtype=torch.long, device=parents.device)
+    rep.scatter_(1, rank, order)               # any path of the group will do: they share the parent
+    slot = torch.empty_like(rank).scatter_(1, order, rank)              # (U, P) path -> its group
+    return slot, rep
+
+
+def score_paths(dec, mem, digits: torch.Tensor, groups=None) -> torch.Tensor:
+    """Teacher-forced log p(path) for digits (U, P, H) -> (U, P), chunked over the parents.
 
     Paths of one user that share their first H-1 codes (siblings) share one decoder pass: the
     decoder's states depend on the prefix only, and the last level's K log-probs cover every
     sibling. RecForest puts an item's copies on adjacent leaves (Algorithm 2), so the leaves a
     final ranking asks for are mostly siblings: on ml-latest-small's 18^4-leaf trees, ~11 leaves
-    per item, this runs the decoder on several times fewer sequences than one pass per path."""
+    per item, this runs the decoder on several times fewer sequences than one pass per path.
+    ``groups``: `sibling_groups` of these paths when the caller has it already."""
     u, p, h = digits.shape
     k = dec.arity
-    powers = k ** torch.arange(h - 2, -1, -1, device=digits.device)
-    prefix = (digits[..., :-1] * powers).sum(-1)                       # (U, P) prefix as a base-K int
-    sp, order = prefix.sort(dim=1)
-    new = torch.ones_like(sp, dtype=torch.bool)
-    new[:, 1:] = sp[:, 1:] != sp[:, :-1]
-    rank = new.long().cumsum(1) - 1                                     # (U, P) unique slot, sorted order
-    width = int(rank[:, -1].max().item()) + 1 if p else 0
-    if not width:
+    if groups is None:
+        groups = sibling_groups((digits[..., :-1] * k ** torch.arange(h - 2, -1, -1, device=digits.device)).sum(-1))
+    slot, rep = groups
+    if not rep.shape[1]:
         return digits.new_zeros(u, p, dtype=torch.float32)
-    rep = torch.zeros(u, width, dtype=torch.long, device=digits.device)
-    rep.scatter_(1, rank, order)               # a path holding each unique prefix (duplicates agree)
-    slot = torch.empty_like(rank).scatter_(1, order, rank)              # (U, P) path -> its slot
     reps = digits.gather(1, rep[..., None].expand(-1, -1, h))           # (U, W, H)
     step = max(1, PATH_CHUNK // max(u, 1))
     head, last = [], []
-    for i in range(0, width, step):
+    for i in range(0, reps.shape[1], step):
         logp = dec.level_log_probs(mem, reps[:, i:i + step])            # (U, w, H, K)
         head.append(logp[:, :, :-1].gather(-1, reps[:, i:i + step, :-1, None]).squeeze(-1).sum(-1))
         last.append(logp[:, :, -1])                                     # (U, w, K)
     head, last = torch.cat(head, dim=1), torch.cat(last, dim=1)
     return head.gather(1, slot) + last.gather(1, slot[..., None].expand(-1, -1, k)).gather(
         2, digits[..., -1:]).squeeze(-1)
-
-
-def _distinct_per_row(values: torch.Tensor) -> int:
-    """The largest number of distinct values in a row of (U, W)."""
-    s, _ = values.sort(dim=1)
-    return int(((s[:, 1:] != s[:, :-1]).sum(1) + 1).max().item()) if values.shape[1] else 0
 
 
 def unique_rows(items: torch.Tensor) -> torch.Tensor:
@@ -140,7 +145,8 @@ class RecForestSearcher(Searcher):
     """Beam search over every tree's decoder, union of items, rank by sum_t log p_t(item)."""
 
     # how the candidates' leaves missing from a tree's beam are scored: "auto" takes the cheaper of
-    # "teacher" (forcing each missing path) and "expand" (every leaf, by expanding the tree)
+    # "teacher" (forcing the missing paths, one pass per parent) and "expand" (every leaf, by
+    # expanding the tree)
     leaf_scoring = "auto"
 
     def __init__(self, net: RecForestNet, tables: ForestTables, n_items: int, device: torch.device):
@@ -179,7 +185,8 @@ class RecForestSearcher(Searcher):
         # score_paths); a teacher-forced token costs ~0.8 of an expansion step (one thread, 4 trees
         # of 18^4 leaves: teacher 1.14x faster at ~1,650 sequences x 4 levels, expansion 1.9x
         # faster at ~3,500 x 4)
-        teacher_tokens = _distinct_per_row(sub.clamp(min=0) // tab.arity) * tab.depths[t]
+        groups = sibling_groups(sub.clamp(min=0) // tab.arity)  # leaf code // K = its parent's code
+        teacher_tokens = groups[1].shape[1] * tab.depths[t]
         expand = (self.leaf_scoring == "expand" or self.leaf_scoring == "auto"
                   and teacher_tokens > EXPAND_MARGIN * _expansion_steps(tab.arity, tab.depths[t]))
         if expand:
@@ -188,7 +195,7 @@ class RecForestSearcher(Searcher):
             every = self._all_leaves(t, mem)  # (U, K^H)
             lp = torch.where(missing, every.gather(1, leaves.clamp(min=0)), lp)
         else:
-            scored = score_paths(dec, mem, tab.digits(sub, t))
+            scored = score_paths(dec, mem, tab.digits(sub, t), groups)
             take = missing.gather(1, idx)
             lp = lp.scatter(1, idx, torch.where(take, scored, lp.gather(1, idx)))
         return torch.logsumexp(lp.view(u, c, -1), dim=2)
