@@ -68,6 +68,14 @@ def curve_label(name: str, config: dict) -> str:
             "dr": f"DR (J={config.get('n_paths', '?')}, EM x1)"}.get(name, name)
 
 
+def labelled_points(name: str, measured) -> tuple[str, list]:
+    """A method's curve in a results file -> (label, points); files written before the store mode
+    hold a bare list of points."""
+    if isinstance(measured, dict):
+        return curve_label(name, measured["config"]), measured["points"]
+    return name, measured
+
+
 def split_name(seed: int = 0) -> str:
     return f"seed{seed}"
 
@@ -200,8 +208,7 @@ def plot(result: dict, path) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 5))
     for name, m in result["methods"].items():
-        pts = m["points"] if isinstance(m, dict) else m  # a list in files written before the store mode
-        label = curve_label(name, m["config"]) if isinstance(m, dict) else name
+        label, pts = labelled_points(name, m)
         ax.plot([p["users_per_s"] for p in pts], [100 * p["recall"] for p in pts], "o-", label=f"{label}, beam")
         for p in pts:
             ax.annotate(str(p["beam"]), (p["users_per_s"], 100 * p["recall"]), fontsize=6,
@@ -225,15 +232,15 @@ def store_url(file: str) -> str:
     return file if file.startswith("duckdb:") else f"duckdb:///{os.path.abspath(file)}"
 
 
-def method_configs(methods, a) -> dict:
+def method_configs(methods, quick: bool, max_samples: int, overrides=()) -> dict:
     """quality's configs (QUICK caps with --quick), --max-samples, then the --set overrides."""
     configs = {}
     for name in methods:
-        cfg = {**CONFIGS[name], **(QUICK[name] if a.quick else {}), "device": "cpu"}
-        if name in TREE_METHODS and not a.quick:
-            cfg["max_samples"] = a.max_samples
+        cfg = {**CONFIGS[name], **(QUICK[name] if quick else {}), "device": "cpu"}
+        if name in TREE_METHODS and not quick:
+            cfg["max_samples"] = max_samples
         configs[name] = cfg
-    for item in a.set:
+    for item in overrides:
         if item.partition(".")[0] in configs:
             apply_override(configs, dict(LIFECYCLE), item)
         else:
@@ -287,8 +294,7 @@ def markdown(result: dict) -> str:
              f"load average after: {', '.join(f'{x:.2f}' for x in result.get('load_after', []))}.", "",
              f"| index | knob | value | Recall@{result['k']} (%) | users/s | candidates/user |", "|---|---|---|---|---|---|"]
     for name, meth in result["methods"].items():
-        pts = meth["points"] if isinstance(meth, dict) else meth
-        label = curve_label(name, meth["config"]) if isinstance(meth, dict) else name
+        label, pts = labelled_points(name, meth)
         for p in pts:
             cand = p.get("candidates")
             lines.append(f"| {label} | beam | {p['beam']} | {100 * p['recall']:.2f} | {p['users_per_s']:,.0f} | "
@@ -346,7 +352,7 @@ def main(argv=None) -> dict:
     tag = "_".join(t for t in (a.tag, "quick" if a.quick else "") if t)
     out = os.path.join(a.out_dir, f"curves_{a.dataset}{'_' + tag if tag else ''}")
     os.makedirs(a.out_dir, exist_ok=True)
-    two_tower_cfg = method_configs(["two_tower"], argparse.Namespace(**{**vars(a), "set": []}))["two_tower"]
+    two_tower_cfg = method_configs(["two_tower"], a.quick, a.max_samples)["two_tower"]
     with tempfile.TemporaryDirectory() as work:
         if a.from_store:
             data, indexes = stored_indexes(a.from_store, a.dataset, a.methods)
@@ -354,7 +360,7 @@ def main(argv=None) -> dict:
             methods, configs = list(indexes), {}
         else:
             methods = a.methods or ["tdm"]
-            configs = method_configs(methods, a)
+            configs = method_configs(methods, a.quick, a.max_samples, a.set)
             url = store_url(a.store) if a.store else f"duckdb:///{work}/curves_{a.dataset}.duckdb"
             data, meta = load_data(a.dataset, find_data_dir(a.dataset, a.data_dir), 0, work, url=url)
         result = {"dataset": a.dataset, "split": split_name(), "split_fingerprint": split_fingerprint(data),
