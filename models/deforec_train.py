@@ -140,7 +140,7 @@ def learn_tree_softmax(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, ta
             weights = _softmax_weights(scorer, maps[lv], k ** g, cur, hist, tgt, max_elements)
             old_child = old_leaf // k ** (depth - lv) - cur * k ** g
             old_child = torch.where((old_child >= 0) & (old_child < k ** g), old_child, -1)
-            child = _assign(weights, counts, cur, old_child, k ** (depth - lv))
+            child = assign_with_capacity(weights, counts, cur, old_child, capacity=k ** (depth - lv))
             cur = cur * k ** g + child
             prog.update(g)
             l0 = lv
@@ -164,48 +164,3 @@ def _softmax_weights(scorer, level_map: torch.Tensor, width: int, cur: torch.Ten
             nodes = level_map[cur[t].unsqueeze(1) * width + offs]  # (U, width) old-tree nodes
             out.index_add_(0, t, torch.log_softmax(scorer(h, nodes), dim=1))
     return out
-
-
-def _assign(weights, counts, parent, old_child, capacity):
-    try:
-        return assign_with_capacity(weights, counts, parent, old_child, capacity=capacity)
-    except TypeError:  # models.jtm's torch.full((n) * w, ...) needs a tuple size: reported
-        return _assign_fixed(weights, counts, parent, old_child, capacity)
-
-
-def _assign_fixed(weights: torch.Tensor, counts: torch.Tensor, parent: torch.Tensor,
-                         old_child: torch.Tensor, capacity: int) -> torch.Tensor:
-    """Copy of `models.jtm.assign_with_capacity` with its `torch.full` size fixed (a tuple);
-    used only while that function raises TypeError in this torch version."""
-    n, width = weights.shape
-    device = weights.device
-    has = counts > 0
-    is_old = torch.zeros_like(weights, dtype=torch.bool)
-    is_old[old_child >= 0, old_child[old_child >= 0]] = True
-    # items without pairs prefer their previous child, else the first child with room
-    pref = torch.where(has.unsqueeze(1), weights, is_old.to(weights.dtype))
-    mean = torch.where(has.unsqueeze(1), weights / counts.clamp(min=1).unsqueeze(1),
-                       torch.full_like(weights, -torch.inf))
-    room = torch.full(((int(parent.max()) + 1) * width,), capacity, dtype=torch.int64, device=device)
-    child = torch.full((n,), -1, dtype=torch.int64, device=device)
-    cols = torch.arange(width, device=device)
-    for _ in range(width + 2):
-        todo = torch.nonzero(child < 0).squeeze(1)
-        if todo.numel() == 0:
-            return child
-        gid_all = parent[todo].unsqueeze(1) * width + cols            # (m, W)
-        cand = pref[todo].masked_fill(room[gid_all] <= 0, -torch.inf)
-        best = cand.argmax(dim=1)                                     # (m,)
-        gid = gid_all[torch.arange(todo.numel(), device=device), best]
-        keep = is_old[todo, best]
-        rank = mean[todo, best]
-        # order by (gid asc, keep first, rank desc) with stable sorts, last key first
-        order = torch.argsort(rank, descending=True, stable=True)
-        order = order[torch.argsort(keep[order].to(torch.int8), descending=True, stable=True)]
-        order = order[torch.argsort(gid[order], stable=True)]
-        g_sorted = gid[order]
-        within = torch.arange(order.numel(), device=device) - torch.searchsorted(g_sorted, g_sorted)
-        accept = order[within < room[g_sorted]]
-        child[todo[accept]] = best[accept]
-        room -= torch.bincount(gid[accept], minlength=room.numel())
-    raise RuntimeError("capacity rebalance did not converge: a node holds more items than its capacity")
