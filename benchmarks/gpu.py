@@ -152,7 +152,6 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--batch and --cpu-batch must be >= 1, got {a.batch} and {a.cpu_batch}")
     if a.quick:
         a.items, a.batch, a.repeats = min(a.items, 10_000), min(a.batch, 128), min(a.repeats, 2)
-        a.cpu_batch = min(a.cpu_batch or 32, 32)
     a.cpu_batch = min(a.cpu_batch or a.batch, a.batch)
     if a.cpu_threads:
         torch.set_num_threads(a.cpu_threads)
