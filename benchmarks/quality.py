@@ -32,7 +32,7 @@ recall(beam) / recall(same model scoring every item). Training samples/s = sampl
 `train` (epochs x windows) / wall seconds of the call (on the training device). Search speed:
 users/s of the evaluation on the evaluation device (whole test set, batches of 256), and, for the
 first seed, users/s on the CPU at batch 256 with ``--cpu-threads`` threads (median of
-``--speed-repeats`` runs after a warm-up; exhaustive scoring: one run), for the final model of
+``--speed-repeats`` runs after a warm-up, exhaustive scoring too), for the final model of
 each lifecycle only (search cost depends on the index size, not on the training round).
 
 Configs (full run; ``--quick`` caps everything, see QUICK) are in CONFIGS below and in the JSON.
@@ -193,8 +193,9 @@ def evaluate_model(searcher, held, beams, brute_force: bool) -> dict:
 
 def cpu_speed(make_searcher, held, beams, brute_force: bool, threads: int, repeats: int,
               batch: int = 256, k: int = 50) -> dict:
-    """Users/s on the CPU at batch ``batch``: median of ``repeats`` timed searches after a warm-up
-    (exhaustive scoring: one timed run after the beam runs warmed the model up)."""
+    """Users/s on the CPU at batch ``batch``: median of ``repeats`` timed searches after a warm-up,
+    for every beam and for exhaustive scoring (an index's exhaustive runs are warmed up by its beam
+    runs)."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -207,9 +208,8 @@ def cpu_speed(make_searcher, held, beams, brute_force: bool, threads: int, repea
             for beam in beams:
                 sec = median_seconds(lambda: searcher.search(hist, k, beam), repeats)
                 out[f"users_per_s_cpu256/b{beam}"] = batch / sec
-        # exhaustive scoring of an index: one run, warmed up by the beam runs above
-        sec = median_seconds(lambda: searcher.exhaustive(hist, k), repeats if brute_force else 1,
-                             warmup=brute_force)
+        # exhaustive scoring of an index is warmed up by the beam runs above
+        sec = median_seconds(lambda: searcher.exhaustive(hist, k), repeats, warmup=brute_force)
         out["users_per_s_cpu256/exact"] = batch / sec
         return out
     finally:
@@ -635,7 +635,8 @@ def markdown(result: dict) -> str:
     lines += ["", f"## Speed: training samples/s ({result['settings']['device']}), search users/s",
               "",
               f"CPU columns: batch 256, {result['settings']['cpu_threads']} threads, median of "
-              f"{result['settings']['speed_repeats']} runs after a warm-up (exact: 1 run), first seed, final model of each lifecycle. "
+              f"{result['settings']['speed_repeats']} runs after a warm-up (exact: "
+              f"{result['settings'].get('exact_speed_repeats', 1)}), first seed, final model of each lifecycle. "
               f"'eval {dev.upper()}' columns: the whole test-set evaluation in batches of 256 on {dev.upper()}.",
               "",
               "| model | train samples/s | " + " | ".join(f"CPU b{b}" for b in beams) + " | CPU exact | "
@@ -689,7 +690,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto", help="training and evaluation device (auto: CUDA if present)")
     p.add_argument("--beams", nargs="+", type=int, default=[20, 50, 100])
     p.add_argument("--cpu-threads", type=int, default=2, help="threads of the CPU speed measurement")
-    p.add_argument("--speed-repeats", type=int, default=3)
+    p.add_argument("--speed-repeats", type=int, default=5, help="timed runs per speed figure (median)")
     p.add_argument("--train-threads", type=int, default=0,
                    help="torch threads of training and evaluation (0: the cores over the parallel jobs); "
                         "1 when other jobs share the cores: 2 OpenMP threads on a busy 2-core machine run 5-10x slower")
@@ -767,7 +768,7 @@ def main(argv=None) -> dict:
                 "command": command, "quick": a.quick, "machine": machine_info(), "complete": final,
                 "settings": {"overrides": a.set, "tag": a.tag, "seeds": a.seeds, "seeds_done": [o["seed"] for o in mine],
                              "beams": a.beams, "ks": list(KS), "device": a.device, "cpu_threads": a.cpu_threads,
-                             "speed_repeats": a.speed_repeats, "jobs": a.jobs,
+                             "speed_repeats": a.speed_repeats, "exact_speed_repeats": a.speed_repeats, "jobs": a.jobs,
                              "test_users": a.test_users or "all", "methods": a.methods},
                 "configs": configs, "lifecycle": {k: list(v) if isinstance(v, tuple) else v for k, v in life.items()},
                 "data": mine[0]["data"],

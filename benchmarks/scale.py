@@ -10,9 +10,12 @@ same operation, and reports the median of its timed runs and the process's peak 
 timed runs):
 
 * ``kmeans_tree`` (K = 2 and 18) over the embeddings: ``--repeats`` runs, ``--repeats-large``
-  for N >= 10^6 (the largest build is run under cProfile: ``profile`` = where its time goes).
+  for N >= 10^6 (both 5 by default: the issue's rule is a median of >= 5 runs after a warm-up);
+  the largest build runs once more, untimed in the median, under cProfile (``profile`` = where
+  its time goes; ``profile_seconds`` = that run's time with the profiler's overhead).
 * one JTM tree-learning round (`models.jtm.learn_tree`, gap 7) with an untrained
-  `HierarchicalScorer` on a K = 2 category tree, ``--jtm-pairs`` random training pairs; one run.
+  `HierarchicalScorer` on a K = 2 category tree, ``--jtm-pairs`` random training pairs; the same
+  runs as the builds.
 * one DR M-step sweep (`models.dr_em.mstep`, ``--mstep-iters``; the DR default is 4) over
   random candidate tables (pool 20 paths per item, J = 3, D = 3, K = 100, alpha 3e-5).
 * store write + read of a balanced tree version, K = 2 and 18 (`benchmarks.store_roundtrip`).
@@ -20,7 +23,8 @@ timed runs):
   k 50) with an untrained `TDMScorer` (dim 24) over a K = ``--search-arity`` category tree (the
   k-means tree's layout), users/s at batch 256 (``--batch-runs`` calls) and batch 1 (one call
   per user, ``--batch1-users`` users); exhaustive scoring with the same scorer
-  (`TreeSearcher.exhaustive`, batch 1, a handful of users: time per user); the two-tower exact
+  (`TreeSearcher.exhaustive`, batch 1, ``--exhaustive-users`` users, one call each: the median
+  time per user; 30 s per user at 10^6 on this machine); the two-tower exact
   search (`TwoTowerSearcher`, untrained, dim 24) at batch 256 and 1. Tree search is timed
   again on one torch thread (on a busy 2-core machine every small 2-thread op can wait for its
   second thread), and at the largest N a diagnostic times 64 users with `TDMScorer.score`'s
@@ -104,11 +108,10 @@ def task_kmeans(spec: dict) -> dict:
     x, k = _embeddings(spec["n"]), spec["k"]
     kmeans_tree(x[:2000], k, seed=0)  # warm-up
     base = _rss_mb()
-    runs = _timed(lambda: kmeans_tree(x, k, seed=0), spec["runs"] - spec["profile"])
+    runs = _timed(lambda: kmeans_tree(x, k, seed=0), spec["runs"])
     out = {"base_rss_mb": base}
-    if spec["profile"]:  # the last (or only) run, under cProfile
-        secs, out["profile"] = _profile(lambda: kmeans_tree(x, k, seed=0))
-        runs.append(secs)
+    if spec["profile"]:  # one more run under cProfile, kept out of the median (the profiler slows it)
+        out["profile_seconds"], out["profile"] = _profile(lambda: kmeans_tree(x, k, seed=0))
     return {**out, "seconds": runs}
 
 
@@ -327,13 +330,12 @@ def plan(args) -> list[dict]:
     runs = lambda n: args.repeats_large if n >= big else args.repeats  # noqa: E731
     specs = [{"task": "kmeans", "n": n, "k": k, "runs": runs(n), "profile": int(n == top)}
              for k in (2, 18) for n in args.sizes]
-    specs += [{"task": "jtm", "n": n, "pairs": args.jtm_pairs, "gap": 7, "runs": 1} for n in args.sizes]
+    specs += [{"task": "jtm", "n": n, "pairs": args.jtm_pairs, "gap": 7, "runs": runs(n)} for n in args.sizes]
     specs += [{"task": "mstep", "n": n, "iters": args.mstep_iters, "runs": runs(n)} for n in args.sizes]
-    specs += [{"task": "store", "n": n, "k": k, "runs": min(args.repeats, 3) if n >= big else args.repeats}
-              for k in (2, 18) for n in args.sizes]
+    specs += [{"task": "store", "n": n, "k": k, "runs": runs(n)} for k in (2, 18) for n in args.sizes]
     specs += [{"task": "search", "n": n, "k": args.search_arity, "batch_runs": args.batch_runs,
                "batch1_users": args.batch1_users, "profile": int(n == top),
-               "exhaustive_users": 5 if n <= 10_000 else 3 if n < big else args.exhaustive_users_large}
+               "exhaustive_users": args.exhaustive_users}
               for n in args.sizes]
     if len(args.sizes) > 1:  # the growth target, smallest vs largest N side by side
         specs.append({"task": "growth", "n": top, "sizes": [min(args.sizes), top], "k": args.search_arity,
@@ -455,7 +457,8 @@ def profile_lines(results: list[dict]) -> list[str]:
     out = []
     for r in results:
         if r.get("profile"):
-            what = f"kmeans_tree N={r['n']:,} K={r['k']}" if r["task"] == "kmeans" else f"beam search N={r['n']:,} (32 users)"
+            what = (f"kmeans_tree N={r['n']:,} K={r['k']}, one extra run ({r['profile_seconds']:.1f} s under the profiler)"
+                    if r["task"] == "kmeans" else f"beam search N={r['n']:,} (32 users)")
             out += [f"**{what}**, top functions by own time:", "", "| function | calls | own s | cum s |", "|---|---|---|---|"]
             out += [f"| `{p['function']}` | {p['calls']} | {p['own_s']} | {p['cum_s']} |" for p in r["profile"]]
             out.append("")
@@ -488,11 +491,13 @@ def markdown(result: dict) -> str:
 NOTES = [
     "Every row is one fresh process per (step, N, K) with a warm-up of the same operation first; "
     "peak RSS is that process's ru_maxrss (data, torch, warm-up included).",
-    "Runs: --repeats for N < 10^6, --repeats-large for the 10^6 builds and M-step, at most 3 store "
-    "round trips at 10^6; the JTM round is one run per N. The largest k-means build ran under cProfile.",
+    "Runs (the n in each cell): --repeats for N < 10^6, --repeats-large at N >= 10^6, for the builds, "
+    "the JTM round, the M-step and the store round trip; the largest k-means build ran once more, "
+    "outside the median, under cProfile.",
     "Search: category tree (the k-means tree's layout; building it is fast), untrained weights "
-    "(cost does not depend on training). Exhaustive scoring is timed per user at batch 1 on a "
-    "handful of users (its cost is linear in N); tree/exhaustive = tree users/s over exhaustive users/s.",
+    "(cost does not depend on training). Exhaustive scoring is timed per user at batch 1, "
+    "--exhaustive-users users, one call each (its cost is linear in N); tree/exhaustive = tree users/s "
+    "over exhaustive users/s.",
     "Tree search is timed twice: with torch's default threads, and on one thread (`torch.set_num_threads(1)`). "
     "On a busy 2-core machine a 2-thread OpenMP region waits for its second thread to be scheduled, "
     "which costs every one of the ~20 small ops per tree level; one thread avoids the wait. "
@@ -508,22 +513,31 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--quick", action="store_true", help="N = 10^3 and 10^4, 2 repeats, few users (smoke run)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--repeats-large", type=int, default=1, help="runs of the builds and M-step at N >= 10^6")
+    ap.add_argument("--repeats-large", type=int, default=5,
+                    help="runs of the builds, JTM round, M-step and store round trip at N >= 10^6")
     ap.add_argument("--jtm-pairs", type=int, default=500)
     ap.add_argument("--mstep-iters", type=int, default=1)
     ap.add_argument("--search-arity", type=int, default=2)
     ap.add_argument("--batch-runs", type=int, default=5, help="batch-256 beam-search calls per N")
     ap.add_argument("--batch1-users", type=int, default=20)
     ap.add_argument("--growth-runs", type=int, default=9, help="timed calls per size and mode, side by side")
-    ap.add_argument("--exhaustive-users-large", type=int, default=2)
+    ap.add_argument("--exhaustive-users", type=int, default=5,
+                    help="users timed one call each by exhaustive scoring (~30 s per user at 10^6 here)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    counts = ("repeats", "repeats_large", "jtm_pairs", "mstep_iters", "batch_runs", "batch1_users",
+              "growth_runs", "exhaustive_users")
+    if min(args.sizes) < 1000:
+        ap.error(f"--sizes must be >= 1000 items each (the warm-ups use 1,000), got {min(args.sizes)}")
+    for name in counts:
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return {}
     if args.quick:
         args.sizes, args.repeats, args.batch_runs, args.batch1_users, args.jtm_pairs = [1000, 10_000], 2, 2, 5, 50
-        args.growth_runs = 2
+        args.growth_runs, args.exhaustive_users = 2, 2
     args.sizes = sorted(args.sizes)
     info, t0 = machine_info(device="cpu"), time.perf_counter()
     raw = [spawn(s) for s in plan(args)]

@@ -2,8 +2,9 @@
 
 * Balanced k-means tree (`models.tree_builders.kmeans_tree`) over N random 24-d embeddings,
   K = 2 and 18: wall time and peak RSS. Every build runs in a fresh subprocess so its peak RSS
-  is its own (``ru_maxrss`` of that process; ``base_rss_mb`` = RSS after making the data).
-  Median of ``--repeats`` builds (``--repeats-large`` for N >= 10^6).
+  is its own (``ru_maxrss`` of that process; ``base_rss_mb`` = RSS after making the data and a
+  2,000-item warm-up build). Median of ``--repeats`` builds (``--repeats-large`` for N >= 10^6;
+  both 5 by default).
 * Beam search users/s at batch 256 and batch 1 with a cheap dot-product scorer over random node
   vectors (`models.beam_search.DotScorer`), on trees of the same layout (built with
   `category_tree`, which is fast; the k-means tree has the same shape), N = 10^4..10^6. Cost per
@@ -42,6 +43,7 @@ def _worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     x = np.random.default_rng(spec["seed"]).standard_normal((spec["n"], DIM)).astype(np.float32)
+    kmeans_tree(x[:2000], spec["k"], seed=spec["seed"], device=spec["device"], iters=spec["iters"])  # warm-up
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     tree = kmeans_tree(x, spec["k"], seed=spec["seed"], device=spec["device"], iters=spec["iters"])
@@ -142,8 +144,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="10^4 and 10^5 only, one repeat")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--arities", type=int, nargs="+", default=[2, 18])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--repeats-large", type=int, default=1, help="repeats for N >= 10^6")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats-large", type=int, default=5, help="repeats for N >= 10^6")
     ap.add_argument("--iters", type=int, default=10, help="k-means rounds per level (max)")
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--beam", type=int, default=50)
@@ -152,6 +154,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    for name in ("repeats", "repeats_large", "iters", "k", "beam"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return {}
