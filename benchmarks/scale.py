@@ -541,7 +541,7 @@ def main(argv=None) -> dict:
     args.sizes = sorted(args.sizes)
     info, t0 = machine_info(device="cpu"), time.perf_counter()
     raw = [spawn(s) for s in plan(args)]
-    info["load_average_after"] = os.getloadavg()
+    info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result = {"machine": info, "sizes": args.sizes, "args": {k: v for k, v in vars(args).items() if k != "out"},
               "total_seconds": round(time.perf_counter() - t0, 1), "notes": NOTES,
               "search": [search_row(r) for r in raw if r["task"] == "search"],

@@ -171,6 +171,7 @@ def main(argv=None) -> dict:
                   sizes, args.arities, repeats, args.repeats_large, args.iters, args.device, args.threads),
               "beam_search": bench_search(sizes, args.arities, args.k, args.beam, args.device, args.threads)}
     result["beam_search_per_user_growth"] = growth(result["beam_search"])
+    result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
