@@ -24,7 +24,7 @@ timed runs):
   k-means tree's layout), users/s at batch 256 (``--batch-runs`` calls) and batch 1 (one call
   per user, ``--batch1-users`` users); exhaustive scoring with the same scorer
   (`TreeSearcher.exhaustive`, batch 1, ``--exhaustive-users`` users, one call each: the median
-  time per user; 30 s per user at 10^6 on this machine); the two-tower exact
+  time per user; 15-30 s per user at 10^6 on this machine); the two-tower exact
   search (`TwoTowerSearcher`, untrained, dim 24) at batch 256 and 1. Tree search is timed
   again on one torch thread (on a busy 2-core machine every small 2-thread op can wait for its
   second thread), and at the largest N a diagnostic times 64 users with `TDMScorer.score`'s
@@ -525,7 +525,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch1-users", type=int, default=20)
     ap.add_argument("--growth-runs", type=int, default=9, help="timed calls per size and mode, side by side")
     ap.add_argument("--exhaustive-users", type=int, default=5,
-                    help="users timed one call each by exhaustive scoring (~30 s per user at 10^6 here)")
+                    help="users timed one call each by exhaustive scoring (15-30 s per user at 10^6 here)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     counts = ("repeats", "repeats_large", "jtm_pairs", "mstep_iters", "batch_runs", "batch1_users",
