@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
+from benchmarks.timing import at_least
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DIM = 24
@@ -134,22 +135,20 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=int, default=1024, help="users per search (on the CPU too unless --cpu-batch)")
-    ap.add_argument("--cpu-batch", type=int, default=None,
+    ap.add_argument("--batch", type=at_least(1), default=1024, help="users per search (on the CPU too unless --cpu-batch)")
+    ap.add_argument("--cpu-batch", type=at_least(1), default=None,
                     help="users per search on the CPU, the first rows of the same histories "
                          "(default: --batch)")
     ap.add_argument("--beam", type=int, default=50)
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--trees", type=int, default=4, help="RecForest trees")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=at_least(1), default=5)
     ap.add_argument("--indexes", nargs="+", default=["tdm", "recforest"], choices=["tdm", "recforest"])
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     ap.add_argument("--cpu-threads", type=int, default=None, help="torch threads on the CPU (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="10^4 items, batch 128, 2 runs (numbers mean little)")
     ap.add_argument("--out-dir", default=str(RESULTS))
     a = ap.parse_args(argv)
-    if a.batch < 1 or (a.cpu_batch is not None and a.cpu_batch < 1):
-        raise SystemExit(f"--batch and --cpu-batch must be >= 1, got {a.batch} and {a.cpu_batch}")
     if a.quick:
         a.items, a.batch, a.repeats = min(a.items, 10_000), min(a.batch, 128), min(a.repeats, 2)
     a.cpu_batch = min(a.cpu_batch or a.batch, a.batch)

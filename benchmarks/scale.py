@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import machine_info
+from benchmarks.timing import at_least
 from benchmarks.tree_build import DIM
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -513,28 +514,22 @@ NOTES = [
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--sizes", type=at_least(1000), nargs="+", default=[10_000, 100_000, 1_000_000],
+                    help="corpus sizes (>= 1,000: the warm-ups use 1,000 items)")
     ap.add_argument("--quick", action="store_true", help="N = 10^3 and 10^4, 2 repeats, few users (smoke run)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--repeats-large", type=int, default=5,
+    ap.add_argument("--repeats", type=at_least(1), default=5)
+    ap.add_argument("--repeats-large", type=at_least(1), default=5,
                     help="runs of the builds, JTM round, M-step and store round trip at N >= 10^6")
-    ap.add_argument("--jtm-pairs", type=int, default=500)
-    ap.add_argument("--mstep-iters", type=int, default=1)
+    ap.add_argument("--jtm-pairs", type=at_least(1), default=500)
+    ap.add_argument("--mstep-iters", type=at_least(1), default=1)
     ap.add_argument("--search-arity", type=int, default=2)
-    ap.add_argument("--batch-runs", type=int, default=5, help="batch-256 beam-search calls per N")
-    ap.add_argument("--batch1-users", type=int, default=20)
-    ap.add_argument("--growth-runs", type=int, default=9, help="timed calls per size and mode, side by side")
-    ap.add_argument("--exhaustive-users", type=int, default=5,
+    ap.add_argument("--batch-runs", type=at_least(1), default=5, help="batch-256 beam-search calls per N")
+    ap.add_argument("--batch1-users", type=at_least(1), default=20)
+    ap.add_argument("--growth-runs", type=at_least(1), default=9, help="timed calls per size and mode, side by side")
+    ap.add_argument("--exhaustive-users", type=at_least(1), default=5,
                     help="users timed one call each by exhaustive scoring (15-30 s per user at 10^6 here)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    counts = ("repeats", "repeats_large", "jtm_pairs", "mstep_iters", "batch_runs", "batch1_users",
-              "growth_runs", "exhaustive_users")
-    if min(args.sizes) < 1000:
-        ap.error(f"--sizes must be >= 1000 items each (the warm-ups use 1,000), got {min(args.sizes)}")
-    for name in counts:
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return {}

@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 
 from benchmarks.machine import machine_info
+from benchmarks.timing import at_least
 
 from indexstore.store import Store
 from indexstore.structures import Forest, PathCodes, Tree
@@ -71,14 +72,11 @@ def run_case(store: Store, name: str, structure, runs: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--runs", type=int, default=5, help="timed write + read runs per case (median)")
+    ap.add_argument("--items", type=at_least(1000), default=1_000_000,
+                    help="items per version (>= 1,000: the warm-up versions have 1,000)")
+    ap.add_argument("--runs", type=at_least(1), default=5, help="timed write + read runs per case (median)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
-    if args.runs < 1:
-        ap.error(f"--runs must be >= 1, got {args.runs}")
-    if args.items < 1000:
-        ap.error(f"--items must be >= 1000 (the warm-up versions have 1,000 items), got {args.items}")
     info = machine_info(duckdb=duckdb.__version__, numpy=np.__version__)  # load average before the run
     n = args.items
     rng = np.random.default_rng(0)

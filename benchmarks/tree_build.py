@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import machine_info
+from benchmarks.timing import at_least
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tree_build.json"
 DIM = 24
@@ -144,19 +145,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="10^4 and 10^5 only, one repeat")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--arities", type=int, nargs="+", default=[2, 18])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--repeats-large", type=int, default=5, help="repeats for N >= 10^6")
-    ap.add_argument("--iters", type=int, default=10, help="k-means rounds per level (max)")
-    ap.add_argument("--k", type=int, default=50)
-    ap.add_argument("--beam", type=int, default=50)
+    ap.add_argument("--repeats", type=at_least(1), default=5)
+    ap.add_argument("--repeats-large", type=at_least(1), default=5, help="repeats for N >= 10^6")
+    ap.add_argument("--iters", type=at_least(1), default=10, help="k-means rounds per level (max)")
+    ap.add_argument("--k", type=at_least(1), default=50)
+    ap.add_argument("--beam", type=at_least(1), default=50)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    for name in ("repeats", "repeats_large", "iters", "k", "beam"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return {}

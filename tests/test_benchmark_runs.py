@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from benchmarks import scale, store_roundtrip, tree_build
+from benchmarks import gpu, scale, store_roundtrip, tree_build
 
 
 class _Parsed(Exception):
@@ -51,6 +51,8 @@ def test_store_roundtrip_and_tree_build_default_to_five_runs(monkeypatch):
     (scale, ["--sizes", "10"], "--sizes"),
     (store_roundtrip, ["--runs", "0"], "--runs"),
     (tree_build, ["--repeats-large", "0"], "--repeats-large"),
+    (store_roundtrip, ["--items", "10"], "--items"),
+    (gpu, ["--cpu-batch", "0"], "--cpu-batch"),
 ])
 def test_run_counts_below_one_are_refused_naming_the_flag(module, argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:
