@@ -534,7 +534,8 @@ def combine_results(paths: list[pathlib.Path]) -> dict:
             "runs": [{"file": str(p), "command": r["command"], "methods": r["settings"].get("methods"),
                       "seeds": r["settings"].get("seeds_done", r["settings"].get("seeds")),
                       "complete": r.get("complete", True), "overrides": r["settings"].get("overrides"),
-                      "configs": r.get("configs"), "lifecycle": r.get("lifecycle")} for p, r in zip(paths, res)],
+                      "configs": r.get("configs"), "lifecycle": r.get("lifecycle"), "speed_runs": speed_runs(r)}
+                     for p, r in zip(paths, res)],
             "configs": None, "lifecycle": None,  # per run: see "runs"
             "settings": {**first["settings"], "seeds": seeds, "seeds_done": seeds, "overrides": [],
                          "methods": sorted({row["method"] for row in rows}), "tag": "combined"},
@@ -542,6 +543,29 @@ def combine_results(paths: list[pathlib.Path]) -> dict:
             "seconds": {"per_run": [r.get("seconds") for r in res]},
             "errors": [e for r in res for e in r["errors"]], "repeats": repeats,
             "aggregate": aggregate(rows), "rows": rows}
+
+
+def speed_runs(result: dict) -> list[int] | None:
+    """[timed runs per CPU speed figure, per exact-scoring figure] of a run that measured CPU speed
+    (None for ``--no-speed``); files written before the exact column had its own count timed it once."""
+    if not any(k.startswith("users_per_s_cpu256/") for row in result["rows"] for k in row):
+        return None
+    s = result["settings"]
+    return [s["speed_repeats"], s.get("exact_speed_repeats", 1)]
+
+
+def speed_caption(result: dict) -> str:
+    """How many timed runs each CPU speed figure is the median of. A combined table whose runs
+    timed differently says so and lists each run's counts under "Runs combined"."""
+    runs = result.get("runs")
+    counts = ({tuple(r["speed_runs"]) for r in runs if r.get("speed_runs")} if runs
+              else {(result["settings"]["speed_repeats"], result["settings"].get("exact_speed_repeats", 1))})
+    if len(counts) == 1:
+        (n, exact), = counts
+        return f"median of {n} runs after a warm-up (exact: {exact})"
+    if not counts:  # every run combined here ran with --no-speed (or predates the per-run record)
+        return "median of timed runs after a warm-up (no run combined here records its count)"
+    return "median of several runs after a warm-up, as many as each run's line under 'Runs combined' says"
 
 
 def _pm(agg: dict, key: str, pct: bool = True, digits: int = 2) -> str:
@@ -567,6 +591,17 @@ def headline(agg: dict, beam: int) -> str:
     return f"b{beam}" if f"recall@10/b{beam}" in agg else "exact"
 
 
+def overrides_sentence(overrides: list[str]) -> str:
+    """The header's word on ``--set``: config overrides make a budgeted run; ``life.*`` overrides
+    only choose which lifecycle steps run (``life.recforest_trees=[4]``), the configs stay at their
+    ``CONFIGS`` sizes unless a config override says otherwise."""
+    cfg = [o for o in overrides if not o.startswith("life.")]
+    life = [o for o in overrides if o.startswith("life.")]
+    return ((f" Config overrides (a budgeted run): `{' '.join(cfg)}`." if cfg else "")
+            + (f" Lifecycle overrides: `{' '.join(life)}`"
+               + ("" if cfg else " (every config at its `CONFIGS` size)") + "." if life else ""))
+
+
 def markdown(result: dict) -> str:
     agg, beams = result["aggregate"], result["settings"]["beams"]
     hb = max(beams)
@@ -586,8 +621,7 @@ def markdown(result: dict) -> str:
                 if combined else " (run not finished: seeds done so far)") + "; "
              f"mean ± std over seeds, percent. Machine: {m['gpu'] or 'no GPU'}, {m['cpu_count']} CPU cores "
              f"({m['cpu_model']}), torch {m['torch']}. Command: `{result['command']}`."
-             + (f" Config overrides (a budgeted run): `{' '.join(result['settings']['overrides'])}`."
-                if result["settings"].get("overrides") else ""),
+             + overrides_sentence(result["settings"].get("overrides", [])),
              "",
              f"## Test users, seen items kept; indexes at beam {hb}, baselines exact",
              ""]
@@ -606,7 +640,9 @@ def markdown(result: dict) -> str:
         lines += ["", "Runs combined (each method's overrides; none = the `CONFIGS` sizes):", ""]
         lines += [f"- `{pathlib.Path(r['file']).name}`: {', '.join(r['methods'] or [])}, seeds {r['seeds']}"
                   + ("" if r.get("complete", True) else " (cut short)")
-                  + (f", `{' '.join(r['overrides'])}`" if r["overrides"] else "") for r in result["runs"]]
+                  + (f", `{' '.join(r['overrides'])}`" if r["overrides"] else "")
+                  + (f"; CPU speed: median of {r['speed_runs'][0]} runs (exact: {r['speed_runs'][1]})"
+                     if r.get("speed_runs") else "") for r in result["runs"]]
         reps = result.get("repeats", [])
         if reps:
             worst = max((v for rep in reps for v in rep["abs_diff"].values()), default=0.0)
@@ -634,9 +670,8 @@ def markdown(result: dict) -> str:
     dev = "cuda" if m["gpu"] else "cpu"
     lines += ["", f"## Speed: training samples/s ({result['settings']['device']}), search users/s",
               "",
-              f"CPU columns: batch 256, {result['settings']['cpu_threads']} threads, median of "
-              f"{result['settings']['speed_repeats']} runs after a warm-up (exact: "
-              f"{result['settings'].get('exact_speed_repeats', 1)}), first seed, final model of each lifecycle. "
+              f"CPU columns: batch 256, {result['settings']['cpu_threads']} threads, {speed_caption(result)}, "
+              "first seed, final model of each lifecycle. "
               f"'eval {dev.upper()}' columns: the whole test-set evaluation in batches of 256 on {dev.upper()}.",
               "",
               "| model | train samples/s | " + " | ".join(f"CPU b{b}" for b in beams) + " | CPU exact | "

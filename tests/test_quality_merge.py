@@ -134,3 +134,53 @@ def test_target_coverage_counts_the_training_signal_per_item():
     cov = quality.target_coverage(_Data())
     assert cov == {"windows_per_item": 2.0, "median_targets_per_item": 1.5, "items_never_target": 0.25,
                    "items_under_5_targets": 0.75}
+
+
+@pytest.mark.parametrize("overrides, says, never", [
+    ([], [], ["overrides"]),
+    (["tdm.epochs=1"], ["Config overrides (a budgeted run): `tdm.epochs=1`."], ["Lifecycle"]),
+    (["life.recforest_trees=[4]"], ["Lifecycle overrides: `life.recforest_trees=[4]` (every config at its "
+                                    "`CONFIGS` size)."], ["budgeted"]),
+    (["recforest.epochs=1", "life.recforest_trees=[4]"],
+     ["Config overrides (a budgeted run): `recforest.epochs=1`.", "Lifecycle overrides: `life.recforest_trees=[4]`."],
+     ["CONFIGS` size"]),
+])
+def test_table_header_calls_a_run_budgeted_only_for_config_overrides(overrides, says, never):
+    """A lifecycle override (which steps run) leaves the configs at full size: the header must not
+    call such a run budgeted; a config override must be called budgeted."""
+    result = _result([0], [0.1])
+    result["settings"]["overrides"] = overrides
+    header = quality.markdown(result).splitlines()[2]
+    assert all(s in header for s in says) and not any(n in header for n in never)
+
+
+def _timed(run, repeats, exact=None):
+    """The run measured CPU speed (its first seed's rows carry users/s) with these timed-run counts."""
+    for row in run["rows"]:
+        row["users_per_s_cpu256/b100"] = 50.0
+    run["settings"]["speed_repeats"] = repeats
+    if exact is None:
+        run["settings"].pop("exact_speed_repeats", None)  # a file from before the exact column had its count
+    else:
+        run["settings"]["exact_speed_repeats"] = exact
+    run["aggregate"] = quality.aggregate(run["rows"])
+    return run
+
+
+def test_combined_speed_caption_says_each_runs_timed_run_counts(tmp_path):
+    """Runs timed 3 and 5 times make one table: the caption must not claim the first run's count for
+    every row, and each run's line says its own; runs without speed are not counted."""
+    old = _write(tmp_path, "old.json", _timed(_run([0], "tdm", "TDM initial tree", [0.1]), 3))
+    new = _write(tmp_path, "new.json", _timed(_run([0], "jtm", "JTM initial tree", [0.1]), 5, 5))
+    quiet = _write(tmp_path, "quiet.json", _run([0], "dr", "DR J=1", [0.2]))
+    quality.main(["--combine", str(old), str(new), str(quiet), "--tag", "all", "--out-dir", str(tmp_path)])
+    md = (tmp_path / "quality_ml-1m-subset_all.md").read_text()
+    assert "median of 3 runs" not in md.split("| model | train samples/s")[0].split("## Speed")[1]
+    assert "as many as each run's line under 'Runs combined' says" in md
+    assert "`old.json`: tdm, seeds [0]; CPU speed: median of 3 runs (exact: 1)" in md
+    assert "`new.json`: jtm, seeds [0]; CPU speed: median of 5 runs (exact: 5)" in md
+    assert "`quiet.json`: dr, seeds [0]\n" in md
+    quality.main(["--combine", str(new), str(quiet), "--tag", "two", "--out-dir", str(tmp_path)])
+    assert "median of 5 runs after a warm-up (exact: 5)" in (tmp_path / "quality_ml-1m-subset_two.md").read_text()
+    quality.main(["--combine", str(quiet), str(quiet), "--tag", "none", "--out-dir", str(tmp_path)])
+    assert "no run combined here records its count" in (tmp_path / "quality_ml-1m-subset_none.md").read_text()
