@@ -558,13 +558,12 @@ def speed_caption(result: dict) -> str:
     """How many timed runs each CPU speed figure is the median of. A combined table whose runs
     timed differently says so and lists each run's counts under "Runs combined"."""
     runs = result.get("runs")
-    counts = ({tuple(r["speed_runs"]) for r in runs if r.get("speed_runs")} if runs
-              else {(result["settings"]["speed_repeats"], result["settings"].get("exact_speed_repeats", 1))})
+    counts = {tuple(c) for c in ([r.get("speed_runs") for r in runs] if runs else [speed_runs(result)]) if c}
     if len(counts) == 1:
         (n, exact), = counts
         return f"median of {n} runs after a warm-up (exact: {exact})"
-    if not counts:  # every run combined here ran with --no-speed (or predates the per-run record)
-        return "median of timed runs after a warm-up (no run combined here records its count)"
+    if not counts:  # --no-speed everywhere (or a combined file from before the per-run record)
+        return "median of timed runs after a warm-up (no run here records its count)"
     return "median of several runs after a warm-up, as many as each run's line under 'Runs combined' says"
 
 
