@@ -128,8 +128,12 @@ class PathDecoder(nn.Module):
         start = self.start.expand(u, p, 1, -1)
         if s1 == 0:
             return start + self.level_pos[0]
-        levels = torch.arange(s1, device=codes.device)
-        emb = self.code[levels, codes]  # (U, P, S-1, h)
+        # code[l, codes[..., l]] as a lookup in the flattened (H*K, h) table: the backward of
+        # F.embedding accumulates rows in a fixed order, whereas advanced indexing's backward
+        # (index_put_ with accumulate) adds with atomics on several CPU threads, so two trainings
+        # with the same seed drifted apart (1e-3 in the weights after 40 steps on 2 threads)
+        rows = codes + self.arity * torch.arange(s1, device=codes.device)  # (U, P, S-1)
+        emb = F.embedding(rows, self.code.reshape(-1, self.code.shape[-1]))  # (U, P, S-1, h)
         return torch.cat([start, emb], dim=2) + self.level_pos[: s1 + 1]
 
     def _logits(self, x: torch.Tensor, level0: int) -> torch.Tensor:
