@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.curves import batch_rows
 from benchmarks.machine import machine_info
 from benchmarks.quality import RESULTS
 from benchmarks.timing import at_least
@@ -79,12 +79,6 @@ def load(specs: list[str]) -> tuple[list[dict], object]:
         loaded.append({"spec": spec, "retriever": retriever, "index": index, "version": info.id,
                        "method": info.method, "dataset": info.dataset, "split": info.split})
     return loaded, data
-
-
-def whole_batches(hist: torch.Tensor, batch: int) -> torch.Tensor:
-    """The (U, L) histories repeated to the next multiple of ``batch`` rows."""
-    n = math.ceil(hist.shape[0] / batch) * batch
-    return torch.cat([hist] * math.ceil(n / hist.shape[0]))[:n]
 
 
 def time_side_by_side(searchers: list, rows: torch.Tensor, k: int, beam: int, batch: int,
@@ -155,7 +149,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     loaded, data = load(a.specs)
     hist = torch.as_tensor(np.asarray(data.test.histories)).long()
-    rows = whole_batches(hist, a.batch)
+    rows = batch_rows(hist, a.batch)
     result = {"command": " ".join(["python -m benchmarks.side_by_side", *(sys.argv[1:] if argv is None else argv)]),
               "dataset": loaded[0]["dataset"], "split": loaded[0]["split"], "test_users": int(hist.shape[0]),
               "batch": a.batch, "k": a.k, "threads": a.threads, "rounds": a.rounds, "beams": a.beams,

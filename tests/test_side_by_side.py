@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from benchmarks import side_by_side
-from benchmarks.side_by_side import parse_spec, summarise, time_side_by_side, whole_batches
+from benchmarks.curves import batch_rows
+from benchmarks.side_by_side import parse_spec, summarise, time_side_by_side
 
 TDM = {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 400, "neg_base": 1.0}
 
@@ -38,7 +39,7 @@ class _Recorder:
 def test_rounds_rotate_the_order_and_every_version_runs_once_per_round():
     log = []
     searchers = [_Recorder(n, log, 10) for n in "abc"]
-    rows = whole_batches(torch.zeros(5, 3, dtype=torch.long), 4)
+    rows = batch_rows(torch.zeros(5, 3, dtype=torch.long), 4)
     assert rows.shape[0] == 8
     speeds = time_side_by_side(searchers, rows, k=2, beam=1, batch=4, rounds=3)
     assert len(speeds) == 3 and all(len(r) == 3 and min(r) > 0 for r in speeds)
