@@ -131,7 +131,8 @@ class PathDecoder(nn.Module):
         # code[l, codes[..., l]] as a lookup in the flattened (H*K, h) table: the backward of
         # F.embedding accumulates rows in a fixed order, whereas advanced indexing's backward
         # (index_put_ with accumulate) adds with atomics on several CPU threads, so two trainings
-        # with the same seed drifted apart (1e-3 in the weights after 40 steps on 2 threads)
+        # with the same seed drifted apart (3.3e-4 in the weights after 15 steps on 2 threads,
+        # benchmarks.reproducibility)
         rows = codes + self.arity * torch.arange(s1, device=codes.device)  # (U, P, S-1)
         emb = F.embedding(rows, self.code.reshape(-1, self.code.shape[-1]))  # (U, P, S-1, h)
         return torch.cat([start, emb], dim=2) + self.level_pos[: s1 + 1]
