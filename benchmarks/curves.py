@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import statistics
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import (CONFIGS, LIFECYCLE, METHODS, QUICK, RESULTS, apply_override, find_data_dir,
                                 load_data)
 from models.method import config_from_dict
@@ -311,10 +311,7 @@ def markdown(result: dict) -> str:
 
 
 def write_result(result: dict, out: str, with_plot: bool) -> None:
-    with open(out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(out + ".md", "w") as f:
-        f.write(markdown(result))
+    write_json_and_markdown(out, result, markdown)
     if with_plot:
         plot(result, out + ".png")
 

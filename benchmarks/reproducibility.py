@@ -28,16 +28,15 @@ Writes ``benchmarks/results/reproducibility_<dataset>[_<tag>].json`` and ``.md``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import CONFIGS, QUICK, RESULTS, find_data_dir, load_data
 
 METHODS = ("tdm", "jtm", "deforec", "recforest", "dr")
@@ -69,8 +68,8 @@ def run_store(name: str, values: dict, url: str, dataset: str) -> object:
 
 
 def largest_difference(a, b) -> float:
-    """Max |a - b| over the tensors / arrays / numbers of two saved states (nested dicts and
-    lists); inf where their shapes, keys or non-numeric values differ."""
+    """Max |a - b| over the tensors and numbers of two saved states (nested dicts and lists, as
+    `bytes_to_state` loads them); inf where their shapes, keys or other values differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         keys = set(a) - IGNORED
         if keys != set(b) - IGNORED:
@@ -80,13 +79,10 @@ def largest_difference(a, b) -> float:
         if len(a) != len(b):
             return float("inf")
         return max((largest_difference(x, y) for x, y in zip(a, b)), default=0.0)
-    if isinstance(a, (torch.Tensor, np.ndarray)) or isinstance(b, (torch.Tensor, np.ndarray)):
-        x, y = torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))
-        if x.shape != y.shape:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape:
             return float("inf")
-        if x.numel() == 0:
-            return 0.0
-        return float((x.double() - y.double()).abs().max())
+        return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(float(a) - float(b))
     return 0.0 if a == b else float("inf")
@@ -163,10 +159,7 @@ def main(argv=None) -> dict:
                        "seconds": time.perf_counter() - start}
                 result["methods"][name] = row
                 print(f"{name}: verbs again {row['verbs_again']}, store {row['store']}", flush=True)
-            with open(out + ".json", "w") as f:
-                json.dump(result, f, indent=2)
-    with open(out + ".md", "w") as f:
-        f.write(markdown(result))
+            write_json_and_markdown(out, result, markdown)  # after each method: a long run keeps its rows
     print(f"wrote {out}.json and .md")
     return result
 

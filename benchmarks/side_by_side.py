@@ -21,7 +21,6 @@ Writes ``benchmarks/results/side_by_side[_<tag>].json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ import torch
 
 from benchmarks.curves import batch_rows
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import RESULTS
 from benchmarks.timing import at_least
 
@@ -166,10 +166,7 @@ def main(argv=None) -> dict:
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     os.makedirs(a.out_dir, exist_ok=True)
     out = os.path.join(a.out_dir, "side_by_side" + (f"_{a.tag}" if a.tag else ""))
-    with open(out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(out + ".md", "w") as f:
-        f.write(markdown(result))
+    write_json_and_markdown(out, result, markdown)
     print(f"wrote {out}.json and .md")
     return result
 
