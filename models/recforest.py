@@ -17,6 +17,7 @@ several leaves in a tree gets, at every sample, one of its leaves drawn uniforml
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,9 @@ from models.recforest_model import RecForestNet
 from models.recforest_search import ForestTables, RecForestSearcher
 
 EMBEDDINGS = ("two_tower", "svd")
+# leaves per item above which `construct` warns that the trees are mostly copies (see
+# `duplicate_leaves_warning`); ml-1m-subset's 18-ary trees have 1.6 and lose nothing to copies
+MANY_LEAVES_PER_ITEM = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,15 @@ class RecForestConfig(MethodConfig):
     ``embeddings``: 'two_tower' pretrains the two-tower baseline (``pretrain_*`` knobs) and
     clusters its item vectors; 'svd' uses a truncated SVD of the user x item matrix (fast).
     ``random_ratio`` is Algorithm 2's δ. ``max_steps`` > 0 caps the optimiser steps (time-boxed runs); ``beam`` is the default query
-    beam flows use when none is given (query-time knob, not used to build)."""
+    beam flows use when none is given (query-time knob, not used to build).
+
+    ``arity``: the paper uses 18 on every dataset. A complete K-ary tree over N items has K^H
+    leaves (H = ceil(log_K N)) and Algorithm 2 fills the ones beyond N with copies of items, so
+    when K^H is many times N a beam's leaves repeat items and find few distinct ones. Choose K
+    with K^H close to N (`models.tree_builders.tightest_arity`); `construct` warns above
+    ``MANY_LEAVES_PER_ITEM``. Measured on ml-latest-small (9,724 items, benchmarks/README.md):
+    one 18-ary tree (10.8 leaves per item) finds 28.5 distinct items at beam 100, R@50 7.33;
+    one 22-ary tree (1.1 per item) 99.6 and R@50 14.53."""
 
     arity: int = 18
     trees: int = 2
@@ -99,6 +111,25 @@ def pretrained_embeddings(config: RecForestConfig, data: SplitData, seed: int, d
                         max_steps=config.pretrain_max_steps, device=str(device))
     _, item_emb = train_two_tower(data, tt, device)
     return np.asarray(item_emb, dtype=np.float32)
+
+
+def duplicate_leaves_warning(n_items: int, arity: int) -> str | None:
+    """A message when a complete ``arity``-ary tree over ``n_items`` has more than
+    ``MANY_LEAVES_PER_ITEM`` leaves per item, naming the arities that fit the corpus at the same
+    depth and one level shallower; None otherwise."""
+    from models.tree_builders import complete_depth, tightest_arity
+
+    depth = complete_depth(n_items, arity)
+    leaves = arity ** depth
+    if leaves <= MANY_LEAVES_PER_ITEM * n_items:
+        return None
+    fits = [(k, h, k ** h / n_items) for h in (depth - 1, depth) if h >= 1
+            for k in (tightest_arity(n_items, h),)]
+    options = " or ".join(f"{k} (depth {h}, {per:.2f} leaves per item)" for k, h, per in fits)
+    return (f"RecForest: a complete {arity}-ary tree over {n_items:,} items has depth {depth} and "
+            f"{leaves:,} leaves, {leaves / n_items:.1f} per item; Algorithm 2 fills the extra leaves with "
+            f"copies of items, so a beam of B leaves holds far fewer than B distinct items and recall "
+            f"suffers (benchmarks/README.md, ml-latest-small). An arity that fits this corpus: {options}")
 
 
 def build_forest(embeddings: np.ndarray, arity: int, trees: int, seed: int, random_ratio: float = 0.1) -> Forest:
@@ -166,6 +197,9 @@ class RecForestMethod(Method):
 
     def construct(self, config: RecForestConfig, data: SplitData, seed: int) -> Built:
         device = resolve_device(config.device)
+        message = duplicate_leaves_warning(data.n_items, config.arity)
+        if message:
+            warnings.warn(message, stacklevel=2)
         emb = pretrained_embeddings(config, data, seed, device)
         forest = build_forest(emb, config.arity, config.trees, seed, config.random_ratio)
         return Built(forest, {"item_embeddings.pt": state_to_bytes({"embeddings": torch.as_tensor(emb)})})

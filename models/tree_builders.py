@@ -35,13 +35,26 @@ from models.progress import Progress
 SplitFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _min_depth(n: int, k: int) -> int:
-    """Least H with K^H >= n (integer arithmetic)."""
+def complete_depth(n: int, k: int) -> int:
+    """Least H with K^H >= n (integer arithmetic): the depth of a complete K-ary tree over n items."""
     h, cap = 0, 1
     while cap < n:
         cap *= k
         h += 1
     return h
+
+
+def tightest_arity(n: int, depth: int) -> int:
+    """Least K >= 2 with K^depth >= n: the arity whose complete tree of that depth over n items
+    has the fewest leaves, so the fewest duplicated items (integer arithmetic, no float root)."""
+    if n < 1 or depth < 1:
+        raise GroveError(f"tightest_arity needs n >= 1 and depth >= 1, got n={n}, depth={depth}")
+    k = max(2, int(round(n ** (1.0 / depth))))
+    while k > 2 and (k - 1) ** depth >= n:
+        k -= 1
+    while k ** depth < n:
+        k += 1
+    return k
 
 
 def _child_caps(sizes: torch.Tensor, level: int, depth: int, k: int) -> torch.Tensor:
@@ -55,7 +68,7 @@ def _child_caps(sizes: torch.Tensor, level: int, depth: int, k: int) -> torch.Te
 def _grow(order: torch.Tensor, n_items: int, k: int, split: SplitFn, desc: str) -> Tree:
     """Grow a tree over the item sequence ``order`` (N,) level by level with ``split``."""
     dev = order.device
-    depth = _min_depth(n_items, k)
+    depth = complete_depth(n_items, k)
     starts = torch.zeros(1, dtype=torch.long, device=dev)  # segments of the current level: (C,)
     sizes = torch.full((1,), n_items, dtype=torch.long, device=dev)
     parents, items = [torch.full((1,), -1, dtype=torch.long, device=dev)], []
@@ -233,7 +246,7 @@ def recforest_tree(embeddings, arity: int = 18, seed: int = 0, random_ratio: flo
     gen = torch.Generator(device=emb.device)
     gen.manual_seed(int(seed))
     items = torch.arange(n, device=emb.device)[None, :]  # (1, N): one cluster
-    depth = _min_depth(n, arity)
+    depth = complete_depth(n, arity)
     with Progress("recforest tree", total=depth, unit="level") as prog:
         while items.shape[1] > 1:
             items = _recforest_level(items, emb, arity, random_ratio, iters, gen)

@@ -12,7 +12,7 @@ from indexstore.errors import StateError, StructureError
 from indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
 from indexstore.structures import Forest, Tree
 from models.method import Built
-from models.recforest import RecForestConfig, RecForestMethod, svd_item_embeddings
+from models.recforest import RecForestConfig, RecForestMethod, duplicate_leaves_warning, svd_item_embeddings
 from models.recforest_model import RecForestNet
 from models.recforest_search import ForestTables, RecForestSearcher, score_paths, tree_code_tables
 
@@ -292,3 +292,22 @@ def test_config_validation():
     with pytest.raises(ValueError):
         RecForestConfig(embeddings="nope")
     assert dataclasses.asdict(RecForestConfig())["arity"] == 18
+
+
+def test_duplicate_leaves_warning_names_arities_that_fit():
+    # ml-latest-small: 18^4 = 104,976 leaves for 9,724 items
+    message = duplicate_leaves_warning(9724, 18)
+    assert "10.8 per item" in message and "22 (depth 3, 1.10" in message and "10 (depth 4, 1.03" in message
+    assert duplicate_leaves_warning(3615, 18) is None  # ml-1m-subset: 5,832 leaves, 1.6 per item
+
+
+def test_construct_warns_when_the_trees_are_mostly_copies():
+    import warnings
+
+    data = planted_split(n_users=24)  # 60 items
+    with pytest.warns(UserWarning, match=r"16-ary tree over 60 items .* 4\.3 per item"):
+        built = RecForestMethod().construct(_config(arity=16, trees=1), data, seed=0)
+    assert built.structure.trees[0].arity == 16  # a warning, not a refusal: the forest is built
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RecForestMethod().construct(_config(arity=8, trees=1), data, seed=0)  # 64 leaves: fits

@@ -5,7 +5,8 @@ import torch
 
 from indexstore.errors import GroveError
 from indexstore.structures import Tree
-from models.tree_builders import category_tree, kmeans_tree, recforest_tree, tree_tensors
+from models.tree_builders import (category_tree, complete_depth, kmeans_tree, recforest_tree, tightest_arity,
+                                  tree_tensors)
 
 
 def _leaf_order(tree: Tree) -> np.ndarray:
@@ -120,3 +121,16 @@ def test_builders_misuse_raises():
         category_tree(np.zeros(0, np.int64), 2)
     with pytest.raises(GroveError):
         recforest_tree(np.zeros((5, 2), np.float32), 2, random_ratio=1.5)
+
+
+def test_tightest_arity_is_the_least_that_fits_and_matches_the_built_tree():
+    # K^H >= n, and (K-1)^H < n unless K is already the least arity, 2
+    for n in range(1, 2000):
+        for depth in (1, 2, 3, 4):
+            k = tightest_arity(n, depth)
+            assert k ** depth >= n and (k == 2 or (k - 1) ** depth < n), (n, depth, k)
+    assert (tightest_arity(9724, 3), tightest_arity(9724, 4), complete_depth(9724, 18)) == (22, 10, 4)
+    tree = recforest_tree(np.random.default_rng(0).normal(size=(90, 4)).astype(np.float32), 10, seed=0)
+    assert tree.depth == complete_depth(90, 10) == 2 and int(tree.is_leaf.sum()) == 100
+    with pytest.raises(GroveError):
+        tightest_arity(10, 0)
