@@ -31,6 +31,7 @@ from models.method import (Built, Method, MethodConfig, Searcher, bytes_to_state
 from models.progress import Progress
 from models.recforest_model import RecForestNet
 from models.recforest_search import ForestTables, RecForestSearcher
+from models.tree_builders import complete_depth, recforest_tree, tightest_arity
 
 EMBEDDINGS = ("two_tower", "svd")
 # leaves per item above which `construct` warns that the trees are mostly copies (see
@@ -117,15 +118,12 @@ def duplicate_leaves_warning(n_items: int, arity: int) -> str | None:
     """A message when a complete ``arity``-ary tree over ``n_items`` has more than
     ``MANY_LEAVES_PER_ITEM`` leaves per item, naming the arities that fit the corpus at the same
     depth and one level shallower; None otherwise."""
-    from models.tree_builders import complete_depth, tightest_arity
-
     depth = complete_depth(n_items, arity)
     leaves = arity ** depth
     if leaves <= MANY_LEAVES_PER_ITEM * n_items:
         return None
-    fits = [(k, h, k ** h / n_items) for h in (depth - 1, depth) if h >= 1
-            for k in (tightest_arity(n_items, h),)]
-    options = " or ".join(f"{k} (depth {h}, {per:.2f} leaves per item)" for k, h, per in fits)
+    fits = [(tightest_arity(n_items, h), h) for h in (depth - 1, depth) if h >= 1]
+    options = " or ".join(f"{k} (depth {h}, {k ** h / n_items:.2f} leaves per item)" for k, h in fits)
     return (f"RecForest: a complete {arity}-ary tree over {n_items:,} items has depth {depth} and "
             f"{leaves:,} leaves, {leaves / n_items:.1f} per item; Algorithm 2 fills the extra leaves with "
             f"copies of items, so a beam of B leaves holds far fewer than B distinct items and recall "
@@ -134,8 +132,6 @@ def duplicate_leaves_warning(n_items: int, arity: int) -> str | None:
 
 def build_forest(embeddings: np.ndarray, arity: int, trees: int, seed: int, random_ratio: float = 0.1) -> Forest:
     """T trees of appendix Algorithm 2 over the same embeddings, seeds seed*1000 + t."""
-    from models.tree_builders import recforest_tree
-
     return Forest(tuple(recforest_tree(embeddings, arity, seed=seed * 1000 + t, random_ratio=random_ratio)
                         for t in range(trees)))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -302,8 +303,6 @@ def test_duplicate_leaves_warning_names_arities_that_fit():
 
 
 def test_construct_warns_when_the_trees_are_mostly_copies():
-    import warnings
-
     data = planted_split(n_users=24)  # 60 items
     with pytest.warns(UserWarning, match=r"16-ary tree over 60 items .* 4\.3 per item"):
         built = RecForestMethod().construct(_config(arity=16, trees=1), data, seed=0)
