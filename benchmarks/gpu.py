@@ -127,7 +127,8 @@ def markdown(res: dict) -> str:
     for index, ratio in res["speedup_cuda_over_cpu"].items():
         lines.append(f"\n{index}: CUDA serves {ratio:.1f}x the CPU's users per second.")
     if not res["speedup_cuda_over_cpu"]:
-        lines.append("\nNo CUDA device: the CUDA half was not run.")
+        lines.append("\nNo CUDA device: the CUDA half was not run." if m["gpu"] is None
+                     else "\nOne device only (--devices): no ratio.")
     lines.append("\nBuild seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res["build_seconds"].items()) + ".")
     return "\n".join(lines) + "\n"
 

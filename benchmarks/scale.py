@@ -28,7 +28,8 @@ timed runs):
   search (`TwoTowerSearcher`, untrained, dim 24) at batch 256 and 1. Tree search is timed
   again on one torch thread (on a busy 2-core machine every small 2-thread op can wait for its
   second thread), and at the largest N a diagnostic times 64 users with `TDMScorer.score`'s
-  chunk for CUDA (2**24 floats per intermediate) against its CPU default 2**20, median of
+  former CUDA chunk (2**24 floats per intermediate; CUDA now takes up to 2**28, see
+  `benchmarks.gpu_profile`) against its CPU default 2**20, median of
   ``--batch-runs`` calls after a warm-up each (``chunk_diagnostic``).
 * growth, side by side: searchers over the smallest and the largest N in ONE process, their
   timed calls alternating (``--growth-runs`` per size and mode: batch 256 / batch 1, torch's
@@ -280,7 +281,7 @@ def task_growth(spec: dict) -> dict:
 
 
 def _chunk_diagnostic(tdm, h, runs: int) -> dict:
-    """ms per user of a 64-user beam search with `TDMScorer.score`'s chunk for CUDA
+    """ms per user of a 64-user beam search with `TDMScorer.score`'s former CUDA chunk
     (``max_elements`` 2**24 floats per intermediate) and its CPU default 2**20, on torch's threads
     and on 1: median of ``runs`` calls after a warm-up call, per setting. Why the CPU default is
     the smaller chunk."""
@@ -468,7 +469,7 @@ def profile_lines(results: list[dict]) -> list[str]:
             out.append("")
         if r.get("chunk_diagnostic"):
             out += [f"**beam search N={r['n']:,}, 64 users, ms/user by `TDMScorer.score` chunk "
-                    f"(max_elements; 2^24 is its CUDA default, 2^20 its CPU default)**: {r['chunk_diagnostic']}", ""]
+                    f"(max_elements; 2^24 was its CUDA default until the H200 sweep, 2^20 is its CPU default)**: {r['chunk_diagnostic']}", ""]
     return out
 
 

@@ -147,7 +147,9 @@ class TDMScorer(nn.Module):
     # `benchmarks.train_speed` (one CPU thread, a corpus shaped like ml-1m-subset, two runs): TDM
     # 1.8-2.3x, JTM 1.5-1.8x, DeFoRec 1.9-3.0x more samples/s than one piece; gradients equal to
     # float precision.
-    # Off on CUDA: not measured there, and a GPU's memory bandwidth makes the one-piece pass cheap.
+    # Off on CUDA: a GPU's memory bandwidth makes the one-piece pass cheap (on an H200, batch
+    # 1,024: TDM 36k, JTM 23k, DeFoRec 18k samples/s, `results/train_speed_cuda.md`); chunked
+    # training there was not measured.
     train_chunk_elements: int = 1 << 20
 
     def forward_rows(self, beh_rows: torch.Tensor, node_rows: torch.Tensor) -> torch.Tensor:
@@ -213,15 +215,30 @@ class TDMScorer(nn.Module):
         """`forward` in user chunks so that no intermediate exceeds ~``max_elements`` floats
         (U * C * L * 36); for inference (eval mode, so chunking does not change results)."""
         # default chunk: ~2**20 floats on CPU (the (chunk, C, L, 36) activations stay near the
-        # caches: measured 3.4x faster per user than 2**24 at batch 256), 2**24 on CUDA
+        # caches: measured 3.4x faster per user than 2**24 at batch 256); on CUDA as large as
+        # memory allows (`cuda_chunk_elements`)
         if max_elements is None:
-            max_elements = (1 << 24) if histories.is_cuda else (1 << 20)
+            max_elements = cuda_chunk_elements(histories.device) if histories.is_cuda else (1 << 20)
         u, c = nodes.shape
         per_user = max(1, c * histories.shape[1] * max(self.act_in.out_features, self.dim))
         step = max(1, max_elements // per_user)
         if step >= u:
             return self(histories, nodes)
         return torch.cat([self(histories[i:i + step], nodes[i:i + step]) for i in range(0, u, step)])
+
+
+def cuda_chunk_elements(device: torch.device) -> int:
+    """`TDMScorer.score`'s chunk bound on a GPU: 2**28 floats per (chunk, C, L, 36) intermediate
+    (1 GiB; a 1,024-user batch of a beam-50 binary tree is then one piece per level), or 1/64 of
+    the device's memory where that is less (a handful of such intermediates are alive at once).
+
+    Each chunk costs a host sync (`trim_padding`) and ~20 kernel launches that the GPU waits
+    for, so small chunks leave it idle: `benchmarks.gpu_profile` on an H200 (10**6 items,
+    batch 1,024, beam 50) served 990 / 3,529 / 6,614 / 9,250 users/s at 2**22 / 2**24 / 2**26 /
+    2**28, with the same top-k items at every size; at 2**24 the profiler saw 132 ms of kernel
+    time in a 280 ms search."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return int(min(1 << 28, max(1 << 20, total // (4 * 64))))
 
 
 def trim_padding(histories: torch.Tensor) -> torch.Tensor:

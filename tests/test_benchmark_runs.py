@@ -1,10 +1,12 @@
 """The benchmark scripts time medians of >= 5 runs after a warm-up by default (issue 7's rule),
-and refuse run counts below 1 with a message naming the flag."""
+and refuse run counts below 1 with a message naming the flag; the GPU profile's chunk sweep keeps
+the top-k."""
 import argparse
+import json
 
 import pytest
 
-from benchmarks import gpu, scale, store_roundtrip, tree_build
+from benchmarks import gpu, gpu_profile, scale, store_roundtrip, tree_build
 
 
 class _Parsed(Exception):
@@ -53,9 +55,25 @@ def test_store_roundtrip_and_tree_build_default_to_five_runs(monkeypatch):
     (tree_build, ["--repeats-large", "0"], "--repeats-large"),
     (store_roundtrip, ["--items", "10"], "--items"),
     (gpu, ["--cpu-batch", "0"], "--cpu-batch"),
+    (gpu_profile, ["--repeats", "0"], "--repeats"),
 ])
 def test_run_counts_below_one_are_refused_naming_the_flag(module, argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:
         module.main(argv)
     assert exc.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_gpu_profile_chunk_sweep_returns_the_same_items_at_every_chunk_size(tmp_path):
+    # a tiny run on whatever device is present; chunking a level's users must not change the top-k
+    res = gpu_profile.main(["--items", "3000", "--batch", "16", "--batches", "16", "--repeats", "1",
+                            "--trees", "1", "--beam", "8", "--k", "10", "--max-elements", "1", "65536",
+                            "--rows", "3", "--out-dir", str(tmp_path)])
+    sizes = [r["max_elements"] for r in res["tdm_chunks"]]
+    assert res["default_max_elements"] in sizes and 1 in sizes
+    assert all(r["overlap_with_default"] == 1.0 for r in res["tdm_chunks"]), res["tdm_chunks"]
+    assert {r["index"] for r in res["batches"]} == {"tdm", "recforest"}
+    assert set(res["profiles"]) == {"tdm", "recforest"} and all(res["profiles"].values())
+    saved = json.loads((tmp_path / "gpu_profile.json").read_text())
+    assert saved["tdm_chunks"] == res["tdm_chunks"]
+    assert "## TDM scorer chunk" in (tmp_path / "gpu_profile.md").read_text()

@@ -68,3 +68,23 @@ def test_retriever_loads_onto_cuda(url):
     assert r.device.type == "cuda"
     scores, items = r.retrieve([[1, 2, 3], [], [5]], k=7, beam=20)
     assert items.shape == (3, 7) and (items[:, 0] >= 0).all()
+
+
+def test_tdm_scorer_cuda_chunks_are_large_and_do_not_change_logits():
+    from models.tdm import TDMScorer, cuda_chunk_elements
+    from models.tree_builders import category_tree
+
+    dev = torch.device("cuda")
+    me = cuda_chunk_elements(dev)
+    total = torch.cuda.get_device_properties(dev).total_memory
+    assert 1 << 20 <= me <= min(1 << 28, max(1 << 20, total // 256))
+    tree = category_tree(np.random.default_rng(0).integers(0, 20, 2000), 2, seed=0)
+    torch.manual_seed(0)
+    s = TDMScorer(tree, dim=8).to(dev).eval()
+    gen = np.random.default_rng(1)
+    hist = torch.as_tensor(gen.integers(-1, 2000, (300, 69)), device=dev)
+    nodes = torch.as_tensor(gen.integers(0, len(tree.level), (300, 40)), device=dev)
+    with torch.inference_mode():
+        whole = s.score(hist, nodes)  # the default: one piece at this size
+        torch.testing.assert_close(whole, s(hist, nodes))
+        torch.testing.assert_close(s.score(hist, nodes, max_elements=1), whole, atol=1e-5, rtol=1e-5)
