@@ -27,7 +27,7 @@ import torch
 from indexstore.structures import Tree
 from models.jtm import assign_with_capacity, layout_depth, old_leaf_positions, position_maps
 from models.progress import Progress
-from models.tdm import TDMScorer
+from models.tdm import TDMScorer, default_chunk_elements
 from models.tree_training import LevelSampler, TrainOptions, negatives_per_level, subsample
 
 
@@ -107,13 +107,14 @@ def softmax_step(scorer: TDMScorer, optim, levels: SoftmaxLevels, hist: torch.Te
 
 def learn_tree_softmax(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, targets: np.ndarray,
                        gap: int = 7, max_samples: int | None = None, seed: int = 0,
-                       device: torch.device | str = "cpu", max_elements: int = 1 << 24) -> Tree:
+                       device: torch.device | str = "cpu", max_elements: int | None = None) -> Tree:
     """A new tree from the trained ``scorer`` by the softmax matching score (Eq. 10).
 
     Parameters
     ----------
     scorer : trained on ``tree``; behaviours (n, L), targets (n,) training pairs.
     gap : d, levels assigned per step; max_samples : seeded subset of pairs to score.
+    max_elements : activation floats per chunk of pairs (None: `models.tdm.default_chunk_elements`).
 
     Returns
     -------
@@ -122,6 +123,8 @@ def learn_tree_softmax(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, ta
     if gap < 1:
         raise ValueError(f"gap must be >= 1, got {gap}")
     device = torch.device(device)
+    if max_elements is None:  # activation floats per chunk of pairs: 2**20 on CPU, large on CUDA
+        max_elements = default_chunk_elements(device)
     k, n = tree.arity, tree.n_items
     depth = layout_depth(n, k)
     keep = subsample(len(targets), max_samples, seed)

@@ -38,7 +38,7 @@ import torch
 
 from indexstore.structures import Tree
 from models.progress import Progress
-from models.tdm import TDMScorer, position_keys
+from models.tdm import TDMScorer, default_chunk_elements, position_keys
 from models.tree_training import subsample
 
 
@@ -112,7 +112,7 @@ def old_leaf_positions(tree: Tree, depth: int) -> np.ndarray:
 
 def learn_tree(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, targets: np.ndarray,
                gap: int = 7, max_samples: int | None = None, seed: int = 0,
-               device: torch.device | str = "cpu", max_elements: int = 1 << 24) -> Tree:
+               device: torch.device | str = "cpu", max_elements: int | None = None) -> Tree:
     """JTM Algorithm 2: a new tree over ``tree.n_items`` items from the trained ``scorer``.
 
     Parameters
@@ -121,6 +121,7 @@ def learn_tree(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, targets: n
     behaviours, targets : (n, L) and (n,) training pairs.
     gap : d, levels assigned per step.
     max_samples : score at most this many pairs (seeded random subset).
+    max_elements : activation floats per chunk of pairs (None: `models.tdm.default_chunk_elements`).
 
     Returns
     -------
@@ -129,6 +130,8 @@ def learn_tree(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, targets: n
     if gap < 1:
         raise ValueError(f"gap must be >= 1, got {gap}")
     device = torch.device(device)
+    if max_elements is None:  # activation floats per chunk of pairs: 2**20 on CPU, large on CUDA
+        max_elements = default_chunk_elements(device)
     k, n = tree.arity, tree.n_items
     depth = layout_depth(n, k)
     keep = subsample(len(targets), max_samples, seed)

@@ -218,13 +218,23 @@ class TDMScorer(nn.Module):
         # caches: measured 3.4x faster per user than 2**24 at batch 256); on CUDA as large as
         # memory allows (`cuda_chunk_elements`)
         if max_elements is None:
-            max_elements = cuda_chunk_elements(histories.device) if histories.is_cuda else (1 << 20)
+            max_elements = default_chunk_elements(histories.device)
         u, c = nodes.shape
         per_user = max(1, c * histories.shape[1] * max(self.act_in.out_features, self.dim))
         step = max(1, max_elements // per_user)
         if step >= u:
             return self(histories, nodes)
         return torch.cat([self(histories[i:i + step], nodes[i:i + step]) for i in range(0, u, step)])
+
+
+def default_chunk_elements(device: torch.device | str) -> int:
+    """Floats per (chunk, C, L, 36) activation intermediate when scoring without gradients in
+    chunks (`TDMScorer.score`, JTM's and DeFoRec's tree relearning): 2**20 on the CPU, where
+    small chunks stay near the caches (beam search 3.4x faster per user than at 2**24,
+    `benchmarks.scale`; relearning rounds 2.0x (JTM) and 2.4x (DeFoRec), `benchmarks.relearn_chunks`), and
+    `cuda_chunk_elements` on a GPU, where each chunk's launches and host sync are the cost."""
+    device = torch.device(device)
+    return cuda_chunk_elements(device) if device.type == "cuda" else 1 << 20
 
 
 def cuda_chunk_elements(device: torch.device) -> int:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import gpu, gpu_profile, scale, store_roundtrip, tree_build
+from benchmarks import gpu, gpu_profile, relearn_chunks, scale, store_roundtrip, tree_build
 
 
 class _Parsed(Exception):
@@ -43,6 +43,7 @@ def test_scale_plan_times_every_step_at_least_five_times_at_every_size(monkeypat
 
 def test_store_roundtrip_and_tree_build_default_to_five_runs(monkeypatch):
     assert _default_args(store_roundtrip, monkeypatch).runs >= 5
+    assert _default_args(relearn_chunks, monkeypatch).runs >= 5
     builds = _default_args(tree_build, monkeypatch)
     assert builds.repeats >= 5 and builds.repeats_large >= 5
 
@@ -56,6 +57,7 @@ def test_store_roundtrip_and_tree_build_default_to_five_runs(monkeypatch):
     (store_roundtrip, ["--items", "10"], "--items"),
     (gpu, ["--cpu-batch", "0"], "--cpu-batch"),
     (gpu_profile, ["--repeats", "0"], "--repeats"),
+    (relearn_chunks, ["--runs", "0"], "--runs"),
 ])
 def test_run_counts_below_one_are_refused_naming_the_flag(module, argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -77,3 +79,13 @@ def test_gpu_profile_chunk_sweep_returns_the_same_items_at_every_chunk_size(tmp_
     saved = json.loads((tmp_path / "gpu_profile.json").read_text())
     assert saved["tdm_chunks"] == res["tdm_chunks"]
     assert "## TDM scorer chunk" in (tmp_path / "gpu_profile.md").read_text()
+
+
+def test_relearn_chunks_gives_the_same_tree_at_every_chunk_size(tmp_path):
+    # JTM's and DeFoRec's relearning score pairs in chunks; the chunk must not change the tree
+    res = relearn_chunks.main(["--items", "600", "--pairs", "60", "--runs", "1",
+                               "--sizes", "0", "1", str(1 << 24), "--out-dir", str(tmp_path)])
+    assert {r["relearner"] for r in res["rows"]} == {"jtm", "deforec"}
+    assert sum(r["is_default"] for r in res["rows"]) == 2 and len(res["rows"]) == 6
+    assert all(r["same_tree"] for r in res["rows"]), res["rows"]
+    assert (tmp_path / "relearn_chunks_cpu.md").read_text().count("| yes |") == 6
