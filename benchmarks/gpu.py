@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import pathlib
 import statistics
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 from benchmarks.timing import at_least
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -189,9 +189,7 @@ def main(argv=None) -> dict:
             res["speedup_cuda_over_cpu"][index] = per_dev["cuda"]["users_per_s"] / per_dev["cpu"]["users_per_s"]
     out_dir = pathlib.Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_quick" if a.quick else "gpu"
-    (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1))
-    (out_dir / f"{stem}.md").write_text(markdown(res))
+    write_json_and_markdown(out_dir / ("gpu_quick" if a.quick else "gpu"), res, markdown)
     print(markdown(res))
     return res
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import pathlib
 import sys
 import time
@@ -34,6 +33,7 @@ import torch
 
 from benchmarks.gpu import HIST, build_recforest, build_tdm, overlap, searchers, timed_searches
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 from benchmarks.timing import at_least
 from models.tdm import TDMScorer, cuda_chunk_elements
 
@@ -134,9 +134,7 @@ def main(argv=None) -> dict:
         print(res["profiles"][index], flush=True)
     out_dir = pathlib.Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_profile_quick" if a.quick else "gpu_profile"
-    (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1))
-    (out_dir / f"{stem}.md").write_text(markdown(res))
+    write_json_and_markdown(out_dir / ("gpu_profile_quick" if a.quick else "gpu_profile"), res, markdown)
     return res
 
 

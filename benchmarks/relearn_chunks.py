@@ -15,7 +15,6 @@ Writes ``results/relearn_chunks_<device>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 from benchmarks.timing import at_least
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -113,9 +113,7 @@ def main(argv=None) -> dict:
                 r["same_tree"] = bool(np.array_equal(leaves[r["max_elements"]], leaves[default]))
     out = pathlib.Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"relearn_chunks_{device.type}"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
-    (out / f"{stem}.md").write_text(markdown(res))
+    write_json_and_markdown(out / f"relearn_chunks_{device.type}", res, markdown)
     print(markdown(res))
     return res
 
