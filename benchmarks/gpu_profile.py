@@ -10,8 +10,8 @@ Same indexes, weights and histories as `benchmarks.gpu` (its ``build_tdm`` / ``b
 * **profile**: `torch.profiler` over one search of the whole batch for each index; the ops that
   took the most device time (self time; CPU time without CUDA), as a table.
 * **TDM chunk sweep**: `TDMScorer.score` splits each level's users into chunks of at most
-  ``max_elements`` activation floats (`models.tdm.cuda_chunk_elements` on CUDA, 2**20 on the
-  CPU, is the default; before this sweep the CUDA default was 2**24). Users/s for each value of
+  ``max_elements`` activation floats (the default is `models.tdm.default_chunk_elements`: up to
+  2**28 on CUDA, 2**20 on the CPU; before this sweep the CUDA default was 2**24). Users/s for each value of
   ``--max-elements``, and the share of the default's top-k items each returns (chunking must not
   change the results: anything below 1 is a bug).
 * **batch sweep**: users/s of both indexes at each ``--batches`` size (is the device saturated?).
@@ -35,7 +35,7 @@ from benchmarks.gpu import HIST, build_recforest, build_tdm, overlap, searchers,
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json_and_markdown
 from benchmarks.timing import at_least
-from models.tdm import TDMScorer, cuda_chunk_elements
+from models.tdm import TDMScorer, default_chunk_elements
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
-    default_me = cuda_chunk_elements(device) if device.type == "cuda" else (1 << 20)
+    default_me = default_chunk_elements(device)
     if default_me not in a.max_elements:
         a.max_elements.append(default_me)
     hist = torch.as_tensor(np.random.default_rng(1).integers(0, a.items, (max(a.batch, *a.batches), HIST)))
