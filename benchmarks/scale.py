@@ -285,19 +285,17 @@ def _chunk_diagnostic(tdm, h, runs: int) -> dict:
     (``max_elements`` 2**24 floats per intermediate) and its CPU default 2**20, on torch's threads
     and on 1: median of ``runs`` calls after a warm-up call, per setting. Why the CPU default is
     the smaller chunk."""
-    import functools
-
     import torch
 
     scorer, out, threads = tdm.scorer, {}, torch.get_num_threads()
     for th in (threads, 1):
         torch.set_num_threads(th)
         for me in (1 << 24, 1 << 20):
-            scorer.score = functools.partial(type(scorer).score, scorer, max_elements=me)  # this instance only
+            scorer.score_chunk_elements = me  # this instance only
             secs = _med(_per_call(lambda x: tdm.search(x, K_SEARCH, BEAM), [h] * (runs + 1))[1:])  # 1st: warm-up
             out[f"threads_{th}_max_elements_2^{me.bit_length() - 1}"] = round(1000 * secs / h.shape[0], 2)
     torch.set_num_threads(threads)
-    del scorer.score
+    scorer.score_chunk_elements = None
     return out
 
 

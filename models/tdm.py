@@ -34,6 +34,8 @@ Network
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -151,6 +153,9 @@ class TDMScorer(nn.Module):
     # 1,024: TDM 36k, JTM 23k, DeFoRec 18k samples/s, `results/train_speed_cuda.md`); chunked
     # training there was not measured.
     train_chunk_elements: int = 1 << 20
+    # `score`'s chunk bound when its caller passes none; None: `default_chunk_elements` of the
+    # device (benchmarks set it on an instance to time other bounds through the same searcher)
+    score_chunk_elements: int | None = None
 
     def forward_rows(self, beh_rows: torch.Tensor, node_rows: torch.Tensor) -> torch.Tensor:
         """Logits for rows of the embedding table.
@@ -218,7 +223,7 @@ class TDMScorer(nn.Module):
         # caches: measured 3.4x faster per user than 2**24 at batch 256); on CUDA as large as
         # memory allows (`cuda_chunk_elements`)
         if max_elements is None:
-            max_elements = default_chunk_elements(histories.device)
+            max_elements = self.score_chunk_elements or default_chunk_elements(histories.device)
         u, c = nodes.shape
         per_user = max(1, c * histories.shape[1] * max(self.act_in.out_features, self.dim))
         step = max(1, max_elements // per_user)
@@ -237,6 +242,7 @@ def default_chunk_elements(device: torch.device | str) -> int:
     return cuda_chunk_elements(device) if device.type == "cuda" else 1 << 20
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_chunk_elements(device: torch.device) -> int:
     """`TDMScorer.score`'s chunk bound on a GPU: 2**28 floats per (chunk, C, L, 36) intermediate
     (1 GiB; a 1,024-user batch of a beam-50 binary tree is then one piece per level), or 1/64 of
@@ -246,7 +252,7 @@ def cuda_chunk_elements(device: torch.device) -> int:
     for, so small chunks leave it idle: `benchmarks.gpu_profile` on an H200 (10**6 items,
     batch 1,024, beam 50) served 990 / 3,529 / 6,614 / 9,250 users/s at 2**22 / 2**24 / 2**26 /
     2**28, with the same top-k items at every size; at 2**24 the profiler saw 132 ms of kernel
-    time in a search that took 282 ms untraced."""
+    time in a search that took 282 ms untraced. Cached per device: `score` asks once per level."""
     total = torch.cuda.get_device_properties(device).total_memory
     return int(min(1 << 28, max(1 << 20, total // (4 * 64))))
 
