@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     m, dev = DRMethod(), torch.device("cpu")
     rng = np.random.default_rng(0)
     keep = np.sort(rng.choice(len(data.train), min(a.estep_samples, len(data.train)), replace=False))
-    beh, tgt = data.train.behaviours[keep], data.train.targets[keep]
+    pairs = data.train.subset(keep)
     for spec in a.trainings:
         cap, epochs = (int(x) for x in spec.split(":"))
         cfg = DRConfig(arity=a.arity, depth=3, n_paths=3, epochs=epochs, joint_epochs=min(2, epochs),
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
         one = DRConfig(**{**cfg.to_dict(), "epochs": 1, "joint_epochs": 0})  # the retrain after an M-step
         for width in a.widths:
             t = time.perf_counter()
-            cands = estep_scores(net, beh, tgt, data.n_items, width, width, 512, dev)
+            cands = estep_scores(net, pairs, data.n_items, width, width, 512, dev)
             cov = pool_coverage(cands, cfg.n_paths)
             pools = {"estep_width": width, "estep_s": time.perf_counter() - t, "items_with_candidates": cov.items,
                      "distinct_paths_in_pools": cov.paths, "least_top_path": cov.least_top_path}

@@ -40,13 +40,15 @@ def relearners():
 
 
 def setup(kind: str, n: int, pairs: int, seed: int):
+    from indexstore.samples import TrainingSamples
     from models.tree_builders import category_tree
 
     rng = np.random.default_rng(seed)
     tree = category_tree(rng.integers(0, max(n // 100, 1), n), 2, seed=seed)
     torch.manual_seed(seed)
     scorer = relearners()[kind][0](tree, dim=DIM)
-    return scorer, tree, rng.integers(0, n, (pairs, HIST)), rng.integers(0, n, pairs)
+    return scorer, tree, TrainingSamples.from_windows(rng.integers(0, n, (pairs, HIST)),
+                                                      rng.integers(0, n, pairs), np.zeros(pairs, np.int32))
 
 
 def _sync(device: torch.device) -> None:

@@ -121,14 +121,17 @@ def task_kmeans(spec: dict) -> dict:
 def task_jtm(spec: dict) -> dict:
     import numpy as np
 
-    from models.jtm import HierarchicalScorer, layout_depth, learn_tree
+    from indexstore.samples import TrainingSamples
+    from models.jtm import HierarchicalScorer, learn_tree
     from models.tree_builders import category_tree
+    from models.tree_learning import layout_depth
 
     def setup(n, pairs, seed):
         rng = np.random.default_rng(seed)
         tree = category_tree(rng.integers(0, max(n // 100, 1), n), 2, seed=seed)
-        return (HierarchicalScorer(tree, dim=DIM), tree, rng.integers(0, n, (pairs, HIST)),
-                rng.integers(0, n, pairs))
+        samples = TrainingSamples.from_windows(rng.integers(0, n, (pairs, HIST)), rng.integers(0, n, pairs),
+                                               np.zeros(pairs, np.int32))
+        return HierarchicalScorer(tree, dim=DIM), tree, samples
 
     warm = setup(1000, 20, 1)
     learn_tree(*warm, gap=spec["gap"])

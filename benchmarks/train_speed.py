@@ -43,6 +43,7 @@ def _trainer(kind: str, device, seed: int = 0):
     from models.deforec import DeFoRecConfig
     from models.deforec_train import SoftmaxLevels, softmax_step
     from models.jtm import HierarchicalScorer
+    from models.optim import EmbeddingAdam
     from models.tdm import TDMScorer
     from models.tree_builders import category_tree
     from models.tree_methods import TDMConfig
@@ -51,13 +52,14 @@ def _trainer(kind: str, device, seed: int = 0):
     tree = category_tree(np.random.default_rng(seed).integers(0, CATEGORIES, N_ITEMS), 2, seed=seed)
     torch.manual_seed(seed)
     scorer = (HierarchicalScorer if kind == "jtm" else TDMScorer)(tree, dim=24).to(device).train()
-    optim = torch.optim.Adam(scorer.parameters(), lr=1e-3)
+    optim = EmbeddingAdam(scorer, lr=1e-3)
     gen = torch.Generator(device=device).manual_seed(seed)
     if kind == "deforec":
-        levels = SoftmaxLevels(tree, DeFoRecConfig().negatives, device)
+        levels = SoftmaxLevels(tree, DeFoRecConfig().negatives, device, DeFoRecConfig().negatives_total)
         return scorer, tree, lambda h, t: softmax_step(scorer, optim, levels, h, t, gen)
     cfg = TDMConfig()  # the negatives per level of the TDM and JTM configs' defaults
-    sampler = LevelSampler(tree, negatives_per_level(tree.level_counts(), cfg.neg_base, cfg.neg_growth), device)
+    sampler = LevelSampler(tree, negatives_per_level(tree.level_counts(), cfg.neg_base, cfg.neg_growth,
+                                                          total=cfg.neg_total), device)
     return scorer, tree, lambda h, t: bce_step(scorer, optim, sampler, h, t, gen)
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 
 from indexstore.errors import GroveError, NotFoundError
+from models.evaluation_suite import EXHAUSTIVE_MAX_ITEMS
 from models.registry import method_names
 
 
@@ -23,6 +24,16 @@ def _ints(text: str) -> tuple[int, ...]:
     if not vals or min(vals) <= 0:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return vals
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def parse_settings(config_json: str | None, settings: list[str] | None) -> dict:
@@ -60,7 +71,7 @@ def _add_method_opts(p: argparse.ArgumentParser) -> None:
 def _add_eval_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_ints, default=(10, 50), help="cut-offs, e.g. 10,50")
     p.add_argument("--beam", type=_ints, default=(50,), help="beam sizes, e.g. 20,50,100")
-    p.add_argument("--users", type=int, default=None, help="evaluate on the first N held-out users")
+    p.add_argument("--users", type=_positive, default=None, help="evaluate on the first N held-out users")
 
 
 def register(sub) -> None:
@@ -85,6 +96,11 @@ def register(sub) -> None:
     p.add_argument("--version", type=int)
     p.add_argument("--role", choices=("valid", "test"), default="valid")
     _add_eval_opts(p)
+    p.add_argument("--exhaustive", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score every item with the same model (the fidelity reference); default: "
+                        f"on for catalogues of at most {EXHAUSTIVE_MAX_ITEMS:,} items, off above")
+    p.add_argument("--exhaustive-users", type=_positive, default=None, metavar="N",
+                   help="run the exhaustive reference on the first N evaluated users only (default: all)")
     p.add_argument("--local", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -179,11 +195,13 @@ def cmd_eval(args) -> int:
     store = _store(args)
     vid = _newest(store, args.index, args.version)
     if _local(args):
-        rows = steps.evaluate(store.url, vid, args.role, args.k, args.beam, args.users)
+        rows = steps.evaluate(store.url, vid, args.role, args.k, args.beam, args.users,
+                              exhaustive=args.exhaustive, exhaustive_users=args.exhaustive_users)
     else:
         from flows.flows import evaluate_flow
 
-        rows = evaluate_flow(store.url, vid, args.role, args.k, args.beam, args.users)
+        rows = evaluate_flow(store.url, vid, args.role, args.k, args.beam, args.users,
+                             args.exhaustive, args.exhaustive_users)
     print(f"version {vid} on the {args.role} users:")
     print(metrics_table(rows))
     return 0

@@ -34,8 +34,9 @@ def relearn_flow(url: str, version_id: int) -> int:
 
 @flow(name="evaluate", flow_run_name="evaluate v{version_id}")
 def evaluate_flow(url: str, version_id: int, role: str = "valid", ks: tuple[int, ...] = DEFAULT_KS,
-                  beams: tuple[int, ...] = DEFAULT_BEAMS, max_users: int | None = None) -> list[dict]:
-    return evaluate_task(url, version_id, role, tuple(ks), tuple(beams), max_users)
+                  beams: tuple[int, ...] = DEFAULT_BEAMS, max_users: int | None = None,
+                  exhaustive: bool | None = None, exhaustive_users: int | None = None) -> list[dict]:
+    return evaluate_task(url, version_id, role, tuple(ks), tuple(beams), max_users, exhaustive, exhaustive_users)
 
 
 @flow(name="cycle", flow_run_name="cycle {index} ({method}, {rounds} rounds)")

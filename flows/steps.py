@@ -19,7 +19,7 @@ from typing import Any
 from indexstore.errors import GroveError, StateError
 from indexstore.samples import SplitData
 from indexstore.store import Store
-from models.method import Built, MethodConfig, config_from_dict, resolve_device
+from models.method import Built, MethodConfig, check_memory, config_from_dict, resolve_device
 from models.registry import get_method
 
 
@@ -48,6 +48,11 @@ def method_config(method_name: str, values: dict[str, Any] | None) -> MethodConf
     return config_from_dict(get_method(method_name).config_cls, values)
 
 
+def config_device(config: MethodConfig):
+    """The device a config's verbs run on ('auto' resolved)."""
+    return resolve_device(getattr(config, "device", "cpu"))
+
+
 def _version_config(method_name: str, config: MethodConfig, step: str, round_: int) -> dict:
     return {"method": method_name, "config": config.to_dict(), "step": step, "round": round_}
 
@@ -60,6 +65,8 @@ def construct(url: str, index: str, method_name: str, config_values: dict | None
     method = get_method(method_name)
     config = method_config(method_name, config_values)
     store.split(dataset, split)  # NotFoundError before any work
+    # refuse a version that could never be trained here, before building anything
+    check_memory(method, config, store.dataset(dataset).n_items, ("construct", "train"), config_device(config))
     data = load_split(store, dataset, split, config)
     built = method.construct(config, data, config.seed)
     info = store.write_version(index, method_name, built.structure,
@@ -81,6 +88,7 @@ def train(url: str, version_id: int, flow_run_id: str | None = None) -> StepResu
     start = time.perf_counter()
     store = Store.open(url)
     info, method, config, built = _load(store, version_id)
+    check_memory(method, config, built.structure.n_items, ("train",), config_device(config))
     data = load_split(store, info.dataset, info.split, config)
     round_ = int(info.config.get("round", 0))
     trained = method.train(config, built, data, config.seed + round_)
@@ -101,6 +109,7 @@ def relearn(url: str, version_id: int, flow_run_id: str | None = None) -> StepRe
         raise GroveError(f"method {info.method!r} has no index to relearn")
     if not built.artifacts:
         raise StateError(f"version {version_id} has no weights: train it before relearning")
+    check_memory(method, config, built.structure.n_items, ("relearn",), config_device(config))
     data = load_split(store, info.dataset, info.split, config)
     round_ = int(info.config.get("round", 0)) + 1
     learnt = method.relearn(config, built, data, config.seed + 1000 * round_)
@@ -114,11 +123,13 @@ def relearn(url: str, version_id: int, flow_run_id: str | None = None) -> StepRe
 
 def evaluate(url: str, version_id: int, role: str = "valid", ks: tuple[int, ...] = (10, 50),
              beams: tuple[int, ...] = (50,), max_users: int | None = None, device: str = "auto",
-             fidelity: bool = True) -> list[dict]:
+             exhaustive: bool | None = None, exhaustive_users: int | None = None) -> list[dict]:
     """Metrics of a trained version on held-out users, appended to the store (never in place).
 
     For each beam: P/R/F/NDCG/Novelty @k with and without filtering seen items; with
-    ``fidelity`` also the exhaustive (same model, every item) recall and recall(beam)/recall(bf).
+    ``exhaustive`` (None: for catalogues of at most
+    `models.evaluation_suite.EXHAUSTIVE_MAX_ITEMS` items) also the exhaustive (same model,
+    every item) recall, on ``exhaustive_users`` users if given, and recall(beam)/recall(bf).
     Returns the metric rows as dicts (for the Prefect table artifact).
     """
     from models.evaluation_suite import evaluate_version  # heavy import only when evaluating
@@ -129,7 +140,9 @@ def evaluate(url: str, version_id: int, role: str = "valid", ks: tuple[int, ...]
     held_out = data.held_out(role)
     if max_users:
         held_out = held_out.subset(max_users)
+    check_memory(method, config, built.structure.n_items, ("search",), resolve_device(device))
     searcher = method.searcher(config, built, resolve_device(device))
-    rows = evaluate_version(searcher, held_out, role=role, ks=ks, beams=beams, fidelity=fidelity)
+    rows = evaluate_version(searcher, held_out, role=role, ks=ks, beams=beams, exhaustive=exhaustive,
+                            exhaustive_users=exhaustive_users)
     store.record_metrics(version_id, rows)
     return [r if isinstance(r, dict) else r.__dict__ for r in rows]

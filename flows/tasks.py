@@ -31,8 +31,10 @@ def relearn_task(url: str, version_id: int) -> int:
 
 @task(name="evaluate", task_run_name="evaluate v{version_id}")
 def evaluate_task(url: str, version_id: int, role: str, ks: tuple[int, ...], beams: tuple[int, ...],
-                  max_users: int | None) -> list[dict]:
-    rows = steps.evaluate(url, version_id, role, ks, beams, max_users)
+                  max_users: int | None, exhaustive: bool | None = None,
+                  exhaustive_users: int | None = None) -> list[dict]:
+    rows = steps.evaluate(url, version_id, role, ks, beams, max_users, exhaustive=exhaustive,
+                          exhaustive_users=exhaustive_users)
     create_table_artifact(key=f"metrics-v{version_id}", table=rows,
                           description=f"Metrics of version {version_id} on the {role} users")
     return rows

@@ -32,3 +32,7 @@ class StateError(GroveError):
 
 class StoreBusyError(GroveError):
     """Another process holds the DuckDB file's write lock."""
+
+
+class TooLargeError(GroveError):
+    """A configuration or request that would need more memory than the device has."""

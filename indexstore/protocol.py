@@ -123,23 +123,28 @@ class _Windows:
     """Behaviour windows read as slices of one padded, reversed array.
 
     Each user's positives are laid out after a gap of 69 PADs: ``[PAD*69, items of user 0,
-    PAD*69, items of user 1, ...]``, then reversed. The window before global position ``e`` of
-    user ``u`` (its nearest behaviour is items[e-1]) is the contiguous slice of 69 entries ending
-    at padded position q = e - 1 + 69 (u + 1), read backwards; the gap supplies the padding when
-    the user has fewer than 69 earlier positives, so no masking is needed.
+    PAD*69, items of user 1, ...]``, then reversed into ``sequence``. The window before global
+    position ``e`` of user ``u`` (its nearest behaviour is items[e-1]) is the contiguous slice of
+    69 entries of ``sequence`` from ``start = M - 1 - q`` with q = e - 1 + 69 (u + 1), the padded
+    position of items[e-1]; the gap supplies the padding when the user has fewer than 69 earlier
+    positives, so no masking is needed.
     """
 
     def __init__(self, items: np.ndarray, user_sorted: np.ndarray, n_users: int):
         w = MAX_BEHAVIOURS
-        padded = np.full(items.shape[0] + w * n_users, PAD, dtype=np.int32)  # (P + 69 U,)
+        padded = np.full(items.shape[0] + w * n_users, PAD, dtype=np.int32)  # (M = P + 69 U,)
         padded[np.arange(items.shape[0]) + w * (user_sorted.astype(np.int64) + 1)] = items
-        self.size = padded.shape[0]
-        self.view = np.lib.stride_tricks.sliding_window_view(padded[::-1], w)  # (M-68, 69)
+        self.sequence = np.ascontiguousarray(padded[::-1])
+
+    def starts(self, ends: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """(n,) int64 start in ``sequence`` of the windows before ``ends`` (n,) of ``users`` (n,)."""
+        q = ends.astype(np.int64) - 1 + MAX_BEHAVIOURS * (users.astype(np.int64) + 1)
+        return self.sequence.shape[0] - 1 - q
 
     def take(self, ends: np.ndarray, users: np.ndarray) -> np.ndarray:
         """(n, 69) int32 windows, nearest first, before ``ends`` (n,) of ``users`` (n,)."""
-        q = ends.astype(np.int64) - 1 + MAX_BEHAVIOURS * (users.astype(np.int64) + 1)
-        return np.ascontiguousarray(self.view[self.size - 1 - q])
+        view = np.lib.stride_tricks.sliding_window_view(self.sequence, MAX_BEHAVIOURS)
+        return np.ascontiguousarray(view[self.starts(ends, users)])
 
 
 def _csr(items: np.ndarray, row_starts: np.ndarray, take: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +224,6 @@ def _training_samples(user_sorted: np.ndarray, items: np.ndarray, starts: np.nda
     """Every training positive with >= min_behaviours preceding positives of its user."""
     rank = np.arange(user_sorted.shape[0], dtype=np.int64) - starts[user_sorted]  # (P,) preceding
     sample = np.flatnonzero((role_of[user_sorted] == 0) & (rank >= min_behaviours))  # (n,)
-    behaviours = windows.take(sample, user_sorted[sample])
-    return TrainingSamples(behaviours, items[sample].astype(np.int32),
-                           user_sorted[sample].astype(np.int32))
+    users = user_sorted[sample]
+    return TrainingSamples(windows.sequence, windows.starts(sample, users),
+                           items[sample].astype(np.int32), users.astype(np.int32))

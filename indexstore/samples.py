@@ -38,19 +38,46 @@ def pad_histories(histories: list, width: int = MAX_BEHAVIOURS) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class TrainingSamples:
-    """Sliding windows over training users' positives.
+    """Sliding windows over training users' positives, kept without materialising them.
 
-    behaviours : (n, 69) int32 -- nearest first, PAD-padded.
+    A window is 69 consecutive entries of one shared int32 array, so n windows cost O(n) memory
+    (an (n, 69) array would be 276 bytes per window: 2 GB for the 7.5M windows of a 10^6-item
+    corpus). `take` builds the (b, 69) windows of a batch.
+
+    sequence : (M,) int32 -- every training user's positives laid out newest first, each user
+        followed by 69 PADs (see `indexstore.protocol`), so a window never reads another user.
+    starts : (n,) int64 -- window i is ``sequence[starts[i] : starts[i] + 69]``, nearest first.
     targets : (n,) int32 -- the item that follows the behaviours.
     users : (n,) int32 -- the dense user of each sample.
     """
 
-    behaviours: np.ndarray
+    sequence: np.ndarray
+    starts: np.ndarray
     targets: np.ndarray
     users: np.ndarray
 
+    @classmethod
+    def from_windows(cls, behaviours: np.ndarray, targets: np.ndarray, users: np.ndarray) -> "TrainingSamples":
+        """Samples from explicit (n, <= 69) windows, nearest first, PAD-padded (small data,
+        tests): padded to 69 columns and stored back to back."""
+        beh = np.asarray(behaviours)
+        if beh.ndim != 2 or beh.shape[1] > MAX_BEHAVIOURS:
+            raise ValueError(f"behaviours must be (n, <= {MAX_BEHAVIOURS}), got {beh.shape}")
+        beh = np.pad(beh.astype(np.int32), ((0, 0), (0, MAX_BEHAVIOURS - beh.shape[1])), constant_values=PAD)
+        return cls(beh.reshape(-1), np.arange(beh.shape[0], dtype=np.int64) * MAX_BEHAVIOURS,
+                   np.asarray(targets, dtype=np.int32), np.asarray(users, dtype=np.int32))
+
     def __len__(self) -> int:
         return int(self.targets.shape[0])
+
+    def take(self, idx) -> np.ndarray:
+        """(len(idx), 69) int32 windows of samples ``idx`` (any int array or slice)."""
+        view = np.lib.stride_tricks.sliding_window_view(self.sequence, MAX_BEHAVIOURS)
+        return np.ascontiguousarray(view[self.starts[idx]])
+
+    def subset(self, idx: np.ndarray) -> "TrainingSamples":
+        """The samples ``idx`` (sharing ``sequence``: no window is copied)."""
+        return TrainingSamples(self.sequence, self.starts[idx], self.targets[idx], self.users[idx])
 
 
 @dataclass(frozen=True, eq=False)

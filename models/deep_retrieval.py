@@ -18,18 +18,20 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from indexstore.errors import GroveError, StructureError
-from indexstore.samples import SplitData
+from indexstore.samples import SplitData, TrainingSamples
 from indexstore.structures import PathCodes
 from models.dr_em import estep_scores, mstep, pool_coverage, pool_warning, random_codes
 from models.dr_model import DRNet
+from models.baselines import merge_topk, padded_topk
 from models.dr_search import PathIndex, beam_search, topk_padded
 from models.dr_train import train_epochs
+from models.memory import FLOAT, adam_table
 from models.method import (Built, Method, MethodConfig, Searcher, bytes_to_state, require_artifact,
                            resolve_device, state_to_bytes)
+from models.tree_training import subsample
 
 WEIGHTS = "weights.pt"
 
@@ -42,8 +44,10 @@ class DRConfig(MethodConfig):
     joint epochs then two with the softmax frozen). ``estep_beam`` (S, paths per sample in the
     E-step) and ``estep_pool`` (candidate paths kept per item) are not given by the paper.
     ``max_samples`` > 0 caps the training samples used per train / E-step (seeded subset).
-    ``softmax_samples`` 0 = full softmax over items; > 0 = sampled softmax with that many
-    uniform negatives (for large corpora).
+    ``softmax_samples``: None (default) = a full softmax over the items up to
+    ``FULL_SOFTMAX_MAX_ITEMS`` items (the paper's setting; every benchmark corpus) and a sampled
+    softmax with ``SAMPLED_SOFTMAX_NEGATIVES`` uniform negatives above, where a full softmax
+    would cost O(items) per sample; 0 = always full; > 0 = sampled with that many.
 
     Choosing alpha: the M-step weighs log-scores (differences of order 1) against the marginal
     penalty alpha * ((n+1)^4 - n^4) / 4 ~ alpha * n^3 of joining a path of n items, so the path
@@ -64,7 +68,7 @@ class DRConfig(MethodConfig):
     joint_epochs: int = 2
     batch_size: int = 256
     lr: float = 1e-3
-    softmax_samples: int = 0
+    softmax_samples: int | None = None
     alpha: float = 3e-5
     estep_beam: int = 20
     estep_pool: int = 20
@@ -76,7 +80,8 @@ class DRConfig(MethodConfig):
         checks = [("arity", self.arity >= 2), ("depth", self.depth >= 1), ("n_paths", self.n_paths >= 1),
                   ("dim", self.dim >= 1), ("hidden", self.hidden >= 1), ("epochs", self.epochs >= 0),
                   ("joint_epochs", self.joint_epochs >= 0), ("batch_size", self.batch_size >= 1),
-                  ("lr", self.lr > 0), ("softmax_samples", self.softmax_samples >= 0),
+                  ("lr", self.lr > 0),
+                  ("softmax_samples", self.softmax_samples is None or self.softmax_samples >= 0),
                   ("alpha", self.alpha >= 0), ("estep_beam", self.estep_beam >= 1),
                   ("estep_pool", self.estep_pool >= self.n_paths), ("mstep_iters", self.mstep_iters >= 1),
                   ("max_samples", self.max_samples >= 0)]
@@ -88,17 +93,30 @@ class DRConfig(MethodConfig):
                              f"{self.arity ** self.depth} paths of the grid")
 
 
+# the full softmax's cost per sample grows with the catalogue: above this many items the default
+# is a sampled softmax (`DRConfig.softmax_samples`)
+FULL_SOFTMAX_MAX_ITEMS = 20_000
+SAMPLED_SOFTMAX_NEGATIVES = 2_048
+
+
+def softmax_samples(config: DRConfig, n_items: int) -> int:
+    """Negatives of the reranker's sampled softmax for a corpus of ``n_items`` (0 = full)."""
+    if config.softmax_samples is not None:
+        return config.softmax_samples
+    return 0 if n_items <= FULL_SOFTMAX_MAX_ITEMS else SAMPLED_SOFTMAX_NEGATIVES
+
+
 def new_net(config: DRConfig, n_items: int) -> DRNet:
-    return DRNet(n_items, config.arity, config.depth, config.dim, config.hidden)
+    return DRNet(n_items, config.arity, config.depth, config.dim, config.hidden,
+                 sparse_softmax=softmax_samples(config, n_items) > 0)
 
 
 def load_net(config: DRConfig, built: Built, device: torch.device) -> tuple[DRNet, int]:
     """The trained net of a version on ``device`` and its epochs_done; StateError if untrained."""
-    state = bytes_to_state(require_artifact(built, WEIGHTS, "dr"), device)
-    net = new_net(config, int(state["n_items"])).to(device)
+    state = bytes_to_state(require_artifact(built, WEIGHTS, "dr"), "cpu")
+    net = new_net(config, int(state["n_items"]))
     net.load_state_dict(state["model"])
-    net.eval()
-    return net, int(state["epochs_done"])
+    return net.to(device).eval(), int(state["epochs_done"])
 
 
 def _check(config: DRConfig, structure, n_items: int | None = None) -> PathCodes:
@@ -113,15 +131,11 @@ def _check(config: DRConfig, structure, n_items: int | None = None) -> PathCodes
     return structure
 
 
-def _samples(config: DRConfig, data: SplitData, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training behaviours (N, 69) and targets (N,), a seeded subset if ``max_samples`` caps them."""
-    beh, tgt = data.train.behaviours, data.train.targets
-    if len(tgt) == 0:
+def _samples(config: DRConfig, data: SplitData, seed: int) -> TrainingSamples:
+    """The training samples, a seeded subset if ``max_samples`` caps them."""
+    if len(data.train) == 0:
         raise GroveError(f"split {data.dataset}/{data.split} has no training samples")
-    if config.max_samples and len(tgt) > config.max_samples:
-        keep = np.sort(np.random.default_rng(seed).choice(len(tgt), config.max_samples, replace=False))
-        beh, tgt = beh[keep], tgt[keep]
-    return beh, tgt
+    return data.train.subset(subsample(len(data.train), config.max_samples or None, seed))
 
 
 class DRMethod(Method):
@@ -129,6 +143,22 @@ class DRMethod(Method):
     kind = "codes"
     config_cls = DRConfig
     relearns = True
+    size_fields = ("arity", "depth", "n_paths", "dim", "hidden", "batch_size", "softmax_samples")
+
+    def memory_bytes(self, config: DRConfig, n_items: int, verb: str) -> int:
+        """Two (n_items, dim) tables (encoder, reranker) with Adam and the saved copies, the
+        codes, the full softmax's (batch, n_items) logits when it is used, the E-step's
+        candidate pools."""
+        codes = n_items * config.n_paths * (config.depth * 8 + 8) * 2
+        if verb == "construct":
+            return codes
+        tables = 2 * (n_items + 1) * config.dim * FLOAT
+        if verb == "search":
+            return tables + codes
+        if verb == "relearn":
+            return tables + codes + n_items * config.estep_pool * 8 * 6
+        logits = 3 * config.batch_size * n_items * FLOAT if softmax_samples(config, n_items) == 0 else 0
+        return adam_table(2 * (n_items + 1), config.dim) + codes + logits
 
     def construct(self, config: DRConfig, data: SplitData, seed: int) -> Built:
         return Built(random_codes(data.n_items, config.n_paths, config.arity, config.depth, seed))
@@ -141,10 +171,10 @@ class DRMethod(Method):
             net, done = load_net(config, built, device)
         else:
             net, done = new_net(config, data.n_items).to(device), 0
-        beh, tgt = _samples(config, data, seed)
-        train_epochs(net, codes, beh, tgt, epochs=config.epochs, joint_epochs=config.joint_epochs,
-                     epochs_done=done, batch_size=config.batch_size, lr=config.lr,
-                     softmax_samples=config.softmax_samples, seed=seed, device=device)
+        train_epochs(net, codes, _samples(config, data, seed), epochs=config.epochs,
+                     joint_epochs=config.joint_epochs, epochs_done=done, batch_size=config.batch_size,
+                     lr=config.lr, softmax_samples=softmax_samples(config, data.n_items), seed=seed,
+                     device=device)
         state = {"model": {k: v.cpu() for k, v in net.state_dict().items()},
                  "epochs_done": done + config.epochs, "n_items": data.n_items}
         return Built(codes, {**built.artifacts, WEIGHTS: state_to_bytes(state)})
@@ -153,9 +183,8 @@ class DRMethod(Method):
         codes = _check(config, built.structure, data.n_items)
         device = resolve_device(config.device)
         net, _ = load_net(config, built, device)
-        beh, tgt = _samples(config, data, seed)
-        cands = estep_scores(net, beh, tgt, data.n_items, config.estep_beam, config.estep_pool,
-                             max(config.batch_size, 512), device)
+        cands = estep_scores(net, _samples(config, data, seed), data.n_items, config.estep_beam,
+                             config.estep_pool, max(config.batch_size, 512), device)
         message = pool_warning(pool_coverage(cands, config.n_paths), data.n_items)
         if message:
             warnings.warn(message, stacklevel=2)
@@ -209,9 +238,14 @@ class DRSearcher(Searcher):
         if k < 1:
             raise GroveError(f"k must be >= 1, got {k}")
         u = self._encode(histories)
-        logits = self.net.softmax.logits(u)  # (B, n_items)
-        items = torch.arange(self.n_items, device=self.device).expand(u.shape[0], -1)
-        return topk_padded(logits, items, k)
+        q = self.net.softmax.query(u)  # (B, dim)
+        emb, bias = self.net.softmax.item_emb.weight, self.net.softmax.bias
+        chunk = max(1024, self.RERANK_BUDGET // max(u.shape[0], 1))  # (B, chunk) logits at a time
+        best = None
+        for lo in range(0, self.n_items, chunk):  # running top-k over chunks of the catalogue
+            hi = min(lo + chunk, self.n_items)
+            best = merge_topk(best, padded_topk(q @ emb[lo:hi].T + bias[lo:hi], k, offset=lo), k)
+        return best
 
     def last_candidates(self) -> float | None:
         return self._candidates

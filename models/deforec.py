@@ -38,11 +38,13 @@ DISCRIMINATORS = ("last_scorer", "two_tower")
 
 @dataclass(frozen=True)
 class DeFoRecConfig(MethodConfig):
-    """arity K (the paper uses binary trees), m negatives per level (40), gap d (7), training
-    knobs, discriminator, default query beam and the device."""
+    """arity K (the paper uses binary trees), m negatives per level (40) and at most
+    ``negatives_total`` per sample (480; `models.deforec_train.level_negatives`; 0 = no cap),
+    gap d (7), training knobs, discriminator, default query beam and the device."""
 
     arity: int = 2
     negatives: int = 40
+    negatives_total: int = 480
     gap: int = 7
     dim: int = 24
     epochs: int = 1
@@ -57,7 +59,7 @@ class DeFoRecConfig(MethodConfig):
     device: str = "auto"
 
     def __post_init__(self):
-        if self.arity < 2 or self.negatives < 1 or self.gap < 1:
+        if self.arity < 2 or self.negatives < 1 or self.gap < 1 or self.negatives_total < 0:
             raise ValueError(f"need arity >= 2, negatives >= 1, gap >= 1; got {self.arity}, "
                              f"{self.negatives}, {self.gap}")
         if self.discriminator not in DISCRIMINATORS:
@@ -147,6 +149,18 @@ class DeFoRecMethod(Method):
     name = "deforec"
     kind = "forest"
     config_cls = DeFoRecConfig
+    size_fields = ("arity", "dim", "batch_size", "negatives_total")
+
+    def memory_bytes(self, config: DeFoRecConfig, n_items: int, verb: str) -> int:
+        """TDM's estimate with the DeFoRec trainer's negatives; a search loads one scorer per
+        round (the estimate counts the first round's: later rounds are checked as they come)."""
+        from models.tree_methods import TDMConfig, TDMMethod
+
+        tdm = TDMConfig(arity=config.arity, dim=config.dim, batch_size=config.batch_size,
+                        neg_total=config.negatives_total or config.negatives * 64, device=config.device)
+        return TDMMethod().memory_bytes(tdm, n_items, verb if verb != "relearn" else "search") + \
+            (4 * min(n_items, config.tree_samples or n_items) * config.arity ** config.gap * 4
+             if verb == "relearn" else 0)
 
     def construct(self, config: DeFoRecConfig, data: SplitData, seed: int) -> Built:
         tree = category_tree(data.item_category, arity=config.arity, seed=seed)
@@ -172,8 +186,8 @@ class DeFoRecMethod(Method):
             transfer_weights(scorer, old, forest.trees[r - 1], tree, keep_nodes_by_path=True)
         opts = TrainOptions(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                             lr_decay=config.lr_decay, max_samples=config.max_samples or None, seed=seed)
-        train_softmax_scorer(scorer, tree, data.train.behaviours, data.train.targets, config.negatives,
-                             opts, device, config.max_steps)
+        train_softmax_scorer(scorer, tree, data.train, config.negatives, opts, device, config.max_steps,
+                             config.negatives_total)
         state = {k: v.cpu() for k, v in scorer.state_dict().items()}
         return Built(forest, {**built.artifacts, _weights_name(r): state_to_bytes(state)})
 
@@ -182,9 +196,8 @@ class DeFoRecMethod(Method):
         r = len(forest) - 1
         device = resolve_device(config.device)
         scorer = load_scorer(config, forest.trees[r], require_artifact(built, _weights_name(r), self.name), device)
-        new = learn_tree_softmax(scorer, forest.trees[r], data.train.behaviours, data.train.targets,
-                                 gap=config.gap, max_samples=config.tree_samples or None, seed=seed,
-                                 device=device)
+        new = learn_tree_softmax(scorer, forest.trees[r], data.train, gap=config.gap,
+                                 max_samples=config.tree_samples or None, seed=seed, device=device)
         return Built(Forest(forest.trees + (new,)), dict(built.artifacts))
 
     def searcher(self, config: DeFoRecConfig, built: Built, device="cpu") -> Searcher:

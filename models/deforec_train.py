@@ -11,10 +11,15 @@ each of its nodes about once (duplicates would only repeat them; the correction 
 target whose first leaf sits above level l (category trees) has no class at l: that level is
 skipped for it.
 
-Tree learning: JTM's top-down assignment with gap d (`models.jtm`) where an item's weight for a
-candidate node n_j at level l = min(l0 + d, depth) under its current node is
+Negatives per sample: m per level makes a sample's cost grow with the depth (m = 40 on a depth-20
+tree of 10^6 items: 657 columns); ``m_total`` caps their sum by lowering the deep levels' m_l
+evenly (`level_negatives`; DeFoRec's default 480 keeps m = 40 on every level of trees up to
+depth 14, and 28 per deep level at depth 20).
+
+Tree learning: JTM's top-down assignment with gap d (`models.tree_learning`) where an item's
+weight for a candidate node n_j at level l = min(l0 + d, depth) under its current node is
 ``sum over its training pairs of log softmax_j(o_u^j)`` over the c candidates (Eq. 10), then
-`models.jtm.assign_with_capacity` (capacity = leaves under the node; the rebalance order of JTM).
+`models.tree_learning.assign_with_capacity` (capacity = leaves under the node; JTM's rebalance).
 """
 from __future__ import annotations
 
@@ -24,19 +29,35 @@ import time
 import numpy as np
 import torch
 
+from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
-from models.jtm import assign_with_capacity, layout_depth, old_leaf_positions, position_maps
 from models.progress import Progress
+from models.optim import EmbeddingAdam
 from models.tdm import TDMScorer, default_chunk_elements
+from models.tree_learning import PairChunks, layout_depth, learn_top_down, position_maps
 from models.tree_training import LevelSampler, TrainOptions, negatives_per_level, subsample
+from models.windows import DeviceWindows
+
+
+def level_negatives(level_sizes: np.ndarray, m: int, total: int = 0) -> np.ndarray:
+    """Negatives m_l at every level 0..depth (level 0 always 0): ``min(m, c(l) - 1)``, and when
+    those add up to more than ``total`` (> 0), ``min(m, c(l) - 1, t)`` with the largest t that
+    keeps the sum within ``total`` (the deep levels, which all have room for m, give up the same
+    number each; shallow levels with fewer nodes keep theirs).
+    """
+    room = np.minimum(m, np.maximum(np.asarray(level_sizes[1:], dtype=np.int64) - 1, 0))  # (depth,)
+    if total > 0 and int(room.sum()) > total:
+        t = max((c for c in range(int(room.max()), -1, -1) if int(np.minimum(room, c).sum()) <= total), default=0)
+        room = np.minimum(room, max(t, 1))
+    return np.concatenate([[0], room])
 
 
 class SoftmaxLevels:
     """Columns of a `LevelSampler` grouped per level, with the logQ correction per column."""
 
-    def __init__(self, tree: Tree, m: int, device: torch.device):
+    def __init__(self, tree: Tree, m: int, device: torch.device, total: int = 0):
         sizes = tree.level_counts()
-        n_neg = negatives_per_level(sizes, 0, 1, explicit=(m,) * tree.depth)  # (depth+1,)
+        n_neg = level_negatives(sizes, m, total)  # (depth+1,)
         self.sampler = LevelSampler(tree, n_neg, device)
         # correction ln(m_l * q_l) = ln(m_l / (c(l) - 1)) on negative columns, 0 on positives
         corr = [np.concatenate([[0.0], np.full(n_neg[lv], math.log(n_neg[lv] / max(sizes[lv] - 1, 1))
@@ -55,25 +76,23 @@ class SoftmaxLevels:
         return total.mean()
 
 
-def train_softmax_scorer(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, targets: np.ndarray,
-                         m: int, opts: TrainOptions, device: torch.device, max_steps: int = 0) -> dict:
-    """Train ``scorer`` (built for ``tree``) in place with layer-wise sampled softmax.
+def train_softmax_scorer(scorer: TDMScorer, tree: Tree, samples: TrainingSamples, m: int, opts: TrainOptions,
+                         device: torch.device, max_steps: int = 0, m_total: int = 0) -> dict:
+    """Train ``scorer`` (built for ``tree``) in place with layer-wise sampled softmax, ``m``
+    negatives per level and at most ``m_total`` per sample (`level_negatives`).
 
     Returns dict loss (mean of the last epoch), samples_per_s, steps, samples."""
-    keep = subsample(len(targets), opts.max_samples, opts.seed)
-    beh = torch.as_tensor(np.asarray(behaviours)[keep], device=device)
-    tgt = torch.as_tensor(np.asarray(targets)[keep].astype(np.int64), device=device)
-    n = int(tgt.shape[0])
-    if n == 0:
+    if len(samples) == 0:
         raise ValueError("no training samples")
-    levels = SoftmaxLevels(tree, m, device)
+    data = DeviceWindows(samples, device, subsample(len(samples), opts.max_samples, opts.seed))
+    n = len(data)
+    levels = SoftmaxLevels(tree, m, device, m_total)
     gen = torch.Generator(device=device).manual_seed(opts.seed)
     scorer.to(device).train()
-    optim = torch.optim.Adam(scorer.parameters(), lr=opts.lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=opts.lr_decay)
+    optim = EmbeddingAdam(scorer, lr=opts.lr)
     per_epoch = math.ceil(n / opts.batch_size)
     total = per_epoch * opts.epochs if max_steps <= 0 else min(per_epoch * opts.epochs, max_steps)
-    steps, done, loss_sum, start = 0, 0, 0.0, time.perf_counter()
+    steps, done, loss_sum, batches, start = 0, 0, 0.0, 0, time.perf_counter()
     with Progress("deforec training", total=total, unit="batch") as prog:
         while steps < total:
             order = torch.randperm(n, generator=gen, device=device)
@@ -82,37 +101,37 @@ def train_softmax_scorer(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, 
                 if steps >= total:
                     break
                 idx = order[b * opts.batch_size:(b + 1) * opts.batch_size]
-                loss = softmax_step(scorer, optim, levels, beh[idx].long(), tgt[idx], gen)
+                loss = softmax_step(scorer, optim, levels, data.behaviours(idx), data.targets[idx], gen)
                 steps, done, batches = steps + 1, done + idx.numel(), batches + 1
                 loss_sum += float(loss)
                 prog.update(1, postfix=f"loss {loss_sum / batches:.3f}")
-            sched.step()
+            optim.decay(opts.lr_decay)
     scorer.eval()
     elapsed = max(time.perf_counter() - start, 1e-9)
     return {"loss": loss_sum / max(batches, 1), "samples_per_s": done / elapsed, "steps": steps,
             "samples": done}
 
 
-def softmax_step(scorer: TDMScorer, optim, levels: SoftmaxLevels, hist: torch.Tensor, tgt: torch.Tensor,
-                 gen: torch.Generator) -> torch.Tensor:
+def softmax_step(scorer: TDMScorer, optim: EmbeddingAdam, levels: SoftmaxLevels, hist: torch.Tensor,
+                 tgt: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One Adam step on a batch, hist (N, L) and tgt (N,): Eq. 9 over freshly drawn negatives.
     Returns the (detached) loss."""
     nodes, _, mask = levels.sampler.sample(tgt, gen)  # (N, C)
     loss = levels.loss(scorer(hist, nodes), mask)
-    optim.zero_grad(set_to_none=True)
+    optim.zero_grad()
     loss.backward()
     optim.step()
     return loss.detach()
 
 
-def learn_tree_softmax(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, targets: np.ndarray,
-                       gap: int = 7, max_samples: int | None = None, seed: int = 0,
-                       device: torch.device | str = "cpu", max_elements: int | None = None) -> Tree:
+def learn_tree_softmax(scorer: TDMScorer, tree: Tree, samples: TrainingSamples, gap: int = 7,
+                       max_samples: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
+                       max_elements: int | None = None) -> Tree:
     """A new tree from the trained ``scorer`` by the softmax matching score (Eq. 10).
 
     Parameters
     ----------
-    scorer : trained on ``tree``; behaviours (n, L), targets (n,) training pairs.
+    scorer : trained on ``tree``; samples : the training pairs.
     gap : d, levels assigned per step; max_samples : seeded subset of pairs to score.
     max_elements : activation floats per chunk of pairs (None: `models.tdm.default_chunk_elements`).
 
@@ -120,50 +139,29 @@ def learn_tree_softmax(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, ta
     -------
     Tree of arity ``tree.arity`` with all leaves at depth ceil(log_K n_items), one leaf per item.
     """
-    if gap < 1:
-        raise ValueError(f"gap must be >= 1, got {gap}")
     device = torch.device(device)
     if max_elements is None:  # activation floats per chunk of pairs: 2**20 on CPU, large on CUDA
         max_elements = default_chunk_elements(device)
-    k, n = tree.arity, tree.n_items
-    depth = layout_depth(n, k)
-    keep = subsample(len(targets), max_samples, seed)
-    hist = torch.as_tensor(np.asarray(behaviours)[keep], device=device)
-    tgt = torch.as_tensor(np.asarray(targets)[keep].astype(np.int64), device=device)
-    counts = torch.bincount(tgt, minlength=n).to(torch.float32)
-    maps = [torch.as_tensor(mp, device=device) for mp in position_maps(tree, depth)]
-    old_leaf = torch.as_tensor(old_leaf_positions(tree, depth), device=device)
-    cur = torch.zeros(n, dtype=torch.int64, device=device)  # position of every item at level l0
+    pairs = PairChunks(samples, max_samples, seed, device)
+    maps = [torch.as_tensor(mp, device=device) for mp in position_maps(tree, layout_depth(tree.n_items, tree.arity))]
     scorer = scorer.to(device).eval()
-    l0 = 0
-    with Progress("deforec tree learning", total=depth, unit="level") as prog:
-        while l0 < depth:
-            lv = min(l0 + gap, depth)
-            g = lv - l0
-            weights = _softmax_weights(scorer, maps[lv], k ** g, cur, hist, tgt, max_elements)
-            old_child = old_leaf // k ** (depth - lv) - cur * k ** g
-            old_child = torch.where((old_child >= 0) & (old_child < k ** g), old_child, -1)
-            child = assign_with_capacity(weights, counts, cur, old_child, capacity=k ** (depth - lv))
-            cur = cur * k ** g + child
-            prog.update(g)
-            l0 = lv
-    digits = k ** torch.arange(depth - 1, -1, -1, device=device)
-    paths = (cur.unsqueeze(1) // digits) % k  # (n, depth)
-    return Tree.from_paths(paths.cpu().numpy(), np.arange(n), n, k)
+
+    def weights(l0: int, g: int, cur: torch.Tensor, prog: Progress) -> torch.Tensor:
+        return _softmax_weights(scorer, maps[l0 + g], tree.arity ** g, cur, pairs, max_elements, prog)
+
+    return learn_top_down(tree, pairs, gap, weights, "deforec tree learning")
 
 
-def _softmax_weights(scorer, level_map: torch.Tensor, width: int, cur: torch.Tensor,
-                     hist: torch.Tensor, tgt: torch.Tensor, max_elements: int) -> torch.Tensor:
-    """(n_items, width): sum over each item's pairs of log softmax over the ``width`` candidate
+def _softmax_weights(scorer: TDMScorer, level_map: torch.Tensor, width: int, cur: torch.Tensor,
+                     pairs: PairChunks, max_elements: int, prog: Progress) -> torch.Tensor:
+    """(m, width): sum over each item's pairs of log softmax over the ``width`` candidate
     positions under the item's current node (positions -> old-tree nodes by ``level_map``)."""
-    n = cur.shape[0]
-    out = torch.zeros(n, width, device=cur.device)
+    out = torch.zeros(pairs.items.shape[0], width, device=cur.device)
     offs = torch.arange(width, device=cur.device)
-    per_pair = width * hist.shape[1] * max(scorer.act_in.out_features, scorer.dim)
-    chunk = max(1, max_elements // per_pair)
+    per_column = max(scorer.act_in.out_features, scorer.dim)
     with torch.inference_mode():
-        for s in range(0, tgt.shape[0], chunk):
-            t, h = tgt[s:s + chunk], hist[s:s + chunk].long()
-            nodes = level_map[cur[t].unsqueeze(1) * width + offs]  # (U, width) old-tree nodes
-            out.index_add_(0, t, torch.log_softmax(scorer(h, nodes), dim=1))
+        for sl, hist in pairs.chunks(per_column, width, max_elements):
+            nodes = level_map[cur[pairs.targets[sl]].unsqueeze(1) * width + offs]  # (b, width) old-tree nodes
+            out.index_add_(0, pairs.row[sl], torch.log_softmax(scorer(hist, nodes), dim=1))
+            prog.update(hist.shape[0])
     return out

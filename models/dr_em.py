@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from indexstore.errors import GroveError
+from indexstore.samples import TrainingSamples
 from indexstore.structures import PathCodes
 from models.dr_model import DRNet
 from models.dr_search import beam_search, path_ids_of
@@ -59,13 +60,13 @@ def _merge(keys: list[np.ndarray], vals: list[np.ndarray]) -> tuple[np.ndarray, 
 
 
 @torch.no_grad()
-def estep_scores(net: DRNet, behaviours: np.ndarray, targets: np.ndarray, n_items: int,
-                 beam: int, pool: int, batch_size: int, device: torch.device) -> CandidateScores:
+def estep_scores(net: DRNet, samples: TrainingSamples, n_items: int, beam: int, pool: int,
+                 batch_size: int, device: torch.device) -> CandidateScores:
     """Accumulate s[v, c] over training samples with a width-``beam`` search per sample.
 
     Parameters
     ----------
-    behaviours : (N, 69) int histories; targets : (N,) int items y_i.
+    samples : the training windows (histories) and targets y_i.
     beam : S, paths per sample; pool : candidate paths kept per item (best first).
 
     Returns
@@ -78,14 +79,14 @@ def estep_scores(net: DRNet, behaviours: np.ndarray, targets: np.ndarray, n_item
         raise GroveError(f"n_items * K^D = {n_items} * {n_space} is too large for 64-bit path keys")
     net.eval()
     keys, vals, pending = [], [], 0
-    n = int(targets.shape[0])
+    n = len(samples)
     with Progress("dr e-step", total=n, unit="sample") as prog:
         for lo in range(0, n, batch_size):
-            hist = torch.tensor(behaviours[lo:lo + batch_size], dtype=torch.long, device=device)
+            hist = torch.tensor(samples.take(slice(lo, lo + batch_size)), dtype=torch.long, device=device)
             paths, logp = beam_search(st, net.encode(hist), beam)  # (b, S, D), (b, S)
             ok = torch.isfinite(logp)
             pid = path_ids_of(paths, st.arity)  # (b, S)
-            tgt = torch.tensor(targets[lo:lo + batch_size], dtype=torch.long, device=device)
+            tgt = torch.tensor(samples.targets[lo:lo + batch_size], dtype=torch.long, device=device)
             key = tgt[:, None] * n_space + pid
             keys.append(key[ok].cpu().numpy())
             vals.append(logp[ok].exp().double().cpu().numpy())

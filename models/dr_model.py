@@ -31,7 +31,8 @@ class GRUEncoder(nn.Module):
     def __init__(self, n_items: int, dim: int):
         super().__init__()
         self.n_items = n_items
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        # sparse gradients: a step updates the rows it read (`models.optim`)
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items, sparse=True)
         self.gru = nn.GRU(dim, dim, batch_first=True)
 
     def forward(self, histories: torch.Tensor) -> torch.Tensor:
@@ -108,12 +109,16 @@ class StructureModel(nn.Module):
 
 
 class SoftmaxHead(nn.Module):
-    """Item logits from the shared user embedding: (W u) · E_v + b_v."""
+    """Item logits from the shared user embedding: (W u) · E_v + b_v.
 
-    def __init__(self, n_items: int, dim: int):
+    ``sparse``: the item table gives sparse gradients (for the sampled softmax, which looks up
+    a few rows per step; the full softmax reads the whole table and needs a dense one). The
+    bias stays a dense (n_items,) parameter."""
+
+    def __init__(self, n_items: int, dim: int, sparse: bool = False):
         super().__init__()
         self.proj = nn.Linear(dim, dim)
-        self.item_emb = nn.Embedding(n_items, dim)
+        self.item_emb = nn.Embedding(n_items, dim, sparse=sparse)
         self.bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
 
@@ -151,12 +156,13 @@ class SoftmaxHead(nn.Module):
 class DRNet(nn.Module):
     """Encoder + structure model + softmax head (shared user embedding, §3.3)."""
 
-    def __init__(self, n_items: int, arity: int, depth: int, dim: int, hidden: int):
+    def __init__(self, n_items: int, arity: int, depth: int, dim: int, hidden: int,
+                 sparse_softmax: bool = False):
         super().__init__()
         self.n_items = n_items
         self.encoder = GRUEncoder(n_items, dim)
         self.structure = StructureModel(arity, depth, dim, hidden)
-        self.softmax = SoftmaxHead(n_items, dim)
+        self.softmax = SoftmaxHead(n_items, dim, sparse=sparse_softmax)
 
     def encode(self, histories: torch.Tensor) -> torch.Tensor:
         return self.encoder(histories)

@@ -13,23 +13,24 @@ reranker would score a user embedding it was never trained on.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from indexstore.samples import TrainingSamples
 from indexstore.structures import PathCodes
 from models.dr_model import DRNet
+from models.optim import EmbeddingAdam
 from models.progress import Progress
+from models.windows import DeviceWindows
 
 
-def train_epochs(net: DRNet, codes: PathCodes, behaviours: np.ndarray, targets: np.ndarray, *,
-                 epochs: int, joint_epochs: int, epochs_done: int, batch_size: int, lr: float,
+def train_epochs(net: DRNet, codes: PathCodes, samples: TrainingSamples, *, epochs: int, joint_epochs: int, epochs_done: int, batch_size: int, lr: float,
                  softmax_samples: int, seed: int, device: torch.device) -> list[dict[str, float]]:
     """Train ``net`` in place for ``epochs`` epochs over the samples.
 
     Parameters
     ----------
-    codes : current assignment (n_items, J, D); behaviours : (N, 69) int, nearest first;
-    targets : (N,) int; epochs_done : epochs the weights already had (for the freeze schedule).
+    codes : current assignment (n_items, J, D); samples : the training windows and targets;
+    epochs_done : epochs the weights already had (for the freeze schedule).
 
     Returns
     -------
@@ -38,10 +39,9 @@ def train_epochs(net: DRNet, codes: PathCodes, behaviours: np.ndarray, targets: 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     dev_gen = torch.Generator(device=device).manual_seed(seed) if softmax_samples > 0 else None
     item_codes = torch.tensor(codes.codes, dtype=torch.long, device=device)  # (V, J, D)
-    hist = torch.tensor(behaviours, dtype=torch.long, device=device)  # (N, 69)
-    tgt = torch.tensor(targets, dtype=torch.long, device=device)  # (N,)
-    opt = torch.optim.Adam([p for p in net.parameters()], lr=lr)
-    n = int(tgt.shape[0])
+    data = DeviceWindows(samples, device)
+    opt = EmbeddingAdam(net, lr=lr)
+    n = len(data)
     history = []
     net.train()
     with Progress("dr training", total=epochs * ((n + batch_size - 1) // batch_size), unit="batch") as prog:
@@ -52,11 +52,11 @@ def train_epochs(net: DRNet, codes: PathCodes, behaviours: np.ndarray, targets: 
             sums = torch.zeros(2, device=device)  # summed on device: no sync per step
             for lo in range(0, n, batch_size):
                 idx = order[lo:lo + batch_size]
-                u = net.encode(hist[idx])  # (b, dim)
-                y = tgt[idx]
+                u = net.encode(data.behaviours(idx))  # (b, dim)
+                y = data.targets[idx]
                 l_str = net.structure.multipath_loss(u, item_codes[y])
                 l_sm = net.softmax.loss(u, y, softmax_samples, dev_gen)
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 (l_str + l_sm).backward()
                 opt.step()
                 sums += torch.stack([l_str.detach(), l_sm.detach()]) * idx.shape[0]

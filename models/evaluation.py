@@ -133,19 +133,25 @@ def _fix_width(items: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([items, pad], axis=1)
 
 
-def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int | None,
-                 filter_seen: bool = False, batch_size: int = 256,
-                 device: str | torch.device | None = None) -> tuple[np.ndarray, float, float | None]:
-    """Run the searcher over every held-out user in batches.
+def search_lists(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int | None,
+                 filtered: bool = True, batch_size: int = 256, device: str | torch.device | None = None,
+                 desc: str | None = None) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:
+    """Run the searcher over every held-out user in batches, one search per batch.
+
+    With ``filtered`` each batch asks for ``k + max |S(u)|`` items (capped at n_items), so the
+    same ranked list gives both the list as found (its first k) and the list with each user's
+    seen items removed (see the module docstring).
 
     Parameters
     ----------
     beam : int, or None for the searcher's exhaustive mode.
     device : where the histories go; default the searcher's device.
+    desc : the progress line's label (default: "evaluate beam B" / "evaluate exhaustive").
 
     Returns
     -------
-    items : (U, k) int64 ranked lists (seen items removed when ``filter_seen``), -1 padded.
+    kept : (U, k) int64 ranked lists as found, -1 padded.
+    filtered : (U, k) int64 with seen items removed, or None when not ``filtered``.
     seconds : time spent inside the searcher.
     mean_candidates : user-weighted mean of ``searcher.last_candidates()``, or None.
     """
@@ -154,13 +160,15 @@ def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int |
     histories = torch.as_tensor(np.asarray(held_out.histories), dtype=torch.int64)  # (U, 69)
     seen_offsets = np.asarray(held_out.seen_offsets, dtype=np.int64)
     seen_counts = np.diff(seen_offsets)
-    out = np.full((n_users, k), -1, dtype=np.int64)
+    kept = np.full((n_users, k), -1, dtype=np.int64)
+    out = np.full((n_users, k), -1, dtype=np.int64) if filtered else None
     seconds, cand_sum, cand_users = 0.0, 0.0, 0
-    with Progress("evaluate", total=n_users, unit="user") as progress:
+    label = desc or ("evaluate exhaustive" if beam is None else f"evaluate beam {beam}")
+    with Progress(label, total=n_users, unit="user") as progress:
         for lo in range(0, n_users, batch_size):
             hi = min(lo + batch_size, n_users)
             want = k
-            if filter_seen:
+            if filtered:
                 want = int(min(k + seen_counts[lo:hi].max(initial=0), max(searcher.n_items, k)))
             batch = histories[lo:hi].to(dev)
             start = time.perf_counter()
@@ -172,15 +180,38 @@ def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int |
                 torch.cuda.synchronize(found.device)
             seconds += time.perf_counter() - start
             found = found.detach().cpu().numpy().astype(np.int64)  # (b, want)
-            if filter_seen:
+            kept[lo:hi] = _fix_width(found, k)
+            if out is not None:
                 offs = seen_offsets[lo:hi + 1]
-                found = drop_seen(found, offs - offs[0], held_out.seen_items[offs[0]:offs[-1]], k)
-            out[lo:hi] = _fix_width(found, k)
+                out[lo:hi] = drop_seen(found, offs - offs[0], held_out.seen_items[offs[0]:offs[-1]], k)
             cand = searcher.last_candidates()
             if cand is not None:
                 cand_sum, cand_users = cand_sum + cand * (hi - lo), cand_users + (hi - lo)
             progress.update(hi - lo)
-    return out, seconds, (cand_sum / cand_users if cand_users else None)
+    return kept, out, seconds, (cand_sum / cand_users if cand_users else None)
+
+
+def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int | None,
+                 filter_seen: bool = False, batch_size: int = 256,
+                 device: str | torch.device | None = None) -> tuple[np.ndarray, float, float | None]:
+    """(items (U, k), seconds, mean_candidates) of `search_lists`: the lists with seen items
+    removed when ``filter_seen``, else as found (then each batch asks for k items only)."""
+    kept, filtered, seconds, cand = search_lists(searcher, held_out, k, beam, filter_seen, batch_size, device)
+    return (filtered if filter_seen else kept), seconds, cand
+
+
+def metric_rows(items: np.ndarray, held_out: HeldOutUsers, ks, role: str, beam: int | None,
+                filtered: bool) -> tuple[list[MetricValue], dict[int, np.ndarray]]:
+    """The metric rows of ranked lists ``items`` (U, >= max(ks)), and the per-user recall
+    {k: (U,)} (for fidelity on a sample of users)."""
+    rows, recall = [], {}
+    for k in sorted(set(ks)):
+        per_user = per_user_metrics(items, k, held_out.truth_offsets, held_out.truth_items,
+                                    held_out.seen_offsets, held_out.seen_items)
+        rows += [MetricValue(role, name, k, float(per_user[name].mean()), beam, bool(filtered))
+                 for name in METRIC_NAMES]
+        recall[k] = per_user["recall"]
+    return rows, recall
 
 
 def evaluate(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int = 50,
@@ -204,18 +235,27 @@ def evaluate(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int 
     EvalResult with len(ks) * 5 rows.
     """
     ks = _check_args(held_out, ks, 1 if exhaustive else beam, batch_size)
-    kmax = max(ks)
     used_beam = None if exhaustive else int(beam)
-    items, seconds, cand = retrieve_all(searcher, held_out, kmax, used_beam, filter_seen, batch_size, device)
-    rows = []
-    for k in sorted(set(ks)):
-        per_user = per_user_metrics(items, k, held_out.truth_offsets, held_out.truth_items,
-                                    held_out.seen_offsets, held_out.seen_items)
-        rows += [MetricValue(role, name, k, float(per_user[name].mean()), used_beam, bool(filter_seen))
-                 for name in METRIC_NAMES]
+    items, seconds, cand = retrieve_all(searcher, held_out, max(ks), used_beam, filter_seen, batch_size, device)
+    rows, _ = metric_rows(items, held_out, ks, role, used_beam, filter_seen)
     n = len(held_out)
     return EvalResult(tuple(rows), role, n, used_beam, bool(filter_seen), seconds,
                       n / max(seconds, 1e-9), cand)
+
+
+def evaluate_both(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int | None = 50,
+                  batch_size: int = 256, role: str = "test",
+                  device: str | torch.device | None = None) -> tuple[EvalResult, EvalResult, dict[int, np.ndarray]]:
+    """`evaluate` with seen items kept and filtered from ONE search per batch (beam None:
+    exhaustive). Returns (kept, filtered, per-user recall {k: (U,)} of the kept lists).
+    The speed of both results is that of the one search (at k + the most seen items)."""
+    ks = _check_args(held_out, ks, 1 if beam is None else beam, batch_size)
+    kept, filtered, seconds, cand = search_lists(searcher, held_out, max(ks), beam, True, batch_size, device)
+    n, speed = len(held_out), len(held_out) / max(seconds, 1e-9)
+    kept_rows, recall = metric_rows(kept, held_out, ks, role, beam, False)
+    filtered_rows, _ = metric_rows(filtered, held_out, ks, role, beam, True)
+    return (EvalResult(tuple(kept_rows), role, n, beam, False, seconds, speed, cand),
+            EvalResult(tuple(filtered_rows), role, n, beam, True, seconds, speed, cand), recall)
 
 
 def fidelity(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int = 50,

@@ -154,6 +154,14 @@ class ItemCFSearcher(BruteForceSearcher):
 class ItemCFMethod(FlatMethod):
     name: ClassVar[str] = "itemcf"
     config_cls: ClassVar[type[MethodConfig]] = ItemCFConfig
+    size_fields = ("neighbours", "pair_budget", "dense_budget")
+
+    def memory_bytes(self, config: ItemCFConfig, n_items: int, verb: str) -> int:
+        """The (n_items, M) neighbour table and similarities, a block's pairs and dense counts."""
+        table = n_items * config.neighbours * 12
+        if verb != "train":
+            return table if verb == "search" else n_items * 16
+        return table + config.pair_budget * 8 * 4 + config.dense_budget * 8 * 2
 
     def train(self, config: ItemCFConfig, built: Built, data: SplitData, seed: int) -> Built:
         """Build the neighbour table (deterministic; ``seed`` unused). Artifact ``neighbours.pt``."""

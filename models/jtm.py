@@ -15,7 +15,8 @@ n_i's K**(l - l0) descendants at level l by the weight
 under the current model (the scorer and the tree it was trained with). Then the rebalance: a
 child holds at most K**(D - l) items; items whose choice equals their previous assignment are
 kept first, the other items of a full child by descending weight, and the overflow moves to the
-best child that still has room (done in vectorised rounds, see `assign_with_capacity`). The
+best child that still has room (done in vectorised rounds, see
+`models.tree_learning.assign_with_capacity`, which JTM shares with DeFoRec). The
 result is a complete layout pruned of empty subtrees: every item at exactly one leaf, all
 leaves at depth D.
 
@@ -29,17 +30,20 @@ Choices where the paper is silent
   their previous child when it is still under their node, and otherwise yield to items with
   evidence.
 * Tree learning scores at most ``max_samples`` training pairs (seeded subset): the cost is
-  O(samples * K**(d+1)) scorer calls per step.
+  O(samples * K**(d+1)) scorer calls per step, each linear in the history's length; the pairs
+  are scored shortest history first, in chunks cut to their longest one
+  (`models.tree_learning.PairChunks`).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
 from models.progress import Progress
-from models.tdm import TDMScorer, default_chunk_elements, position_keys
-from models.tree_training import subsample
+from models.tdm import TDMScorer, default_chunk_elements
+from models.tree_learning import PairChunks, layout_depth, learn_top_down, position_maps
 
 
 def ancestor_table(tree: Tree) -> np.ndarray:
@@ -71,171 +75,56 @@ class HierarchicalScorer(TDMScorer):
 
 
 # ------------------------------------------------------------------------------ tree learning
-def layout_depth(n_items: int, arity: int) -> int:
-    """Smallest D >= 1 with arity**D >= n_items."""
-    d, cap = 1, arity
-    while cap < n_items:
-        d, cap = d + 1, cap * arity
-    return d
-
-
-def _level_positions(tree: Tree) -> tuple[np.ndarray, np.ndarray]:
-    """(M,) index of every node among the K**level positions of its level in a complete tree."""
-    k, lv = tree.arity, tree.level.astype(np.int64)
-    first = (k ** lv - 1) // (k - 1)           # complete-tree breadth-first key of each level's first node
-    return position_keys(tree) - first, lv
-
-
-def position_maps(tree: Tree, depth: int) -> list[np.ndarray]:
-    """For levels j = 0..depth, (K**j,) node of ``tree`` standing for every position: the node
-    at that position, or its deepest existing ancestor."""
-    k = tree.arity
-    pos, lv = _level_positions(tree)
-    maps = [np.zeros(1, dtype=np.int64)]
-    for j in range(1, depth + 1):
-        m = maps[-1][np.arange(k ** j) // k]
-        here = np.flatnonzero(lv == j)
-        m[pos[here]] = here
-        maps.append(m)
-    return maps
-
-
-def old_leaf_positions(tree: Tree, depth: int) -> np.ndarray:
-    """(n_items,) position at level ``depth`` of every item's first leaf (a shallower leaf goes
-    to its first descendant position; a deeper one to its ancestor position)."""
-    k = tree.arity
-    pos, lv = _level_positions(tree)
-    leaf = tree.item_leaf
-    p, l = pos[leaf], lv[leaf]
-    return np.where(l <= depth, p * k ** np.maximum(depth - l, 0), p // k ** np.maximum(l - depth, 0))
-
-
-def learn_tree(scorer: TDMScorer, tree: Tree, behaviours: np.ndarray, targets: np.ndarray,
-               gap: int = 7, max_samples: int | None = None, seed: int = 0,
-               device: torch.device | str = "cpu", max_elements: int | None = None) -> Tree:
+def learn_tree(scorer: TDMScorer, tree: Tree, samples: TrainingSamples, gap: int = 7,
+               max_samples: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
+               max_elements: int | None = None) -> Tree:
     """JTM Algorithm 2: a new tree over ``tree.n_items`` items from the trained ``scorer``.
 
     Parameters
     ----------
-    scorer : the model trained on ``tree`` (any `TDMScorer`; JTM uses `HierarchicalScorer`).
-    behaviours, targets : (n, L) and (n,) training pairs.
+    scorer : the model trained on ``tree``; any `TDMScorer`, JTM uses `HierarchicalScorer`.
+    samples : the training pairs; at most ``max_samples`` of them are scored (seeded subset).
     gap : d, levels assigned per step.
-    max_samples : score at most this many pairs (seeded random subset).
     max_elements : activation floats per chunk of pairs (None: `models.tdm.default_chunk_elements`).
 
     Returns
     -------
     Tree with arity ``tree.arity``, all leaves at depth ceil(log_K n_items), one leaf per item.
     """
-    if gap < 1:
-        raise ValueError(f"gap must be >= 1, got {gap}")
     device = torch.device(device)
     if max_elements is None:  # activation floats per chunk of pairs: 2**20 on CPU, large on CUDA
         max_elements = default_chunk_elements(device)
-    k, n = tree.arity, tree.n_items
-    depth = layout_depth(n, k)
-    keep = subsample(len(targets), max_samples, seed)
-    hist = torch.as_tensor(np.asarray(behaviours)[keep], device=device)
-    tgt = torch.as_tensor(np.asarray(targets)[keep].astype(np.int64), device=device)
-    counts = torch.bincount(tgt, minlength=n).to(torch.float32)
-    maps = [torch.as_tensor(m, device=device) for m in position_maps(tree, depth)]
-    old_leaf = torch.as_tensor(old_leaf_positions(tree, depth), device=device)
-    cur = torch.zeros(n, dtype=torch.int64, device=device)        # position at level l0
+    pairs = PairChunks(samples, max_samples, seed, device)
+    maps = [torch.as_tensor(m, device=device) for m in position_maps(tree, layout_depth(tree.n_items, tree.arity))]
     scorer = scorer.to(device).eval()
-    l0 = 0
-    with Progress("jtm tree learning", total=depth, unit="level") as prog:
-        while l0 < depth:
-            l = min(l0 + gap, depth)
-            g = l - l0
-            weights = _step_weights(scorer, maps, l0, g, k, cur, hist, tgt, max_elements)  # (n, K**g)
-            old_child = old_leaf // k ** (depth - l) - cur * k ** g
-            old_child = torch.where((old_child >= 0) & (old_child < k ** g), old_child, -1)
-            child = assign_with_capacity(weights, counts, cur, old_child, capacity=k ** (depth - l))
-            cur = cur * k ** g + child
-            prog.update(g)
-            l0 = l
-    digits = k ** torch.arange(depth - 1, -1, -1, device=device)
-    paths = (cur.unsqueeze(1) // digits) % k                       # (n, D) K-way codes
-    return Tree.from_paths(paths.cpu().numpy(), np.arange(n), n, k)
+
+    def weights(l0: int, g: int, cur: torch.Tensor, prog: Progress) -> torch.Tensor:
+        return _step_weights(scorer, maps, l0, g, tree.arity, cur, pairs, max_elements, prog)
+
+    return learn_top_down(tree, pairs, gap, weights, "jtm tree learning")
 
 
-def _step_weights(scorer, maps, l0: int, g: int, k: int, cur: torch.Tensor, hist: torch.Tensor,
-                  tgt: torch.Tensor, max_elements: int) -> torch.Tensor:
-    """(n_items, K**g) summed log-likelihood of every item's pairs for every child position.
+def _step_weights(scorer: TDMScorer, maps: list[torch.Tensor], l0: int, g: int, k: int, cur: torch.Tensor,
+                  pairs: PairChunks, max_elements: int, prog: Progress) -> torch.Tensor:
+    """(m, K**g) summed log-likelihood of the items with pairs for every child position.
 
-    For each pair, all nodes of levels l0+1..l0+g under its target's current node are scored in
-    one call: C = K + K**2 + ... + K**g columns."""
-    n, width = cur.shape[0], k ** g
-    device = cur.device
-    offsets = [torch.arange(k ** j, device=device) for j in range(1, g + 1)]
-    # for a child r at level l0+g, its ancestor at level l0+j is column r // K**(g-j) of level j
-    gather = torch.cat([offsets[-1] // k ** (g - j) + sum(k ** i for i in range(1, j))
-                        for j in range(1, g + 1)]).view(g, width)  # (g, width) column indices
-    out = torch.zeros(n, width, device=device)
+    For a pair, the nodes of each level l0+j (j = 1..g) under its target's current position are
+    scored in one call per level (all of one level: the scorer maps the behaviours to that level
+    once per user); a child r at level l0+g sums the log-likelihoods of its ancestors, column
+    r // K**(g-j) of level j."""
+    width = k ** g
+    offsets = [torch.arange(k ** j, device=cur.device) for j in range(1, g + 1)]
+    out = torch.zeros(pairs.items.shape[0], width, device=cur.device)
     cols = sum(k ** j for j in range(1, g + 1))
-    per_pair = hist.shape[1] * max(getattr(getattr(scorer, "act_in", None), "out_features", 1), getattr(scorer, "dim", 1))
-    chunk = max(1, max_elements // (cols * per_pair))
+    per_column = max(scorer.act_in.out_features, scorer.dim)
     with torch.inference_mode():
-        for s in range(0, tgt.shape[0], chunk):
-            t, h = tgt[s:s + chunk], hist[s:s + chunk].long()
-            base = cur[t]                                           # (U,) position at level l0
-            nodes = torch.cat([maps[l0 + j][base.unsqueeze(1) * k ** j + offsets[j - 1]]
-                               for j in range(1, g + 1)], dim=1)    # (U, cols) old-tree nodes
-            logp = torch.nn.functional.logsigmoid(scorer(h, nodes))  # (U, cols)
-            out.index_add_(0, t, logp[:, gather].sum(dim=1))        # (U, width) summed over levels
+        for sl, hist in pairs.chunks(per_column, cols, max_elements):
+            base = cur[pairs.targets[sl]].unsqueeze(1)                 # (b, 1) position at level l0
+            total = torch.zeros(hist.shape[0], width, device=cur.device)
+            for j in range(1, g + 1):
+                nodes = maps[l0 + j][base * k ** j + offsets[j - 1]]   # (b, K**j) old-tree nodes
+                logp = torch.nn.functional.logsigmoid(scorer(hist, nodes))
+                total += logp.repeat_interleave(k ** (g - j), dim=1)   # (b, K**g)
+            out.index_add_(0, pairs.row[sl], total)
+            prog.update(hist.shape[0])
     return out
-
-
-def assign_with_capacity(weights: torch.Tensor, counts: torch.Tensor, parent: torch.Tensor,
-                         old_child: torch.Tensor, capacity: int) -> torch.Tensor:
-    """Greedy choice of a child per item under a capacity per child, with JTM's rebalance.
-
-    Parameters
-    ----------
-    weights : (n, W) summed log-likelihood of each item for each of its parent's W children.
-    counts : (n,) training pairs per item (0: no evidence).
-    parent : (n,) each item's current node (children of p are p*W .. p*W+W-1).
-    old_child : (n,) child of the previous assignment, -1 if it is not under ``parent``.
-    capacity : items a child may hold.
-
-    Returns
-    -------
-    (n,) long child in [0, W) of every item.
-
-    Rounds: every unplaced item proposes to its best child that still has room; a child takes
-    proposals up to its room, items proposing their previous child first, then by descending
-    mean log-likelihood; the rest propose again next round. A child that rejects is full, so a
-    parent needs at most W + 1 rounds; all parents advance in the same vectorised round.
-    """
-    n, width = weights.shape
-    device = weights.device
-    has = counts > 0
-    is_old = torch.zeros_like(weights, dtype=torch.bool)
-    is_old[old_child >= 0, old_child[old_child >= 0]] = True
-    # items without pairs prefer their previous child, else the first child with room
-    pref = torch.where(has.unsqueeze(1), weights, is_old.to(weights.dtype))
-    mean = torch.where(has.unsqueeze(1), weights / counts.clamp(min=1).unsqueeze(1),
-                       torch.full_like(weights, -torch.inf))
-    room = torch.full(((int(parent.max()) + 1) * width,), capacity, dtype=torch.int64, device=device)
-    child = torch.full((n,), -1, dtype=torch.int64, device=device)
-    cols = torch.arange(width, device=device)
-    for _ in range(width + 2):
-        todo = torch.nonzero(child < 0).squeeze(1)
-        if todo.numel() == 0:
-            return child
-        gid_all = parent[todo].unsqueeze(1) * width + cols            # (m, W)
-        cand = pref[todo].masked_fill(room[gid_all] <= 0, -torch.inf)
-        best = cand.argmax(dim=1)                                     # (m,)
-        gid = gid_all[torch.arange(todo.numel(), device=device), best]
-        keep = is_old[todo, best]
-        rank = mean[todo, best]
-        # order by (gid asc, keep first, rank desc) with stable sorts, last key first
-        order = torch.argsort(rank, descending=True, stable=True)
-        order = order[torch.argsort(keep[order].to(torch.int8), descending=True, stable=True)]
-        order = order[torch.argsort(gid[order], stable=True)]
-        g_sorted = gid[order]
-        within = torch.arange(order.numel(), device=device) - torch.searchsorted(g_sorted, g_sorted)
-        accept = order[within < room[g_sorted]]
-        child[todo[accept]] = best[accept]
-        room -= torch.bincount(gid[accept], minlength=room.numel())
-    raise RuntimeError("capacity rebalance did not converge: a node holds more items than its capacity")

@@ -90,11 +90,21 @@ class Searcher(ABC):
         return None
 
 
+VERBS = ("construct", "train", "relearn", "search")
+
+
 class Method(ABC):
     name: ClassVar[str]
     kind: ClassVar[str]  # 'tree' | 'forest' | 'codes'
     config_cls: ClassVar[type[MethodConfig]]
     relearns: ClassVar[bool] = True  # whether `relearn` changes the structure
+    # the config fields that set the memory a verb needs (named when a size is refused)
+    size_fields: ClassVar[tuple[str, ...]] = ()
+
+    def memory_bytes(self, config: MethodConfig, n_items: int, verb: str) -> int:
+        """Estimated peak bytes of ``verb`` (one of VERBS) on ``n_items`` items, from the config
+        alone (`models.memory`); 0 when the method makes no estimate."""
+        return 0
 
     @abstractmethod
     def construct(self, config: MethodConfig, data: SplitData, seed: int) -> Built: ...
@@ -107,6 +117,17 @@ class Method(ABC):
 
     @abstractmethod
     def searcher(self, config: MethodConfig, built: Built, device: str | torch.device = "cpu") -> Searcher: ...
+
+
+def check_memory(method: Method, config: MethodConfig, n_items: int, verbs: tuple[str, ...],
+                 device: str | torch.device) -> None:
+    """Refuse (`TooLargeError`, before allocating) a verb whose estimate exceeds the device's memory."""
+    from models.memory import require
+
+    sizes = ", ".join(f"{f}={getattr(config, f)!r}" for f in method.size_fields if hasattr(config, f))
+    for verb in verbs:
+        require(method.memory_bytes(config, n_items, verb), device,
+                f"{method.name} {verb} of {n_items:,} items" + (f" with {sizes}" if sizes else ""))
 
 
 def state_to_bytes(state: dict[str, Any]) -> bytes:

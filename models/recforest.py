@@ -24,14 +24,17 @@ import numpy as np
 import torch
 
 from indexstore.errors import GroveError
-from indexstore.samples import SplitData
+from indexstore.samples import MAX_BEHAVIOURS, SplitData
 from indexstore.structures import Forest
+from models.memory import FLOAT, adam_table, tree_nodes
 from models.method import (Built, Method, MethodConfig, Searcher, bytes_to_state, require_artifact,
                            resolve_device, state_to_bytes)
+from models.optim import EmbeddingAdam
 from models.progress import Progress
 from models.recforest_model import RecForestNet
 from models.recforest_search import ForestTables, RecForestSearcher
 from models.tree_builders import complete_depth, recforest_tree, tightest_arity
+from models.windows import DeviceWindows
 
 EMBEDDINGS = ("two_tower", "svd")
 # leaves per item above which `construct` warns that the trees are mostly copies (see
@@ -149,11 +152,9 @@ def train_net(config: RecForestConfig, forest: Forest, data: SplitData, seed: in
     torch.manual_seed(seed)
     tables = ForestTables.from_forest(forest, device)
     net = make_net(config, data.n_items, tables.depths).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=config.lr_decay)
-    beh = torch.as_tensor(data.train.behaviours, dtype=torch.long)
-    tgt = torch.as_tensor(data.train.targets, dtype=torch.long)
-    n = len(tgt)
+    opt = EmbeddingAdam(net, lr=config.lr)
+    windows = DeviceWindows(data.train, "cpu")  # batches are gathered on the CPU, then moved
+    n = len(windows)
     if n == 0:
         raise GroveError(f"split {data.dataset}/{data.split} has no training samples")
     gen = torch.Generator().manual_seed(seed)
@@ -170,17 +171,17 @@ def train_net(config: RecForestConfig, forest: Forest, data: SplitData, seed: in
                 if step >= total:
                     break
                 idx = perm[b:b + config.batch_size]
-                h, y = beh[idx].to(device), tgt[idx].to(device)
+                h, y = windows.behaviours(idx).to(device), windows.targets[idx].to(device)
                 codes = [tables.sample_codes(y, t, gen) for t in range(len(forest))]
                 loss = net.loss(h, codes)
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss.backward()
                 opt.step()
                 step += 1
                 seen += len(idx)
                 loss_sum += float(loss.item())
                 prog.update(1, postfix=f"loss {loss.item():.3f}")
-            sched.step()
+            opt.decay(config.lr_decay)
     seconds = time.perf_counter() - start
     stats = {"steps": step, "samples": seen, "seconds": seconds,
              "mean_loss": loss_sum / max(step, 1)}
@@ -192,6 +193,20 @@ class RecForestMethod(Method):
     kind = "forest"
     config_cls = RecForestConfig
     relearns = False
+    size_fields = ("arity", "trees", "hidden", "embedding_dim", "batch_size")
+
+    def memory_bytes(self, config: RecForestConfig, n_items: int, verb: str) -> int:
+        """The encoder's (n_items, hidden) table with Adam and copies, T trees of K**H leaves,
+        the pretraining two-tower's tables when constructing, the decoder's per-batch
+        activations."""
+        leaves = config.arity ** complete_depth(n_items, config.arity)
+        trees = config.trees * tree_nodes(leaves, config.arity) * 8 * 8
+        if verb == "construct":
+            return trees + adam_table(2 * n_items, config.embedding_dim)
+        if verb in ("search", "relearn"):
+            return trees + (n_items + 1) * config.hidden * FLOAT
+        act = config.batch_size * MAX_BEHAVIOURS * config.ff * config.trees * 16 * FLOAT
+        return trees + adam_table(n_items + 1, config.hidden) + act
 
     def construct(self, config: RecForestConfig, data: SplitData, seed: int) -> Built:
         device = resolve_device(config.device)

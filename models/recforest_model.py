@@ -36,7 +36,8 @@ class HistoryEncoder(nn.Module):
     def __init__(self, n_items: int, hidden: int, heads: int, layers: int, ff: int, dropout: float):
         super().__init__()
         self.n_items = n_items
-        self.item = nn.Embedding(n_items + 1, hidden)  # row n_items = padding
+        # row n_items = padding; sparse gradients: a step updates the rows it read (`models.optim`)
+        self.item = nn.Embedding(n_items + 1, hidden, sparse=True)
         self.pos = nn.Embedding(MAX_BEHAVIOURS, hidden)
         layer = nn.TransformerEncoderLayer(hidden, heads, ff, dropout, batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)

@@ -20,7 +20,7 @@ import torch
 
 from indexstore.errors import GroveError
 from indexstore.samples import MAX_BEHAVIOURS, pad_histories
-from models.method import Built, Searcher, config_from_dict, resolve_device
+from models.method import Built, Searcher, check_memory, config_from_dict, resolve_device
 from models.registry import get_method
 
 MAX_BATCH = 4096
@@ -56,6 +56,7 @@ class Retriever:
         item_raw = store.item_raw_ids(info.dataset)
         method = get_method(info.method)
         config = config_from_dict(method.config_cls, info.config.get("config", {}))
+        check_memory(method, config, structure.n_items, ("search",), resolve_device(device))
         searcher = method.searcher(config, Built(structure, artifacts), resolve_device(device))
         return cls(info, searcher, item_raw, time.perf_counter() - start)
 

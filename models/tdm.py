@@ -104,7 +104,8 @@ class TDMScorer(nn.Module):
         node_row, n_internal = node_rows_for(tree)
         self.n_items, self.n_internal, self.dim = tree.n_items, n_internal, dim
         self.pad_row = tree.n_items + n_internal
-        self.emb = nn.Embedding(self.pad_row + 1, dim, padding_idx=self.pad_row)
+        # sparse gradients: a step updates only the rows its batch looked up (`models.optim`)
+        self.emb = nn.Embedding(self.pad_row + 1, dim, padding_idx=self.pad_row, sparse=True)
         nn.init.normal_(self.emb.weight, std=0.1)
         with torch.no_grad():
             self.emb.weight[self.pad_row].zero_()

@@ -26,8 +26,12 @@ Choices where the papers are silent
   something new). JTM's tree learning keeps positions, so internal nodes are also carried over
   by their K-way path code (`models.tdm.transfer_weights`). A cold start is ``warm_start=False``.
 * Negatives: level l gets ``ceil(neg_base * neg_growth ** (l - 1))`` (TDM §5.2 draws more near
-  the leaves). With the defaults a depth-11 binary tree draws ~110 negatives per sample, the
-  order of the papers' 100-200.
+  the leaves) while those add up to at most ``neg_total`` (200) per sample; a deeper tree shares
+  the 200 out in the same proportions instead (`models.tree_training.negatives_per_level`), so a
+  sample costs the same at 10^4 and 10^7 items. With the defaults a depth-11 binary tree draws
+  117 negatives per sample, depth 12 153, and from depth 13 on 200 (at depth 20: 43 on the
+  leaves, 1 on each of the top three levels); the papers use 100-200 in total (TDM §5.2,
+  JTM supplement: 100 on Amazon Books, 200 on UserBehavior).
 * JTM uses the same batch-normalised MLP as TDM (the supplement describes the same network).
 """
 from __future__ import annotations
@@ -37,14 +41,15 @@ from dataclasses import dataclass
 import torch
 
 from indexstore.errors import GroveError
-from indexstore.samples import SplitData
+from indexstore.samples import MAX_BEHAVIOURS, SplitData
 from indexstore.structures import Tree
 from models.beam_search import beam_search, exhaustive
 from models.jtm import HierarchicalScorer, learn_tree
 from models.method import (Built, Method, MethodConfig, Searcher, bytes_to_state, require_artifact,
                            resolve_device, state_to_bytes)
-from models.tdm import TDMScorer, transfer_weights
-from models.tree_builders import category_tree, kmeans_tree, tree_tensors
+from models.memory import FLOAT, adam_table, tree_nodes
+from models.tdm import WINDOWS, TDMScorer, transfer_weights
+from models.tree_builders import category_tree, complete_depth, kmeans_tree, tree_tensors
 from models.tree_training import TrainOptions, train_scorer
 
 WEIGHTS = "weights.pt"
@@ -57,7 +62,8 @@ class TreeMethodConfig(MethodConfig):
 
     arity: K children per node. dim: embedding size (24). hidden: MLP widths (128, 64, 24).
     epochs, batch_size, lr, lr_decay: Adam with per-epoch exponential decay (1e-3, 0.9).
-    neg_base, neg_growth, negatives: negatives per level (module doc; explicit counts win).
+    neg_base, neg_growth, neg_total, negatives: negatives per level and their cap per sample
+    (module doc; explicit counts win; neg_total 0 = no cap).
     max_samples: train on a seeded subset of this many windows (0 = all).
     warm_start: start training a relearnt tree from the previous model.
     device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
@@ -72,6 +78,7 @@ class TreeMethodConfig(MethodConfig):
     lr_decay: float = 0.9
     neg_base: float = 2.0
     neg_growth: float = 1.3
+    neg_total: int = 200
     negatives: tuple[int, ...] = ()
     max_samples: int = 0
     warm_start: bool = True
@@ -83,7 +90,7 @@ class TreeMethodConfig(MethodConfig):
         if self.dim < 1 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("dim, batch_size and lr must be positive and epochs >= 0; got "
                              f"dim={self.dim}, epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
-        if self.neg_base <= 0 or self.neg_growth <= 0 or any(n < 0 for n in self.negatives):
+        if self.neg_base <= 0 or self.neg_growth <= 0 or self.neg_total < 0 or any(n < 0 for n in self.negatives):
             raise ValueError("negatives must be positive")
         if self.max_samples < 0:
             raise ValueError(f"max_samples must be >= 0, got {self.max_samples}")
@@ -91,6 +98,7 @@ class TreeMethodConfig(MethodConfig):
     def train_options(self, seed: int) -> TrainOptions:
         return TrainOptions(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_decay=self.lr_decay,
                             neg_base=self.neg_base, neg_growth=self.neg_growth, negatives=tuple(self.negatives),
+                            neg_total=self.neg_total,
                             max_samples=self.max_samples or None, seed=seed)
 
 
@@ -175,6 +183,33 @@ class _TreeMethod(Method):
 
     kind = "tree"
     keep_nodes_by_path: bool = False
+    size_fields = ("arity", "dim", "hidden", "batch_size", "neg_total")
+
+    def memory_bytes(self, config: TreeMethodConfig, n_items: int, verb: str) -> int:
+        """The node table (n_items + internal nodes rows of ``dim`` floats), the tree's arrays,
+        Adam's two moments and the saved copies when training, the (depth, n_items) ancestor
+        tables of the negative sampler, and one batch's activations on the device."""
+        nodes = tree_nodes(n_items, config.arity)
+        depth = complete_depth(n_items, config.arity) + 2  # category trees run a level or two deeper
+        # the tree's per-node arrays and the (internal nodes, K) children table of the search
+        children = (n_items // max(config.arity - 1, 1) + 1) * config.arity * 8
+        table, arrays = (nodes + 1) * config.dim * FLOAT, nodes * 8 * 6 + children
+        if verb == "construct":
+            return arrays
+        if verb == "search":
+            return table + arrays
+        ancestors = depth * n_items * 4 * (2 if self.keep_nodes_by_path else 1)
+        if verb == "relearn":
+            return 2 * table + arrays + ancestors + self.relearn_bytes(config, n_items)
+        columns = min(config.neg_total or 1 << 12, 1 << 12) + depth + sum(config.negatives)
+        act = config.batch_size * columns * MAX_BEHAVIOURS * 36 * FLOAT * 6   # one-piece pass (CUDA)
+        if not str(config.device).startswith("cuda"):
+            act = min(act, 64 * TDMScorer.train_chunk_elements * FLOAT)      # checkpointed chunks (CPU)
+        mlp = sum(config.hidden) * (len(WINDOWS) + 1) * config.dim * FLOAT * 5
+        return adam_table(nodes + 1, config.dim) + arrays + ancestors + act + mlp
+
+    def relearn_bytes(self, config: TreeMethodConfig, n_items: int) -> int:
+        return 0
 
     def make_scorer(self, config: TreeMethodConfig, tree: Tree) -> TDMScorer:
         return TDMScorer(tree, dim=config.dim, hidden=tuple(config.hidden))
@@ -199,8 +234,7 @@ class _TreeMethod(Method):
             saved = bytes_to_state(built.artifacts[WARM_START], "cpu")
             transfer_weights(scorer, saved["state"], _tree_from_state(saved["tree"]), tree,
                              keep_nodes_by_path=self.keep_nodes_by_path)
-        train_scorer(scorer, tree, data.train.behaviours, data.train.targets, config.train_options(seed),
-                     device, desc=f"{self.name} train")
+        train_scorer(scorer, tree, data.train, config.train_options(seed), device, desc=f"{self.name} train")
         return Built(tree, {WEIGHTS: state_to_bytes(_state(scorer))})
 
     def relearn(self, config: TreeMethodConfig, built: Built, data: SplitData, seed: int) -> Built:
@@ -226,6 +260,9 @@ class TDMMethod(_TreeMethod):
     name = "tdm"
     config_cls = TDMConfig
 
+    def relearn_bytes(self, config: TDMConfig, n_items: int) -> int:
+        return 6 * n_items * config.dim * FLOAT  # k-means: the embeddings, distances, centroids
+
     def learn(self, config: TDMConfig, scorer, tree, data, seed, device) -> Tree:
         emb = scorer.item_embeddings().detach()  # (n_items, d): item i's leaf embedding
         return kmeans_tree(emb, arity=config.arity, seed=seed, device=device, iters=config.kmeans_iters)
@@ -241,7 +278,13 @@ class JTMMethod(_TreeMethod):
     def make_scorer(self, config: JTMConfig, tree: Tree) -> TDMScorer:
         return HierarchicalScorer(tree, dim=config.dim, hidden=tuple(config.hidden))
 
+    def relearn_bytes(self, config: JTMConfig, n_items: int) -> int:
+        """The position maps of the complete layout and the (items with pairs, K**gap) weights."""
+        layout = 2 * config.arity ** complete_depth(n_items, config.arity) * 8
+        pairs = min(n_items, config.tree_samples or n_items)
+        return layout + 4 * pairs * config.arity ** config.gap * FLOAT
+
     def learn(self, config: JTMConfig, scorer, tree, data, seed, device) -> Tree:
-        return learn_tree(scorer, tree, data.train.behaviours, data.train.targets, gap=config.gap,
-                          max_samples=config.tree_samples or None, seed=seed, device=device)
+        return learn_tree(scorer, tree, data.train, gap=config.gap, max_samples=config.tree_samples or None,
+                          seed=seed, device=device)
 

@@ -20,26 +20,64 @@ import numpy as np
 import torch
 from torch import nn
 
+from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
+from models.optim import EmbeddingAdam
 from models.progress import Progress
+from models.windows import DeviceWindows
 
 
 def negatives_per_level(level_sizes: np.ndarray, base: float, growth: float,
-                        explicit: tuple[int, ...] = ()) -> np.ndarray:
+                        explicit: tuple[int, ...] = (), total: int = 0) -> np.ndarray:
     """Negatives at every level 0..depth (level 0 always 0).
 
-    ``explicit`` (one count per level 1..depth) wins when given; otherwise level l gets
-    ``ceil(base * growth ** (l - 1))``. Either way a level never gets more than its number of
-    nodes minus one (sampling is with replacement; more would only repeat nodes).
+    ``explicit`` (one count per level 1..depth) wins when given. Otherwise level l gets
+    ``ceil(base * growth ** (l - 1))``; when those add up to more than ``total`` (> 0), the total
+    is shared out instead in the same proportions (`spread_total`): the count per sample, and so
+    the cost of a training step, stays bounded however deep the tree is (TDM §5.2 and JTM count
+    100-200 negatives per sample over all levels, more near the leaves). Either way a level never
+    gets more than its number of nodes minus one (sampling is with replacement; more would only
+    repeat nodes).
     """
     depth = len(level_sizes) - 1
+    room = np.maximum(np.asarray(level_sizes[1:], dtype=np.int64) - 1, 0)  # (depth,)
     if explicit:
         if len(explicit) < depth:
             raise ValueError(f"negatives gives {len(explicit)} counts but the tree has {depth} levels")
         want = np.asarray(explicit[:depth], dtype=np.int64)
     else:
-        want = np.ceil(base * growth ** np.arange(depth)).astype(np.int64)
-    return np.concatenate([[0], np.minimum(want, np.maximum(level_sizes[1:] - 1, 0))])
+        weight = growth ** np.arange(depth, dtype=np.float64)
+        want = np.ceil(base * weight).astype(np.int64)
+        if total > 0 and int(np.minimum(want, room).sum()) > total:
+            want = spread_total(total, weight, room)
+    return np.concatenate([[0], np.minimum(want, room)])
+
+
+def spread_total(total: int, weight: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """Integer counts that add up to ``total`` (or to ``room.sum()`` if less), in proportion to
+    ``weight``, at least 1 and at most ``room`` per entry where ``room`` allows.
+
+    Entries whose proportional share exceeds their room are filled and their excess goes to the
+    others (repeated until none overflows); rounding by largest remainders, ties to the deepest.
+    """
+    out = np.minimum(np.ones_like(room), room)
+    left = total - int(out.sum())
+    free = room > out
+    while left > 0 and free.any():
+        share = np.zeros(weight.shape[0])
+        share[free] = left * weight[free] / weight[free].sum()
+        over = free & (out + share >= room)
+        if over.any():  # fill the levels that overflow, then share the rest again
+            left -= int((room - out)[over].sum())
+            out[over], free = room[over], free & ~over
+            continue
+        whole = np.floor(share).astype(np.int64)
+        rest = left - int(whole.sum())
+        order = np.lexsort((-np.arange(share.shape[0]), -(share - whole)))  # largest remainder first
+        whole[order[:rest]] += 1
+        out += whole
+        break
+    return out
 
 
 class LevelSampler:
@@ -106,6 +144,7 @@ class TrainOptions:
     neg_base: float = 1.0          # level l gets ceil(neg_base * neg_growth ** (l - 1)) negatives
     neg_growth: float = 1.3
     negatives: tuple[int, ...] = ()  # explicit per-level counts (levels 1..depth) instead
+    neg_total: int = 0               # > 0: at most this many negatives per sample (levels summed)
     max_samples: int | None = None   # train on a seeded random subset of this many samples
     seed: int = 0
 
@@ -117,32 +156,28 @@ def subsample(n: int, max_samples: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
 
 
-def train_scorer(scorer: nn.Module, tree: Tree, behaviours: np.ndarray, targets: np.ndarray,
-                 opts: TrainOptions, device: torch.device, desc: str = "train") -> dict:
+def train_scorer(scorer: nn.Module, tree: Tree, samples: TrainingSamples, opts: TrainOptions,
+                 device: torch.device, desc: str = "train") -> dict:
     """Train ``scorer`` (a `models.tdm.TDMScorer` or subclass, built for ``tree``) in place.
 
     Parameters
     ----------
-    behaviours : (n, L) int -- nearest first, -1 padded.
-    targets : (n,) int -- target items.
+    samples : the training windows and targets (a seeded subset when ``opts.max_samples``).
     opts : epochs, batch size, Adam learning rate and per-epoch decay, negatives, seed.
 
     Returns
     -------
     dict with ``loss`` (mean of the last epoch), ``samples_per_s``, ``steps``, ``samples``.
     """
-    if len(targets) == 0:
+    if len(samples) == 0:
         raise ValueError("no training samples")
-    keep = subsample(len(targets), opts.max_samples, opts.seed)
-    beh = torch.as_tensor(np.asarray(behaviours)[keep], device=device)   # (n, L) kept compact
-    tgt = torch.as_tensor(np.asarray(targets)[keep].astype(np.int64), device=device)
-    n = tgt.shape[0]
+    data = DeviceWindows(samples, device, subsample(len(samples), opts.max_samples, opts.seed))
+    n = len(data)
     sampler = LevelSampler(tree, negatives_per_level(tree.level_counts(), opts.neg_base, opts.neg_growth,
-                                                     tuple(opts.negatives)), device)
+                                                     tuple(opts.negatives), opts.neg_total), device)
     gen = torch.Generator(device=device).manual_seed(opts.seed)
     scorer.to(device).train()
-    optim = torch.optim.Adam(scorer.parameters(), lr=opts.lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(optim, gamma=opts.lr_decay)
+    optim = EmbeddingAdam(scorer, lr=opts.lr)
     steps_per_epoch = math.ceil(n / opts.batch_size)
     loss_sum, steps, done, start = 0.0, 0, 0, time.perf_counter()
     with Progress(desc, total=opts.epochs * steps_per_epoch, unit="batch") as prog:
@@ -151,18 +186,18 @@ def train_scorer(scorer: nn.Module, tree: Tree, behaviours: np.ndarray, targets:
             loss_sum = torch.zeros((), device=device)
             for b in range(steps_per_epoch):
                 idx = order[b * opts.batch_size:(b + 1) * opts.batch_size]
-                loss = bce_step(scorer, optim, sampler, beh[idx].long(), tgt[idx], gen)
+                loss = bce_step(scorer, optim, sampler, data.behaviours(idx), data.targets[idx], gen)
                 loss_sum += loss
                 steps, done = steps + 1, done + idx.numel()
                 prog.update(1, postfix=f"{done / max(time.perf_counter() - start, 1e-9):,.0f} samples/s")
-            sched.step()
+            optim.decay(opts.lr_decay)
     elapsed = max(time.perf_counter() - start, 1e-9)
     scorer.eval()
     return {"loss": float(loss_sum) / steps_per_epoch, "samples_per_s": opts.epochs * n / elapsed,
             "steps": steps, "samples": int(n)}
 
 
-def bce_step(scorer, optim, sampler: LevelSampler, hist: torch.Tensor, tgt: torch.Tensor,
+def bce_step(scorer, optim: EmbeddingAdam, sampler: LevelSampler, hist: torch.Tensor, tgt: torch.Tensor,
              gen: torch.Generator) -> torch.Tensor:
     """One Adam step on a batch: masked mean binary cross-entropy over all sampled pairs."""
     nodes, labels, mask = sampler.sample(tgt, gen)              # (N, C) each
@@ -170,7 +205,7 @@ def bce_step(scorer, optim, sampler: LevelSampler, hist: torch.Tensor, tgt: torc
     per_pair = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     m = mask.to(per_pair.dtype)
     loss = (per_pair * m).sum() / m.sum().clamp(min=1.0)
-    optim.zero_grad(set_to_none=True)
+    optim.zero_grad()
     loss.backward()
     optim.step()
     return loss.detach()

@@ -13,10 +13,13 @@ Choices (the papers leave them open):
 * MLP: ``hidden`` layers with PReLU, then a linear map to ``dim`` (TDM: 128-64-24).
 * Loss: sampled softmax with ``negatives`` negatives shared by the mini-batch, drawn with
   replacement from ``sampler``: ``"uniform"`` or ``"log_uniform"`` (Zipf over items ranked by
-  training popularity, TensorFlow's log-uniform candidate sampler). Every logit is corrected by
-  -log Q(item) (Q = expected count of the item among the samples; for uniform it cancels), and
-  negatives equal to the row's target are masked ("accidental hits").
-* Adam, constant learning rate, reshuffled mini-batches, ``epochs`` passes (or ``max_steps``).
+  training popularity, TensorFlow's log-uniform candidate sampler, drawn by inverting its CDF:
+  O(negatives) per step, not O(items)). Every logit is corrected by -log Q(item) (Q = expected
+  count of the item among the samples; for uniform it cancels), and negatives equal to the
+  row's target are masked ("accidental hits").
+* Adam, constant learning rate, reshuffled mini-batches, ``epochs`` passes (or ``max_steps``);
+  the embedding tables take sparse updates (`models.optim.EmbeddingAdam`), so a step's cost
+  does not grow with the catalogue.
 """
 from __future__ import annotations
 
@@ -32,8 +35,11 @@ from torch.nn import functional as F
 from indexstore.errors import GroveError
 from indexstore.samples import MAX_BEHAVIOURS, SplitData
 from models.baselines import BruteForceSearcher, FlatMethod, behaviour_mask
+from models.memory import FLOAT, adam_table
 from models.method import Built, MethodConfig, bytes_to_state, require_artifact, resolve_device, state_to_bytes
+from models.optim import EmbeddingAdam
 from models.progress import Progress
+from models.windows import DeviceWindows
 
 WINDOWS = (1, 1, 1, 2, 2, 2, 10, 10, 20, 20)  # TDM time windows over the 69 behaviours
 
@@ -75,9 +81,9 @@ class TwoTowerModel(nn.Module):
     def __init__(self, n_items: int, config: TwoTowerConfig):
         super().__init__()
         self.n_items, self.pooling = n_items, config.pooling
-        self.item_emb = nn.Embedding(n_items, config.dim)
+        self.item_emb = nn.Embedding(n_items, config.dim, sparse=True)
         nn.init.normal_(self.item_emb.weight, std=0.05)
-        self.input_emb = None if config.share_embeddings else nn.Embedding(n_items, config.dim)
+        self.input_emb = None if config.share_embeddings else nn.Embedding(n_items, config.dim, sparse=True)
         if self.input_emb is not None:
             nn.init.normal_(self.input_emb.weight, std=0.05)
         self.register_buffer("windows", window_matrix(), persistent=False)  # (69, 10)
@@ -108,26 +114,52 @@ class TwoTowerModel(nn.Module):
         return self.item_emb.weight  # (n_items, d)
 
 
-def sampling_distribution(popularity: np.ndarray, sampler: str) -> torch.Tensor:
-    """(n_items,) float64 probabilities of drawing each item as a negative."""
-    n = popularity.shape[0]
-    if sampler == "uniform":
-        return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    rank = np.empty(n, dtype=np.int64)
-    rank[np.lexsort((np.arange(n), -np.asarray(popularity)))] = np.arange(n)  # 0 = most popular
-    p = (np.log(rank + 2.0) - np.log(rank + 1.0)) / math.log(n + 1.0)
-    return torch.from_numpy(p / p.sum())
+class NegativeSampler:
+    """Negatives shared by a mini-batch, drawn with replacement in O(count) per draw.
+
+    ``"uniform"``: every item alike. ``"log_uniform"``: items ranked by training popularity
+    (0 = most popular) and rank r drawn with P(r) = (log(r + 2) - log(r + 1)) / log(n + 1), whose
+    CDF log(r + 2) / log(n + 1) inverts to r = floor((n + 1) ** u) - 1 for u uniform in [0, 1).
+
+    Attributes
+    ----------
+    log_q : (n_items,) float32 log of each item's expected count among ``count`` samples (the
+        sampled-softmax correction).
+    """
+
+    def __init__(self, popularity: np.ndarray, sampler: str, count: int, device: torch.device):
+        n = int(popularity.shape[0])
+        self.n, self.count, self.sampler, self.device = n, count, sampler, device
+        if sampler == "uniform":
+            probs = np.full(n, 1.0 / n)
+            self.by_rank = None
+        else:
+            by_rank = np.lexsort((np.arange(n), -np.asarray(popularity)))  # item of rank r
+            rank = np.empty(n, dtype=np.int64)
+            rank[by_rank] = np.arange(n)
+            probs = (np.log(rank + 2.0) - np.log(rank + 1.0)) / math.log(n + 1.0)
+            self.by_rank = torch.as_tensor(by_rank, device=device)
+        self.log_q = torch.as_tensor(np.log(probs * count), dtype=torch.float32, device=device)
+
+    def draw(self, gen: torch.Generator) -> torch.Tensor:
+        """(count,) long negatives (drawn on the CPU generator ``gen``, returned on the device)."""
+        if self.by_rank is None:
+            return torch.randint(self.n, (self.count,), generator=gen).to(self.device)
+        u = torch.rand(self.count, generator=gen, dtype=torch.float64)
+        rank = (torch.exp(u * math.log(self.n + 1.0)).floor().long() - 1).clamp_(0, self.n - 1)
+        return self.by_rank[rank.to(self.device)]
 
 
-def sampled_softmax_loss(user: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+def sampled_softmax_loss(user: torch.Tensor, items: nn.Embedding, targets: torch.Tensor,
                          negatives: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Mean sampled-softmax cross entropy.
 
-    user (B, d); items (n_items, d); targets (B,) long; negatives (S,) long shared by the batch;
-    log_q (n_items,) log expected count of each item among the S samples.
+    user (B, d); items the (n_items, d) item table (looked up, so its gradient is sparse);
+    targets (B,) long; negatives (S,) long shared by the batch; log_q (n_items,) log expected
+    count of each item among the S samples.
     """
-    pos = (user * items[targets]).sum(-1) - log_q[targets]  # (B,)
-    neg = user @ items[negatives].T - log_q[negatives]  # (B, S)
+    pos = (user * items(targets)).sum(-1) - log_q[targets]  # (B,)
+    neg = user @ items(negatives).T - log_q[negatives]  # (B, S)
     neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos.unsqueeze(1), neg], dim=1)  # (B, 1 + S), the target at column 0
     return F.cross_entropy(logits, torch.zeros_like(targets))
@@ -147,18 +179,15 @@ def train_two_tower(data: SplitData, config: TwoTowerConfig,
     Same seed and device give the same weights.
     """
     dev = resolve_device(config.device if device is None else device)
-    samples = data.train
-    if len(samples) == 0:
+    if len(data.train) == 0:
         raise GroveError(f"split {data.dataset}/{data.split} has no training samples")
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)  # CPU generator: shuffles and negatives
     model = TwoTowerModel(int(data.n_items), config).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    probs = sampling_distribution(np.asarray(data.item_popularity), config.sampler)  # (N,)
-    log_q = torch.log(probs * config.negatives).float().to(dev)  # expected counts
-    behaviours = torch.as_tensor(np.asarray(samples.behaviours)).to(dev)  # (n, 69) int32
-    targets = torch.as_tensor(np.asarray(samples.targets)).long().to(dev)  # (n,)
-    n = targets.shape[0]
+    opt = EmbeddingAdam(model, lr=config.lr)
+    sampler = NegativeSampler(np.asarray(data.item_popularity), config.sampler, config.negatives, dev)
+    windows = DeviceWindows(data.train, dev)
+    n = len(windows)
     per_epoch = math.ceil(n / config.batch_size)
     total = per_epoch * config.epochs if config.max_steps <= 0 else min(per_epoch * config.epochs, config.max_steps)
     model.train()
@@ -168,10 +197,9 @@ def train_two_tower(data: SplitData, config: TwoTowerConfig,
             order = torch.randperm(n, generator=gen).to(dev)
             for lo in range(0, n, config.batch_size):
                 idx = order[lo:lo + config.batch_size]
-                neg = torch.multinomial(probs, config.negatives, replacement=True, generator=gen).to(dev)
-                loss = sampled_softmax_loss(model.user(behaviours[idx]), model.item_matrix(),
-                                            targets[idx], neg, log_q)
-                opt.zero_grad(set_to_none=True)
+                loss = sampled_softmax_loss(model.user(windows.behaviours(idx)), model.item_emb,
+                                            windows.targets[idx], sampler.draw(gen), sampler.log_q)
+                opt.zero_grad()
                 loss.backward()
                 opt.step()
                 step += 1
@@ -200,6 +228,14 @@ class TwoTowerSearcher(BruteForceSearcher):
 class TwoTowerMethod(FlatMethod):
     name: ClassVar[str] = "two_tower"
     config_cls: ClassVar[type[MethodConfig]] = TwoTowerConfig
+    size_fields = ("dim", "hidden", "negatives", "batch_size")
+
+    def memory_bytes(self, config: TwoTowerConfig, n_items: int, verb: str) -> int:
+        """Two (n_items, dim) tables (one if shared), with Adam and copies when training."""
+        rows = n_items * (1 if config.share_embeddings else 2)
+        if verb in ("construct", "relearn"):
+            return n_items * 8 * 2
+        return adam_table(rows, config.dim) if verb == "train" else rows * config.dim * FLOAT
 
     def train(self, config: TwoTowerConfig, built: Built, data: SplitData, seed: int) -> Built:
         """Train from scratch (seeded by ``seed``); the artifact is ``weights.pt``."""

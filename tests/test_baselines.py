@@ -30,7 +30,7 @@ def split_from_sequences(train_seqs, held_seqs, n_items) -> SplitData:
     for u, seq in enumerate(train_seqs):
         for t in range(1, len(seq)):
             beh.append(seq[:t]), tgt.append(seq[t]), usr.append(u)
-    samples = TrainingSamples(pad_histories(beh), np.array(tgt, np.int32), np.array(usr, np.int32))
+    samples = TrainingSamples.from_windows(pad_histories(beh), np.array(tgt, np.int32), np.array(usr, np.int32))
     seen = [s[: len(s) // 2] for s in held_seqs]
     truth = [s[len(s) // 2:] for s in held_seqs]
     held = HeldOutUsers(np.arange(len(held_seqs), dtype=np.int32), pad_histories(seen), *csr(seen), *csr(truth))

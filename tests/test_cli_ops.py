@@ -41,7 +41,7 @@ def _build(url: str):
     v0 = steps.construct(url, INDEX, "tdm", TDM, "synth").version_id
     v1 = steps.train(url, v0).version_id
     v2 = steps.train(url, steps.relearn(url, v1).version_id).version_id
-    steps.evaluate(url, v1, "valid", (10,), (5, 20), max_users=20, fidelity=False)
+    steps.evaluate(url, v1, "valid", (10,), (5, 20), max_users=20, exhaustive=False)
     steps.evaluate(url, v2, "valid", (10,), (5, 20, 50), max_users=20)
     return url, v0, v1, v2
 

@@ -41,7 +41,7 @@ def clustered_split(n_items=48, n_clusters=4, n_users=160, length=10, seed=0) ->
 
     train_users = range(2 * n_held, n_users)
     windows = [(seqs[u][:t], seqs[u][t], u) for u in train_users for t in range(2, length)]
-    train = TrainingSamples(pad_histories([w[0] for w in windows]), np.array([w[1] for w in windows], np.int32),
+    train = TrainingSamples.from_windows(pad_histories([w[0] for w in windows]), np.array([w[1] for w in windows], np.int32),
                             np.array([w[2] for w in windows], np.int32))
     to, ti = _csr([seqs[u] for u in train_users])
     return SplitData("synthetic", "default", n_items, cluster.astype(np.int32),
@@ -89,13 +89,12 @@ def test_estep_scores_are_sparse_path_probabilities():
     data, m = clustered_split(), DRMethod()
     built = m.train(CFG, m.construct(CFG, data, seed=0), data, seed=0)
     net, _ = load_net(CFG, built, torch.device("cpu"))
-    beh, tgt = data.train.behaviours, data.train.targets
-    cands = estep_scores(net, beh, tgt, data.n_items, beam=16, pool=16, batch_size=50, device=torch.device("cpu"))
+    cands = estep_scores(net, data.train, data.n_items, beam=16, pool=16, batch_size=50, device=torch.device("cpu"))
     # beam = K^D keeps every path: an item's scores sum to its number of samples (probabilities sum to 1)
     totals = np.add.reduceat(cands.scores, cands.offsets[:-1])[np.diff(cands.offsets) > 0]
-    np.testing.assert_allclose(totals, np.bincount(tgt, minlength=data.n_items)[np.diff(cands.offsets) > 0],
+    np.testing.assert_allclose(totals, np.bincount(data.train.targets, minlength=data.n_items)[np.diff(cands.offsets) > 0],
                                rtol=1e-4)
-    small = estep_scores(net, beh, tgt, data.n_items, beam=3, pool=2, batch_size=1000, device=torch.device("cpu"))
+    small = estep_scores(net, data.train, data.n_items, beam=3, pool=2, batch_size=1000, device=torch.device("cpu"))
     assert (np.diff(small.offsets) <= 2).all()
     for v in range(data.n_items):  # the two best of the pool are the two best of the full table
         ids, sc = small.row(v)

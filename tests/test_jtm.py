@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.jtm import HierarchicalScorer, assign_with_capacity, learn_tree
+from models.jtm import HierarchicalScorer, learn_tree
+from models.tree_learning import assign_with_capacity
 from models.tree_training import TrainOptions, train_scorer
-from test_tdm import binary_tree, planted
+from test_tdm import binary_tree, planted, samples_of
 
 
 def test_tree_learning_groups_the_planted_interests():
@@ -16,8 +17,8 @@ def test_tree_learning_groups_the_planted_interests():
     t = binary_tree(32, 5, perm=np.random.default_rng(1).permutation(32))  # groups scattered
     beh, tgt, _ = planted(n=1200)
     s = HierarchicalScorer(t, dim=8, hidden=(32, 16))
-    train_scorer(s, t, beh, tgt, TrainOptions(epochs=6, batch_size=100, lr=1e-2, seed=0), torch.device("cpu"))
-    new = learn_tree(s, t, beh, tgt, gap=2, seed=0)
+    train_scorer(s, t, samples_of(beh, tgt), TrainOptions(epochs=6, batch_size=100, lr=1e-2, seed=0), torch.device("cpu"))
+    new = learn_tree(s, t, samples_of(beh, tgt), gap=2, seed=0)
     assert sorted(new.item[new.leaves].tolist()) == list(range(32))
     assert set(new.level[new.leaves].tolist()) == {5}
     # the 4 groups of 8 items: each group's items share one ancestor at level 2 (4 such nodes)
@@ -26,7 +27,7 @@ def test_tree_learning_groups_the_planted_interests():
         return sum(len(set(anc[g * 8:(g + 1) * 8].tolist())) for g in range(4))
 
     assert spread(new) <= 8 < spread(t), (spread(new), spread(t))
-    assert learn_tree(s, t, beh, tgt, gap=2, seed=0).equals(new)  # repeatable
+    assert learn_tree(s, t, samples_of(beh, tgt), gap=2, seed=0).equals(new)  # repeatable
 
 
 def test_capacity_rebalance_keeps_previous_choice_first_and_never_overfills():
@@ -36,6 +37,6 @@ def test_capacity_rebalance_keeps_previous_choice_first_and_never_overfills():
     counts = torch.ones(6)
     parent = torch.zeros(6, dtype=torch.long)
     old = torch.tensor([0, 1, 1, 1, 1, -1])  # item 0 was in child 0 before
-    child = assign_with_capacity(weights, counts, parent, old, capacity=3)
+    child = assign_with_capacity(weights, torch.arange(6), counts, parent, old, capacity=3)
     assert torch.bincount(child, minlength=2).tolist() == [3, 3]
     assert child[0] == 0 and child[5] == 0  # previous assignment kept first, then the best weight

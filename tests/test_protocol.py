@@ -45,7 +45,7 @@ def test_windows_on_hand_made_example():
     # time order of user 0's positives: 10, 11, 12, 22, 13
     np.testing.assert_array_equal(data.train.targets, [11, 12, 22, 13])
     np.testing.assert_array_equal(data.train.users, [0, 0, 0, 0])
-    b = data.train.behaviours
+    b = data.train.take(np.arange(len(data.train)))
     assert b.shape == (4, MAX_BEHAVIOURS) and b.dtype == np.int32
     np.testing.assert_array_equal(b[:, :5], [[10, PAD, PAD, PAD, PAD], [11, 10, PAD, PAD, PAD],
                                              [12, 11, 10, PAD, PAD], [22, 12, 11, 10, PAD]])
@@ -71,7 +71,7 @@ def test_min_behaviours_and_long_sequences_truncate_to_69():
     assign = SplitAssignment(np.array([0], np.int32), np.array(["train"]), {})
     data = build_split_data(inter, assign, n, None, "d", "s", min_behaviours=6)
     np.testing.assert_array_equal(data.train.targets, np.arange(6, n))
-    last = data.train.behaviours[-1]  # target 99: behaviours 98 .. 30
+    last = data.train.take([len(data.train) - 1])[0]  # target 99: behaviours 98 .. 30
     np.testing.assert_array_equal(last, np.arange(98, 98 - MAX_BEHAVIOURS, -1))
     with pytest.raises(InputError):
         build_split_data(inter, assign, n, None, "d", "s", min_behaviours=0)
@@ -102,7 +102,7 @@ def test_matches_per_user_reference_on_random_data():
     data = build_split_data(inter, assign, 300, np.arange(300, dtype=np.int32) % 7, "r", "s",
                             min_behaviours=3)
     seqs, windows, targets = _reference(inter, assign, 4.0, 3)
-    np.testing.assert_array_equal(data.train.behaviours, windows)
+    np.testing.assert_array_equal(data.train.take(np.arange(len(data.train))), windows)
     np.testing.assert_array_equal(data.train.targets, targets)
     for held in (data.valid, data.test):
         for row, u in enumerate(held.users):
@@ -180,4 +180,7 @@ def test_ten_million_positives_fit():
     t = time.perf_counter()
     data = build_split_data(inter, assign, inter.n_items, None, "big", "s")
     assert time.perf_counter() - t < 120
-    assert data.train.behaviours.dtype == np.int32 and len(data.train) > 5_000_000
+    assert len(data.train) > 5_000_000
+    # windows are slices of one sequence: O(interactions) memory, not (n, 69)
+    assert data.train.sequence.nbytes <= 4 * (len(inter) + MAX_BEHAVIOURS * inter.n_users)
+    assert data.train.take(np.arange(3)).shape == (3, MAX_BEHAVIOURS)

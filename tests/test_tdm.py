@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
 from models.tdm import TDMScorer, node_rows_for, position_keys, transfer_weights, window_matrix
 from models.tree_training import LevelSampler, TrainOptions, negatives_per_level, train_scorer
@@ -112,6 +113,10 @@ def planted(n_items=32, n=1500, seed=0, width=20):
     return beh, tgt, group
 
 
+def samples_of(beh, tgt) -> TrainingSamples:
+    return TrainingSamples.from_windows(beh, tgt, np.zeros(len(tgt), np.int32))
+
+
 def test_same_seed_same_weights():
     t = binary_tree(32, 5)
     beh, tgt, _ = planted(n=100)
@@ -120,7 +125,7 @@ def test_same_seed_same_weights():
     for _ in range(2):
         torch.manual_seed(0)
         s = TDMScorer(t, dim=8, hidden=(16, 8))
-        train_scorer(s, t, beh, tgt, opts, torch.device("cpu"))
+        train_scorer(s, t, samples_of(beh, tgt), opts, torch.device("cpu"))
         states.append(s.state_dict())
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
@@ -132,7 +137,7 @@ def test_training_learns_planted_groups():
     t = binary_tree(32, 5, perm=np.random.default_rng(1).permutation(32))
     beh, tgt, _ = planted(n=1200)
     s = TDMScorer(t, dim=8, hidden=(32, 16))
-    stats = train_scorer(s, t, beh, tgt, TrainOptions(epochs=6, batch_size=100, lr=1e-2, seed=0),
+    stats = train_scorer(s, t, samples_of(beh, tgt), TrainOptions(epochs=6, batch_size=100, lr=1e-2, seed=0),
                          torch.device("cpu"))
     assert stats["samples_per_s"] > 0 and stats["steps"] == 6 * 12
     hb, ht, group = planted(n=200, seed=9)
@@ -215,7 +220,8 @@ def test_chunked_training_forward_gives_the_same_logits_and_gradients(hierarchic
         s.train_chunk_elements = chunk
         logits = s(hist, nodes)
         logits.pow(2).sum().backward()
-        grads.append((logits.detach(), {k: p.grad.clone() for k, p in s.named_parameters()}))
+        grads.append((logits.detach(), {k: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
+                                        for k, p in s.named_parameters()}))
     (l0, g0), (l1, g1) = grads
     assert torch.allclose(l0, l1, atol=1e-6)
     assert g0.keys() == g1.keys()
