@@ -186,25 +186,35 @@ def build_split_data(inter: Interactions, assignment: SplitAssignment, n_items: 
     -------
     SplitData (see samples.py for shapes).
     """
+    pos = np.flatnonzero(positive_mask(inter, positive_rating))
+    # order positives by (user, ts, file order): lexsort is stable, so file order breaks ties
+    order = pos[np.lexsort((inter.ts[pos], inter.user[pos]))]
+    return split_data_from_positives(inter.user[order], inter.item[order], inter.n_users, assignment, n_items,
+                                     item_category_codes, dataset, split, min_behaviours=min_behaviours)
+
+
+def split_data_from_positives(user_sorted: np.ndarray, items: np.ndarray, n_users: int,
+                              assignment: SplitAssignment, n_items: int,
+                              item_category_codes: np.ndarray | None, dataset: str, split: str, *,
+                              min_behaviours: int = 1) -> SplitData:
+    """`build_split_data` from the positives alone, already ordered by (user, time, file order):
+    user_sorted (P,) and items (P,) dense ids (the store reads them so, sorted by its engine)."""
     if min_behaviours < 1:
         raise InputError(f"min_behaviours must be >= 1, got {min_behaviours}")
     bad = set(np.unique(assignment.roles).tolist()) - set(ROLES)
     if bad:
         raise InputError(f"unknown split roles {sorted(bad)}; expected {', '.join(ROLES)}")
-    if assignment.users.size and (assignment.users.min() < 0 or assignment.users.max() >= inter.n_users):
-        raise InputError(f"split users out of range 0..{inter.n_users - 1}")
-    pos = np.flatnonzero(positive_mask(inter, positive_rating))
-    # order positives by (user, ts, file order): lexsort is stable, so file order breaks ties
-    order = pos[np.lexsort((inter.ts[pos], inter.user[pos]))]
-    user_sorted, items = inter.user[order], inter.item[order].astype(np.int32)  # (P,)
-    counts = np.bincount(user_sorted, minlength=inter.n_users).astype(np.int64)  # (U,)
-    starts = np.zeros(inter.n_users, dtype=np.int64)
+    if assignment.users.size and (assignment.users.min() < 0 or assignment.users.max() >= n_users):
+        raise InputError(f"split users out of range 0..{n_users - 1}")
+    user_sorted, items = np.asarray(user_sorted, dtype=np.int32), np.asarray(items, dtype=np.int32)  # (P,)
+    counts = np.bincount(user_sorted, minlength=n_users).astype(np.int64)  # (U,)
+    starts = np.zeros(n_users, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    role_of = np.full(inter.n_users, -1, dtype=np.int8)
+    role_of = np.full(n_users, -1, dtype=np.int8)
     for code, role in enumerate(ROLES):
         role_of[assignment.users[assignment.roles == role]] = code
     train_users = np.flatnonzero(role_of == 0).astype(np.int32)
-    windows = _Windows(items, user_sorted, inter.n_users)
+    windows = _Windows(items, user_sorted, n_users)
     train = _training_samples(user_sorted, items, starts, role_of, min_behaviours, windows)
     train_off, train_items = _csr(items, starts[train_users], counts[train_users])
     popularity = np.bincount(train_items, minlength=n_items).astype(np.int64)
