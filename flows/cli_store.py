@@ -226,7 +226,10 @@ def cmd_sql(args) -> int:
 def _data_parsers(sub) -> None:
     data = sub.add_parser("data", help="import, synthesise, split and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    p = dsub.add_parser("import", help="read an interactions file into a new dataset")
+    p = dsub.add_parser("import", help="stream an interactions file into a new dataset",
+                        description="Stream an interactions file into a new dataset through DuckDB; "
+                        "its memory is capped by $GROVE_IMPORT_MEMORY (default 2GB), beyond which "
+                        "it spills to <store file>.tmp.")
     p.add_argument("path")
     p.add_argument("--name", required=True)
     p.add_argument("--format", default="auto", choices=FORMATS)

@@ -1,6 +1,6 @@
 """Bringing datasets into a store: import a file, synthesise one, split one.
 
-Thin glue between the pure data functions (`indexstore.readers`, `indexstore.protocol`,
+Thin glue between the data functions (`indexstore.bulk_import`, `indexstore.protocol`,
 `indexstore.synth`) and the `Store`; used by ``grove data ...`` and ``grove demo``.
 """
 from __future__ import annotations
@@ -18,18 +18,21 @@ def import_file(store, path: str, name: str, *, fmt: str = "auto", items: str | 
                 seed: int = 0, user_col: str | None = None, item_col: str | None = None,
                 time_col: str | None = None, rating_col: str | None = None,
                 behavior_col: str | None = None) -> DatasetInfo:
-    """Read an interactions file (and optionally item categories) into a new dataset."""
-    from indexstore.readers import read_interactions, read_item_categories
+    """Stream an interactions file (and optionally item categories) into a new dataset.
+
+    DuckDB reads the file (`indexstore.bulk_import`): memory stays under
+    ``$GROVE_IMPORT_MEMORY`` (default 2GB) whatever the file's size."""
+    from indexstore.file_layout import InteractionFile
 
     if not pathlib.Path(path).exists():
         raise InputError(f"{path}: no such file")
-    inter = read_interactions(path, FORMAT_ALIASES.get(fmt, fmt), user_col=user_col, item_col=item_col,
-                              time_col=time_col, rating_col=rating_col, behavior_col=behavior_col)
-    categories = read_item_categories(items, inter.item_raw, seed) if items else None
+    source = InteractionFile(str(path), FORMAT_ALIASES.get(fmt, fmt), user_col=user_col,
+                             item_col=item_col, time_col=time_col, rating_col=rating_col,
+                             behavior_col=behavior_col)
     meta = {"format": fmt, "items_file": items, "seed": seed,
             "columns": {"user": user_col, "item": item_col, "time": time_col, "rating": rating_col,
                         "behavior": behavior_col}}
-    return store.import_dataset(name, inter, categories, source=str(path), meta=meta)
+    return store.import_file(name, source, items=items or None, seed=seed, meta=meta)
 
 
 def synth_dataset(store, name: str, n_items: int, n_users: int, seed: int = 0) -> DatasetInfo:

@@ -54,11 +54,16 @@ def _check_interactions(inter, categories) -> None:
         raise InputError(f"categories cover {len(categories.kept)} items, the dataset has {len(inter.item_raw)}")
 
 
+def refuse_existing(conn: sa.Connection, name: str) -> None:
+    """GroveError when dataset ``name`` exists (datasets are immutable)."""
+    if conn.execute(sa.text("SELECT 1 FROM datasets WHERE name = :n"), {"n": name}).first():
+        raise GroveError(f"dataset {name!r} already exists; pick another --name")
+
+
 def import_dataset(conn: sa.Connection, name: str, inter, categories, source: str | None,
                    meta: dict) -> DatasetInfo:
     """Insert a new dataset (refuses a name already taken: datasets are immutable)."""
-    if conn.execute(sa.text("SELECT 1 FROM datasets WHERE name = :n"), {"n": name}).first():
-        raise GroveError(f"dataset {name!r} already exists; pick another --name")
+    refuse_existing(conn, name)
     _check_interactions(inter, categories)
     nat = native(conn)
     cols = {"user_id": np.asarray(inter.user, np.int32), "item_id": np.asarray(inter.item, np.int32),
@@ -76,18 +81,30 @@ def import_dataset(conn: sa.Connection, name: str, inter, categories, source: st
         ids = pa.table({"id": np.arange(len(raw), dtype=np.int32), "raw": _strings(raw)})
         col = "user_id" if table == "user_ids" else "item_id"
         _insert(nat, table, f"dataset, {col}, raw", "$1, id, raw", ids, [name])
-    kept = categories.kept if categories is not None else np.full(len(inter.item_raw), None, object)
+    write_items(nat, name, len(inter.item_raw), categories)
+    insert_dataset_row(conn, name, source, len(inter.user_raw), len(inter.item_raw),
+                       int(inter.user.shape[0]), meta)
+    return get_dataset(conn, name)
+
+
+def write_items(nat, name: str, n_items: int, categories) -> None:
+    """``items`` rows (the kept category per dense item, NULL without ``categories``) and the
+    ``item_categories`` pairs of an `ItemCategories` over ``n_items`` items."""
+    kept = categories.kept if categories is not None else np.full(n_items, None, object)
     _insert(nat, "items", "dataset, item_id, category", "$1, id, category",
             pa.table({"id": np.arange(len(kept), dtype=np.int32), "category": _strings(kept)}), [name])
     if categories is not None and len(categories.pair_item):
         pairs = pa.table({"id": np.asarray(categories.pair_item, np.int32),
                           "category": _strings(categories.pair_category)})
         _insert(nat, "item_categories", "dataset, item_id, category", "$1, id, category", pairs, [name])
+
+
+def insert_dataset_row(conn: sa.Connection, name: str, source: str | None, n_users: int,
+                       n_items: int, n_interactions: int, meta: dict) -> None:
     conn.execute(sa.text(
         "INSERT INTO datasets VALUES (:n, :s, :t, :u, :i, :x, :m)"),
-        {"n": name, "s": source, "t": utcnow(), "u": len(inter.user_raw), "i": len(inter.item_raw),
-         "x": int(inter.user.shape[0]), "m": json.dumps(meta or {})})
-    return get_dataset(conn, name)
+        {"n": name, "s": source, "t": utcnow(), "u": n_users, "i": n_items,
+         "x": n_interactions, "m": json.dumps(meta or {})})
 
 
 def _raw(nat, table: str, col: str, name: str) -> np.ndarray:
@@ -114,6 +131,23 @@ def load_interactions(conn: sa.Connection, name: str):
                         np.asarray(t.column("item_id")).astype(np.int32),
                         np.asarray(t.column("ts")).astype(np.int64), rating, behavior,
                         _raw(nat, "user_ids", "user_id", name), _raw(nat, "item_ids", "item_id", name))
+
+
+def load_positives(conn: sa.Connection, name: str, positive_rating: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's positives (rating >= ``positive_rating``; every interaction when there is
+    no threshold or no rating) as (users (P,), items (P,)) int32 dense ids ordered by (user,
+    time, import order), sorted by DuckDB: only two int32 columns reach Python, not the whole
+    table with its raw ids (`indexstore.protocol.split_data_from_positives`)."""
+    get_dataset(conn, name)
+    nat = native(conn)
+    nat.execute("SELECT 1").fetchall()  # finish SQLAlchemy's pending result (see `arrow`)
+    rated = nat.execute("SELECT count(rating) FROM interactions WHERE dataset = $1", [name]).fetchone()[0]
+    where, params = "dataset = $1", [name]
+    if rated and positive_rating is not None:  # float32 comparison, as `protocol.positive_mask`
+        where, params = where + " AND CAST(rating AS FLOAT) >= CAST($2 AS FLOAT)", [name, positive_rating]
+    cols = nat.execute(f"SELECT user_id, item_id FROM interactions WHERE {where} "
+                       "ORDER BY user_id, ts, rowid", params).fetchnumpy()
+    return np.asarray(cols["user_id"], dtype=np.int32), np.asarray(cols["item_id"], dtype=np.int32)
 
 
 def item_raw_ids(conn: sa.Connection, name: str) -> np.ndarray:

@@ -80,7 +80,7 @@ class ItemCategories:
 
 FORMATS = ("auto", "csv", "tsv", "ml-latest", "ml-dat", "ml-100k", "parquet")
 _NUMERIC_LINE = re.compile(rb"^\s*[+-]?\d+(\.\d*)?([eE][+-]?\d+)?\s*$")
-_ML_NAMES = {4: ["user", "item", "rating", "timestamp"], 3: ["user", "item", "timestamp"]}
+HEADERLESS_NAMES = {4: ["user", "item", "rating", "timestamp"], 3: ["user", "item", "timestamp"]}
 
 
 def read_bytes(path) -> bytes:
@@ -184,40 +184,43 @@ def _read_text(path: str, fmt: str, asked: dict):
     data = read_bytes(path)
     first = first_line(data)
     if fmt == "auto":
-        fmt = _detect_text(first)
+        fmt = detect_text_format(first)
     quote = '"'
     if fmt == "ml-dat":
         # pyarrow wants a one-byte delimiter: '::' -> unit separator (ids and numbers only)
         data, delim, names, header, quote = data.replace(b"::", b"\x1f"), "\x1f", None, 0, False
-    elif fmt == "ml-100k" or (fmt == "tsv" and _is_numeric_line(first, b"\t")):
+    elif fmt == "ml-100k" or (fmt == "tsv" and is_numeric_line(first, b"\t")):
         delim, names, header, quote = "\t", None, 0, False
     else:
         delim = "\t" if fmt == "tsv" else sniff_delimiter(first)
-        if _is_numeric_line(first, delim.encode()):
+        if is_numeric_line(first, delim.encode()):
             names, header = None, 0
         else:
             names = next(csv.reader([first.decode("utf-8", "replace")], delimiter=delim))
             names, header = [n.strip() for n in names], 1
     if names is None:
         n_fields = len(first.split(b"::" if fmt == "ml-dat" else delim.encode()))
-        if n_fields not in _ML_NAMES:
+        if n_fields not in HEADERLESS_NAMES:
             raise InputError(f"{path}: header-less file with {n_fields} fields per line; expected "
                              "user, item, [rating,] timestamp, or add a header line")
-        names = _ML_NAMES[n_fields]
+        names = HEADERLESS_NAMES[n_fields]
     cols = _resolve_all(path, names, asked)
     table = _parse_csv(path, data, names, header, delim, quote, cols)
     return table, _Source(path, data, header, cols)
 
 
-def _detect_text(first: bytes) -> str:
+def detect_text_format(first: bytes) -> str:
+    """The text format of a file whose first non-blank line is ``first``: "ml-dat" (``::``),
+    "ml-100k" (tab-separated numbers) or "csv"."""
     if b"::" in first:
         return "ml-dat"
-    if b"\t" in first and _is_numeric_line(first, b"\t"):
+    if b"\t" in first and is_numeric_line(first, b"\t"):
         return "ml-100k"
     return "csv"
 
 
-def _is_numeric_line(line: bytes, delim: bytes) -> bool:
+def is_numeric_line(line: bytes, delim: bytes) -> bool:
+    """True when ``line`` has 3 or more ``delim``-separated fields, all numbers (no header)."""
     fields = line.split(delim)
     return len(fields) >= 3 and all(_NUMERIC_LINE.match(f) for f in fields)
 

@@ -19,11 +19,12 @@ from contextlib import contextmanager
 import numpy as np
 import sqlalchemy as sa
 
-from indexstore import aliases, datasets_io, version_io
+from indexstore import aliases, bulk_import, datasets_io, version_io
 from indexstore.diff import VersionDiff, diff_structures
-from indexstore.engine import check_schema, default_url, make_engine, native, transaction
+from indexstore.engine import check_schema, connect, default_url, make_engine, native, transaction
 from indexstore.entities import AliasEvent, DatasetInfo, MetricRow, SplitInfo, VersionInfo, utcnow
 from indexstore.errors import GroveError, NotFoundError
+from indexstore.file_layout import InteractionFile
 from indexstore.structures import Structure, kind_of
 
 _METRIC_FIELDS = ("role", "name", "k", "value", "beam", "filtered", "note")
@@ -65,8 +66,6 @@ class Store:
 
         url = default_url(url)
         engine = make_engine(url)
-        from indexstore.engine import connect
-
         conn = connect(engine)
         try:
             migrations.upgrade(url, "head", connection=conn)
@@ -90,6 +89,22 @@ class Store:
         _name(name, "dataset name")
         with self._tx() as conn:
             return datasets_io.import_dataset(conn, name, interactions, categories, source, meta or {})
+
+    def import_file(self, name: str, source: InteractionFile, items: str | None = None, seed: int = 0,
+                    meta: dict | None = None) -> DatasetInfo:
+        """Stream an interaction file into a new dataset in one transaction (`bulk_import`):
+        memory bounded by ``$GROVE_IMPORT_MEMORY`` whatever the file's size; on bad input one
+        InputError line and the store as it was. ``items``: item categories, chosen by ``seed``."""
+        _name(name, "dataset name")
+        if not isinstance(source, InteractionFile):
+            raise GroveError(f"import_file takes an InteractionFile, got {source!r}")
+        conn = connect(self._engine)
+        try:
+            with bulk_import.import_settings(native(conn)):  # outside the transaction: restored after it
+                with conn.begin():
+                    return bulk_import.import_file(conn, name, source, items, seed, meta or {})
+        finally:
+            conn.close()
 
     def list_datasets(self) -> list[DatasetInfo]:
         with self._tx() as conn:
@@ -140,15 +155,16 @@ class Store:
 
     def load_split(self, dataset: str, split_name: str = "default", min_behaviours: int = 1):
         """The split's `SplitData` (training windows, held-out users) built per PROTOCOL.md."""
-        from indexstore.protocol import build_split_data
+        from indexstore.protocol import split_data_from_positives
 
         with self._tx() as conn:
             assignment, info = datasets_io.load_assignment(conn, dataset, split_name)
-            inter = datasets_io.load_interactions(conn, dataset)
+            positive = info.config["positive_rating"] if "positive_rating" in info.config else 4.0
+            users, items = datasets_io.load_positives(conn, dataset, positive)
             codes, _ = datasets_io.item_category_codes(conn, dataset)
-        positive = info.config["positive_rating"] if "positive_rating" in info.config else 4.0
-        return build_split_data(inter, assignment, len(inter.item_raw), codes, dataset, split_name,
-                                positive_rating=positive, min_behaviours=min_behaviours)
+            meta = datasets_io.get_dataset(conn, dataset)
+        return split_data_from_positives(users, items, meta.n_users, assignment, meta.n_items, codes, dataset,
+                                         split_name, min_behaviours=min_behaviours)
 
     # -------------------------------------------------------------------------- versions
     def _get_version(self, conn, version_id) -> VersionInfo:
@@ -348,8 +364,6 @@ class Store:
     # ------------------------------------------------------------------------------- SQL
     def query(self, sql: str) -> tuple[list[str], list[tuple]]:
         """Run ``sql`` on a read-only connection; returns (column names, rows)."""
-        from indexstore.engine import connect
-
         engine = make_engine(self.url, read_only=True)
         conn = connect(engine)
         try:
