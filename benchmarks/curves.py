@@ -54,7 +54,7 @@ from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import (CONFIGS, LIFECYCLE, METHODS, QUICK, RESULTS, apply_override, find_data_dir,
                                 load_data)
 from models.method import config_from_dict
-from models.metrics import per_user_metrics
+from models.evaluation import recall_of
 
 TREE_METHODS = ("tdm", "jtm", "deforec")
 INDEX_PREFIX = "curves-"
@@ -78,13 +78,6 @@ def labelled_points(name: str, measured) -> tuple[str, list]:
 
 def split_name(seed: int = 0) -> str:
     return f"seed{seed}"
-
-
-def recall_at(items: np.ndarray, held_out, k: int) -> float:
-    """Mean Recall@k of (U, >=k) ranked items against the held-out truth (seen items kept)."""
-    rows = per_user_metrics(items[:, :k], k, held_out.truth_offsets, held_out.truth_items,
-                            held_out.seen_offsets, held_out.seen_items)
-    return float(np.mean(rows["recall"]))
 
 
 def batch_rows(hist: torch.Tensor, batch: int = BATCH) -> torch.Tensor:
@@ -143,7 +136,7 @@ def measure_index(store, file: str, name: str, data, beams, k: int, repeats: int
     points = []
     for beam in beams:
         ups, items = timed(lambda h: searcher.search(h, k, beam)[1], hist, repeats)
-        points.append({"beam": beam, "users_per_s": ups, "recall": recall_at(items.numpy(), data.test, k),
+        points.append({"beam": beam, "users_per_s": ups, "recall": recall_of(items.numpy(), data.test, k),
                        "candidates": searcher.last_candidates()})
         print(f"  {name} beam {beam}: recall@{k} {points[-1]['recall']:.4f}, {ups:,.0f} users/s", flush=True)
     info = retriever.version
@@ -166,7 +159,7 @@ def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dic
             return (model.user(h) @ item_mat.T).topk(k, dim=1).indices
 
     ups, items = timed(exact, hist, repeats)
-    out = {"exact": [{"param": None, "users_per_s": ups, "recall": recall_at(items.numpy(), data.test, k)}]}
+    out = {"exact": [{"param": None, "users_per_s": ups, "recall": recall_of(items.numpy(), data.test, k)}]}
     try:
         import faiss
     except ImportError:
@@ -193,7 +186,7 @@ def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dic
                 return torch.as_tensor(_index.search(q, k)[1])
 
             ups, items = timed(search, hist, repeats)
-            pts.append({"param": v, "users_per_s": ups, "recall": recall_at(items.numpy(), data.test, k)})
+            pts.append({"param": v, "users_per_s": ups, "recall": recall_of(items.numpy(), data.test, k)})
             print(f"  two-tower {label} {knob}={v}: recall@{k} {pts[-1]['recall']:.4f}, {ups:,.0f} users/s",
                   flush=True)
         out[label] = pts

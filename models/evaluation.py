@@ -200,6 +200,13 @@ def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int |
     return (filtered if filter_seen else kept), seconds, cand
 
 
+def recall_of(items: np.ndarray, held_out: HeldOutUsers, k: int) -> float:
+    """Mean Recall@k of ranked items (U, >= k), seen items kept (for curves and benchmarks)."""
+    per_user = per_user_metrics(np.asarray(items)[:, :k], k, held_out.truth_offsets, held_out.truth_items,
+                                held_out.seen_offsets, held_out.seen_items)
+    return float(np.mean(per_user["recall"]))
+
+
 def metric_rows(items: np.ndarray, held_out: HeldOutUsers, ks, role: str, beam: int | None,
                 filtered: bool) -> tuple[list[MetricValue], dict[int, np.ndarray]]:
     """The metric rows of ranked lists ``items`` (U, >= max(ks)), and the per-user recall
