@@ -35,14 +35,16 @@ from benchmarks.timing import at_least
 ROOT = pathlib.Path(__file__).resolve().parent
 METHODS = ("tdm", "jtm", "deforec", "recforest", "dr", "two_tower")
 # per method: the config overrides of the budgeted run, and a one-line name of the budget
+# (about 20-50 minutes of this 2-core CPU per method; one epoch of the 10^6-item corpus is
+# 7.5M windows, days of training here)
 BUDGETS = {
-    "tdm": ({"max_samples": 20_000}, "1 epoch of 20,000 windows per train"),
-    "jtm": ({"max_samples": 20_000}, "1 epoch of 20,000 windows per train; tree learning 100,000 pairs"),
-    "deforec": ({"max_samples": 20_000}, "1 epoch of 20,000 windows per train; tree learning 100,000 pairs"),
-    "recforest": ({"max_steps": 160, "pretrain_max_steps": 240},
-                  "160 steps of 256 (40,960 windows); two-tower pretraining 240 steps"),
-    "dr": ({"max_samples": 20_000}, "4 epochs of 20,000 windows per train; E-step on the same 20,000"),
-    "two_tower": ({"max_steps": 240}, "240 steps of 256 (61,440 windows)"),
+    "tdm": ({"max_samples": 100_000}, "1 epoch of 100,000 windows per train"),
+    "jtm": ({"max_samples": 50_000}, "1 epoch of 50,000 windows per train; tree learning 100,000 pairs"),
+    "deforec": ({"max_samples": 50_000}, "1 epoch of 50,000 windows per train; tree learning 100,000 pairs"),
+    "recforest": ({"max_steps": 400, "pretrain_max_steps": 2000},
+                  "400 steps of 256 (102,400 windows); two-tower pretraining 2,000 steps of 256"),
+    "dr": ({"max_samples": 100_000}, "4 epochs of 100,000 windows per train; E-step on the same 100,000"),
+    "two_tower": ({"max_steps": 4000}, "4,000 steps of 256 (1,024,000 windows)"),
 }
 QUICK = {"tdm": {"max_samples": 300}, "jtm": {"max_samples": 300, "tree_samples": 300},
          "deforec": {"max_samples": 300, "tree_samples": 300},
@@ -65,17 +67,17 @@ def run_step(spec: dict, log: list) -> dict:
     return out
 
 
-def lifecycle(method: str, config: dict, base: dict, log: list) -> int:
-    """construct -> train [-> relearn -> train]; returns the final version."""
+def lifecycle(method: str, config: dict, base: dict, log: list) -> tuple[int, int]:
+    """construct -> train [-> relearn -> train]; returns (first trained version, final version)."""
     from models.registry import get_method
 
     spec = {**base, "method": method, "index": f"large-{method}"}
     vid = run_step({**spec, "step": "construct", "config": config}, log)["version"]
-    vid = run_step({**spec, "step": "train", "version": vid}, log)["version"]
+    first = vid = run_step({**spec, "step": "train", "version": vid}, log)["version"]
     if get_method(method).relearns:
         vid = run_step({**spec, "step": "relearn", "version": vid}, log)["version"]
         vid = run_step({**spec, "step": "train", "version": vid}, log)["version"]
-    return vid
+    return first, vid
 
 
 def has_split(url: str, dataset: str) -> bool:
@@ -139,12 +141,16 @@ def main(argv=None) -> dict:
         run_step({**base, "step": "synth", "items": args.items, "users": args.users}, result["steps"])
         run_step({**base, "step": "split"}, result["steps"])
     for method, config in cfgs.items():
-        vid = lifecycle(method, config, base, result["steps"])
+        first, vid = lifecycle(method, config, base, result["steps"])
+        spec = {**base, "step": "evaluate", "method": method, "index": f"large-{method}"}
+        before = None
+        if first != vid:  # the initial structure, trained once: what relearning starts from
+            before = run_step({**spec, "version": first, "beams": [50], "batch1_users": 1}, result["steps"])
         beams = [50] if method == "two_tower" else args.beams
-        ev = run_step({**base, "step": "evaluate", "method": method, "index": f"large-{method}",
-                       "version": vid, "beams": beams}, result["steps"])
+        ev = run_step({**spec, "version": vid, "beams": beams}, result["steps"])
         budget = "quick" if args.quick else BUDGETS[method][1]
-        result["methods"][method] = {"version": vid, "config": config, "budget": budget, "eval": ev}
+        result["methods"][method] = {"version": vid, "config": config, "budget": budget, "eval": ev,
+                                     "before_relearn": before}
         if method == "two_tower":
             result["methods"][method]["ann"] = run_step(
                 {**base, "step": "ann", "method": method, "index": "large-two_tower", "version": vid,

@@ -24,6 +24,10 @@ def quality_table(result: dict) -> list[str]:
     lines = [f"| index | budget | beam / param | recall@{k} (%) | users/s (batch 256) | users/s (batch 1) "
              "| candidates per user |", "|---|---|---|---|---|---|---|"]
     for method, m in result["methods"].items():
+        if m.get("before_relearn"):
+            b = m["before_relearn"]["beams"][0]
+            lines.append(f"| {LABELS[method]}, initial structure trained once | {m['budget']} | {b['beam']} "
+                         f"| {100 * b['recall']:.2f} | {b['users_per_s']:,.1f} | | |")
         ev = m["eval"]
         one = ev["batch1"]
         for b in ev["beams"]:

@@ -15,9 +15,11 @@ def test_large_rehearsal_measures_every_step_and_writes_its_tables(tmp_path):
                          "--ef", "16", "--nprobe", "4", "--work", str(tmp_path), "--out", out])
     steps = [(s["method"], s["step"]) for s in result["steps"]]
     assert steps == [(None, "synth"), (None, "split"), ("tdm", "construct"), ("tdm", "train"), ("tdm", "relearn"),
-                     ("tdm", "train"), ("tdm", "evaluate"), ("two_tower", "construct"), ("two_tower", "train"),
-                     ("two_tower", "evaluate"), ("two_tower", "ann")]
+                     ("tdm", "train"), ("tdm", "evaluate"), ("tdm", "evaluate"), ("two_tower", "construct"),
+                     ("two_tower", "train"), ("two_tower", "evaluate"), ("two_tower", "ann")]
     assert all(s["seconds"] > 0 and 0.05 < s["peak_rss_gb"] < 6 for s in result["steps"])
+    assert result["methods"]["tdm"]["before_relearn"]["beams"][0]["beam"] == 50  # the first trained version
+    assert result["methods"]["two_tower"]["before_relearn"] is None
     tdm = result["methods"]["tdm"]["eval"]
     assert [b["beam"] for b in tdm["beams"]] == [10, 50] and tdm["users"] == 20
     assert all(0 <= b["recall"] <= 1 and b["users_per_s"] > 0 for b in tdm["beams"])
@@ -28,6 +30,7 @@ def test_large_rehearsal_measures_every_step_and_writes_its_tables(tmp_path):
     assert saved["methods"].keys() == {"tdm", "two_tower"}
     md = (tmp_path / "large.md").read_text()
     assert "| TDM | quick | 50 |" in md and "FAISS HNSW" in md and "peak RSS" in md
+    assert "| TDM, initial structure trained once | quick | 50 |" in md
     assert (tmp_path / "large.png").stat().st_size > 1000
     # a second run reuses the stored corpus: no synth or split step
     again = large.main(["--quick", "--items", "600", "--users", "500", "--methods", "two_tower",
