@@ -51,10 +51,9 @@ import torch
 
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json_and_markdown
-from benchmarks.quality import (CONFIGS, LIFECYCLE, METHODS, QUICK, RESULTS, apply_override, find_data_dir,
-                                load_data)
-from models.method import config_from_dict
+from benchmarks.quality import CONFIGS, LIFECYCLE, METHODS, QUICK, RESULTS, apply_override, find_data_dir, load_data
 from models.evaluation import recall_of
+from models.method import config_from_dict
 
 TREE_METHODS = ("tdm", "jtm", "deforec")
 INDEX_PREFIX = "curves-"
@@ -135,7 +134,7 @@ def measure_index(store, file: str, name: str, data, beams, k: int, repeats: int
     hist = torch.as_tensor(np.asarray(data.test.histories)).long()
     points = []
     for beam in beams:
-        ups, items = timed(lambda h: searcher.search(h, k, beam)[1], hist, repeats)
+        ups, items = timed(lambda h, b=beam: searcher.search(h, k, b)[1], hist, repeats)
         points.append({"beam": beam, "users_per_s": ups, "recall": recall_of(items.numpy(), data.test, k),
                        "candidates": searcher.last_candidates()})
         print(f"  {name} beam {beam}: recall@{k} {points[-1]['recall']:.4f}, {ups:,.0f} users/s", flush=True)
@@ -145,7 +144,7 @@ def measure_index(store, file: str, name: str, data, beams, k: int, repeats: int
 
 def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dict:
     """Exact search and FAISS HNSW / IVF over the two-tower embeddings."""
-    from models.two_tower import TwoTowerConfig, train_two_tower
+    from models.baselines.two_tower import TwoTowerConfig, train_two_tower
 
     config = config_from_dict(TwoTowerConfig, cfg)
     model, _ = train_two_tower(data, config, torch.device("cpu"))
@@ -387,7 +386,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

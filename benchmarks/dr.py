@@ -19,7 +19,6 @@ Writes ``benchmarks/results/dr.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import time
 
@@ -27,11 +26,12 @@ import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json
 from benchmarks.timing import median_seconds
 from indexstore.protocol import build_split_data, split_users
 from indexstore.samples import SplitData
-from models.deep_retrieval import DRConfig, DRMethod
-from models.dr_search import beam_search, path_ids_of
+from models.dr.method import DRConfig, DRMethod
+from models.dr.search import beam_search, path_ids_of
 from models.evaluation import evaluate
 from models.method import Built
 from models.metrics import fidelity
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
 
     def save(complete: bool = False) -> None:  # after every stage: a run cut short keeps its rows
         result.update(complete=complete, total_s=time.perf_counter() - t0)
-        out.write_text(json.dumps(result, indent=2))
+        write_json(out, result)
 
     builts = {}
     for j in (1, 3):
@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -16,7 +16,6 @@ Writes ``benchmarks/results/dr_pools.json`` (or ``--out``), rewritten after ever
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import time
 
@@ -25,8 +24,9 @@ import torch
 
 from benchmarks.dr import DATASETS, beam_diversity, load_data, path_stats
 from benchmarks.machine import machine_info
-from models.deep_retrieval import DRConfig, DRMethod, load_net
-from models.dr_em import estep_scores, mstep, pool_coverage
+from benchmarks.output import write_json
+from models.dr.em import estep_scores, mstep, pool_coverage
+from models.dr.method import DRConfig, DRMethod, load_net
 from models.evaluation import evaluate
 from models.method import Built
 
@@ -90,16 +90,16 @@ def main(argv=None) -> dict:
                 row = {**base, **pools, "alpha": alpha, "after_mstep": path_stats(codes),
                        "retrained": retrieval(one, trained, data)}
                 result["rows"].append(row)
-                out.write_text(json.dumps(result, indent=2))
+                write_json(out, result)
                 print({k: v for k, v in row.items() if k != "round0"}, flush=True)
     result["complete"] = True
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(f"wrote {out}")
     return result
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -15,7 +15,6 @@ Writes ``benchmarks/results/forests.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import time
@@ -24,15 +23,16 @@ import numpy as np
 import torch
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json
 from benchmarks.timing import median_seconds
 from indexstore.protocol import build_split_data, split_users
 from indexstore.samples import SplitData
 from indexstore.structures import Forest
-from models.deforec import DeFoRecConfig, DeFoRecMethod
+from models.deforec.method import DeFoRecConfig, DeFoRecMethod
 from models.evaluation import evaluate
 from models.method import Built, bytes_to_state
 from models.metrics import fidelity
-from models.recforest import RecForestConfig, RecForestMethod
+from models.recforest.method import RecForestConfig, RecForestMethod
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "forests.json"
 DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -41,7 +41,8 @@ DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
 def load_data(name: str, seed: int) -> SplitData:
     """ml-1m-subset (with genres) through the readers and the protocol, or synthetic."""
     if name == "ml-1m-subset":
-        from indexstore.readers import read_interactions, read_item_categories
+        from indexstore.categories import read_item_categories
+        from indexstore.readers import read_interactions
 
         inter = read_interactions(DATASETS / name / "ratings_users0001-2999.dat.gz")
         cats = read_item_categories(DATASETS / name / "movies.dat", inter.item_raw, seed)
@@ -85,7 +86,7 @@ def latency_ms(searcher, data: SplitData, beam: int, n: int = 50) -> float:
         start = time.perf_counter()
         searcher.search(hist[i:i + 1], 20, beam)
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return statistics.median(times) * 1e3  # ms
 
 
 def run_recforest(data, args, out: dict, save) -> dict:
@@ -157,7 +158,7 @@ def main(argv=None) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        path.write_text(json.dumps(result, indent=2, default=float))
+        write_json(path, result)
 
     if args.only in (None, "recforest"):
         run_recforest(data, args, result.setdefault("recforest", {}), save)
@@ -169,7 +170,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

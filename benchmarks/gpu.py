@@ -77,7 +77,7 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def build_tdm(n: int, seed: int):
-    from models.tdm import TDMScorer
+    from models.node_scorer import TDMScorer
     from models.tree_builders import category_tree
 
     tree = category_tree(np.random.default_rng(seed).integers(0, max(n // 100, 1), n), 2, seed=seed)
@@ -87,7 +87,7 @@ def build_tdm(n: int, seed: int):
 
 def build_recforest(n: int, trees: int, seed: int, device: str):
     from indexstore.structures import Forest
-    from models.recforest import RecForestConfig, make_net
+    from models.recforest.method import RecForestConfig, make_net
     from models.tree_builders import recforest_tree
 
     emb = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
@@ -98,8 +98,8 @@ def build_recforest(n: int, trees: int, seed: int, device: str):
 
 
 def searchers(index: str, built, device: torch.device):
-    from models.recforest_search import ForestTables, RecForestSearcher
-    from models.tree_methods import TreeSearcher
+    from models.recforest.search import ForestTables, RecForestSearcher
+    from models.tree_method import TreeSearcher
 
     if index == "tdm":
         tree, scorer = built
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

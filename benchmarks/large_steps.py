@@ -61,11 +61,11 @@ def relearn(spec: dict) -> dict:
 
 
 def _held_out(spec: dict):
-    from flows.steps import load_split, method_config
     from indexstore.store import Store
+    from models.lifecycle import Recipe, split_data
 
     store = Store.open(spec["url"])
-    data = load_split(store, spec["dataset"], "default", method_config(spec.get("method", "tdm"), {}))
+    data = split_data(store, spec["dataset"], "default", Recipe.new(spec.get("method", "tdm")).config)
     return store, data.test.subset(spec["users"]), data.n_items
 
 
@@ -156,7 +156,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main(sys.argv[1:])
     exit_quietly(0)

@@ -27,8 +27,9 @@ import torch
 
 from benchmarks.gpu import build_recforest, searchers
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import RESULTS
-from models.recforest_search import EXPAND_MARGIN
+from models.recforest.search import EXPAND_MARGIN
 
 MODES = ("teacher", "expand", "auto")
 
@@ -89,11 +90,7 @@ def main(argv=None) -> dict:
     res = {"command": "python -m benchmarks.recforest_leaves " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine_info(), "threads": a.threads, "trees": a.trees, "repeats": a.repeats,
            "expand_margin": EXPAND_MARGIN, "cases": cases}
-    os.makedirs(a.out_dir, exist_ok=True)
-    with open(os.path.join(a.out_dir, "recforest_leaves.json"), "w") as f:
-        json.dump(res, f, indent=1, default=float)
-    with open(os.path.join(a.out_dir, "recforest_leaves.md"), "w") as f:
-        f.write(markdown(res))
+    write_json_and_markdown(os.path.join(a.out_dir, "recforest_leaves"), res, markdown)
     print(markdown(res))
     return res
 

@@ -15,7 +15,8 @@ relearn), with benchmarks.quality's QUICK configs (a few thousand training windo
 budget only lets a difference grow), is run three times with seed ``--seed``:
 
 * ``verbs`` twice: the method's verbs in this process (what benchmarks.quality does), with the
-  seeds `flows.steps` derives (train: seed + round, relearn: seed + 1000 * round);
+  seeds `models.lifecycle.Recipe.seed` derives (train: seed + round, relearn into round r: its
+  own stream);
 * ``store`` once: through the flows' steps into a DuckDB store, each step a version read back
   from the store by the next (what `grove cycle` and benchmarks.curves do).
 
@@ -44,15 +45,16 @@ IGNORED = frozenset({"seconds", "stats"})  # wall-clock figures inside saved tra
 
 
 def run_verbs(name: str, values: dict, data) -> object:
-    """construct -> train (-> relearn -> train) through the method's verbs; the final Built."""
-    from models.method import config_from_dict
+    """construct -> train (-> relearn -> train) in memory through `models.lifecycle` (the seeds
+    the stored lifecycle uses); the final Built."""
+    from models.lifecycle import Recipe, advance, build
     from models.registry import get_method
 
-    method = get_method(name)
-    cfg = config_from_dict(method.config_cls, values)
-    built = method.train(cfg, method.construct(cfg, data, cfg.seed), data, cfg.seed)
-    if method.relearns:
-        built = method.train(cfg, method.relearn(cfg, built, data, cfg.seed + 1000), data, cfg.seed + 1)
+    recipe = Recipe.new(name, values)
+    built, recipe = advance(recipe, build(recipe, data), data, "train")
+    if get_method(name).relearns:
+        built, recipe = advance(recipe, built, data, "relearn")
+        built, recipe = advance(recipe, built, data, "train")
     return built
 
 
@@ -165,7 +167,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     res = main()
     exit_quietly(1 if any("error" in row for row in res["methods"].values()) else 0)

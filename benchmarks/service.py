@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 INDEX = "bench-tdm"
@@ -298,14 +299,13 @@ def main(argv=None) -> dict:
                      "service_swaps": final_health.get("swaps"), "service_batches": final_health.get("batches")}}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "service.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "service.md").write_text(markdown(res))
+    write_json_and_markdown(out / "service", res, markdown)
     print(markdown(res))
     return res
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

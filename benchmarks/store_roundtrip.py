@@ -26,8 +26,8 @@ import duckdb
 import numpy as np
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json
 from benchmarks.timing import at_least
-
 from indexstore.store import Store
 from indexstore.structures import Forest, PathCodes, Tree
 
@@ -60,8 +60,8 @@ def timed(fn) -> tuple[float, object]:
 def run_case(store: Store, name: str, structure, runs: int) -> dict:
     writes, reads = [], []
     for r in range(runs):
-        tw, info = timed(lambda: store.write_version(f"bench-{name}", "bench", structure, {"run": r}))
-        tr, back = timed(lambda: store.read_structure(info.id))
+        tw, info = timed(lambda r=r: store.write_version(f"bench-{name}", "bench", structure, {"run": r}))
+        tr, back = timed(lambda v=info.id: store.read_structure(v))
         assert back.equals(structure), f"{name}: round trip differs"
         writes.append(tw)
         reads.append(tr)
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
             run_case(store, f"warmup-{name}", build(1000), 1)
         results = {}
         for name, build in cases.items():
-            tb, structure = timed(lambda: build(n))
+            tb, structure = timed(lambda b=build: b(n))
             res = run_case(store, name, structure, args.runs)
             res["build_s"] = tb
             res["rows"] = ({"nodes": sum(t.n_nodes for t in structure.trees)} if isinstance(structure, Forest)
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                                 for k in ("tree_k2", "tree_k18"))}
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    write_json(path, out)
     print(json.dumps({k: {"write_s": round(v["write_s"], 2), "read_s": round(v["read_s"], 2)}
                       for k, v in results.items()}))
     print(f"wrote {path}")
@@ -118,6 +118,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     exit_quietly(main() or 0)

@@ -5,7 +5,7 @@
 For TDM, JTM and DeFoRec with their DEFAULT configs (negatives, dim, network): one synthetic
 corpus per size (`indexstore.synth`, the same users and history lengths at every size), the
 category tree `construct` builds, the scorer, sampler and optimiser the trainers use
-(`models.tree_training.bce_step`, `models.deforec_train.softmax_step`, `models.optim.EmbeddingAdam`),
+(`models.tree_training.bce_step`, `models.deforec.training.softmax_step`, `models.optim.EmbeddingAdam`),
 and a step on a fresh random batch of the corpus' training windows. Per trainer, one process
 holds every size and times their steps side by side, alternating (a VM drifts up to 2x over
 minutes; steps timed next to each other give a ratio that repeats), after ``--warmup`` steps per
@@ -33,10 +33,10 @@ TRAINERS = ("tdm", "jtm", "deforec")
 
 
 def _corpus(n_items: int, n_users: int, seed: int):
+    import numpy as np
+
     from indexstore.protocol import build_split_data, split_users
     from indexstore.synth import synthesize
-
-    import numpy as np
 
     inter, cats = synthesize(n_items, n_users, seed)
     codes = np.unique(cats.kept.astype(str), return_inverse=True)[1].astype(np.int32)
@@ -48,13 +48,14 @@ def _stepper(trainer: str, data, batch: int, seed: int):
     import numpy as np
     import torch
 
-    from models.deforec import DeFoRecConfig
-    from models.deforec_train import SoftmaxLevels, softmax_step
-    from models.jtm import HierarchicalScorer
+    from models.deforec.method import DeFoRecConfig
+    from models.deforec.training import SoftmaxLevels, softmax_step
+    from models.jtm.hierarchical import HierarchicalScorer
+    from models.jtm.method import JTMConfig
+    from models.node_scorer import TDMScorer
     from models.optim import EmbeddingAdam
-    from models.tdm import TDMScorer
+    from models.tdm.method import TDMConfig
     from models.tree_builders import category_tree
-    from models.tree_methods import JTMConfig, TDMConfig
     from models.tree_training import LevelSampler, bce_step, negatives_per_level
     from models.windows import DeviceWindows
 
@@ -159,7 +160,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

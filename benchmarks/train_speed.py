@@ -2,16 +2,16 @@
 
     python -m benchmarks.train_speed [--batches 64 256] [--runs 5] [--device cpu]
 
-`models.tdm.TDMScorer.forward_rows` runs the activation unit in user chunks of
+`models.node_scorer.TDMScorer.forward_rows` runs the activation unit in user chunks of
 ``train_chunk_elements`` floats per (chunk, C, L, h) intermediate under activation checkpointing
 when it trains on CPU. This measures what that buys, per trainer:
 
 * ``tdm``: `TDMScorer` with TDM's per-level binary cross-entropy (`models.tree_training.bce_step`,
   negatives per level from `TDMConfig`'s defaults, 2 * 1.3^(l-1));
-* ``jtm``: `models.jtm.HierarchicalScorer` (behaviours mapped to the scored node's level: no
+* ``jtm``: `models.jtm.hierarchical.HierarchicalScorer` (behaviours mapped to the scored node's level: no
   behaviour sharing across a user's C nodes), same loss;
 * ``deforec``: `TDMScorer` with DeFoRec's layer-wise sampled softmax
-  (`models.deforec_train.softmax_step`, m = `DeFoRecConfig().negatives`, 40).
+  (`models.deforec.training.softmax_step`, m = `DeFoRecConfig().negatives`, 40).
 
 Corpus: synthetic, the shape of ml-1m-subset: 3,615 items on a K = 2 category tree (18
 categories; depth 12), full 69-item histories. For every (trainer, batch size) one scorer is
@@ -23,12 +23,12 @@ Writes ``results/train_speed.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json_and_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_ITEMS, CATEGORIES, HIST = 3615, 18, 69
@@ -40,13 +40,13 @@ def _trainer(kind: str, device, seed: int = 0):
     import numpy as np
     import torch
 
-    from models.deforec import DeFoRecConfig
-    from models.deforec_train import SoftmaxLevels, softmax_step
-    from models.jtm import HierarchicalScorer
+    from models.deforec.method import DeFoRecConfig
+    from models.deforec.training import SoftmaxLevels, softmax_step
+    from models.jtm.hierarchical import HierarchicalScorer
+    from models.node_scorer import TDMScorer
     from models.optim import EmbeddingAdam
-    from models.tdm import TDMScorer
+    from models.tdm.method import TDMConfig
     from models.tree_builders import category_tree
-    from models.tree_methods import TDMConfig
     from models.tree_training import LevelSampler, bce_step, negatives_per_level
 
     tree = category_tree(np.random.default_rng(seed).integers(0, CATEGORIES, N_ITEMS), 2, seed=seed)
@@ -127,14 +127,13 @@ def main(argv=None) -> dict:
     result = {"machine": info, "device": args.device, "args": {k: v for k, v in vars(args).items() if k != "out"},
               "load_average_after": [round(x, 2) for x in os.getloadavg()], "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_speed.json").write_text(json.dumps(result, indent=2))
-    (args.out / "train_speed.md").write_text(markdown(result))
+    write_json_and_markdown(args.out / "train_speed", result, markdown)
     print(markdown(result))
     return result
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import machine_info
+from benchmarks.output import write_json
 from benchmarks.timing import at_least
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tree_build.json"
@@ -171,13 +172,13 @@ def main(argv=None) -> dict:
     result["beam_search_per_user_growth"] = growth(result["beam_search"])
     result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"wrote {args.out}", file=sys.stderr)
     return result
 
 
 if __name__ == "__main__":
-    from indexstore.quiet_exit import exit_quietly
+    from flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -17,8 +17,9 @@ FORMAT_ALIASES = {"ml-udata": "ml-100k", "ml-csv": "ml-latest", "tsv": "tsv"}
 def import_file(store, path: str, name: str, *, fmt: str = "auto", items: str | None = None,
                 seed: int = 0, user_col: str | None = None, item_col: str | None = None,
                 time_col: str | None = None, rating_col: str | None = None,
-                behavior_col: str | None = None) -> DatasetInfo:
-    """Stream an interactions file (and optionally item categories) into a new dataset.
+                behavior_col: str | None = None, meta: dict | None = None) -> DatasetInfo:
+    """Stream an interactions file (and optionally item categories) into a new dataset;
+    ``meta`` is kept with the dataset beside the import's settings.
 
     DuckDB reads the file (`indexstore.bulk_import`): memory stays under
     ``$GROVE_IMPORT_MEMORY`` (default 2GB) whatever the file's size."""
@@ -29,10 +30,10 @@ def import_file(store, path: str, name: str, *, fmt: str = "auto", items: str | 
     source = InteractionFile(str(path), FORMAT_ALIASES.get(fmt, fmt), user_col=user_col,
                              item_col=item_col, time_col=time_col, rating_col=rating_col,
                              behavior_col=behavior_col)
-    meta = {"format": fmt, "items_file": items, "seed": seed,
-            "columns": {"user": user_col, "item": item_col, "time": time_col, "rating": rating_col,
-                        "behavior": behavior_col}}
-    return store.import_file(name, source, items=items or None, seed=seed, meta=meta)
+    settings = {"format": fmt, "items_file": items, "seed": seed,
+                "columns": {"user": user_col, "item": item_col, "time": time_col, "rating": rating_col,
+                            "behavior": behavior_col}}
+    return store.import_file(name, source, items=items or None, seed=seed, meta={**settings, **(meta or {})})
 
 
 def synth_dataset(store, name: str, n_items: int, n_users: int, seed: int = 0) -> DatasetInfo:

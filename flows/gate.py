@@ -22,8 +22,8 @@ matching the gate's (role, name, k, beam, filtered) is the one used.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 from indexstore.errors import GroveError, NotFoundError
 
@@ -62,7 +62,7 @@ class GateConfig:
         return f"{self.role} {self.metric}@{self.k} ({beam}{seen})"
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "GateConfig":
+    def from_dict(cls, values: dict | None) -> GateConfig:
         values = dict(values or {})
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
@@ -90,7 +90,7 @@ class GateDecision:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict) -> "GateDecision":
+    def from_dict(cls, values: dict) -> GateDecision:
         return cls(**{**values, "config": GateConfig(**values["config"])})
 
 

@@ -31,11 +31,11 @@ import numpy as np
 import sqlalchemy as sa
 
 from indexstore import datasets_io
+from indexstore.categories import read_item_categories
 from indexstore.engine import native
 from indexstore.entities import DatasetInfo
 from indexstore.errors import GroveError, InputError
 from indexstore.file_layout import InteractionFile, Layout, first_malformed, locate_record, sniff_layout
-from indexstore.readers import read_item_categories
 
 MEMORY_ENV, DEFAULT_MEMORY = "GROVE_IMPORT_MEMORY", "2GB"
 STAGE, USERS, ITEMS = "_grove_stage", "_grove_user_ids", "_grove_item_ids"

@@ -117,7 +117,7 @@ def _raw(nat, table: str, col: str, name: str) -> np.ndarray:
 
 def load_interactions(conn: sa.Connection, name: str):
     """The dataset's interactions as an `indexstore.readers.Interactions` (import order)."""
-    from indexstore.readers import Interactions
+    from indexstore.interactions import Interactions
 
     get_dataset(conn, name)
     nat = native(conn)
@@ -144,7 +144,7 @@ def load_positives(conn: sa.Connection, name: str, positive_rating: float | None
     rated = nat.execute("SELECT count(rating) FROM interactions WHERE dataset = $1", [name]).fetchone()[0]
     where, params = "dataset = $1", [name]
     if rated and positive_rating is not None:  # float32 comparison, as `protocol.positive_mask`
-        where, params = where + " AND CAST(rating AS FLOAT) >= CAST($2 AS FLOAT)", [name, positive_rating]
+        where, params = where + " AND CAST(rating AS FLOAT) >= CAST($2 AS FLOAT)", [name, str(positive_rating)]
     cols = nat.execute(f"SELECT user_id, item_id FROM interactions WHERE {where} "
                        "ORDER BY user_id, ts, rowid", params).fetchnumpy()
     return np.asarray(cols["user_id"], dtype=np.int32), np.asarray(cols["item_id"], dtype=np.int32)

@@ -79,8 +79,10 @@ def diff_structures(v1: int, s1: Structure, v2: int, s2: Structure) -> VersionDi
     if s1.n_items != s2.n_items:
         raise GroveError(f"versions {v1} and {v2} index different item sets "
                          f"({s1.n_items} vs {s2.n_items} items)")
-    if k1 == "codes":
+    if isinstance(s1, PathCodes) and isinstance(s2, PathCodes):
         return VersionDiff(v1, v2, "codes", _diff_codes(s1, s2))
+    if isinstance(s1, PathCodes) or isinstance(s2, PathCodes):
+        raise GroveError(f"versions {v1} and {v2} cannot be compared: one is a tree index, the other path codes")
     t1 = s1.trees if isinstance(s1, Forest) else (s1,)
     t2 = s2.trees if isinstance(s2, Forest) else (s2,)
     parts = []

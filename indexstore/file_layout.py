@@ -20,8 +20,14 @@ import zlib
 from dataclasses import dataclass
 
 from indexstore.errors import InputError
-from indexstore.readers import (FORMATS, HEADERLESS_NAMES, detect_text_format, is_numeric_line,
-                                resolve_column, sniff_delimiter)
+from indexstore.readers import (
+    FORMATS,
+    HEADERLESS_NAMES,
+    detect_text_format,
+    is_numeric_line,
+    resolve_column,
+    sniff_delimiter,
+)
 
 ROLES = ("user", "item", "time", "rating", "behavior")
 _REQUIRED = ("user", "item", "time")
@@ -109,8 +115,8 @@ def _text_layout(source: InteractionFile, first: bytes, blank_lines: int, is_gzi
         delim = "\t" if fmt == "tsv" else sniff_delimiter(first)
         header, quote = not is_numeric_line(first, delim.encode()), '"'
     if header:
-        names = next(csv.reader([first.decode("utf-8", "replace")], delimiter=delim))
-        names = tuple(_CONTROL.sub("?", n.strip()) for n in names)
+        fields = next(csv.reader([first.decode("utf-8", "replace")], delimiter=delim))
+        names = tuple(_CONTROL.sub("?", n.strip()) for n in fields)
     else:
         n_fields = len(first.split(delim.encode()))
         if n_fields not in HEADERLESS_NAMES:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-from .readers import Interactions
+from .interactions import Interactions
 from .samples import MAX_BEHAVIOURS, PAD, HeldOutUsers, SplitData, TrainingSamples
 
 ROLES = ("train", "valid", "test")

@@ -1,4 +1,7 @@
-"""Interaction files -> `Interactions` (dense ids, raw-id maps); item files -> `ItemCategories`.
+"""Interaction files -> `indexstore.interactions.Interactions` (dense ids, raw-id maps), in
+memory (the store's import streams files through DuckDB instead: `indexstore.bulk_import`; this
+reader serves the format detection it shares and small in-memory uses). Item category files are
+read by `indexstore.categories`.
 
 Formats (``fmt``; ``"auto"`` looks at the first bytes and the first line):
 
@@ -22,7 +25,6 @@ import gzip
 import io
 import os
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -31,52 +33,7 @@ import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
 from .errors import InputError
-
-
-@dataclass(frozen=True, eq=False)
-class Interactions:
-    """One dataset's interactions with dense ids.
-
-    user, item : (n,) int32 -- dense ids in ``0..U-1`` / ``0..I-1``.
-    ts : (n,) int64 -- epoch seconds.
-    rating : (n,) float32 or None when the source has no rating column.
-    behavior : (n,) object (str or None) or None when the source has no behaviour column.
-    user_raw : (U,) str -- raw id of each dense user (sorted numerically if all numeric,
-        else lexicographically); item_raw : (I,) str likewise.
-    """
-
-    user: np.ndarray
-    item: np.ndarray
-    ts: np.ndarray
-    rating: np.ndarray | None
-    behavior: np.ndarray | None
-    user_raw: np.ndarray
-    item_raw: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.user.shape[0])
-
-    @property
-    def n_users(self) -> int:
-        return int(self.user_raw.shape[0])
-
-    @property
-    def n_items(self) -> int:
-        return int(self.item_raw.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
-class ItemCategories:
-    """Categories of a dataset's items.
-
-    kept : (n_items,) object -- the one category kept per dense item (str), None if it has none.
-    pair_item : (m,) int32, pair_category : (m,) object -- every (item, category) pair.
-    """
-
-    kept: np.ndarray
-    pair_item: np.ndarray
-    pair_category: np.ndarray
-
+from .interactions import Interactions
 
 FORMATS = ("auto", "csv", "tsv", "ml-latest", "ml-dat", "ml-100k", "parquet")
 _NUMERIC_LINE = re.compile(rb"^\s*[+-]?\d+(\.\d*)?([eE][+-]?\d+)?\s*$")
@@ -185,7 +142,7 @@ def _read_text(path: str, fmt: str, asked: dict):
     first = first_line(data)
     if fmt == "auto":
         fmt = detect_text_format(first)
-    quote = '"'
+    quote: str | bool = '"'
     if fmt == "ml-dat":
         # pyarrow wants a one-byte delimiter: '::' -> unit separator (ids and numbers only)
         data, delim, names, header, quote = data.replace(b"::", b"\x1f"), "\x1f", None, 0, False
@@ -205,7 +162,7 @@ def _read_text(path: str, fmt: str, asked: dict):
                              "user, item, [rating,] timestamp, or add a header line")
         names = HEADERLESS_NAMES[n_fields]
     cols = _resolve_all(path, names, asked)
-    table = _parse_csv(path, data, names, header, delim, quote, cols)
+    table = parse_csv(path, data, names, header, delim, quote, cols)
     return table, _Source(path, data, header, cols)
 
 
@@ -225,7 +182,7 @@ def is_numeric_line(line: bytes, delim: bytes) -> bool:
     return len(fields) >= 3 and all(_NUMERIC_LINE.match(f) for f in fields)
 
 
-def _parse_csv(path, data, names, header, delim, quote, cols) -> pa.Table:
+def parse_csv(path, data, names, header, delim, quote, cols) -> pa.Table:
     needed = [c for c in cols.values() if c is not None]
     read = pv.ReadOptions(column_names=names, skip_rows=header, block_size=1 << 22)
     parse = pv.ParseOptions(delimiter=delim, quote_char=quote)
@@ -272,7 +229,7 @@ def _to_interactions(table: pa.Table, src: _Source) -> Interactions:
     return Interactions(user, item, ts, rating, behavior, user_raw, item_raw)
 
 
-def _strings(arr: pa.Array) -> pa.Array:
+def trimmed_strings(arr: pa.Array) -> pa.Array:
     if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
         arr = pc.cast(arr, pa.string())
     return pc.utf8_trim_whitespace(arr)
@@ -284,7 +241,7 @@ def _dense_ids(arr: pa.Array, src: _Source, role: str) -> tuple[np.ndarray, np.n
     ints = _canonical_ints(arr)
     if ints is not None:  # fast path: integer ids written canonically ("7", not "007")
         return _dense_from_ints(ints)
-    arr = _strings(arr)
+    arr = trimmed_strings(arr)
     missing = pc.or_kleene(pc.is_null(arr), pc.equal(arr, "")).fill_null(True)
     if pc.any(missing).as_py():
         row = int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0])
@@ -339,7 +296,7 @@ def _numbers(arr: pa.Array, src: _Source, role: str) -> np.ndarray:
     try:
         out = convert(arr)
     except pa.ArrowInvalid:
-        arr = _strings(arr)
+        arr = trimmed_strings(arr)
     try:
         out = convert(arr)
     except pa.ArrowInvalid:
@@ -368,7 +325,7 @@ def _timestamps(arr: pa.Array, src: _Source) -> np.ndarray:
         try:
             arr = pc.cast(arr, pa.int64())  # fast path: epoch seconds
         except pa.ArrowInvalid:
-            arr = _parse_time_strings(_strings(arr), src)
+            arr = _parse_time_strings(trimmed_strings(arr), src)
     if arr.null_count:
         row = int(np.flatnonzero(pc.is_null(arr).to_numpy(zero_copy_only=False))[0])
         raise InputError(f"{src.where(row, 'time')}: missing timestamp")
@@ -400,95 +357,6 @@ def _ok(conv, arr) -> bool:
         return True
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
-
-
-# --------------------------------------------------------------------------- item categories
-
-def read_item_categories(path, item_raw: np.ndarray, seed: int) -> ItemCategories:
-    """Read item categories and keep one per item.
-
-    Parameters
-    ----------
-    path : MovieLens ``movies.dat`` (``id::title::g1|g2``, latin-1), ``movies.csv``
-        (``movieId,title,genres``), or a CSV with an item column (item/item_id/movieId...) and a
-        category column (category/categories/genre/genres); several categories per field are
-        ``|``-separated and an item may also appear on several rows.
-    item_raw : (I,) str -- the dataset's raw item ids (dense id = position).
-    seed : seeds the choice of the one category kept per item (uniform among its categories,
-        as TDM does with multi-genre items).
-
-    Returns
-    -------
-    ItemCategories over the I dense items. Items of the file absent from ``item_raw`` are
-    ignored; items without any category (or "(no genres listed)") get None.
-    """
-    path = os.fspath(path)
-    data = read_bytes(path)
-    first = first_line(data)
-    if b"::" in first:
-        raw_items, raw_cats = _movies_dat(path, data)
-    else:
-        raw_items, raw_cats = _category_csv(path, data, first)
-    return _keep_one(raw_items, raw_cats, np.asarray(item_raw, dtype=str), seed)
-
-
-def _movies_dat(path: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    items, cats = [], []
-    for lineno, line in enumerate(data.decode("latin-1").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split("::")
-        if len(parts) < 3:
-            raise InputError(f"{path} line {lineno}: malformed line, expected "
-                             f"'id::title::genres', found {line[:80]!r}")
-        items.append(parts[0].strip())
-        cats.append(parts[-1].strip())
-    return np.asarray(items, dtype=object), np.asarray(cats, dtype=object)
-
-
-def _category_csv(path: str, data: bytes, first: bytes) -> tuple[np.ndarray, np.ndarray]:
-    delim = sniff_delimiter(first)
-    names = [n.strip() for n in next(csv.reader([first.decode("utf-8", "replace")], delimiter=delim))]
-    item_col = resolve_column(path, names, "item", None, required=True)
-    cat_col = resolve_column(path, names, "category", None, required=True)
-    table = _parse_csv(path, data, names, 1, delim, '"', {"item": item_col, "category": cat_col})
-    items = _strings(table.column(item_col).combine_chunks()).to_numpy(zero_copy_only=False)
-    cats = _strings(table.column(cat_col).combine_chunks()).fill_null("").to_numpy(zero_copy_only=False)
-    return np.asarray(items, dtype=object), np.asarray(cats, dtype=object)
-
-
-def _keep_one(raw_items: np.ndarray, raw_cats: np.ndarray, item_raw: np.ndarray,
-              seed: int) -> ItemCategories:
-    # map raw ids to dense through a sorted copy of item_raw; unknown items -> -1
-    order = np.argsort(item_raw)
-    sorted_raw = item_raw[order]
-    keys = raw_items.astype(str)
-    pos = np.searchsorted(sorted_raw, keys).clip(0, max(len(sorted_raw) - 1, 0))
-    found = (sorted_raw[pos] == keys) if len(sorted_raw) else np.zeros(len(keys), bool)
-    dense = np.where(found, order[pos] if len(order) else -1, -1)
-    # explode 'a|b|c' fields into pairs, file order kept; drop empty and "(no genres listed)"
-    counts = np.fromiter((c.count("|") + 1 for c in raw_cats), np.int64, len(raw_cats))
-    pair_item = np.repeat(dense, counts)
-    pair_cat = np.asarray("|".join(raw_cats).split("|"), dtype=object) if len(raw_cats) else \
-        np.zeros(0, dtype=object)
-    pair_cat = np.asarray([c.strip() for c in pair_cat], dtype=object)
-    ok = (pair_item >= 0) & (pair_cat != "") & (pair_cat != "(no genres listed)")
-    pair_item, pair_cat = pair_item[ok], pair_cat[ok]
-    # drop duplicate pairs, keep first occurrence
-    cat_names, cat_code = np.unique(pair_cat.astype(str), return_inverse=True)
-    key = pair_item.astype(np.int64) * max(len(cat_names), 1) + cat_code
-    keep = np.sort(np.unique(key, return_index=True)[1])
-    pair_item, pair_cat = pair_item[keep].astype(np.int32), pair_cat[keep]
-    # one category per item, uniform among its pairs (stable sort keeps file order per item)
-    by_item = np.argsort(pair_item, kind="stable")
-    n_per = np.bincount(pair_item, minlength=len(item_raw))
-    starts = np.concatenate([[0], np.cumsum(n_per)[:-1]])
-    has = np.flatnonzero(n_per)
-    rng = np.random.default_rng(seed)
-    pick = starts[has] + np.floor(rng.random(len(has)) * n_per[has]).astype(np.int64)
-    kept = np.full(len(item_raw), None, dtype=object)
-    kept[has] = pair_cat[by_item[pick]]
-    return ItemCategories(kept, pair_item, pair_cat)
 
 
 # --------------------------------------------------------------------------- helpers

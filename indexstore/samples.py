@@ -41,8 +41,8 @@ class TrainingSamples:
     """Sliding windows over training users' positives, kept without materialising them.
 
     A window is 69 consecutive entries of one shared int32 array, so n windows cost O(n) memory
-    (an (n, 69) array would be 276 bytes per window: 2 GB for the 7.5M windows of a 10^6-item
-    corpus). `take` builds the (b, 69) windows of a batch.
+    (an (n, 69) int32 array would be 276 bytes per window, gigabytes for the millions of windows
+    of a 10^6-item corpus). `take` builds the (b, 69) windows of a batch.
 
     sequence : (M,) int32 -- every training user's positives laid out newest first, each user
         followed by 69 PADs (see `indexstore.protocol`), so a window never reads another user.
@@ -57,7 +57,7 @@ class TrainingSamples:
     users: np.ndarray
 
     @classmethod
-    def from_windows(cls, behaviours: np.ndarray, targets: np.ndarray, users: np.ndarray) -> "TrainingSamples":
+    def from_windows(cls, behaviours: np.ndarray, targets: np.ndarray, users: np.ndarray) -> TrainingSamples:
         """Samples from explicit (n, <= 69) windows, nearest first, PAD-padded (small data,
         tests): padded to 69 columns and stored back to back."""
         beh = np.asarray(behaviours)
@@ -75,7 +75,7 @@ class TrainingSamples:
         view = np.lib.stride_tricks.sliding_window_view(self.sequence, MAX_BEHAVIOURS)
         return np.ascontiguousarray(view[self.starts[idx]])
 
-    def subset(self, idx: np.ndarray) -> "TrainingSamples":
+    def subset(self, idx: np.ndarray) -> TrainingSamples:
         """The samples ``idx`` (sharing ``sequence``: no window is copied)."""
         return TrainingSamples(self.sequence, self.starts[idx], self.targets[idx], self.users[idx])
 
@@ -107,7 +107,7 @@ class HeldOutUsers:
     def seen(self) -> list[np.ndarray]:
         return csr_rows(self.seen_offsets, self.seen_items)
 
-    def subset(self, n: int) -> "HeldOutUsers":
+    def subset(self, n: int) -> HeldOutUsers:
         """The first n users (for quick evaluation)."""
         n = min(n, len(self))
         so, to = self.seen_offsets[: n + 1], self.truth_offsets[: n + 1]

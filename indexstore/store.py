@@ -25,6 +25,7 @@ from indexstore.engine import check_schema, connect, default_url, make_engine, n
 from indexstore.entities import AliasEvent, DatasetInfo, MetricRow, SplitInfo, VersionInfo, utcnow
 from indexstore.errors import GroveError, NotFoundError
 from indexstore.file_layout import InteractionFile
+from indexstore.item_ids import ItemIds
 from indexstore.structures import Structure, kind_of
 
 _METRIC_FIELDS = ("role", "name", "k", "value", "beam", "filtered", "note")
@@ -52,7 +53,7 @@ class Store:
 
     # ------------------------------------------------------------------------- lifecycle
     @classmethod
-    def open(cls, url: str | None = None, check: bool = True) -> "Store":
+    def open(cls, url: str | None = None, check: bool = True) -> Store:
         """Open the store; refuses a schema that is missing or behind (run `grove init`)."""
         store = cls(url)
         if check:
@@ -124,15 +125,13 @@ class Store:
         with self._tx() as conn:
             return datasets_io.item_raw_ids(conn, dataset)
 
+    def item_ids(self, dataset: str) -> ItemIds:
+        """The raw <-> dense item id mapper of a dataset."""
+        return ItemIds(self.item_raw_ids(dataset))
+
     def item_dense_ids(self, dataset: str, raw: list[str]) -> np.ndarray:
         """(len(raw),) int64 dense ids of raw item ids, -1 where unknown."""
-        known = self.item_raw_ids(dataset)
-        query = np.asarray([str(r).strip() for r in raw], dtype=str)
-        order = np.argsort(known)
-        pos = np.searchsorted(known[order], query)
-        pos = np.minimum(pos, max(len(known) - 1, 0))
-        hit = (len(known) > 0) & (known[order][pos] == query) if len(known) else np.zeros(len(query), bool)
-        return np.where(hit, order[pos] if len(known) else -1, -1).astype(np.int64)
+        return self.item_ids(dataset).dense(raw)
 
     def item_categories(self, dataset: str) -> tuple[np.ndarray, np.ndarray]:
         """(codes (n_items,) int32, -1 none; names (C,) str) of the kept category per item."""
@@ -258,7 +257,7 @@ class Store:
         """The version and its ancestors along parent_id, newest first."""
         out, seen = [], set()
         with self._tx() as conn:
-            v = self._get_version(conn, version_id)
+            v: VersionInfo | None = self._get_version(conn, version_id)
             while v is not None and v.id not in seen:
                 out.append(v)
                 seen.add(v.id)
@@ -274,8 +273,12 @@ class Store:
             known = [r[0] for r in conn.exec_driver_sql("SELECT name FROM indexes ORDER BY name")]
             raise NotFoundError(f"unknown index {index_name!r}; the store has: {', '.join(known) or 'none'}")
 
-    def resolve(self, index_name: str, version: int | None = None, alias: str | None = None) -> VersionInfo:
-        """Explicit version (of this index), else ``alias``, else 'production', else the newest."""
+    def resolve(self, index_name: str, version: int | None = None, alias: str | None = None,
+                prefer: str | None = "production") -> VersionInfo:
+        """The version an index reference means: an explicit ``version`` (of this index), else
+        ``alias`` (NotFoundError when unset), else the ``prefer`` alias if set (serving and
+        retraining start from production), else the newest ready version (``prefer=None``: what
+        the learning commands continue from)."""
         with self._tx() as conn:
             self._require_index(conn, index_name)
             if version is None:
@@ -283,8 +286,8 @@ class Store:
                     version = aliases.current(conn, index_name, alias)
                     if version is None:
                         raise NotFoundError(f"index {index_name!r} has no alias {alias!r}")
-                else:
-                    version = aliases.current(conn, index_name, "production")
+                elif prefer is not None:
+                    version = aliases.current(conn, index_name, prefer)
             if version is None:
                 row = conn.execute(sa.text("SELECT max(id) FROM versions WHERE index_name = :i "
                                            "AND status = 'ready'"), {"i": index_name}).scalar()
@@ -305,9 +308,10 @@ class Store:
             get = r.get if isinstance(r, dict) else (lambda f, _r=r: getattr(_r, f, None))
             if get("name") is None or get("value") is None:
                 raise GroveError(f"a metric row needs a name and a value, got {r!r}")
+            k, beam = get("k"), get("beam")
             values.append({"v": int(version_id), "t": now, "role": get("role"), "name": get("name"),
-                           "k": None if get("k") is None else int(get("k")), "value": float(get("value")),
-                           "beam": None if get("beam") is None else int(get("beam")),
+                           "k": None if k is None else int(k), "value": float(get("value")),  # type: ignore[arg-type]
+                           "beam": None if beam is None else int(beam),
                            "filtered": bool(get("filtered")), "note": get("note")})
         with self._tx() as conn:
             self._get_version(conn, version_id)
@@ -361,18 +365,31 @@ class Store:
                                 {"i": index_name})
             return {a: int(v) for a, v in rows}
 
+    def alias_target(self, index_name: str, alias: str) -> int | None:
+        """The version ``alias`` of ``index_name`` points to now, or None: on a short read-only
+        connection, so that a service polling it never takes a writer's lock."""
+        with self._read_only() as conn:
+            row = conn.execute(sa.text("SELECT version_id FROM aliases WHERE index_name = :i AND alias = :a"),
+                               {"i": index_name, "a": alias}).first()
+        return None if row is None else int(row[0])
+
     # ------------------------------------------------------------------------------- SQL
-    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
-        """Run ``sql`` on a read-only connection; returns (column names, rows)."""
-        engine = make_engine(self.url, read_only=True)
-        conn = connect(engine)
+    @contextmanager
+    def _read_only(self):
+        conn = connect(make_engine(self.url, read_only=True))
         try:
-            result = conn.exec_driver_sql(sql)
-            if not result.returns_rows:
-                return [], []
-            return list(result.keys()), [tuple(r) for r in result.all()]
-        except sa.exc.DBAPIError as exc:
-            first = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
-            raise GroveError(f"query failed: {first}") from None
+            yield conn
         finally:
             conn.close()
+
+    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run ``sql`` on a read-only connection; returns (column names, rows)."""
+        with self._read_only() as conn:
+            try:
+                result = conn.exec_driver_sql(sql)
+                if not result.returns_rows:
+                    return [], []
+                return list(result.keys()), [tuple(r) for r in result.all()]
+            except sa.exc.DBAPIError as exc:
+                first = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+                raise GroveError(f"query failed: {first}") from None

@@ -67,7 +67,7 @@ class Tree:
 
     # ----------------------------------------------------------------------------- building
     @classmethod
-    def from_parents(cls, parent, item, n_items: int, arity: int | None = None) -> "Tree":
+    def from_parents(cls, parent, item, n_items: int, arity: int | None = None) -> Tree:
         """Build from parent/item arrays in any order; renumbers nodes breadth-first.
 
         Children keep their relative order (by old node id). Raises `StructureError` on more
@@ -105,16 +105,16 @@ class Tree:
         if not seen.all():
             orphan = int(np.flatnonzero(~seen)[0])
             raise StructureError(f"node {orphan} is not reachable from the root (orphan or cycle)")
-        order = np.concatenate(order)
+        flat_order = np.concatenate(order)
         new_id = np.empty(m, dtype=np.int64)
-        new_id[order] = np.arange(m)
-        new_parent = np.where(parent[order] >= 0, new_id[np.maximum(parent[order], 0)], -1)
+        new_id[flat_order] = np.arange(m)
+        new_parent = np.where(parent[flat_order] >= 0, new_id[np.maximum(parent[flat_order], 0)], -1)
         counts = np.bincount(new_parent[1:], minlength=m) if m > 1 else np.zeros(1, np.int64)
         k = int(counts.max()) if arity is None else arity
-        return cls(new_parent, item[order], n_items, max(k, 1))
+        return cls(new_parent, item[flat_order], n_items, max(k, 1))
 
     @classmethod
-    def from_paths(cls, paths: np.ndarray, items: np.ndarray, n_items: int, arity: int) -> "Tree":
+    def from_paths(cls, paths: np.ndarray, items: np.ndarray, n_items: int, arity: int) -> Tree:
         """Build from the K-way codes of leaves: ``paths`` (L, depth) ints in [0, K), one row per
         leaf, ``items`` (L,) the item at each leaf. Distinct rows required (one leaf per code).
         Used for complete trees (RecForest) and k-means trees whose leaves all sit at one depth.
@@ -298,7 +298,7 @@ class Tree:
         g.add_edges_from(zip(self.parent[1:].tolist(), range(1, self.n_nodes)))
         return g
 
-    def equals(self, other: "Tree") -> bool:
+    def equals(self, other: Tree) -> bool:
         return (isinstance(other, Tree) and self.n_items == other.n_items and self.arity == other.arity
                 and np.array_equal(self.parent, other.parent) and np.array_equal(self.item, other.item))
 
@@ -325,7 +325,7 @@ class Forest:
     def __len__(self) -> int:
         return len(self.trees)
 
-    def equals(self, other: "Forest") -> bool:
+    def equals(self, other: Forest) -> bool:
         return (isinstance(other, Forest) and len(self) == len(other)
                 and all(a.equals(b) for a, b in zip(self.trees, other.trees)))
 
@@ -389,7 +389,7 @@ class PathCodes:
         weights = k ** np.arange(self.depth - 1, -1, -1, dtype=np.int64)
         return (self.codes.astype(np.int64) * weights).sum(axis=2)
 
-    def equals(self, other: "PathCodes") -> bool:
+    def equals(self, other: PathCodes) -> bool:
         return (isinstance(other, PathCodes) and self.arity == other.arity
                 and np.array_equal(self.codes, other.codes) and np.array_equal(self.scores, other.scores))
 

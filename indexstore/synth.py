@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
-from .readers import Interactions, ItemCategories
+from .interactions import Interactions, ItemCategories
 
 _T0, _T1 = 1_400_000_000, 1_600_000_000  # range of users' first timestamps (epoch seconds)
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexstore.errors import IntegrityError, StructureError
-from indexstore.structures import Forest, PathCodes, Structure, Tree, kind_of
+from indexstore.structures import Forest, PathCodes, Structure, Tree
 
 _tmp_names = itertools.count()
 
@@ -54,11 +54,10 @@ def _insert(nat, table: str, columns: str, select: str, data: pa.Table, params: 
 # --------------------------------------------------------------------------------- shapes
 def shape_of(structure: Structure) -> dict:
     """The parameters that rebuild ``structure`` exactly, stored as ``versions.shape``."""
-    kind = kind_of(structure)
-    if kind == "codes":
+    if isinstance(structure, PathCodes):
         return {"n_items": structure.n_items, "arity": structure.arity,
                 "n_paths": structure.n_paths, "depth": structure.depth}
-    trees = structure.trees if kind == "forest" else (structure,)
+    trees = structure.trees if isinstance(structure, Forest) else (structure,)
     n_nodes = [t.n_nodes for t in trees]
     return {"n_items": trees[0].n_items, "arity": trees[0].arity, "arities": [t.arity for t in trees],
             "n_trees": len(trees), "n_nodes": n_nodes, "depth": [t.depth for t in trees],
@@ -191,11 +190,10 @@ def read_codes(nat, version_id: int, n_items: int, n_paths: int, depth: int, ari
 
 # ------------------------------------------------------------------------------ structure
 def write_structure(nat, version_id: int, structure: Structure) -> None:
-    kind = kind_of(structure)
-    if kind == "codes":
+    if isinstance(structure, PathCodes):
         write_codes(nat, version_id, structure)
         return
-    trees = structure.trees if kind == "forest" else (structure,)
+    trees = structure.trees if isinstance(structure, Forest) else (structure,)
     for t, tree in enumerate(trees):
         write_tree(nat, version_id, t, tree)
 

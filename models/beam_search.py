@@ -39,7 +39,7 @@ syncs (the beam width per level comes from host-side level counts).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

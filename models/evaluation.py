@@ -11,6 +11,20 @@ than the number asked for may return a padded list; then the filtered list is sh
 precision counts the padding as misses. Pass a beam at least as large as that if it matters.
 
 Timing covers the searcher's calls only (with a CUDA synchronise), not the metric arithmetic.
+
+A version's evaluation (`evaluate_version`)
+-------------------------------------------
+The metrics a version gets when it is evaluated: for every beam, P/R/F/NDCG/Novelty @k with
+seen items kept and filtered (one search serves both), users per second; and, where the
+catalogue allows, the exhaustive (brute-force) scores of the same model and fidelity =
+recall(beam) / recall(exhaustive) per k and beam.
+
+The exhaustive reference scores every item for every user: O(items) per user, seconds per user
+at 10^6 items on a CPU (benchmarks/README.md, scale). It runs by default only up to
+``EXHAUSTIVE_MAX_ITEMS`` items; above, ask for it (``exhaustive=True``) and give it a sample of
+users (``exhaustive_users``): fidelity then compares the beam's and the exhaustive recall on the
+same sampled users. Every search (beam or exhaustive) gives its list as found and with the
+user's seen items filtered out, and its users/s.
 """
 from __future__ import annotations
 
@@ -20,10 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from indexstore.entities import MetricRow
 from indexstore.errors import InputError
 from indexstore.samples import HeldOutUsers
 from models.method import Searcher
-from models.metrics import METRIC_NAMES, fidelity as fidelity_ratio, in_sets, per_user_metrics
+from models.metrics import METRIC_NAMES, in_sets, per_user_metrics
+from models.metrics import fidelity as fidelity_ratio
 from models.progress import Progress
 
 
@@ -179,11 +195,11 @@ def search_lists(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int |
             if found.is_cuda:
                 torch.cuda.synchronize(found.device)
             seconds += time.perf_counter() - start
-            found = found.detach().cpu().numpy().astype(np.int64)  # (b, want)
-            kept[lo:hi] = _fix_width(found, k)
+            lists = found.detach().cpu().numpy().astype(np.int64)  # (b, want)
+            kept[lo:hi] = _fix_width(lists, k)
             if out is not None:
                 offs = seen_offsets[lo:hi + 1]
-                out[lo:hi] = drop_seen(found, offs - offs[0], held_out.seen_items[offs[0]:offs[-1]], k)
+                out[lo:hi] = drop_seen(lists, offs - offs[0], held_out.seen_items[offs[0]:offs[-1]], k)
             cand = searcher.last_candidates()
             if cand is not None:
                 cand_sum, cand_users = cand_sum + cand * (hi - lo), cand_users + (hi - lo)
@@ -197,7 +213,7 @@ def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int |
     """(items (U, k), seconds, mean_candidates) of `search_lists`: the lists with seen items
     removed when ``filter_seen``, else as found (then each batch asks for k items only)."""
     kept, filtered, seconds, cand = search_lists(searcher, held_out, k, beam, filter_seen, batch_size, device)
-    return (filtered if filter_seen else kept), seconds, cand
+    return (kept if filtered is None else filtered), seconds, cand
 
 
 def recall_of(items: np.ndarray, held_out: HeldOutUsers, k: int) -> float:
@@ -258,6 +274,7 @@ def evaluate_both(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam:
     The speed of both results is that of the one search (at k + the most seen items)."""
     ks = _check_args(held_out, ks, 1 if beam is None else beam, batch_size)
     kept, filtered, seconds, cand = search_lists(searcher, held_out, max(ks), beam, True, batch_size, device)
+    assert filtered is not None  # asked for
     n, speed = len(held_out), len(held_out) / max(seconds, 1e-9)
     kept_rows, recall = metric_rows(kept, held_out, ks, role, beam, False)
     filtered_rows, _ = metric_rows(filtered, held_out, ks, role, beam, True)
@@ -278,3 +295,53 @@ def fidelity(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int 
     ratios = {k: fidelity_ratio(beam_res.value("recall", k), full_res.value("recall", k))
               for k in sorted(set(int(k) for k in ks))}
     return FidelityResult(beam_res, full_res, ratios)
+
+
+# ------------------------------------------------------------------ a version's evaluation
+EXHAUSTIVE_MAX_ITEMS = 100_000
+
+
+def _row(v: MetricValue, note: str | None = None) -> MetricRow:
+    return MetricRow(role=v.role, name=v.name, k=v.k, value=v.value, beam=v.beam,
+                     filtered=v.filtered, note=note or v.note)
+
+
+def wants_exhaustive(searcher: Searcher, exhaustive: bool | None) -> bool:
+    """``exhaustive`` if given, else whether the catalogue has at most EXHAUSTIVE_MAX_ITEMS."""
+    return exhaustive if exhaustive is not None else searcher.n_items <= EXHAUSTIVE_MAX_ITEMS
+
+
+def evaluate_version(searcher: Searcher, held_out: HeldOutUsers, role: str = "valid",
+                     ks: tuple[int, ...] = (10, 50), beams: tuple[int, ...] = (50,),
+                     exhaustive: bool | None = None, exhaustive_users: int | None = None) -> list[MetricRow]:
+    """Every metric row of one evaluation, ready for `Store.record_metrics`.
+
+    Parameters
+    ----------
+    exhaustive : compute the exhaustive reference and fidelity; None: when the catalogue has at
+        most EXHAUSTIVE_MAX_ITEMS items.
+    exhaustive_users : run the reference on the first N users only (None: all of ``held_out``);
+        its rows then carry the note "N users".
+    """
+    rows: list[MetricRow] = []
+    full, sample = None, len(held_out)
+    kmax = max(ks)
+    if wants_exhaustive(searcher, exhaustive):
+        sample = min(len(held_out), exhaustive_users or len(held_out))
+        full, full_filtered, _ = evaluate_both(searcher, held_out.subset(sample), ks, None, role=role)
+        note = f"{sample} users" if sample < len(held_out) else None
+        rows += [_row(v, note) for v in full.rows + full_filtered.rows]
+        rows.append(MetricRow(role, "users_per_second", kmax, full.users_per_second, None, False,
+                              note=f"{full.n_users} users"))
+    for beam in beams:
+        kept, filtered, recall = evaluate_both(searcher, held_out, ks, beam, role=role)
+        rows += [_row(v) for v in kept.rows + filtered.rows]
+        rows.append(MetricRow(role, "users_per_second", kmax, kept.users_per_second, beam, False,
+                              note=f"{kept.n_users} users"))
+        if kept.mean_candidates is not None:
+            rows.append(MetricRow(role, "candidates", kmax, kept.mean_candidates, beam, False))
+        if full is not None:
+            rows += [MetricRow(role, "fidelity", k, fidelity_ratio(float(recall[k][:sample].mean()),
+                                                                   full.value("recall", k)), beam, False)
+                     for k in sorted(set(ks))]
+    return rows

@@ -43,7 +43,7 @@ def equal_caps(sizes: torch.Tensor, n_children: torch.Tensor, k: int) -> torch.T
     return torch.where(j < kc, base + extra, torch.zeros_like(base))
 
 
-def _init_centroids(x: torch.Tensor, valid: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+def _init_centroids(x: torch.Tensor, valid: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.Tensor:
     """k distinct random points of every set as centroids. x (C, s, d), valid (C, s) -> (C, k, d)."""
     c, s, d = x.shape
     keys = torch.rand(c, s, generator=gen, device=x.device)
@@ -128,13 +128,13 @@ def balanced_kmeans_batched(x: torch.Tensor, sizes: torch.Tensor, caps: torch.Te
     valid = torch.arange(s, device=x.device)[None, :] < sizes[:, None]  # (C, s)
     caps_max = caps.max(dim=0).values.tolist() if c else []  # host copy once: loop bounds
     cent = _init_centroids(x, valid, caps.shape[1], generator)
-    labels = None
-    for _ in range(max(iters, 1)):
+    labels = _assign(x, cent, valid, caps, caps_max)
+    for _ in range(max(iters, 1) - 1):
+        cent = _update(x, labels, valid, caps, cent)
         new = _assign(x, cent, valid, caps, caps_max)
-        if labels is not None and torch.equal(new, labels):
+        if torch.equal(new, labels):
             break
         labels = new
-        cent = _update(x, labels, valid, caps, cent)
     return labels
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import io
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -91,9 +91,12 @@ class Searcher(ABC):
 
 
 VERBS = ("construct", "train", "relearn", "search")
+C = TypeVar("C", bound=MethodConfig)
 
 
-class Method(ABC):
+class Method(ABC, Generic[C]):
+    """The verbs of a method over its config type ``C`` (a `MethodConfig` subclass)."""
+
     name: ClassVar[str]
     kind: ClassVar[str]  # 'tree' | 'forest' | 'codes'
     config_cls: ClassVar[type[MethodConfig]]
@@ -101,25 +104,25 @@ class Method(ABC):
     # the config fields that set the memory a verb needs (named when a size is refused)
     size_fields: ClassVar[tuple[str, ...]] = ()
 
-    def memory_bytes(self, config: MethodConfig, n_items: int, verb: str) -> int:
+    def memory_bytes(self, config: C, n_items: int, verb: str) -> int:
         """Estimated peak bytes of ``verb`` (one of VERBS) on ``n_items`` items, from the config
         alone (`models.memory`); 0 when the method makes no estimate."""
         return 0
 
     @abstractmethod
-    def construct(self, config: MethodConfig, data: SplitData, seed: int) -> Built: ...
+    def construct(self, config: C, data: SplitData, seed: int) -> Built: ...
 
     @abstractmethod
-    def train(self, config: MethodConfig, built: Built, data: SplitData, seed: int) -> Built: ...
+    def train(self, config: C, built: Built, data: SplitData, seed: int) -> Built: ...
 
     @abstractmethod
-    def relearn(self, config: MethodConfig, built: Built, data: SplitData, seed: int) -> Built: ...
+    def relearn(self, config: C, built: Built, data: SplitData, seed: int) -> Built: ...
 
     @abstractmethod
-    def searcher(self, config: MethodConfig, built: Built, device: str | torch.device = "cpu") -> Searcher: ...
+    def searcher(self, config: C, built: Built, device: str | torch.device = "cpu") -> Searcher: ...
 
 
-def check_memory(method: Method, config: MethodConfig, n_items: int, verbs: tuple[str, ...],
+def check_memory(method: Method[Any], config: MethodConfig, n_items: int, verbs: tuple[str, ...],
                  device: str | torch.device) -> None:
     """Refuse (`TooLargeError`, before allocating) a verb whose estimate exceeds the device's memory."""
     from models.memory import require

@@ -33,7 +33,7 @@ METRIC_NAMES = ("precision", "recall", "f1", "ndcg", "novelty")
 
 def _row_ids(offsets: np.ndarray) -> np.ndarray:
     """CSR offsets (U+1,) -> (nnz,) int64 row id of every entry."""
-    counts = np.diff(np.asarray(offsets, dtype=np.int64))
+    counts = np.diff(np.asarray(offsets, dtype=np.int64)).astype(np.int64)
     return np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 
-def sparse_tables(module: nn.Module) -> list[nn.Parameter]:
+def sparse_tables(module: nn.Module) -> list[torch.Tensor]:
     """The weights of ``module``'s embedding tables that produce sparse gradients."""
     return [m.weight for m in module.modules() if isinstance(m, nn.Embedding) and m.sparse]
 

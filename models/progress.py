@@ -22,7 +22,7 @@ class Progress:
         self.quiet = os.environ.get("GROVE_QUIET") == "1"
         self.postfix = ""
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,19 +3,20 @@ dependencies load only when it is used."""
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from indexstore.errors import GroveError
 from models.method import Method
 
 # name -> (module, class). Baselines are methods too, so flows and the retriever treat them alike.
 _METHODS: dict[str, tuple[str, str]] = {
-    "tdm": ("models.tree_methods", "TDMMethod"),
-    "jtm": ("models.tree_methods", "JTMMethod"),
-    "deforec": ("models.deforec", "DeFoRecMethod"),
-    "recforest": ("models.recforest", "RecForestMethod"),
-    "dr": ("models.deep_retrieval", "DRMethod"),
-    "two_tower": ("models.two_tower", "TwoTowerMethod"),
-    "itemcf": ("models.item_cf", "ItemCFMethod"),
+    "tdm": ("models.tdm.method", "TDMMethod"),
+    "jtm": ("models.jtm.method", "JTMMethod"),
+    "deforec": ("models.deforec.method", "DeFoRecMethod"),
+    "recforest": ("models.recforest.method", "RecForestMethod"),
+    "dr": ("models.dr.method", "DRMethod"),
+    "two_tower": ("models.baselines.two_tower", "TwoTowerMethod"),
+    "itemcf": ("models.baselines.item_cf", "ItemCFMethod"),
 }
 
 
@@ -23,7 +24,7 @@ def method_names() -> list[str]:
     return list(_METHODS)
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str) -> Method[Any]:
     """The `Method` registered as ``name``; a GroveError listing the known names otherwise."""
     if name not in _METHODS:
         raise GroveError(f"unknown method {name!r}; known methods: {', '.join(_METHODS)}")

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from indexstore.errors import GroveError
+from indexstore.item_ids import ItemIds
 from indexstore.samples import MAX_BEHAVIOURS, pad_histories
-from models.method import Built, Searcher, check_memory, config_from_dict, resolve_device
-from models.registry import get_method
+from models import lifecycle
+from models.method import Searcher
 
 MAX_BATCH = 4096
 
@@ -36,29 +37,32 @@ class RawResult:
 
 
 class Retriever:
-    """A loaded index version. Build with `Retriever.load`, not the constructor."""
+    """A loaded index version. Build with `Retriever.load`, not the constructor.
 
-    def __init__(self, version, searcher: Searcher, item_raw: np.ndarray, load_seconds: float):
+    version : the `VersionInfo`; searcher : its `Searcher`; item_ids : the dataset's raw <->
+    dense item id mapper (`indexstore.item_ids.ItemIds`)."""
+
+    def __init__(self, version, searcher: Searcher, item_ids: ItemIds, load_seconds: float):
         self.version = version
         self.searcher = searcher
-        self.item_raw = item_raw
-        self._raw_to_dense = {str(r): i for i, r in enumerate(item_raw.tolist())}
+        self.item_ids = item_ids
         self.load_seconds = load_seconds
-        self.n_items = int(item_raw.shape[0])
+        self.n_items = len(item_ids)
+
+    @property
+    def item_raw(self) -> np.ndarray:
+        """(n_items,) str raw id of every dense item."""
+        return self.item_ids.raw
 
     @classmethod
     def load(cls, store, index: str, version: int | None = None, alias: str | None = None,
-             device: str | None = "auto") -> "Retriever":
+             device: str | None = "auto") -> Retriever:
         """Load ``index`` at an explicit version, an alias, or (neither) production / newest."""
         start = time.perf_counter()
         info = store.resolve(index, version=version, alias=alias)
-        _, structure, artifacts = store.read_version(info.id)
-        item_raw = store.item_raw_ids(info.dataset)
-        method = get_method(info.method)
-        config = config_from_dict(method.config_cls, info.config.get("config", {}))
-        check_memory(method, config, structure.n_items, ("search",), resolve_device(device))
-        searcher = method.searcher(config, Built(structure, artifacts), resolve_device(device))
-        return cls(info, searcher, item_raw, time.perf_counter() - start)
+        loaded = lifecycle.load(store, info.id)
+        searcher = lifecycle.searcher(loaded, device)
+        return cls(loaded.info, searcher, store.item_ids(info.dataset), time.perf_counter() - start)
 
     @property
     def device(self) -> torch.device:
@@ -94,8 +98,8 @@ class Retriever:
         extra = max((len(h) for h in rows), default=0) if exclude_seen else 0
         want = min(k + extra, self.n_items)
         with torch.inference_mode():
-            scores, items = self.searcher.search(padded, want, beam)
-        scores, items = scores.float().cpu().numpy(), items.cpu().numpy().astype(np.int64)
+            found_scores, found_items = self.searcher.search(padded, want, beam)
+        scores, items = found_scores.float().cpu().numpy(), found_items.cpu().numpy().astype(np.int64)
         if exclude_seen:
             scores, items = _drop_seen(scores, items, rows)
         return _fit(scores, items, k)
@@ -104,15 +108,13 @@ class Retriever:
                      exclude_seen: bool = False) -> RawResult:
         """Like `retrieve`, with the dataset's raw item ids in and out. Unknown raw ids are dropped
         (their count is returned and warned about)."""
-        dense, unknown = [], 0
-        for h in histories:
-            ids = [self._raw_to_dense.get(str(x)) for x in h]
-            unknown += sum(i is None for i in ids)
-            dense.append([i for i in ids if i is not None])
+        ids = [self.item_ids.dense(h) for h in histories]
+        unknown = int(sum(int((row < 0).sum()) for row in ids))
         if unknown:
             warnings.warn(f"{unknown} unknown item id(s) in the histories were ignored", stacklevel=2)
-        scores, items = self.retrieve(dense, k, beam, exclude_seen)
-        raw = [[str(self.item_raw[i]) if i >= 0 else None for i in row] for row in items.tolist()]
+        scores, items = self.retrieve([row[row >= 0] for row in ids], k, beam, exclude_seen)
+        names = self.item_ids.raw_of(items)
+        raw = [[str(n) if i >= 0 else None for n, i in zip(nrow, irow)] for nrow, irow in zip(names, items)]
         return RawResult(raw, scores, unknown)
 
 

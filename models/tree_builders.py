@@ -19,8 +19,8 @@ Node numbering is breadth-first, children of a node in cluster order, as `Tree` 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -288,7 +288,7 @@ class TreeTensors:
         return int(self.children.shape[0])
 
 
-_CACHE: "weakref.WeakKeyDictionary[Tree, dict[str, TreeTensors]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[Tree, dict[str, TreeTensors]] = weakref.WeakKeyDictionary()
 
 
 def tree_tensors(tree: Tree, device: str | torch.device = "cpu") -> TreeTensors:

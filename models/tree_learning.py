@@ -1,6 +1,6 @@
 """Top-down tree learning shared by JTM (Algorithm 2) and DeFoRec (§5): the layout, the pairs,
 the assignment loop and the capacity rebalance. What differs, the weight of an item for a
-candidate position, is a function the caller passes (`models.jtm`, `models.deforec_train`).
+candidate position, is a function the caller passes (`models.jtm`, `models.deforec.training`).
 
 Items are re-assigned to the positions of a complete K-ary tree of depth ``D = ceil(log_K n)``,
 top down, ``gap`` (d) levels at a time: at step l0 -> l = min(l0 + d, D) every item, already
@@ -23,8 +23,8 @@ import torch
 
 from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
+from models.node_scorer import position_keys
 from models.progress import Progress
-from models.tdm import position_keys
 from models.tree_training import subsample
 from models.windows import DeviceWindows
 
@@ -64,8 +64,8 @@ def old_leaf_positions(tree: Tree, depth: int) -> np.ndarray:
     k = tree.arity
     pos, lv = _level_positions(tree)
     leaf = tree.item_leaf
-    p, l = pos[leaf], lv[leaf]
-    return np.where(l <= depth, p * k ** np.maximum(depth - l, 0), p // k ** np.maximum(l - depth, 0))
+    p, lev = pos[leaf], lv[leaf]
+    return np.where(lev <= depth, p * k ** np.maximum(depth - lev, 0), p // k ** np.maximum(lev - depth, 0))
 
 
 class PairChunks:

@@ -158,7 +158,7 @@ def subsample(n: int, max_samples: int | None, seed: int) -> np.ndarray:
 
 def train_scorer(scorer: nn.Module, tree: Tree, samples: TrainingSamples, opts: TrainOptions,
                  device: torch.device, desc: str = "train") -> dict:
-    """Train ``scorer`` (a `models.tdm.TDMScorer` or subclass, built for ``tree``) in place.
+    """Train ``scorer`` (a `models.node_scorer.TDMScorer` or subclass, built for ``tree``) in place.
 
     Parameters
     ----------
@@ -179,7 +179,8 @@ def train_scorer(scorer: nn.Module, tree: Tree, samples: TrainingSamples, opts: 
     scorer.to(device).train()
     optim = EmbeddingAdam(scorer, lr=opts.lr)
     steps_per_epoch = math.ceil(n / opts.batch_size)
-    loss_sum, steps, done, start = 0.0, 0, 0, time.perf_counter()
+    steps, done, start = 0, 0, time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
     with Progress(desc, total=opts.epochs * steps_per_epoch, unit="batch") as prog:
         for _ in range(opts.epochs):
             order = torch.randperm(n, generator=gen, device=device)

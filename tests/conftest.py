@@ -66,6 +66,6 @@ def pytest_unconfigure(config):
     DuckDB's nanobind bindings print hundreds of harmless "leaked instance" lines at
     interpreter exit, which bury the test summary in CI logs. Same exit status as pytest's."""
     if _EXIT_STATUS and os.environ.get("GROVE_TEST_FINALIZE") != "1":
-        from indexstore.quiet_exit import exit_quietly
+        from flows.quiet_exit import exit_quietly
 
         exit_quietly(_EXIT_STATUS[-1])

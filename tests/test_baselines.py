@@ -9,11 +9,11 @@ import torch
 
 from indexstore.errors import GroveError, StateError
 from indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
-from models.baselines import flat_tree
+from models.baselines.flat import flat_tree
+from models.baselines.item_cf import ItemCFConfig, ItemCFMethod, build_neighbours
+from models.baselines.two_tower import TwoTowerConfig, TwoTowerMethod, train_two_tower
 from models.evaluation import evaluate
-from models.item_cf import ItemCFConfig, ItemCFMethod, build_neighbours
 from models.method import Built, Searcher, config_from_dict
-from models.two_tower import TwoTowerConfig, TwoTowerMethod, train_two_tower
 
 N_CLUSTERS, CLUSTER = 4, 15
 N_ITEMS = N_CLUSTERS * CLUSTER

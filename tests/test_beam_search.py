@@ -5,8 +5,7 @@ import torch
 
 from indexstore.errors import GroveError
 from indexstore.structures import Tree
-from models.beam_search import (DotScorer, TableScorer, beam_search, exhaustive, max_heap_table,
-                                top_items)
+from models.beam_search import DotScorer, TableScorer, beam_search, exhaustive, max_heap_table, top_items
 from models.tree_builders import category_tree, kmeans_tree, recforest_tree, tree_tensors
 
 
@@ -114,7 +113,10 @@ def test_top_items_dedups_and_misuse_raises():
     s, i = top_items(torch.tensor([[0.1, 0.9, 0.5, 0.7]]), torch.tensor([[2, 2, 3, -1]]), 3)
     assert i.tolist() == [[2, 3, -1]] and s[0, :2].tolist() == pytest.approx([0.9, 0.5])
     tt = tree_tensors(category_tree(np.zeros(8, np.int64), 2, seed=0))
-    f = lambda r, n: torch.zeros(r.shape)
+
+    def f(r, n):
+        return torch.zeros(r.shape)
+
     for bad in (dict(k=0, beam=2), dict(k=2, beam=0)):
         with pytest.raises(GroveError):
             beam_search(tt, f, 2, **bad)

@@ -15,9 +15,10 @@ import pytest
 
 from flows.cli import main
 from indexstore import bulk_import
+from indexstore.categories import read_item_categories
 from indexstore.errors import GroveError, InputError
 from indexstore.file_layout import InteractionFile
-from indexstore.readers import read_interactions, read_item_categories
+from indexstore.readers import read_interactions
 from indexstore.store import Store
 
 ROWS = [("10", "5", 4.0, 100), ("9", "30", 2.5, 50), ("10", "100", 5.0, 70), ("2", "5", 1.0, 10)]

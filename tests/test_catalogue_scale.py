@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_tdm import binary_tree
 
 from flows.cli import main
 from indexstore.errors import TooLargeError
 from indexstore.store import Store
-from models.deforec_train import level_negatives
+from models.deforec.training import level_negatives
 from models.memory import budget, parse_bytes
+from models.node_scorer import TDMScorer
 from models.optim import EmbeddingAdam
-from models.tdm import TDMScorer
 from models.tree_training import negatives_per_level, spread_total
-from test_tdm import binary_tree
 
 
 def _sizes(depth: int, arity: int = 2) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_a_memory_limit_refuses_training_with_the_estimate(url, monkeypatch, cap
 
 def test_memory_check_raises_too_large_error(monkeypatch):
     from models.method import check_memory
-    from models.tree_methods import TDMConfig, TDMMethod
+    from models.tdm.method import TDMConfig, TDMMethod
 
     monkeypatch.setenv("GROVE_MEMORY_LIMIT", "1MB")
     with pytest.raises(TooLargeError, match="tdm train of 1,000,000 items with arity=2, dim=24"):

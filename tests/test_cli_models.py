@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flows.cli import main
-from flows.cli_models import parse_settings
+from flows.cli.common import parse_settings
 from indexstore.errors import GroveError
 from indexstore.store import Store
 from models.retriever import Retriever

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from flows.steps import load_split
 from indexstore.store import Store
+from models.lifecycle import split_data
 from models.method import config_from_dict
 from models.registry import get_method
 from models.retriever import Retriever
@@ -40,7 +40,7 @@ def test_trains_and_searches_on_cuda_like_on_cpu(url, name):
     store = Store.open(url)
     method = get_method(name)
     config = config_from_dict(method.config_cls, TINY[name])
-    data = load_split(store, "synth", "default", config)
+    data = split_data(store, "synth", "default", config)
     built = method.train(config, method.construct(config, data, 0), data, 0)
     hist = torch.as_tensor(data.valid.histories[:64]).long()
     gpu = method.searcher(config, built, "cuda")
@@ -59,7 +59,7 @@ def test_retriever_loads_onto_cuda(url):
     store = Store.open(url)
     method = get_method("tdm")
     config = config_from_dict(method.config_cls, TINY["tdm"])
-    data = load_split(store, "synth", "default", config)
+    data = split_data(store, "synth", "default", config)
     built = method.train(config, method.construct(config, data, 0), data, 0)
     info = store.write_version("cuda-tdm", "tdm", built.structure,
                                {"method": "tdm", "config": config.to_dict(), "step": "train", "round": 0},
@@ -71,7 +71,7 @@ def test_retriever_loads_onto_cuda(url):
 
 
 def test_tdm_scorer_cuda_chunks_are_large_and_do_not_change_logits():
-    from models.tdm import TDMScorer, cuda_chunk_elements
+    from models.node_scorer import TDMScorer, cuda_chunk_elements
     from models.tree_builders import category_tree
 
     dev = torch.device("cuda")

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_recforest import planted_split
 
 from indexstore.errors import StateError
 from indexstore.structures import Forest
-from models.deforec import DeFoRecConfig, DeFoRecMethod, DeFoRecSearcher
-from models.deforec_train import SoftmaxLevels
+from models.deforec.method import DeFoRecConfig, DeFoRecMethod, DeFoRecSearcher
+from models.deforec.training import SoftmaxLevels
 from models.tree_builders import category_tree
-from test_recforest import planted_split
 
 
 def _config(**kw):

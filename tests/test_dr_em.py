@@ -7,8 +7,8 @@ import torch
 
 from indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
 from indexstore.structures import PathCodes
-from models.deep_retrieval import DRConfig, DRMethod, load_net
-from models.dr_em import estep_scores
+from models.dr.em import estep_scores
+from models.dr.method import DRConfig, DRMethod, load_net
 from models.method import Built
 
 

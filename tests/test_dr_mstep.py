@@ -6,8 +6,7 @@ import pytest
 
 from indexstore.errors import GroveError
 from indexstore.structures import PathCodes
-from models.dr_em import (CandidateScores, _top_per_item, mstep, pool_coverage, pool_warning, random_codes,
-                          size_penalty)
+from models.dr.em import CandidateScores, _top_per_item, mstep, pool_coverage, pool_warning, random_codes, size_penalty
 
 K, D = 4, 3  # 64 paths; path ids 0..63
 

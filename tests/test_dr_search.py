@@ -9,10 +9,10 @@ import torch
 
 from indexstore.errors import GroveError, StateError, StructureError
 from indexstore.structures import PathCodes
-from models.deep_retrieval import DRConfig, DRMethod, DRSearcher, new_net
-from models.dr_em import random_codes
-from models.dr_model import StructureModel
-from models.dr_search import PathIndex, beam_search, dedup_rows, path_ids_of
+from models.dr.em import random_codes
+from models.dr.method import DRConfig, DRMethod, DRSearcher, new_net
+from models.dr.network import StructureModel
+from models.dr.search import PathIndex, beam_search, dedup_rows, path_ids_of
 from models.method import Built, state_to_bytes
 
 

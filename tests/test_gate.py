@@ -17,13 +17,13 @@ METHOD = "itemcf"
 
 
 def _registry_fallback() -> None:
-    """Until models.registry points 'itemcf' at models.item_cf, point it there for the tests."""
+    """Until models.registry points 'itemcf' at models.baselines.item_cf, point it there for the tests."""
     import models.registry as registry
 
     try:
         registry.get_method(METHOD)
     except AttributeError:
-        registry._METHODS[METHOD] = ("models.item_cf", "ItemCFMethod")
+        registry._METHODS[METHOD] = ("models.baselines.item_cf", "ItemCFMethod")
 
 
 def tiny_index(url: str, n_versions: int = 2, index: str = "tiny", dataset: str = "syn",

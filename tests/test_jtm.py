@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from test_tdm import binary_tree, planted, samples_of
 
-from models.jtm import HierarchicalScorer, learn_tree
+from models.jtm.hierarchical import HierarchicalScorer
+from models.jtm.tree_learning import learn_tree
 from models.tree_learning import assign_with_capacity
 from models.tree_training import TrainOptions, train_scorer
-from test_tdm import binary_tree, planted, samples_of
 
 
 def test_tree_learning_groups_the_planted_interests():

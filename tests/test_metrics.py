@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from models.metrics import first_occurrence, fidelity, in_sets, per_user_metrics, ranking_metrics
+from models.metrics import fidelity, first_occurrence, in_sets, per_user_metrics, ranking_metrics
 
 
 def csr(rows):

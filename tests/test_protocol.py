@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from indexstore.errors import InputError
+from indexstore.interactions import Interactions
 from indexstore.protocol import SplitAssignment, build_split_data, positive_mask, split_users
-from indexstore.readers import Interactions, read_interactions
+from indexstore.readers import read_interactions
 from indexstore.samples import MAX_BEHAVIOURS, PAD
 
 

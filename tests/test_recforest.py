@@ -13,9 +13,9 @@ from indexstore.errors import StateError, StructureError
 from indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
 from indexstore.structures import Forest, Tree
 from models.method import Built
-from models.recforest import RecForestConfig, RecForestMethod, duplicate_leaves_warning, svd_item_embeddings
-from models.recforest_model import RecForestNet
-from models.recforest_search import ForestTables, RecForestSearcher, score_paths, tree_code_tables
+from models.recforest.method import RecForestConfig, RecForestMethod, duplicate_leaves_warning, svd_item_embeddings
+from models.recforest.network import RecForestNet
+from models.recforest.search import ForestTables, RecForestSearcher, score_paths, tree_code_tables
 
 
 def planted_split(n_items=60, n_groups=6, n_users=240, seq=12, seed=0) -> SplitData:
@@ -39,8 +39,10 @@ def planted_split(n_items=60, n_groups=6, n_users=240, seq=12, seed=0) -> SplitD
         for u in range(n):
             items = rng.choice(members[u % n_groups], size=8, replace=False)
             h.append(items[:4])
-            si.extend(items[:4]); so.append(len(si))
-            ti.extend(items[4:]); to.append(len(ti))
+            si.extend(items[:4])
+            so.append(len(si))
+            ti.extend(items[4:])
+            to.append(len(ti))
         return HeldOutUsers(np.arange(base, base + n, dtype=np.int32), pad_histories(h), np.array(so),
                             np.array(si), np.array(to), np.array(ti))
 

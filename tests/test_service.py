@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from test_gate import tiny_index
 
 fastapi = pytest.importorskip("fastapi")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from indexstore.errors import GroveError, NotFoundError
+from indexstore.interactions import Interactions, ItemCategories
 from indexstore.protocol import split_users
-from indexstore.readers import Interactions, ItemCategories
 from indexstore.store import Store
 
 

@@ -70,7 +70,7 @@ def test_structures_are_immutable():
     t = complete_tree(2, 2)
     with pytest.raises(ValueError):
         t.parent[1] = 0
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # frozen dataclass
         t.arity = 3
 
 

@@ -1,4 +1,4 @@
-"""TDM scorer (models.tdm) and its trainer (models.tree_training)."""
+"""TDM scorer (models.node_scorer) and its trainer (models.tree_training)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 
 from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
-from models.tdm import TDMScorer, node_rows_for, position_keys, transfer_weights, window_matrix
+from models.node_scorer import TDMScorer, node_rows_for, position_keys, transfer_weights, window_matrix
 from models.tree_training import LevelSampler, TrainOptions, negatives_per_level, train_scorer
 
 
@@ -207,7 +207,7 @@ def test_scorer_matches_a_naive_per_pair_computation():
 def test_chunked_training_forward_gives_the_same_logits_and_gradients(hierarchical):
     """Training on CPU runs the activation unit in checkpointed user chunks
     (``train_chunk_elements``): logits and every parameter's gradient equal the one-piece pass."""
-    from models.jtm import HierarchicalScorer
+    from models.jtm.hierarchical import HierarchicalScorer
 
     t = binary_tree(32, 5)
     torch.manual_seed(1)

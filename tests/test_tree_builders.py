@@ -5,8 +5,14 @@ import torch
 
 from indexstore.errors import GroveError
 from indexstore.structures import Tree
-from models.tree_builders import (category_tree, complete_depth, kmeans_tree, recforest_tree, tightest_arity,
-                                  tree_tensors)
+from models.tree_builders import (
+    category_tree,
+    complete_depth,
+    kmeans_tree,
+    recforest_tree,
+    tightest_arity,
+    tree_tensors,
+)
 
 
 def _leaf_order(tree: Tree) -> np.ndarray:

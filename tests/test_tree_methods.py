@@ -9,11 +9,12 @@ import math
 
 import pytest
 
-from flows.steps import load_split
 from indexstore.store import Store
 from models.evaluation import evaluate
+from models.lifecycle import split_data
 from models.method import config_from_dict
 from models.registry import get_method
+from models.tdm.method import TDMConfig
 
 N_ITEMS = 256
 # small and fast on 2 CPU cores; batch 64 and lr 1e-2 give enough steps to learn in seconds
@@ -24,7 +25,7 @@ TINY = {"epochs": 2, "dim": 8, "hidden": [16, 8], "max_samples": 2000, "neg_base
 @pytest.fixture(scope="module")
 def data(make_synth_store):
     url = make_synth_store("trees", n_items=N_ITEMS, n_users=400, seed=1)
-    return load_split(Store.open(url), "synth", "default", None)
+    return split_data(Store.open(url), "synth", "default", TDMConfig())
 
 
 def one_leaf_per_item(tree) -> bool:

@@ -1,0 +1,8 @@
+"""``python -m benchmarks.quality``."""
+from benchmarks.quality.cli import main
+
+if __name__ == "__main__":
+    from flows.quiet_exit import exit_quietly
+
+    main()
+    exit_quietly(0)

@@ -1,0 +1,99 @@
+"""What the ``grove`` commands share: argument types, config settings, the store, tables.
+
+Every command module imports these from here (no private imports across command modules).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+
+from indexstore.errors import GroveError
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated positive integers, e.g. ``10,50``."""
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def positive(text: str) -> int:
+    """argparse type: one positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_settings(config_json: str | None, settings: list[str] | None) -> dict:
+    """``--config '{"epochs": 2}'`` merged with ``--set epochs=2 --set arity=4`` (JSON values)."""
+    values: dict = {}
+    if config_json:
+        try:
+            parsed = json.loads(config_json)
+        except json.JSONDecodeError as exc:
+            raise GroveError(f"--config is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise GroveError("--config must be a JSON object")
+        values.update(parsed)
+    for item in settings or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise GroveError(f"--set expects key=value, got {item!r}")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def is_local(args) -> bool:
+    """``--local`` or GROVE_LOCAL=1: run the steps in-process, without Prefect."""
+    return bool(getattr(args, "local", False)) or os.environ.get("GROVE_LOCAL") == "1"
+
+
+def open_store(args):
+    """The store of ``--store`` (or $GROVE_STORE, or the default), schema checked."""
+    from indexstore.store import Store
+
+    return Store.open(args.store)
+
+
+def newest_version(store, index: str, version: int | None) -> int:
+    """An explicit version of the index, or its newest version (`Store.resolve`)."""
+    return store.resolve(index, version=version, prefer=None).id
+
+
+def cell(v) -> str:
+    """A value as a table cell: empty for None, 4 significant digits for floats, dates to seconds."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    if hasattr(v, "isoformat"):
+        return v.isoformat(sep=" ", timespec="seconds")
+    return str(v)
+
+
+def format_table(columns: list[str], rows: list) -> str:
+    """Columns aligned with two spaces; numbers right-aligned."""
+    cells = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r[i], (int, float, np.integer, np.floating)) or r[i] is None for r in rows)
+               and rows for i in range(len(columns))]
+
+    def fmt(vals) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, numeric)).rstrip()
+
+    return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])

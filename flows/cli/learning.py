@@ -1,0 +1,177 @@
+"""`grove build | train | relearn | eval | cycle | retrieve | demo`.
+
+Learning commands run as Prefect flows (a temporary local Prefect server starts when no
+PREFECT_API_URL is set); ``--local`` (or GROVE_LOCAL=1) runs the very same steps in-process
+without Prefect. Every command prints the version(s) it wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from flows.cli.common import ints, is_local, newest_version, open_store, parse_settings, positive
+from models.evaluation import EXHAUSTIVE_MAX_ITEMS
+from models.lifecycle import Recipe
+from models.registry import method_names
+
+
+def _add_method_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
+    p.add_argument("--split", default="default")
+    p.add_argument("--config", help="method config as a JSON object")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one config field (repeatable)")
+
+
+def _add_eval_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=ints, default=(10, 50), help="cut-offs, e.g. 10,50")
+    p.add_argument("--beam", type=ints, default=(50,), help="beam sizes, e.g. 20,50,100")
+    p.add_argument("--users", type=positive, default=None, help="evaluate on the first N held-out users")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("build", help="construct an initial index -> new version")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--index", required=True)
+    _add_method_opts(p)
+    p.add_argument("--local", action="store_true", help="run without Prefect")
+    p.set_defaults(func=cmd_build)
+
+    for name, helptext, fn in (("train", "train the model of a version -> new version", cmd_train),
+                               ("relearn", "relearn the index from a trained version -> new version",
+                                cmd_relearn)):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("index")
+        p.add_argument("--version", type=int, help="default: the newest version of the index")
+        p.add_argument("--local", action="store_true", help="run without Prefect")
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("eval", help="evaluate a version on held-out users; metrics stored")
+    p.add_argument("index")
+    p.add_argument("--version", type=int)
+    p.add_argument("--role", choices=("valid", "test"), default="valid")
+    _add_eval_opts(p)
+    p.add_argument("--exhaustive", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score every item with the same model (the fidelity reference); default: "
+                        f"on for catalogues of at most {EXHAUSTIVE_MAX_ITEMS:,} items, off above")
+    p.add_argument("--exhaustive-users", type=positive, default=None, metavar="N",
+                   help="run the exhaustive reference on the first N evaluated users only (default: all)")
+    p.add_argument("--local", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("cycle", help="construct -> train -> evaluate -> N x (relearn, train, evaluate)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--index", required=True)
+    _add_method_opts(p)
+    p.add_argument("--rounds", type=int, default=1)
+    _add_eval_opts(p)
+    p.add_argument("--local", action="store_true")
+    p.set_defaults(func=cmd_cycle)
+
+    p = sub.add_parser("retrieve", help="top-k items for one history")
+    p.add_argument("index")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--version", type=int)
+    g.add_argument("--alias")
+    p.add_argument("--history", default="", help="raw item ids, oldest first, e.g. 12,7,33")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--beam", type=int, default=50)
+    p.add_argument("--exclude-seen", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_retrieve)
+
+
+
+# ------------------------------------------------------------------------------ handlers
+def cmd_build(args) -> int:
+    from flows import steps
+
+    store = open_store(args)
+    config = parse_settings(args.config, args.set)
+    Recipe.new(args.method, config)  # refuse unknown fields before any flow starts
+    store.split(args.dataset, args.split)
+    if is_local(args):
+        vid = steps.construct(store.url, args.index, args.method, config, args.dataset, args.split).version_id
+    else:
+        from flows.prefect_flows import construct_flow
+
+        vid = construct_flow(store.url, args.index, args.method, args.dataset, args.split, config)
+    print(f"wrote version {vid} of index {args.index!r} ({args.method}, construct)")
+    return 0
+
+
+def _step_cmd(args, step: str) -> int:
+    from flows import steps
+
+    store = open_store(args)
+    vid = newest_version(store, args.index, args.version)
+    if is_local(args):
+        new = getattr(steps, step)(store.url, vid).version_id
+    else:
+        from flows import prefect_flows as fl
+
+        new = getattr(fl, f"{step}_flow")(store.url, vid)
+    print(f"wrote version {new} of index {args.index!r} ({step} of version {vid})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    return _step_cmd(args, "train")
+
+
+def cmd_relearn(args) -> int:
+    return _step_cmd(args, "relearn")
+
+
+def cmd_eval(args) -> int:
+    from flows import steps
+    from flows.report_table import metrics_table
+
+    store = open_store(args)
+    vid = newest_version(store, args.index, args.version)
+    if is_local(args):
+        rows = steps.evaluate(store.url, vid, args.role, args.k, args.beam, args.users,
+                              exhaustive=args.exhaustive, exhaustive_users=args.exhaustive_users)
+    else:
+        from flows.prefect_flows import evaluate_flow
+
+        rows = evaluate_flow(store.url, vid, args.role, args.k, args.beam, args.users,
+                             args.exhaustive, args.exhaustive_users)
+    print(f"version {vid} on the {args.role} users:")
+    print(metrics_table(rows))
+    return 0
+
+
+def cmd_cycle(args) -> int:
+    from flows.cycle import run_cycle
+
+    store = open_store(args)
+    config = parse_settings(args.config, args.set)
+    if not is_local(args):  # refuse a bad config or split before a Prefect server starts
+        Recipe.new(args.method, config)
+        store.split(args.dataset, args.split)
+    versions = run_cycle(store.url, args.index, args.method, args.dataset, args.split, config,
+                         args.rounds, args.k, args.beam, args.users, local=is_local(args), store=store)
+    print(f"wrote versions {', '.join(map(str, versions))} of index {args.index!r}")
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    from models.retriever import Retriever
+
+    store = open_store(args)
+    history = [h.strip() for h in args.history.split(",") if h.strip()]
+    retriever = Retriever.load(store, args.index, version=args.version, alias=args.alias, device=args.device)
+    res = retriever.retrieve_raw([history], args.k, args.beam, exclude_seen=args.exclude_seen)
+    if res.unknown:
+        print(f"warning: {res.unknown} unknown item id(s) ignored", file=sys.stderr)
+    pairs = [(i, float(s)) for i, s in zip(res.items[0], res.scores[0]) if i is not None]
+    if args.json:
+        print(json.dumps({"version": retriever.version.id, "items": [p[0] for p in pairs],
+                          "scores": [p[1] for p in pairs], "unknown": res.unknown}))
+    else:
+        print(f"index {args.index!r} version {retriever.version.id}, k={args.k}, beam={args.beam}")
+        for rank, (item, score) in enumerate(pairs, 1):
+            print(f"{rank:>4}  {item:>10}  {score:10.4f}")
+    return 0

@@ -1,0 +1,1 @@
+"""JTM (NeurIPS 2019): hierarchical user preference representation and joint tree learning."""

@@ -1,0 +1,49 @@
+"""JTM (NeurIPS 2019): the TDM lifecycle (`models.tree_method`) with the hierarchical user
+preference representation (`models.jtm.hierarchical`) and joint tree learning, Algorithm 2
+(`models.jtm.tree_learning`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from indexstore.structures import Tree
+from models.jtm.hierarchical import HierarchicalScorer
+from models.jtm.tree_learning import learn_tree
+from models.memory import FLOAT
+from models.node_scorer import TDMScorer
+from models.tree_builders import complete_depth
+from models.tree_method import TreeMethod, TreeMethodConfig
+
+
+@dataclass(frozen=True)
+class JTMConfig(TreeMethodConfig):
+    """JTM: plus ``gap`` (d, levels assigned per tree-learning step; 7 in the supplement) and
+    ``tree_samples`` (training pairs scored by tree learning, seeded subset; 0 = all)."""
+
+    gap: int = 7
+    tree_samples: int = 100_000
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gap < 1 or self.tree_samples < 0:
+            raise ValueError(f"gap must be >= 1 and tree_samples >= 0; got {self.gap}, {self.tree_samples}")
+
+
+class JTMMethod(TreeMethod[JTMConfig]):
+    """JTM: hierarchical user preference representation + joint tree learning (Algorithm 2)."""
+
+    name = "jtm"
+    config_cls = JTMConfig
+    keep_nodes_by_path = True
+
+    def make_scorer(self, config: JTMConfig, tree: Tree) -> TDMScorer:
+        return HierarchicalScorer(tree, dim=config.dim, hidden=tuple(config.hidden))
+
+    def relearn_bytes(self, config: JTMConfig, n_items: int) -> int:
+        """The position maps of the complete layout and the (items with pairs, K**gap) weights."""
+        layout = 2 * config.arity ** complete_depth(n_items, config.arity) * 8
+        pairs = min(n_items, config.tree_samples or n_items)
+        return layout + 4 * pairs * config.arity ** config.gap * FLOAT
+
+    def learn(self, config: JTMConfig, scorer, tree, data, seed, device) -> Tree:
+        return learn_tree(scorer, tree, data.train, gap=config.gap, max_samples=config.tree_samples or None,
+                          seed=seed, device=device)

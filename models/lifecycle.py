@@ -1,0 +1,262 @@
+"""A version's lifecycle, written once: what made a version (`Recipe`), how it is read back
+(`load`), the verbs that each write one version (`construct`, `train`, `relearn`) or its
+metrics (`evaluate`), the order of a cycle or a retrain (`Plan`) and the runner that walks a
+plan through a set of step functions (`run_plan`).
+
+Everything that makes or reads a version goes through here: the flows' steps and Prefect
+tasks, the CLI, `Retriever.load`, the benchmarks. Each verb takes a `Store` and references
+(index name, version id, dataset name), loads what it needs, runs one method verb and writes
+ONE new version whose parent is the version it started from.
+
+Recipe (``versions.config`` in the store)::
+
+    {"method": "tdm", "config": {...the method's frozen config...}, "step": "train", "round": 1}
+
+Seeds: ``construct`` uses the config's seed; ``train`` at round r uses seed + r; ``relearn``
+into round r uses seed + 1000 r (`Recipe.seed`; 1000 keeps the two streams apart). `build` and
+`advance` are the same verbs in memory (the quality benchmark runs whole lifecycles so).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from indexstore.entities import MetricRow, VersionInfo
+from indexstore.errors import GroveError, StateError
+from indexstore.samples import SplitData
+from indexstore.store import Store
+from models.method import Built, Method, MethodConfig, Searcher, check_memory, config_from_dict, resolve_device
+from models.registry import get_method
+
+STEPS = ("construct", "train", "relearn")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What made a version: the method, its typed config, the step and the round."""
+
+    method: str
+    config: MethodConfig
+    step: str = "construct"
+    round: int = 0
+
+    @classmethod
+    def new(cls, method: str, values: dict[str, Any] | None = None) -> Recipe:
+        """A construct recipe from config values (unknown fields refused, naming the known)."""
+        return cls(method, config_from_dict(get_method(method).config_cls, values))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Recipe:
+        """The recipe stored with a version (``versions.config``)."""
+        if "method" not in data:
+            raise GroveError(f"a version's recipe names no method: {data!r}")
+        return cls(data["method"], config_from_dict(get_method(data["method"]).config_cls, data.get("config", {})),
+                   str(data.get("step", "construct")), int(data.get("round", 0)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "config": self.config.to_dict(), "step": self.step, "round": self.round}
+
+    @property
+    def seed(self) -> int:
+        """The seed of this recipe's step (module docstring): the one place the rule is written."""
+        base = int(self.config.seed)
+        if self.step == "relearn":
+            return base + 1000 * self.round
+        return base + self.round if self.step == "train" else base
+
+    def then(self, step: str) -> Recipe:
+        """The recipe of the version ``step`` makes from this one (relearning starts a round)."""
+        if step not in STEPS[1:]:
+            raise GroveError(f"a version can be followed by {' or '.join(STEPS[1:])}, not {step!r}")
+        return dataclasses.replace(self, step=step, round=self.round + (step == "relearn"))
+
+    @property
+    def device(self) -> torch.device:
+        """The device the recipe's verbs run on ('auto' resolved)."""
+        return resolve_device(getattr(self.config, "device", "cpu"))
+
+    @property
+    def note(self) -> str:
+        return self.step if self.step == "construct" else f"{self.step} round {self.round}"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A stored version read back: its record, method, recipe and `Built` (structure + artifacts)."""
+
+    info: VersionInfo
+    method: Method[Any]
+    recipe: Recipe
+    built: Built
+    dataset: str
+    split: str
+
+
+def load(store: Store, version_id: int) -> Loaded:
+    """Read a version (hashes verified by the store) with its method and recipe."""
+    info, structure, artifacts = store.read_version(version_id)
+    if info.dataset is None or info.split is None:
+        raise StateError(f"version {version_id} names no dataset and split: it was not made by a lifecycle")
+    recipe = Recipe.from_json(info.config)
+    return Loaded(info, get_method(recipe.method), recipe, Built(structure, artifacts), info.dataset, info.split)
+
+
+def searcher(loaded: Loaded, device: str | torch.device | None = "auto") -> Searcher:
+    """The version's searcher on ``device``, refused before loading if it cannot fit there."""
+    dev = resolve_device(device)
+    check_memory(loaded.method, loaded.recipe.config, loaded.built.structure.n_items, ("search",), dev)
+    return loaded.method.searcher(loaded.recipe.config, loaded.built, dev)
+
+
+@functools.lru_cache(maxsize=4)
+def _split_cached(url: str, dataset: str, split: str, min_behaviours: int, stamp: str) -> SplitData:
+    return Store.open(url).load_split(dataset, split, min_behaviours=min_behaviours)
+
+
+def split_data(store: Store, dataset: str, split: str, config: MethodConfig) -> SplitData:
+    """The split's arrays, cached per process (keyed by the dataset's creation stamp)."""
+    stamp = str(store.dataset(dataset).created_at)
+    return _split_cached(store.url, dataset, split, int(getattr(config, "min_behaviours", 1)), stamp)
+
+
+def build(recipe: Recipe, data: SplitData) -> Built:
+    """The initial index of a construct ``recipe`` on ``data``, in memory."""
+    return get_method(recipe.method).construct(recipe.config, data, recipe.seed)
+
+
+def advance(recipe: Recipe, built: Built, data: SplitData, step: str) -> tuple[Built, Recipe]:
+    """``step`` ('train' or 'relearn') of the index ``built`` by ``recipe``, in memory: the new
+    index and its recipe (seeded by `Recipe.seed`)."""
+    nxt = recipe.then(step)
+    method = get_method(nxt.method)
+    if step == "relearn" and not method.relearns:
+        raise GroveError(f"method {nxt.method!r} has no index to relearn")
+    verb = method.train if step == "train" else method.relearn
+    return verb(nxt.config, built, data, nxt.seed), nxt
+
+
+def _write(store: Store, index: str, recipe: Recipe, built: Built, dataset: str, split: str,
+           parent: int | None, flow_run_id: str | None) -> VersionInfo:
+    return store.write_version(index, recipe.method, built.structure, recipe.to_json(), dataset=dataset,
+                               split=split, parent_id=parent, artifacts=built.artifacts, note=recipe.note,
+                               flow_run_id=flow_run_id)
+
+
+def construct(store: Store, index: str, recipe: Recipe, dataset: str, split: str = "default",
+              flow_run_id: str | None = None) -> VersionInfo:
+    """The initial index of ``recipe`` on ``dataset``/``split`` -> a new version (no parent).
+    Refuses, before building anything, a version that could never be trained on its device."""
+    method = get_method(recipe.method)
+    store.split(dataset, split)  # NotFoundError before any work
+    check_memory(method, recipe.config, store.dataset(dataset).n_items, ("construct", "train"), recipe.device)
+    data = split_data(store, dataset, split, recipe.config)
+    return _write(store, index, recipe, build(recipe, data), dataset, split, None, flow_run_id)
+
+
+def _advance(store: Store, version_id: int, step: str, flow_run_id: str | None) -> VersionInfo:
+    old = load(store, version_id)
+    config = old.recipe.then(step).config
+    if step == "relearn":
+        if not old.method.relearns:
+            raise GroveError(f"method {old.recipe.method!r} has no index to relearn")
+        if not old.built.artifacts:
+            raise StateError(f"version {version_id} has no weights: train it before relearning")
+    check_memory(old.method, config, old.built.structure.n_items, (step,), old.recipe.device)
+    data = split_data(store, old.dataset, old.split, config)
+    built, recipe = advance(old.recipe, old.built, data, step)
+    return _write(store, old.info.index_name, recipe, built, old.dataset, old.split, old.info.id,
+                  flow_run_id)
+
+
+def train(store: Store, version_id: int, flow_run_id: str | None = None) -> VersionInfo:
+    """Train the method's model for the version's structure -> a new version (same structure)."""
+    return _advance(store, version_id, "train", flow_run_id)
+
+
+def relearn(store: Store, version_id: int, flow_run_id: str | None = None) -> VersionInfo:
+    """Learn a new index structure from a trained version -> a new version (next round)."""
+    return _advance(store, version_id, "relearn", flow_run_id)
+
+
+def evaluate(store: Store, version_id: int, role: str = "valid", ks: tuple[int, ...] = (10, 50),
+             beams: tuple[int, ...] = (50,), max_users: int | None = None, device: str = "auto",
+             exhaustive: bool | None = None, exhaustive_users: int | None = None) -> list[MetricRow]:
+    """Metrics of a trained version on held-out users (`models.evaluation.evaluate_version`),
+    appended to the store (never in place). Returns the rows."""
+    from models.evaluation import evaluate_version  # heavy import only when evaluating
+
+    loaded = load(store, version_id)
+    held_out = split_data(store, loaded.dataset, loaded.split, loaded.recipe.config).held_out(role)
+    if max_users:
+        held_out = held_out.subset(max_users)
+    rows = evaluate_version(searcher(loaded, device), held_out, role=role, ks=ks, beams=beams,
+                            exhaustive=exhaustive, exhaustive_users=exhaustive_users)
+    store.record_metrics(version_id, rows)
+    return rows
+
+
+# --------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class Plan:
+    """An ordered list of steps: 'construct', 'train', 'relearn' (each writes a version from the
+    last one) and 'evaluate' (the last version's metrics)."""
+
+    steps: tuple[str, ...]
+
+    @classmethod
+    def cycle(cls, method: str, rounds: int) -> Plan:
+        """construct -> train -> evaluate -> rounds x (relearn -> train -> evaluate): every relearnt
+        index is trained and evaluated, so the last version is a trained one; methods whose index
+        is not relearnt (baselines, RecForest) run construct -> train -> evaluate."""
+        rounds = _rounds(method, rounds)
+        return cls(("construct", "train", "evaluate") + ("relearn", "train", "evaluate") * rounds)
+
+    @classmethod
+    def retrain(cls, method: str, rounds: int, fresh: bool) -> Plan:
+        """From a base version (or, ``fresh``, a new construct on new data): train -> rounds x
+        (relearn -> train) -> evaluate the last version."""
+        rounds = _rounds(method, rounds)
+        return cls(("construct",) * fresh + ("train",) + ("relearn", "train") * rounds + ("evaluate",))
+
+
+def _rounds(method: str, rounds: int) -> int:
+    if rounds < 0:
+        raise GroveError(f"rounds must be >= 0, got {rounds}")
+    return rounds if get_method(method).relearns else 0
+
+
+@dataclass(frozen=True)
+class Ops:
+    """The step functions a plan runs on: in-process (`flows.ops.local_ops`) or as Prefect
+    tasks (`flows.ops.prefect_ops`). Each takes and returns references (version ids)."""
+
+    construct: Callable[[], int]
+    train: Callable[[int], int]
+    relearn: Callable[[int], int]
+    evaluate: Callable[[int], object]
+
+
+def run_plan(plan: Plan, ops: Ops, start: int | None = None) -> list[int]:
+    """Walk ``plan`` from version ``start`` (None: the plan constructs); returns the versions
+    written, in order."""
+    written: list[int] = []
+    current = start
+    for step in plan.steps:
+        if step == "evaluate":
+            if current is None:
+                raise GroveError("a plan evaluates before any version exists")
+            ops.evaluate(current)
+            continue
+        if step == "construct":
+            current = ops.construct()
+        elif current is None:
+            raise GroveError(f"a plan {step}s before any version exists")
+        else:
+            current = getattr(ops, step)(current)
+        written.append(current)
+    return written

@@ -1,0 +1,255 @@
+"""RecForest's network: one transformer encoder over the behaviour sequence, shared by all trees,
+and one transformer decoder per tree that emits the K-way code of a leaf level by level
+(appendix B, Algorithm 3), with key/value-cached incremental decoding for beam search
+(Algorithm 4).
+
+Shapes: U users, P paths per user (beams or candidates), S decoder steps, L history positions,
+h hidden, nh heads, dh = h / nh, H tree depth, K arity.
+
+Choices where the appendix is silent
+-------------------------------------
+* Encoder: pre-norm ``nn.TransformerEncoder`` with learnt absolute positions ("Abs", the best
+  positional embedding of Table 8); padding (-1) maps to an extra embedding row and is masked.
+  An all-padding history keeps position 0 visible (its padding embedding) so that a user with no
+  behaviour gets the model's prior instead of NaNs.
+* Decoder: pre-norm layers of causal self-attention, cross-attention to the encoder output and a
+  feed-forward block. The embedding of the code chosen at level l (one table per tree and level,
+  "the embedding of each branch") is the input of step l+1 and is tied to the output layer of
+  level l (logits = state . code embedding + bias): one learnt index parameter per branch.
+* Cross-attention folds the P paths of a user into the query length, so the encoder output is
+  never copied per beam; self-attention keeps a per-path cache of keys/values.
+"""
+from __future__ import annotations
+
+import math
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from indexstore.samples import MAX_BEHAVIOURS
+
+
+class HistoryEncoder(nn.Module):
+    """Transformer encoder over a nearest-first, -1-padded behaviour sequence."""
+
+    def __init__(self, n_items: int, hidden: int, heads: int, layers: int, ff: int, dropout: float):
+        super().__init__()
+        self.n_items = n_items
+        # row n_items = padding; sparse gradients: a step updates the rows it read (`models.optim`)
+        self.item = nn.Embedding(n_items + 1, hidden, sparse=True)
+        self.pos = nn.Embedding(MAX_BEHAVIOURS, hidden)
+        layer = nn.TransformerEncoderLayer(hidden, heads, ff, dropout, batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """histories (U, L<=69) long, -1 padded -> (memory (U, L', h), pad (U, L') bool).
+
+        L' = longest non-padded history of the batch (histories are nearest first, so the
+        columns past it are padding for every user and are cut)."""
+        pad = histories < 0
+        width = int((~pad).sum(1).max().item()) if histories.numel() else 0
+        width = max(width, 1)
+        histories, pad = histories[:, :width], pad[:, :width].clone()
+        pad[:, 0] &= ~pad.all(1)  # an empty history keeps column 0 (padding embedding) visible
+        ids = torch.where(histories < 0, torch.full_like(histories, self.n_items), histories)
+        pos = torch.arange(width, device=histories.device)
+        x = self.item(ids) + self.pos(pos)[None]
+        x = self.layers(x, src_key_padding_mask=pad)
+        return self.norm(x), pad
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer over (U, P, S, h) with optional self-attention cache."""
+
+    def __init__(self, hidden: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.heads, self.dh = heads, hidden // heads
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(hidden), nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out1 = nn.Linear(hidden, hidden)
+        self.q2 = nn.Linear(hidden, hidden)
+        self.kv2 = nn.Linear(hidden, 2 * hidden)
+        self.out2 = nn.Linear(hidden, hidden)
+        self.ff = nn.Sequential(nn.Linear(hidden, ff), nn.GELU(), nn.Linear(ff, hidden))
+        self.drop = nn.Dropout(dropout)
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (U, L, h) -> keys, values (U, nh, L, dh): computed once per query batch."""
+        u, length, h = memory.shape
+        kv = self.kv2(memory).view(u, length, 2, self.heads, self.dh).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def forward(self, x, mem_k, mem_v, mem_bias, past=None):
+        """x (U, P, S, h); mem_k/mem_v (U, nh, L, dh); mem_bias (U, 1, 1, L) additive mask;
+        past: None or (k, v) each (U, P, nh, s, dh) for the s earlier steps (then S == 1).
+        Returns x (U, P, S, h) and (k, v) (U, P, nh, s + S, dh) to cache."""
+        u, p, s, h = x.shape
+        nh, dh = self.heads, self.dh
+        qkv = self.qkv(self.ln1(x)).view(u, p, s, 3, nh, dh).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (U, P, nh, S, dh)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=3), torch.cat([past[1], v], dim=3)
+        sk = k.shape[3]
+        a = F.scaled_dot_product_attention(q.reshape(u * p, nh, s, dh), k.reshape(u * p, nh, sk, dh),
+                                           v.reshape(u * p, nh, sk, dh), is_causal=past is None and s > 1)
+        x = x + self.drop(self.out1(a.view(u, p, nh, s, dh).permute(0, 1, 3, 2, 4).reshape(u, p, s, h)))
+        # cross-attention: the P*S queries of a user share the user's encoder output
+        q2 = self.q2(self.ln2(x)).view(u, p * s, nh, dh).transpose(1, 2)  # (U, nh, P*S, dh)
+        a2 = F.scaled_dot_product_attention(q2, mem_k, mem_v, attn_mask=mem_bias)
+        x = x + self.drop(self.out2(a2.transpose(1, 2).reshape(u, p, s, h)))
+        x = x + self.drop(self.ff(self.ln3(x)))
+        return x, (k, v)
+
+
+class PathDecoder(nn.Module):
+    """One tree's decoder: from a start token, the K-way code of each of the H levels."""
+
+    def __init__(self, arity: int, depth: int, hidden: int, heads: int, layers: int, ff: int,
+                 dropout: float):
+        super().__init__()
+        self.arity, self.depth = arity, depth
+        self.start = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.level_pos = nn.Parameter(torch.randn(depth, hidden) * 0.02)
+        self.code = nn.Parameter(torch.randn(depth, arity, hidden) / math.sqrt(hidden))  # (H, K, h)
+        self.code_bias = nn.Parameter(torch.zeros(depth, arity))
+        self.layers = nn.ModuleList(DecoderLayer(hidden, heads, ff, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The decoder's layers, typed (a ModuleList holds plain Modules)."""
+        return cast(list[DecoderLayer], list(self.layers))
+
+    def memory_kv(self, memory: torch.Tensor, pad: torch.Tensor):
+        """Per layer (k, v) of the encoder output and the additive padding bias (U, 1, 1, L)."""
+        bias = torch.zeros(pad.shape, dtype=memory.dtype, device=memory.device)
+        bias = bias.masked_fill(pad, float("-inf"))[:, None, None, :]
+        return [layer.memory_kv(memory) for layer in self.decoder_layers()], bias
+
+    def _inputs(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (U, P, S-1) of levels 0..S-2 -> decoder inputs (U, P, S, h): start + codes."""
+        u, p, s1 = codes.shape
+        start = self.start.expand(u, p, 1, -1)
+        if s1 == 0:
+            return start + self.level_pos[0]
+        # code[l, codes[..., l]] as a lookup in the flattened (H*K, h) table: the backward of
+        # F.embedding accumulates rows in a fixed order, whereas advanced indexing's backward
+        # (index_put_ with accumulate) adds with atomics on several CPU threads, so two trainings
+        # with the same seed drifted apart (3.3e-4 in the weights after 15 steps on 2 threads,
+        # benchmarks.reproducibility)
+        rows = codes + self.arity * torch.arange(s1, device=codes.device)  # (U, P, S-1)
+        emb = F.embedding(rows, self.code.reshape(-1, self.code.shape[-1]))  # (U, P, S-1, h)
+        return torch.cat([start, emb], dim=2) + self.level_pos[: s1 + 1]
+
+    def _logits(self, x: torch.Tensor, level0: int) -> torch.Tensor:
+        """States (U, P, S, h) of steps level0.. -> log-probabilities (U, P, S, K)."""
+        s = x.shape[2]
+        w = self.code[level0:level0 + s]  # (S, K, h)
+        logits = torch.einsum("upsh,skh->upsk", self.norm(x), w) + self.code_bias[level0:level0 + s]
+        return torch.log_softmax(logits, dim=-1)
+
+    def level_log_probs(self, mem, codes: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: codes (U, P, H) -> log p(code_l | codes_<l) per level (U, P, H, K)."""
+        kvs, bias = mem
+        x = self._inputs(codes[..., :-1])
+        for layer, (mk, mv) in zip(self.layers, kvs):
+            x, _ = layer(x, mk, mv, bias)
+        return self._logits(x, 0)
+
+    def path_log_probs(self, mem, codes: torch.Tensor) -> torch.Tensor:
+        """codes (U, P, H) -> log p(path) (U, P), the sum over levels."""
+        logp = self.level_log_probs(mem, codes)
+        return logp.gather(-1, codes.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    def step(self, mem, last_codes: torch.Tensor | None, level: int, cache):
+        """One incremental step. last_codes (U, P) code chosen at level-1 (None at level 0);
+        cache: per layer (k, v) or None. Returns log-probs (U, P, K) of level and new cache."""
+        kvs, bias = mem
+        if last_codes is None:
+            u = bias.shape[0]
+            x = (self.start + self.level_pos[0]).expand(u, 1, 1, -1)
+        else:
+            x = (self.code[level - 1][last_codes] + self.level_pos[level]).unsqueeze(2)
+        new_cache = []
+        for i, (layer, (mk, mv)) in enumerate(zip(self.layers, kvs)):
+            x, kv = layer(x, mk, mv, bias, None if cache is None else cache[i])
+            new_cache.append(kv)
+        return self._logits(x, level)[:, :, 0], new_cache
+
+    def all_leaf_log_probs(self, mem) -> torch.Tensor:
+        """log p(path) of every leaf, (U, K^H) in leaf-code order (the path read as a base-K int,
+        first level most significant): the tree expanded level by level with the cache, one
+        decoder step per internal node (1 + K + ... + K^(H-1) in all) instead of H steps for
+        each of the K^H leaves as teacher forcing takes. Memory: the cache of the K^(H-1) last
+        prefixes, (U, K^(H-1), heads, H-1, dh) per layer -- chunk users for deep trees."""
+        u = mem[1].shape[0]
+        dev = mem[1].device
+        scores = torch.zeros(u, 1, device=dev)
+        cache, last = None, None
+        for level in range(self.depth):
+            logp, cache = self.step(mem, last, level, cache)  # (U, P, K), P = K^level prefixes
+            scores = (scores[:, :, None] + logp).reshape(u, -1)  # prefix p, child c -> p * K + c
+            if level + 1 < self.depth:
+                p = scores.shape[1]
+                last = (torch.arange(p, device=dev) % self.arity).expand(u, p)
+                cache = [(k.repeat_interleave(self.arity, dim=1), v.repeat_interleave(self.arity, dim=1))
+                         for k, v in cache]
+        return scores
+
+    def beam_search(self, mem, beam: int, use_cache: bool = True):
+        """Top-`beam` paths by log-probability, batched over users and beams.
+
+        Returns codes (U, B', H) long and log-probs (U, B') best first, B' = min(beam, K^H).
+        ``use_cache=False`` recomputes the whole prefix at every step (reference for tests)."""
+        u = mem[1].shape[0]
+        dev = mem[1].device
+        codes = torch.zeros(u, 1, 0, dtype=torch.long, device=dev)
+        scores = torch.zeros(u, 1, device=dev)
+        cache = None
+        rows = torch.arange(u, device=dev)[:, None]
+        for level in range(self.depth):
+            if use_cache:
+                last = None if level == 0 else codes[:, :, -1]
+                logp, cache = self.step(mem, last, level, cache)
+            else:
+                padded = torch.cat([codes, codes.new_zeros(u, codes.shape[1], 1)], dim=2)
+                logp = self.level_log_probs(mem, padded)[:, :, level]
+            cand = (scores[:, :, None] + logp).reshape(u, -1)  # (U, P*K)
+            scores, idx = cand.topk(min(beam, cand.shape[1]), dim=1)  # sorted, best first
+            parent, code = idx // self.arity, idx % self.arity
+            codes = torch.cat([codes[rows, parent], code[:, :, None]], dim=2)
+            if use_cache and cache is not None:
+                cache = [(k[rows, parent], v[rows, parent]) for k, v in cache]
+        return codes, scores
+
+
+class RecForestNet(nn.Module):
+    """The shared encoder and T decoders (one per tree, each with its own depth)."""
+
+    def __init__(self, n_items: int, arity: int, depths: list[int], hidden: int = 96, heads: int = 4,
+                 encoder_layers: int = 2, decoder_layers: int = 2, ff: int = 192, dropout: float = 0.1):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
+        self.encoder = HistoryEncoder(n_items, hidden, heads, encoder_layers, ff, dropout)
+        self.decoders = nn.ModuleList(PathDecoder(arity, d, hidden, heads, decoder_layers, ff, dropout)
+                                      for d in depths)
+
+    def decoder_list(self) -> list[PathDecoder]:
+        """The decoders, one per tree, typed (a ModuleList holds plain Modules)."""
+        return cast(list[PathDecoder], list(self.decoders))
+
+    def memories(self, histories: torch.Tensor) -> list:
+        """Encode once; per tree the decoder's cross-attention keys/values and padding bias."""
+        memory, pad = self.encoder(histories)
+        return [dec.memory_kv(memory, pad) for dec in self.decoder_list()]
+
+    def loss(self, histories: torch.Tensor, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Algorithm 3: cross-entropy of every level summed over levels and trees, batch mean.
+        histories (U, 69); codes[t] (U, H_t) the target leaf's code in tree t."""
+        total = histories.new_zeros((), dtype=torch.float32)
+        for dec, mem, c in zip(self.decoder_list(), self.memories(histories), codes):
+            total = total - dec.path_log_probs(mem, c[:, None, :]).mean()
+        return total

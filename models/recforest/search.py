@@ -1,0 +1,239 @@
+"""RecForest retrieval (appendix Algorithm 4): beam search per tree with cached decoding, the
+union of the items found, and the forest score  sum_t log p_t(item)  over every tree.
+
+An item may sit at several leaves of a complete tree (Algorithm 2 duplicates items). We define
+``p_t(item) = sum over the item's leaves of p_t(leaf path)``: the probability that decoder t
+generates the item. Training samples a leaf uniformly among the item's leaves (see
+`ForestTables.sample_codes`), so probability mass is spread over all of them; scoring takes the
+log-sum-exp over leaves. Leaf log-probs found by a tree's beam are reused; every other
+(candidate, leaf) pair is scored by teacher forcing, one decoder pass per distinct parent (an item's
+copies sit on sibling leaves), compacted to a fixed-width batch -- or, when that would take more
+decoder token steps (distinct parents x H) than expanding the whole tree with the cache (one step
+per internal node), by that expansion: deep trees whose items sit on many leaves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from indexstore.errors import StructureError
+from indexstore.structures import Forest, Tree
+from models.method import Searcher
+from models.recforest.network import RecForestNet
+from models.topk import ranked, unique_rows
+
+PATH_CHUNK = 1 << 16  # max (users x paths) scored by teacher forcing at once
+EXPAND_MARGIN = 1.25  # expand a tree when its missing leaves x depth exceed this x its internal nodes
+
+
+def tree_code_tables(tree: Tree, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """A complete K-ary tree -> (leaf_item (K^H,) item of each leaf code, item_codes (n, R)
+    the leaf codes of every item padded -1). A leaf code is its path read as a base-K int."""
+    k, depth = tree.arity, tree.depth
+    leaves, items, paths = tree.leaf_paths()
+    if depth == 0 or (tree.level[leaves] != depth).any() or leaves.size != k ** depth:
+        raise StructureError(f"RecForest tree {index} is not a complete {k}-ary tree "
+                             f"({leaves.size} leaves at depth {depth}, need {k}^{depth})")
+    code = paths @ (k ** np.arange(depth - 1, -1, -1, dtype=np.int64))
+    leaf_item = np.empty(k ** depth, dtype=np.int64)
+    leaf_item[code] = items
+    order = np.lexsort((code, items))  # leaves grouped by item
+    counts = np.bincount(items, minlength=tree.n_items)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(order.size) - first[items[order]]
+    item_codes = np.full((tree.n_items, int(counts.max())), -1, dtype=np.int64)
+    item_codes[items[order], rank] = code[order]
+    return leaf_item, item_codes
+
+
+@dataclass
+class ForestTables:
+    """Per tree, on one device: leaf_item (K^H,), item_codes (n_items, R), n_codes (n_items,)."""
+
+    arity: int
+    depths: list[int]
+    leaf_item: list[torch.Tensor]
+    item_codes: list[torch.Tensor]
+    n_codes: list[torch.Tensor]
+
+    @classmethod
+    def from_forest(cls, forest: Forest, device) -> ForestTables:
+        arities = {t.arity for t in forest.trees}
+        if len(arities) != 1:
+            raise StructureError(f"the trees of a RecForest index have different arities {sorted(arities)}")
+        leaf_item, item_codes, n_codes = [], [], []
+        for i, tree in enumerate(forest.trees):
+            li, ic = tree_code_tables(tree, i)
+            leaf_item.append(torch.as_tensor(li, device=device))
+            item_codes.append(torch.as_tensor(ic, device=device))
+            n_codes.append((item_codes[-1] >= 0).sum(1))
+        return cls(arities.pop(), [t.depth for t in forest.trees], leaf_item, item_codes, n_codes)
+
+    def digits(self, codes: torch.Tensor, t: int) -> torch.Tensor:
+        """Leaf codes (...) -> K-way paths (..., H_t)."""
+        h = self.depths[t]
+        powers = self.arity ** torch.arange(h - 1, -1, -1, device=codes.device)
+        return (codes.clamp(min=0)[..., None] // powers) % self.arity
+
+    def to_codes(self, digits: torch.Tensor) -> torch.Tensor:
+        h = digits.shape[-1]
+        powers = self.arity ** torch.arange(h - 1, -1, -1, device=digits.device)
+        return (digits * powers).sum(-1)
+
+    def sample_codes(self, items: torch.Tensor, t: int, gen: torch.Generator) -> torch.Tensor:
+        """Training targets: for items (n,), one of each item's leaves in tree t, uniformly
+        at random -> paths (n, H_t)."""
+        u = torch.rand(items.shape, generator=gen, device=gen.device).to(items.device)
+        r = (u * self.n_codes[t][items]).long()
+        return self.digits(self.item_codes[t][items, r], t)
+
+
+def sibling_groups(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group each row's paths by parent: parents (U, P) ints (a path's first H-1 codes as a
+    base-K int) -> slot (U, P), the group of each path, and rep (U, W), one path of each group
+    (W = the most groups in a row; a row with fewer repeats its first path, harmlessly)."""
+    u, p = parents.shape
+    sp, order = parents.sort(dim=1)
+    new = torch.ones_like(sp, dtype=torch.bool)
+    new[:, 1:] = sp[:, 1:] != sp[:, :-1]
+    rank = new.long().cumsum(1) - 1                                     # (U, P) group, sorted order
+    width = int(rank[:, -1].max().item()) + 1 if p else 0
+    rep = torch.zeros(u, width, dtype=torch.long, device=parents.device)
+    rep.scatter_(1, rank, order)               # any path of the group will do: they share the parent
+    slot = torch.empty_like(rank).scatter_(1, order, rank)              # (U, P) path -> its group
+    return slot, rep
+
+
+def score_paths(dec, mem, digits: torch.Tensor, groups=None) -> torch.Tensor:
+    """Teacher-forced log p(path) for digits (U, P, H) -> (U, P), chunked over the parents.
+
+    Paths of one user that share their first H-1 codes (siblings) share one decoder pass: the
+    decoder's states depend on the prefix only, and the last level's K log-probs cover every
+    sibling. RecForest puts an item's copies on adjacent leaves (Algorithm 2), so the leaves a
+    final ranking asks for are mostly siblings: on ml-latest-small's 18^4-leaf trees, ~11 leaves
+    per item, this runs the decoder on several times fewer sequences than one pass per path.
+    ``groups``: `sibling_groups` of these paths when the caller has it already."""
+    u, p, h = digits.shape
+    k = dec.arity
+    if groups is None:
+        groups = sibling_groups((digits[..., :-1] * k ** torch.arange(h - 2, -1, -1, device=digits.device)).sum(-1))
+    slot, rep = groups
+    if not rep.shape[1]:
+        return digits.new_zeros(u, p, dtype=torch.float32)
+    reps = digits.gather(1, rep[..., None].expand(-1, -1, h))           # (U, W, H)
+    step = max(1, PATH_CHUNK // max(u, 1))
+    head, last = [], []
+    for i in range(0, reps.shape[1], step):
+        logp = dec.level_log_probs(mem, reps[:, i:i + step])            # (U, w, H, K)
+        head.append(logp[:, :, :-1].gather(-1, reps[:, i:i + step, :-1, None]).squeeze(-1).sum(-1))
+        last.append(logp[:, :, -1])                                     # (U, w, K)
+    heads, lasts = torch.cat(head, dim=1), torch.cat(last, dim=1)
+    return heads.gather(1, slot) + lasts.gather(1, slot[..., None].expand(-1, -1, k)).gather(
+        2, digits[..., -1:]).squeeze(-1)
+
+
+class RecForestSearcher(Searcher):
+    """Beam search over every tree's decoder, union of items, rank by sum_t log p_t(item)."""
+
+    # how the candidates' leaves missing from a tree's beam are scored: "auto" takes the cheaper of
+    # "teacher" (forcing the missing paths, one pass per parent) and "expand" (every leaf, by
+    # expanding the tree)
+    leaf_scoring = "auto"
+
+    def __init__(self, net: RecForestNet, tables: ForestTables, n_items: int, device: torch.device):
+        self.net, self.tables, self.n_items, self.device = net.eval(), tables, n_items, device
+        self._last_candidates: float | None = None
+
+    def last_candidates(self) -> float | None:
+        return self._last_candidates
+
+    def _all_leaves(self, t: int, mem) -> torch.Tensor:
+        """log p_t(leaf) of every leaf of tree t, (U, K^H): the tree expanded with the cache, in
+        user chunks of <= PATH_CHUNK last-level prefixes."""
+        step = max(1, PATH_CHUNK // self.tables.arity ** max(0, self.tables.depths[t] - 1))
+        dec, u = self.net.decoder_list()[t], mem[1].shape[0]
+        return torch.cat([dec.all_leaf_log_probs(_user_slice(mem, i, i + step)) for i in range(0, u, step)])
+
+    def _item_log_probs(self, t, mem, cand, beam_codes, beam_lp):
+        """log p_t(item) for candidates (U, C) (-1 holes -> -inf), reusing the beam's leaves
+        beam_codes / beam_lp (U, B)."""
+        tab, dec = self.tables, self.net.decoder_list()[t]
+        u, c = cand.shape
+        leaves = tab.item_codes[t][cand.clamp(min=0)]  # (U, C, R)
+        leaves = torch.where((cand >= 0)[..., None], leaves, torch.full_like(leaves, -1)).reshape(u, -1)
+        sorted_codes, order = beam_codes.sort(dim=1)
+        pos = torch.searchsorted(sorted_codes, leaves).clamp(max=sorted_codes.shape[1] - 1)
+        hit = (sorted_codes.gather(1, pos) == leaves) & (leaves >= 0)
+        lp = torch.where(hit, beam_lp.gather(1, order.gather(1, pos)), torch.full_like(leaves, 0.0, dtype=beam_lp.dtype))
+        lp = lp.masked_fill(leaves < 0, float("-inf"))
+        missing = (leaves >= 0) & ~hit
+        width = int(missing.sum(1).max().item()) if missing.numel() else 0
+        if not width:
+            return torch.logsumexp(lp.view(u, c, -1), dim=2)
+        idx = torch.argsort((~missing).to(torch.int8), dim=1, stable=True)[:, :width]  # (U, W)
+        sub = leaves.gather(1, idx)
+        # teacher forcing runs the decoder once per distinct parent of the missing leaves (see
+        # score_paths); a teacher-forced token costs somewhat less than an expansion step
+        # (EXPAND_MARGIN; `benchmarks.recforest_leaves` measures both)
+        groups = sibling_groups(sub.clamp(min=0) // tab.arity)  # leaf code // K = its parent's code
+        teacher_tokens = groups[1].shape[1] * tab.depths[t]
+        expand = (self.leaf_scoring == "expand" or self.leaf_scoring == "auto"
+                  and teacher_tokens > EXPAND_MARGIN * _expansion_steps(tab.arity, tab.depths[t]))
+        if expand:
+            # teacher forcing would cost more decoder token steps than expanding the whole tree
+            # (deep trees whose items sit on many leaves): take every leaf's log-prob instead
+            every = self._all_leaves(t, mem)  # (U, K^H)
+            lp = torch.where(missing, every.gather(1, leaves.clamp(min=0)), lp)
+        else:
+            scored = score_paths(dec, mem, tab.digits(sub, t), groups)
+            take = missing.gather(1, idx)
+            lp = lp.scatter(1, idx, torch.where(take, scored, lp.gather(1, idx)))
+        return torch.logsumexp(lp.view(u, c, -1), dim=2)
+
+    @torch.no_grad()
+    def search(self, histories: torch.Tensor, k: int, beam: int):
+        histories = histories.to(self.device).long()
+        mems = self.net.memories(histories)
+        found = []
+        for t, (dec, mem) in enumerate(zip(self.net.decoder_list(), mems)):
+            digits, lp = dec.beam_search(mem, beam)
+            codes = self.tables.to_codes(digits)
+            found.append((codes, lp, self.tables.leaf_item[t][codes]))
+        cand = unique_rows(torch.cat([f[2] for f in found], dim=1))  # (U, C)
+        self._last_candidates = float((cand >= 0).sum(1).float().mean().item())
+        total = torch.zeros(cand.shape, device=self.device)
+        for t, mem in enumerate(mems):
+            total = total + self._item_log_probs(t, mem, cand, found[t][0], found[t][1])
+        total = total.masked_fill(cand < 0, float("-inf"))
+        return ranked(total, cand, k)
+
+    @torch.no_grad()
+    def exhaustive(self, histories: torch.Tensor, k: int):
+        """Every item scored by sum_t log p_t(item): every leaf's log-prob from expanding each
+        tree level by level (`PathDecoder.all_leaf_log_probs`), the same values teacher forcing
+        gives at about 1 / (H (K - 1)) of its decoder token steps."""
+        histories = histories.to(self.device).long()
+        u = histories.shape[0]
+        total = torch.zeros(u, self.n_items, device=self.device)
+        for t, mem in enumerate(self.net.memories(histories)):
+            leaf_lp = self._all_leaves(t, mem)  # (U, K^H), leaf-code order
+            codes = self.tables.item_codes[t]  # (n_items, R)
+            per = leaf_lp[:, codes.clamp(min=0)].masked_fill((codes < 0)[None], float("-inf"))
+            total = total + torch.logsumexp(per, dim=2)
+        items = torch.arange(self.n_items, device=self.device).expand(u, -1)
+        return ranked(total, items, k)
+
+
+def _expansion_steps(arity: int, depth: int) -> int:
+    """Decoder steps to expand a complete tree: one per internal node, 1 + K + ... + K^(H-1)."""
+    return (arity ** depth - 1) // (arity - 1)
+
+
+def _user_slice(mem, lo: int, hi: int):
+    """Users lo..hi of a decoder memory ([(k, v) per layer], bias), all batch-first."""
+    kvs, bias = mem
+    return [(k[lo:hi], v[lo:hi]) for k, v in kvs], bias[lo:hi]
+
+
