@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from benchmarks import service_fairness as fairness
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json_and_markdown
 
@@ -68,17 +69,26 @@ def build_store(path: pathlib.Path, items: int, users: int) -> tuple[str, int, i
     return url, a, b, histories
 
 
+def stop_server(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(url: str, port: int, poll: float, max_batch: int, wait_ms: float, threads: int | None):
+def start_server(url: str, port: int, poll: float, max_batch: int, wait_ms: float, threads: int | None,
+                 extra: tuple[str, ...] = ()):
     env = dict(os.environ, GROVE_QUIET="1")
     cmd = [sys.executable, "-m", "flows.cli", "--store", url, "serve", INDEX, "--port", str(port),
            "--device", "cpu", "--poll-seconds", str(poll), "--max-batch", str(max_batch),
-           "--max-wait-ms", str(wait_ms), "--threads", str(threads or 0)]
+           "--max-wait-ms", str(wait_ms), "--threads", str(threads or 0), *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import httpx
 
@@ -211,6 +221,8 @@ def markdown(res: dict) -> str:
               "| move | to | set_alias s | /health switch s | first answer s |", "|---|---|---|---|---|"]
     lines += [f"| {x['move']} | v{x['to']} | {x['set_alias_s']} | {x['health_switch_s']} | {x['first_answer_s']} |"
               for x in m["per_move"]]
+    if res.get("fairness"):
+        lines += fairness.markdown_lines(res)
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +249,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--server-threads", type=int, default=1,
                     help="torch threads of the server (grove serve --threads); 0 = torch's default. 1 by default: on a "
                          "small shared machine a second thread oversubscribes the cores the clients need")
+    ap.add_argument("--fair-clients", type=int, default=8, help="small-request clients of the fairness phase")
     ap.add_argument("--out", default=str(RESULTS), help="directory for service.json / service.md")
     args = ap.parse_args(argv)
     seconds = 5.0 if args.quick else args.duration
@@ -280,12 +293,18 @@ def main(argv=None) -> dict:
         during = summarise(moving.records, args.per_request, 0.0)
         versions = sorted({r[3] for r in moving.records if r[3] is not None})
         final_health = __import__("httpx").get(base + "/health", timeout=10).json()
+        fair = {"clients": args.fair_clients, "max_request": 1024, "max_k": 1000, "max_beam": 4096,
+                "sliced": fairness.measure(base, histories, args.fair_clients, 1024, 1000, 4096)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
+    port = free_port()
+    proc, _ = start_server(url, port, args.poll_seconds, args.max_batch, args.max_wait_ms, args.server_threads,
+                           ("--slice-cost", str(10 ** 12)))
+    try:
+        fair["one_piece"] = fairness.measure(f"http://127.0.0.1:{port}", histories, args.fair_clients, 1024, 1000, 4096)
+    finally:
+        stop_server(proc)
+    print(f"fairness: {json.dumps(fair)}", flush=True)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     res = {"machine": info,
            "workload": {"items": args.items, "users": args.users, "tree_nodes": nodes, "tdm_config": TDM,
@@ -296,7 +315,8 @@ def main(argv=None) -> dict:
            "steady": steady, "steady_errors": load.errors[:5],
            "moves": {"moves": args.moves, "load": during, "errors": moving.errors[:5],
                      "versions_answered": versions, "per_move": per_move,
-                     "service_swaps": final_health.get("swaps"), "service_batches": final_health.get("batches")}}
+                     "service_swaps": final_health.get("swaps"), "service_batches": final_health.get("batches")},
+           "fairness": fair}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_and_markdown(out / "service", res, markdown)

@@ -37,9 +37,17 @@ def import_file(store, path: str, name: str, *, fmt: str = "auto", items: str | 
 
 
 def synth_dataset(store, name: str, n_items: int, n_users: int, seed: int = 0) -> DatasetInfo:
-    """Generate a planted-hierarchy dataset (`indexstore.synth.synthesize`) into the store."""
+    """Generate a planted-hierarchy dataset (`indexstore.synth.synthesize`) into the store.
+    Sizes that cannot fit in memory (or in int32 ids) are refused before generating."""
     from indexstore.synth import synthesize
+    from models.memory import require
 
+    for what, n in (("items", n_items), ("users", n_users)):
+        if not 1 <= n < 2 ** 31:
+            raise InputError(f"--{what} must be in [1, {2 ** 31 - 1:,}], got {n:,}")
+    # ~40 events per user, ~120 bytes per event in flight (ids, times, ratings, temporaries);
+    # ~120 bytes per item (hierarchy and raw ids)
+    require(n_users * 40 * 120 + n_items * 120, "cpu", f"synthesising {n_items:,} items and {n_users:,} users")
     inter, categories = synthesize(n_items, n_users, seed)
     return store.import_dataset(name, inter, categories, source="synth",
                                 meta={"generator": "indexstore.synth", "n_items": n_items,

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
@@ -64,27 +66,57 @@ def connect(engine: sa.Engine, wait: float | None = None) -> sa.Connection:
 
     Raises `StoreBusyError` after ``wait`` seconds (default ``$GROVE_STORE_WAIT`` or 10).
     """
-    wait = float(os.environ.get("GROVE_STORE_WAIT", "10")) if wait is None else wait
-    deadline, delay = time.monotonic() + wait, 0.02
-    while True:
+    def attempt() -> sa.Connection:
         try:
             return engine.connect()
         except sa.exc.OperationalError as exc:
             if not _is_lock_error(exc):
                 raise GroveError(f"cannot open store {engine.url}: {str(exc.orig).splitlines()[0]}") from exc
-            if time.monotonic() >= deadline:
-                pid = re.search(r"PID (\d+)", str(exc.orig))
+            raise _Locked(str(exc.orig)) from exc
+
+    return retry_while_locked(attempt, str(engine.url.database), wait)
+
+
+class _Locked(Exception):
+    """One attempt met another process's lock (message: DuckDB's, naming the PID)."""
+
+
+T = TypeVar("T")
+
+
+def retry_while_locked(attempt: Callable[[], T], name: str, wait: float | None = None) -> T:
+    """``attempt()`` until it stops raising `_Locked`, for ``wait`` seconds (default
+    ``$GROVE_STORE_WAIT`` or 10); then `StoreBusyError` naming the process that holds ``name``."""
+    wait = float(os.environ.get("GROVE_STORE_WAIT", "10")) if wait is None else wait
+    start = time.monotonic()
+    deadline, delay, told = start + wait, 0.02, start
+    while True:
+        try:
+            return attempt()
+        except _Locked as exc:
+            now = time.monotonic()
+            if now - told >= 30 and os.environ.get("GROVE_QUIET") != "1":  # a long wait says so
+                print(f"store {name} is locked by another process; waiting ({now - start:.0f} s of "
+                      f"{wait:.0f} s)", file=sys.stderr, flush=True)
+                told = now
+            if now >= deadline:
+                pid = re.search(r"PID (\d+)", str(exc))
                 who = f"process {pid.group(1)}" if pid else "another process"
-                raise StoreBusyError(f"store {engine.url.database} is locked by {who}; "
-                                     "try again when it has finished") from exc
+                raise StoreBusyError(f"store {name} is locked by {who}; try again when it has finished") from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
 
+def lock_error(message: str) -> Exception | None:
+    """A `_Locked` to raise when ``message`` (of any DuckDB error) says the file is locked."""
+    return _Locked(message) if _LOCK_RE.search(message) else None
+
+
 @contextmanager
-def transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """One connection, one transaction: committed on success, rolled back on any exception."""
-    conn = connect(engine)
+def transaction(engine: sa.Engine, wait: float | None = None) -> Iterator[sa.Connection]:
+    """One connection, one transaction: committed on success, rolled back on any exception.
+    ``wait``: seconds to wait for another process's lock (`connect`)."""
+    conn = connect(engine, wait)
     try:
         with conn.begin():
             yield conn

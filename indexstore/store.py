@@ -19,13 +19,14 @@ from contextlib import contextmanager
 import numpy as np
 import sqlalchemy as sa
 
-from indexstore import aliases, bulk_import, datasets_io, version_io
+from indexstore import aliases, bulk_import, datasets_io, staging, version_io
 from indexstore.diff import VersionDiff, diff_structures
 from indexstore.engine import check_schema, connect, default_url, make_engine, native, transaction
 from indexstore.entities import AliasEvent, DatasetInfo, MetricRow, SplitInfo, VersionInfo, utcnow
 from indexstore.errors import GroveError, NotFoundError
 from indexstore.file_layout import InteractionFile
 from indexstore.item_ids import ItemIds
+from indexstore.sql_query import DEFAULT_TIMEOUT, run_query
 from indexstore.structures import Structure, kind_of
 
 _METRIC_FIELDS = ("role", "name", "k", "value", "beam", "filtered", "note")
@@ -79,8 +80,8 @@ class Store:
         return check_schema(self._engine)
 
     @contextmanager
-    def _tx(self):
-        with transaction(self._engine) as conn:
+    def _tx(self, wait: float | None = None):
+        with transaction(self._engine, wait) as conn:
             yield conn
 
     # -------------------------------------------------------------------------- datasets
@@ -186,8 +187,10 @@ class Store:
     def write_version(self, index_name: str, method: str, structure: Structure, config: dict,
                       dataset: str | None = None, split: str | None = None, parent_id: int | None = None,
                       artifacts: dict[str, bytes] | None = None, note: str | None = None,
-                      flow_run_id: str | None = None) -> VersionInfo:
-        """Write a complete version (row, nodes, item paths, artifacts) in one transaction."""
+                      flow_run_id: str | None = None, wait: float | None = None) -> VersionInfo:
+        """Write a complete version (row, nodes, item paths, artifacts) in one transaction.
+        ``wait``: seconds to wait while another process holds the store (default
+        ``$GROVE_STORE_WAIT``, 10); then `StoreBusyError`."""
         _name(index_name, "index name")
         _name(method, "method")
         try:
@@ -202,7 +205,7 @@ class Store:
         for key, data in artifacts.items():
             if not isinstance(key, str) or not isinstance(data, (bytes, bytearray, memoryview)):
                 raise GroveError(f"artifact {key!r} must be bytes under a string name")
-        with self._tx() as conn:
+        with self._tx(wait) as conn:
             if dataset is not None:
                 datasets_io.get_dataset(conn, dataset)
                 if split is not None:
@@ -221,6 +224,20 @@ class Store:
             version_io.write_structure(nat, vid, structure)
             version_io.write_artifacts(nat, vid, {k: bytes(v) for k, v in artifacts.items()})
             return self._get_version(conn, vid)
+
+    def stage_version(self, version: dict, structure: Structure, artifacts: dict[str, bytes]):
+        """Save a version that could not be written (`indexstore.staging`); returns the file."""
+        url = sa.engine.make_url(self.url)
+        return staging.stage(url.database or "grove", version, structure, artifacts)
+
+    def write_staged(self, path) -> VersionInfo:
+        """Write a staged version (`stage_version`) and remove its file; its lineage must still hold."""
+        import pathlib
+
+        version, structure, artifacts = staging.read_staged(path)
+        info = self.write_version(structure=structure, artifacts=artifacts, **version)
+        pathlib.Path(path).unlink()
+        return info
 
     def read_version(self, version_id: int) -> tuple[VersionInfo, Structure, dict[str, bytes]]:
         """The version, its structure (validated) and its artifacts (sha256 verified)."""
@@ -382,8 +399,13 @@ class Store:
         finally:
             conn.close()
 
-    def query(self, sql: str) -> tuple[list[str], list[tuple]]:
-        """Run ``sql`` on a read-only connection; returns (column names, rows)."""
+    def query(self, sql: str, timeout: float | None = None) -> tuple[list[str], list[tuple]]:
+        """Run ONE read-only statement in the SQL sandbox (`indexstore.sql_query`: no other file,
+        database, extension or setting reachable; SELECT/WITH/DESCRIBE/SHOW/EXPLAIN only;
+        interrupted after ``timeout`` seconds); returns (column names, rows)."""
+        url = sa.engine.make_url(self.url)
+        if url.get_backend_name() == "duckdb" and url.database and url.database != ":memory:":
+            return run_query(url.database, sql, timeout or DEFAULT_TIMEOUT)
         with self._read_only() as conn:
             try:
                 result = conn.exec_driver_sql(sql)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +28,9 @@ from typing import Any
 import torch
 
 from indexstore.entities import MetricRow, VersionInfo
-from indexstore.errors import GroveError, StateError
+from indexstore.errors import GroveError, StateError, StoreBusyError
 from indexstore.samples import SplitData
+from indexstore.staging import DEFAULT_WRITE_WAIT, WRITE_WAIT_ENV
 from indexstore.store import Store
 from models.method import Built, Method, MethodConfig, Searcher, check_memory, config_from_dict, resolve_device
 from models.registry import get_method
@@ -140,11 +142,23 @@ def advance(recipe: Recipe, built: Built, data: SplitData, step: str) -> tuple[B
     return verb(nxt.config, built, data, nxt.seed), nxt
 
 
-def _write(store: Store, index: str, recipe: Recipe, built: Built, dataset: str, split: str,
-           parent: int | None, flow_run_id: str | None) -> VersionInfo:
-    return store.write_version(index, recipe.method, built.structure, recipe.to_json(), dataset=dataset,
-                               split=split, parent_id=parent, artifacts=built.artifacts, note=recipe.note,
-                               flow_run_id=flow_run_id)
+def write(store: Store, index: str, recipe: Recipe, built: Built, dataset: str, split: str,
+          parent: int | None, flow_run_id: str | None = None) -> VersionInfo:
+    """Write the version a verb made. A store another process holds is waited for
+    (``$GROVE_WRITE_WAIT`` seconds, default 600, with a progress line); if it is still held the
+    result is saved to a staging file and the error names the command that writes it later."""
+    version = {"index_name": index, "method": recipe.method, "config": recipe.to_json(), "dataset": dataset,
+               "split": split, "parent_id": parent, "note": recipe.note, "flow_run_id": flow_run_id}
+    try:
+        wait = float(os.environ.get(WRITE_WAIT_ENV, DEFAULT_WRITE_WAIT))
+    except ValueError:
+        raise GroveError(f"{WRITE_WAIT_ENV}={os.environ[WRITE_WAIT_ENV]!r} is not a number of seconds") from None
+    try:
+        return store.write_version(structure=built.structure, artifacts=built.artifacts, wait=wait, **version)
+    except StoreBusyError as exc:
+        path = store.stage_version(version, built.structure, built.artifacts)
+        raise StoreBusyError(f"{exc}; the {recipe.note} result of {index!r} is saved in {path}: write it "
+                             f"with `grove versions write-staged {path}`") from exc
 
 
 def construct(store: Store, index: str, recipe: Recipe, dataset: str, split: str = "default",
@@ -153,9 +167,11 @@ def construct(store: Store, index: str, recipe: Recipe, dataset: str, split: str
     Refuses, before building anything, a version that could never be trained on its device."""
     method = get_method(recipe.method)
     store.split(dataset, split)  # NotFoundError before any work
-    check_memory(method, recipe.config, store.dataset(dataset).n_items, ("construct", "train"), recipe.device)
+    n_items = store.dataset(dataset).n_items
+    method.check_sizes(recipe.config, n_items)
+    check_memory(method, recipe.config, n_items, ("construct", "train"), recipe.device)
     data = split_data(store, dataset, split, recipe.config)
-    return _write(store, index, recipe, build(recipe, data), dataset, split, None, flow_run_id)
+    return write(store, index, recipe, build(recipe, data), dataset, split, None, flow_run_id)
 
 
 def _advance(store: Store, version_id: int, step: str, flow_run_id: str | None) -> VersionInfo:
@@ -169,7 +185,7 @@ def _advance(store: Store, version_id: int, step: str, flow_run_id: str | None) 
     check_memory(old.method, config, old.built.structure.n_items, (step,), old.recipe.device)
     data = split_data(store, old.dataset, old.split, config)
     built, recipe = advance(old.recipe, old.built, data, step)
-    return _write(store, old.info.index_name, recipe, built, old.dataset, old.split, old.info.id,
+    return write(store, old.info.index_name, recipe, built, old.dataset, old.split, old.info.id,
                   flow_run_id)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
@@ -28,6 +30,7 @@ import torch
 from indexstore.errors import GroveError, StateError
 from indexstore.samples import SplitData
 from indexstore.structures import Structure
+from models.limits import check_arity
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,58 @@ def config_from_dict(cls: type[MethodConfig], values: dict[str, Any] | None) -> 
     if unknown:
         raise GroveError(f"unknown config field {unknown[0]!r} for {cls.__name__}; "
                          f"known fields: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
     for name, val in list(values.items()):
-        default = known[name].default
-        if isinstance(default, tuple) and isinstance(val, list):
-            values[name] = tuple(val)  # JSON turns tuples into lists
+        values[name] = _typed(cls.__name__, name, hints.get(name), val)
     try:
-        return cls(**values)
+        config = cls(**values)
     except (TypeError, ValueError) as exc:
         raise GroveError(f"invalid {cls.__name__}: {exc}") from exc
+    if hasattr(config, "device"):
+        check_device(config.device)
+    return config
+
+
+def _typed(owner: str, name: str, hint: Any, val: Any) -> Any:
+    """``val`` checked against a config field's type (int, float, bool, str, tuple of ints,
+    optional int), as JSON gives it; a GroveError naming the field and value otherwise."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if val is None and type(None) in options:
+        return None
+    for option in options:
+        if option is bool and isinstance(val, bool):
+            return val
+        if option is int and isinstance(val, int) and not isinstance(val, bool):
+            return val
+        if option is float and isinstance(val, (int, float)) and not isinstance(val, bool):
+            return float(val)
+        if option is str and isinstance(val, str):
+            return val
+        if typing.get_origin(option) is tuple and isinstance(val, (list, tuple)) \
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+            return tuple(val)  # JSON turns tuples into lists
+    if not any(o in (bool, int, float, str) or typing.get_origin(o) is tuple for o in options):
+        return val  # a type this check does not know: the config's own validation decides
+    wanted = " or ".join(_type_name(o) for o in options)
+    raise GroveError(f"{owner}.{name} must be {wanted}, got {val!r}")
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is tuple:
+        return "a list of integers"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def check_device(device: str) -> None:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' (any device string torch parses); GroveError otherwise."""
+    if str(device) == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GroveError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,6 +150,12 @@ class Method(ABC, Generic[C]):
     relearns: ClassVar[bool] = True  # whether `relearn` changes the structure
     # the config fields that set the memory a verb needs (named when a size is refused)
     size_fields: ClassVar[tuple[str, ...]] = ()
+
+    def check_sizes(self, config: C, n_items: int) -> None:
+        """Refuse (GroveError) sizes that make no sense for ``n_items`` items (`models.limits`)."""
+        arity = getattr(config, "arity", None)
+        if self.kind in ("tree", "forest") and isinstance(arity, int):
+            check_arity(arity, n_items)
 
     def memory_bytes(self, config: C, n_items: int, verb: str) -> int:
         """Estimated peak bytes of ``verb`` (one of VERBS) on ``n_items`` items, from the config
@@ -157,6 +210,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """'cuda' if asked and available, else CPU; a clear error if CUDA is asked but missing."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(str(device))
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise GroveError("device 'cuda' was asked for but no CUDA GPU is available")

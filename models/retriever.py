@@ -22,9 +22,8 @@ from indexstore.errors import GroveError
 from indexstore.item_ids import ItemIds
 from indexstore.samples import MAX_BEHAVIOURS, pad_histories
 from models import lifecycle
+from models.limits import check_histories, check_query
 from models.method import Searcher
-
-MAX_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -85,10 +84,9 @@ class Retriever:
         scores : (B, k) float32, best first, -inf where padded.
         items : (B, k) int64 dense item ids, -1 where padded.
         """
-        _check_query(k, beam)
+        check_query(k, beam, self.n_items)
+        check_histories([len(h) for h in histories])
         rows = [np.asarray([i for i in h if i >= 0], dtype=np.int64) for h in histories]
-        if len(rows) > MAX_BATCH:
-            raise GroveError(f"a batch holds at most {MAX_BATCH} histories, got {len(rows)}")
         for h in rows:
             if h.size and (h.max() >= self.n_items):
                 raise GroveError(f"item id {int(h.max())} is out of range [0, {self.n_items})")
@@ -108,6 +106,8 @@ class Retriever:
                      exclude_seen: bool = False) -> RawResult:
         """Like `retrieve`, with the dataset's raw item ids in and out. Unknown raw ids are dropped
         (their count is returned and warned about)."""
+        check_query(k, beam, self.n_items)
+        check_histories([len(h) for h in histories])
         ids = [self.item_ids.dense(h) for h in histories]
         unknown = int(sum(int((row < 0).sum()) for row in ids))
         if unknown:
@@ -116,13 +116,6 @@ class Retriever:
         names = self.item_ids.raw_of(items)
         raw = [[str(n) if i >= 0 else None for n, i in zip(nrow, irow)] for nrow, irow in zip(names, items)]
         return RawResult(raw, scores, unknown)
-
-
-def _check_query(k: int, beam: int) -> None:
-    if not isinstance(k, (int, np.integer)) or k <= 0:
-        raise GroveError(f"k must be a positive integer, got {k!r}")
-    if not isinstance(beam, (int, np.integer)) or beam <= 0:
-        raise GroveError(f"beam must be a positive integer, got {beam!r}")
 
 
 def _drop_seen(scores: np.ndarray, items: np.ndarray, rows: list[np.ndarray]):

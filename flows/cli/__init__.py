@@ -16,10 +16,18 @@ import sys
 from indexstore.errors import GroveError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``error: grove eval: argument --users: ...``),
+    like every other grove error, instead of the usage block; exit status 2 as argparse's."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flows.cli import demo, learning, operations, store
 
-    parser = argparse.ArgumentParser(prog="grove", description="learned retrieval indexes as versioned data")
+    parser = OneLineParser(prog="grove", description="learned retrieval indexes as versioned data")
     parser.add_argument("--store", default=None,
                         help="SQLAlchemy URL of the store (default: $GROVE_STORE or duckdb:///grove.duckdb)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,6 +64,3 @@ def run() -> None:
     from flows.quiet_exit import exit_quietly
 
     exit_quietly(main())
-
-if __name__ == "__main__":
-    run()

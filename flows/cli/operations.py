@@ -149,8 +149,9 @@ def cmd_promote(args) -> int:
 def cmd_serve(args) -> int:
     from flows.service import ServiceConfig, serve
 
-    config = ServiceConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                           max_request=args.max_request, poll_seconds=args.poll_seconds)
+    config = ServiceConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_request=args.max_request,
+                           max_cost=args.max_cost, slice_cost=args.slice_cost, max_body_bytes=args.max_body_bytes,
+                           poll_seconds=args.poll_seconds)
     if args.threads < 0:
         raise GroveError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
@@ -158,7 +159,7 @@ def cmd_serve(args) -> int:
 
         torch.set_num_threads(args.threads)
     serve(args.store, args.index, alias=args.alias, host=args.host, port=args.port,
-          device=args.device, config=config)
+          device=args.device, config=config, access_log=args.access_log)
     return 0
 
 
@@ -203,7 +204,13 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=256, help="histories per micro-batch")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits for more")
     p.add_argument("--max-request", type=int, default=1024, help="histories per request (more: 413)")
+    p.add_argument("--max-cost", type=int, default=1024 * 4096 * 1000,
+                   help="largest request cost, histories x beam x k (more: 413)")
+    p.add_argument("--slice-cost", type=int, default=1 << 22,
+                   help="cost of a slice: larger requests are served in slices interleaved with others")
+    p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body (more: 413)")
     p.add_argument("--poll-seconds", type=float, default=2.0, help="alias poll period")
+    p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default; 1 is often fastest on a small shared machine)")
     p.set_defaults(func=cmd_serve)

@@ -185,9 +185,15 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_versions_write_staged(args) -> int:
+    info = open_store(args).write_staged(args.file)
+    print(f"wrote version {info.id} of index {info.index_name!r} ({info.note}) from {args.file}")
+    return 0
+
+
 def cmd_sql(args) -> int:
     store = open_store(args)
-    columns, rows = store.query(args.query)
+    columns, rows = store.query(args.query, timeout=args.timeout)
     if columns:
         print(format_table(columns, rows))
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
@@ -248,6 +254,9 @@ def register(sub) -> None:
     p.add_argument("v1", type=int)
     p.add_argument("v2", type=int)
     p.set_defaults(func=cmd_versions_diff)
+    p = vsub.add_parser("write-staged", help="write a version a step saved while the store was locked")
+    p.add_argument("file", help="the .npz file the step named")
+    p.set_defaults(func=cmd_versions_write_staged)
     al = sub.add_parser("alias", help="move an alias (logged) or show the alias log")
     asub = al.add_subparsers(dest="alias_command", metavar="ACTION", required=True)
     p = asub.add_parser("set", help="point INDEX's ALIAS at version V")
@@ -266,6 +275,7 @@ def register(sub) -> None:
     p.add_argument("--to", type=int, default=None)
     p.add_argument("--reason", default=None)
     p.set_defaults(func=cmd_rollback)
-    p = sub.add_parser("sql", help="run a read-only SQL query and print a table")
+    p = sub.add_parser("sql", help="run one read-only SELECT/WITH/DESCRIBE/SHOW/EXPLAIN over this store")
     p.add_argument("query")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before the query is stopped")
     p.set_defaults(func=cmd_sql)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexstore.store import Store
-from models.retriever import MAX_BATCH, Retriever
+from models.limits import MAX_BATCH
+from models.retriever import Retriever
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,12 +25,21 @@ class ServiceConfig:
     max_request: int = 1024  # histories per request; more -> 413
     max_k: int = 1000
     max_beam: int = 4096
+    # a request's cost is histories x beam x k: above max_cost -> 413 (default: the largest
+    # request the other caps allow); it is served in slices of at most slice_cost, interleaved
+    # with other requests (`flows.service.batcher`)
+    max_cost: int = 1024 * 4096 * 1000
+    slice_cost: int = 1 << 22
+    max_body_bytes: int = 4 << 20  # request body; more -> 413 before parsing
     poll_seconds: float = 2.0  # alias watcher period
     max_backoff: float = 30.0  # longest wait after failed polls
 
     def __post_init__(self):
-        if min(self.max_batch, self.max_request, self.max_k, self.max_beam) <= 0:
-            raise GroveError("max_batch, max_request, max_k and max_beam must be positive")
+        sizes = (self.max_batch, self.max_request, self.max_k, self.max_beam, self.max_cost, self.slice_cost,
+                 self.max_body_bytes)
+        if min(sizes) <= 0:
+            raise GroveError("max_batch, max_request, max_k, max_beam, max_cost, slice_cost and "
+                             "max_body_bytes must be positive")
         if self.max_wait_ms < 0 or self.poll_seconds <= 0 or self.max_backoff <= 0:
             raise GroveError("max_wait_ms must be >= 0, poll_seconds and max_backoff > 0")
 
@@ -45,7 +54,7 @@ class RetrievalService:
         self._served = served
         self._swap_lock = threading.Lock()
         self.swaps = 0
-        self.batcher = MicroBatcher(lambda: self._served, config.max_batch, config.max_wait_ms)
+        self.batcher = MicroBatcher(lambda: self._served, config.max_batch, config.max_wait_ms, config.slice_cost)
         self.watcher = AliasWatcher(Watched(url, index, alias, device, lambda: self._served, self.swap,
                                             config.poll_seconds, config.max_backoff))
 

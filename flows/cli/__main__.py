@@ -1,0 +1,4 @@
+"""``python -m flows.cli`` = ``grove``."""
+from flows.cli import run
+
+run()
