@@ -36,6 +36,7 @@ are the versions' own.
 
 Writes ``benchmarks/results/curves_<dataset>[_<tag>].json``, ``.md`` (a row per point) and ``.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.curves_report import markdown, plot
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import CONFIGS, LIFECYCLE, METHODS, QUICK, RESULTS, apply_override, find_data_dir, load_data
@@ -58,21 +60,6 @@ from models.method import config_from_dict
 TREE_METHODS = ("tdm", "jtm", "deforec")
 INDEX_PREFIX = "curves-"
 BATCH = 256
-
-
-def curve_label(name: str, config: dict) -> str:
-    """What the curve's index is: the method and the lifecycle `train_into_store` ran."""
-    return {"tdm": "TDM (k-means relearn x1)", "jtm": "JTM (tree learning x1)",
-            "deforec": "DeFoRec (forest of 2)", "recforest": f"RecForest ({config.get('trees', '?')} trees)",
-            "dr": f"DR (J={config.get('n_paths', '?')}, EM x1)"}.get(name, name)
-
-
-def labelled_points(name: str, measured) -> tuple[str, list]:
-    """A method's curve in a results file -> (label, points); files written before the store mode
-    hold a bare list of points."""
-    if isinstance(measured, dict):
-        return curve_label(name, measured["config"]), measured["points"]
-    return name, measured
 
 
 def split_name(seed: int = 0) -> str:
@@ -92,7 +79,7 @@ def timed(search, hist: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor
     rows = batch_rows(hist)
 
     def one_pass(h):
-        return torch.cat([search(h[i:i + BATCH]) for i in range(0, h.shape[0], BATCH)])
+        return torch.cat([search(h[i : i + BATCH]) for i in range(0, h.shape[0], BATCH)])
 
     items = one_pass(hist)  # warm-up (and the results)
     times = []
@@ -135,8 +122,14 @@ def measure_index(store, file: str, name: str, data, beams, k: int, repeats: int
     points = []
     for beam in beams:
         ups, items = timed(lambda h, b=beam: searcher.search(h, k, b)[1], hist, repeats)
-        points.append({"beam": beam, "users_per_s": ups, "recall": recall_of(items.numpy(), data.test, k),
-                       "candidates": searcher.last_candidates()})
+        points.append(
+            {
+                "beam": beam,
+                "users_per_s": ups,
+                "recall": recall_of(items.numpy(), data.test, k),
+                "candidates": searcher.last_candidates(),
+            }
+        )
         print(f"  {name} beam {beam}: recall@{k} {points[-1]['recall']:.4f}, {ups:,.0f} users/s", flush=True)
     info = retriever.version
     return {"store": file, "version": info.id, "config": info.config.get("config", {}), "points": points}
@@ -151,7 +144,7 @@ def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dic
     model.eval()
     hist = torch.as_tensor(data.test.histories).long()
     with torch.inference_mode():
-        item_mat = model.item_matrix().detach().float().contiguous()                  # (N, d)
+        item_mat = model.item_matrix().detach().float().contiguous()  # (N, d)
 
     def exact(h):
         with torch.inference_mode():
@@ -173,8 +166,10 @@ def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dic
     ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.train(base)
     ivf.add(base)
-    for label, index, knob, values in (("hnsw", hnsw, "efSearch", faiss_params["ef"]),
-                                       ("ivf", ivf, "nprobe", [p for p in faiss_params["nprobe"] if p <= nlist])):
+    for label, index, knob, values in (
+        ("hnsw", hnsw, "efSearch", faiss_params["ef"]),
+        ("ivf", ivf, "nprobe", [p for p in faiss_params["nprobe"] if p <= nlist]),
+    ):
         pts = []
         for v in values:
             setattr(index, knob, v) if label == "ivf" else setattr(index.hnsw, knob, v)
@@ -186,38 +181,9 @@ def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dic
 
             ups, items = timed(search, hist, repeats)
             pts.append({"param": v, "users_per_s": ups, "recall": recall_of(items.numpy(), data.test, k)})
-            print(f"  two-tower {label} {knob}={v}: recall@{k} {pts[-1]['recall']:.4f}, {ups:,.0f} users/s",
-                  flush=True)
+            print(f"  two-tower {label} {knob}={v}: recall@{k} {pts[-1]['recall']:.4f}, {ups:,.0f} users/s", flush=True)
         out[label] = pts
     return out
-
-
-def plot(result: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 5))
-    for name, m in result["methods"].items():
-        label, pts = labelled_points(name, m)
-        ax.plot([p["users_per_s"] for p in pts], [100 * p["recall"] for p in pts], "o-", label=f"{label}, beam")
-        for p in pts:
-            ax.annotate(str(p["beam"]), (p["users_per_s"], 100 * p["recall"]), fontsize=6,
-                        textcoords="offset points", xytext=(3, 3))
-    for label, pts in result["two_tower"].items():
-        if isinstance(pts, list):
-            ax.plot([p["users_per_s"] for p in pts], [100 * p["recall"] for p in pts],
-                    "s--" if label != "exact" else "k*", label=f"two-tower {label}", markersize=9 if label == "exact" else 5)
-    ax.set_xscale("log")
-    ax.set_xlabel("users per second (CPU, batch 256)")
-    ax.set_ylabel(f"Recall@{result['k']} (%)")
-    ax.set_title(f"{result['dataset']}: efficiency vs accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the curves fill the plot
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def store_url(file: str) -> str:
@@ -236,8 +202,10 @@ def method_configs(methods, quick: bool, max_samples: int, overrides=()) -> dict
         if item.partition(".")[0] in configs:
             apply_override(configs, dict(LIFECYCLE), item)
         else:
-            raise SystemExit(f"--set {item!r}: {item.partition('.')[0]!r} is not among the methods of this run "
-                             f"({', '.join(configs)})")
+            raise SystemExit(
+                f"--set {item!r}: {item.partition('.')[0]!r} is not among the methods of this run "
+                f"({', '.join(configs)})"
+            )
     return configs
 
 
@@ -259,47 +227,24 @@ def stored_indexes(files, dataset: str, methods) -> tuple[object, dict]:
         if data is None:
             data, first = split, file
         elif split_fingerprint(split) != split_fingerprint(data):
-            raise SystemExit(f"--from-store {file}: its {dataset} split {split_name()} differs from {first}'s "
-                             "(other items or test users): curves must share one split")
+            raise SystemExit(
+                f"--from-store {file}: its {dataset} split {split_name()} differs from {first}'s "
+                "(other items or test users): curves must share one split"
+            )
         for index, *_ in store.list_indexes():
             if index.startswith(INDEX_PREFIX):
-                name = index[len(INDEX_PREFIX):]
+                name = index[len(INDEX_PREFIX) :]
                 if name in found:
                     raise SystemExit(f"--from-store: {index} is in both {found[name][1]} and {file}")
                 found[name] = (store, file)
     wanted = methods or [m for m in METHODS if m in found]
     missing = [m for m in wanted if m not in found]
     if missing or not wanted:
-        raise SystemExit(f"--from-store: no {INDEX_PREFIX}{missing[0] if missing else '*'} index in "
-                         f"{', '.join(files)} (found: {', '.join(sorted(found)) or 'none'})")
+        raise SystemExit(
+            f"--from-store: no {INDEX_PREFIX}{missing[0] if missing else '*'} index in "
+            f"{', '.join(files)} (found: {', '.join(sorted(found)) or 'none'})"
+        )
     return data, {m: found[m] for m in wanted}
-
-
-def markdown(result: dict) -> str:
-    """One row per measured point: index, knob, Recall@k, users/s (and candidates per user)."""
-    m = result["machine"]
-    lines = [f"# Efficiency vs accuracy: {result['dataset']}", "",
-             f"Split {result.get('split', 'seed0')}, {result['n_items']:,} items, {result['test_users']} test users, "
-             f"k = {result['k']}, seen items kept; users/s on the CPU at batch {result.get('batch', BATCH)}, "
-             f"{result['threads']} thread(s), median of {result['repeats']} timed passes after a warm-up. "
-             f"Machine: {m.get('cpu_count', '?')} CPUs, {m.get('cpu_model', '?')}, GPU {m.get('gpu') or 'none'}; "
-             f"load average after: {', '.join(f'{x:.2f}' for x in result.get('load_after', []))}.", "",
-             f"| index | knob | value | Recall@{result['k']} (%) | users/s | candidates/user |", "|---|---|---|---|---|---|"]
-    for name, meth in result["methods"].items():
-        label, pts = labelled_points(name, meth)
-        for p in pts:
-            cand = p.get("candidates")
-            lines.append(f"| {label} | beam | {p['beam']} | {100 * p['recall']:.2f} | {p['users_per_s']:,.0f} | "
-                         f"{'' if cand is None else f'{cand:.1f}'} |")
-    knobs = {"exact": "", "hnsw": "efSearch", "ivf": "nprobe"}
-    for label, pts in result.get("two_tower", {}).items():
-        if isinstance(pts, list):
-            for p in pts:
-                lines.append(f"| two-tower {label} | {knobs.get(label, '')} | {'' if p['param'] is None else p['param']} "
-                             f"| {100 * p['recall']:.2f} | {p['users_per_s']:,.0f} | |")
-        else:
-            lines.append(f"| two-tower {label} | | | {pts} | | |")
-    return "\n".join(lines) + "\n"
 
 
 def write_result(result: dict, out: str, with_plot: bool) -> None:
@@ -312,21 +257,40 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="ml-1m-subset")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--methods", nargs="+", default=None, choices=[m for m in METHODS if m not in ("two_tower", "itemcf")],
-                   help="default: tdm (with --from-store: every curves-* index of the stores)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=[m for m in METHODS if m not in ("two_tower", "itemcf")],
+        help="default: tdm (with --from-store: every curves-* index of the stores)",
+    )
     p.add_argument("--beams", nargs="+", type=int, default=[1, 2, 5, 10, 20, 50, 100])
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--max-samples", type=int, default=30000)
-    p.add_argument("--set", nargs="+", default=[], metavar="METHOD.FIELD=VALUE",
-                   help="override a training config field, as in benchmarks.quality (tdm.epochs=1)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="METHOD.FIELD=VALUE",
+        help="override a training config field, as in benchmarks.quality (tdm.epochs=1)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads of training and timing")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--store", default=None, help="DuckDB file the trained indexes are written to "
-                   "(versions of curves-<method>; kept); default: a temporary one")
+    p.add_argument(
+        "--store",
+        default=None,
+        help="DuckDB file the trained indexes are written to "
+        "(versions of curves-<method>; kept); default: a temporary one",
+    )
     p.add_argument("--train-only", action="store_true", help="train into --store and measure nothing")
-    p.add_argument("--from-store", nargs="+", default=None, metavar="FILE",
-                   help="measure the curves-* indexes of these stores (written by --train-only runs); train none")
+    p.add_argument(
+        "--from-store",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="measure the curves-* indexes of these stores (written by --train-only runs); train none",
+    )
     p.add_argument("--tag", default="", help="results go to curves_<dataset>_<tag>.*")
     p.add_argument("--out-dir", default=str(RESULTS))
     a = p.parse_args(argv)
@@ -352,10 +316,23 @@ def main(argv=None) -> dict:
             configs = method_configs(methods, a.quick, a.max_samples, a.set)
             url = store_url(a.store) if a.store else f"duckdb:///{work}/curves_{a.dataset}.duckdb"
             data, meta = load_data(a.dataset, find_data_dir(a.dataset, a.data_dir), 0, work, url=url)
-        result = {"dataset": a.dataset, "split": split_name(), "split_fingerprint": split_fingerprint(data),
-                  "k": a.k, "beams": a.beams, "batch": BATCH, "threads": a.threads, "repeats": repeats,
-                  "quick": a.quick, "configs": {**configs, "two_tower": two_tower_cfg}, "machine": machine_info(),
-                  "n_items": data.n_items, "test_users": len(data.test), **meta, "methods": {}}
+        result = {
+            "dataset": a.dataset,
+            "split": split_name(),
+            "split_fingerprint": split_fingerprint(data),
+            "k": a.k,
+            "beams": a.beams,
+            "batch": BATCH,
+            "threads": a.threads,
+            "repeats": repeats,
+            "quick": a.quick,
+            "configs": {**configs, "two_tower": two_tower_cfg},
+            "machine": machine_info(),
+            "n_items": data.n_items,
+            "test_users": len(data.test),
+            **meta,
+            "methods": {},
+        }
         if not a.from_store:
             from indexstore.store import Store
 
@@ -363,11 +340,15 @@ def main(argv=None) -> dict:
                 print(f"{name}: training", flush=True)
                 start = time.perf_counter()
                 vid = train_into_store(url, name, a.dataset, configs[name])
-                print(f"{name}: trained in {time.perf_counter() - start:,.0f} s -> version {vid} of "
-                      f"{INDEX_PREFIX}{name} in {a.store or 'a temporary store'}", flush=True)
+                print(
+                    f"{name}: trained in {time.perf_counter() - start:,.0f} s -> version {vid} of "
+                    f"{INDEX_PREFIX}{name} in {a.store or 'a temporary store'}",
+                    flush=True,
+                )
                 if not a.train_only:
-                    result["methods"][name] = measure_index(Store.open(url), a.store or "(temporary)", name, data,
-                                                            a.beams, a.k, repeats)
+                    result["methods"][name] = measure_index(
+                        Store.open(url), a.store or "(temporary)", name, data, a.beams, a.k, repeats
+                    )
                     write_result(result, out, with_plot=False)  # a long run keeps what it measured
             if a.train_only:
                 return result
@@ -377,8 +358,9 @@ def main(argv=None) -> dict:
                 result["methods"][name] = measure_index(store, file, name, data, a.beams, a.k, repeats)
                 result["configs"][name] = result["methods"][name]["config"]
         print("two-tower: training", flush=True)
-        result["two_tower"] = two_tower_curves(data, a.k, two_tower_cfg, repeats,
-                                               {"ef": [16, 32, 64, 128, 256], "nprobe": [1, 2, 4, 8, 16, 32, 64]})
+        result["two_tower"] = two_tower_curves(
+            data, a.k, two_tower_cfg, repeats, {"ef": [16, 32, 64, 128, 256], "nprobe": [1, 2, 4, 8, 16, 32, 64]}
+        )
     result["load_after"] = os.getloadavg()
     write_result(result, out, with_plot=True)
     print(f"wrote {out}.json, .md and .png")

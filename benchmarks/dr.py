@@ -16,6 +16,7 @@ the top path size; one train more gives the recall. Search speed: users per seco
 
 Writes ``benchmarks/results/dr.json`` (or ``--out``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,7 @@ def load_data(name: str, items: int, users: int, seed: int, data_dir=DATASETS) -
 
 def path_stats(codes) -> dict:
     sizes = np.unique(codes.path_ids().reshape(-1), return_counts=True)[1]
-    return {"top_path": int(sizes.max()), "nonempty_paths": int(sizes.size),
-            "mean_path_size": float(sizes.mean())}
+    return {"top_path": int(sizes.max()), "nonempty_paths": int(sizes.size), "mean_path_size": float(sizes.mean())}
 
 
 @torch.no_grad()
@@ -74,37 +74,58 @@ def measure(cfg: DRConfig, built: Built, data: SplitData, beam: int, device: str
     s = DRMethod().searcher(cfg, built, device)
     res = evaluate(s, data.test, ks=(10, 50), beam=beam)
     bf = evaluate(s, data.test, ks=(10, 50), exhaustive=True)
-    out = {"beam": beam, "candidates": res.mean_candidates, **path_stats(built.structure),
-           "distinct_paths_in_user_beams": beam_diversity(s, data, beam)}
+    out = {
+        "beam": beam,
+        "candidates": res.mean_candidates,
+        **path_stats(built.structure),
+        "distinct_paths_in_user_beams": beam_diversity(s, data, beam),
+    }
     for k in (10, 50):
         r, rb = res.value("recall", k), bf.value("recall", k)
-        out.update({f"recall@{k}": r, f"precision@{k}": res.value("precision", k),
-                    f"bf_recall@{k}": rb, f"fidelity@{k}": fidelity(r, rb)})
+        out.update(
+            {
+                f"recall@{k}": r,
+                f"precision@{k}": res.value("precision", k),
+                f"bf_recall@{k}": rb,
+                f"fidelity@{k}": fidelity(r, rb),
+            }
+        )
     return out
 
 
-def em_run(cfg: DRConfig, data: SplitData, rounds: int, beam: int, device: str, seed: int,
-           label: str) -> tuple[list[dict], list[Built]]:
+def em_run(
+    cfg: DRConfig, data: SplitData, rounds: int, beam: int, device: str, seed: int, label: str
+) -> tuple[list[dict], list[Built]]:
     """Round 0 = random codes trained; rounds 1..n = relearn + train. Returns rows and builts."""
     m = DRMethod()
     t = time.perf_counter()
     built = m.train(cfg, m.construct(cfg, data, seed), data, seed)
-    rows, builts = [{"round": 0, "train_s": time.perf_counter() - t, **measure(cfg, built, data, beam, device)}], [built]
+    rows, builts = (
+        [{"round": 0, "train_s": time.perf_counter() - t, **measure(cfg, built, data, beam, device)}],
+        [built],
+    )
     print(label, rows[-1], flush=True)
     for r in range(1, rounds + 1):
         t = time.perf_counter()
         built = m.relearn(cfg, built, data, seed + r)
         t_relearn = time.perf_counter() - t
         built = m.train(cfg, built, data, seed + r)
-        rows.append({"round": r, "relearn_s": t_relearn, "train_s": time.perf_counter() - t - t_relearn,
-                     **measure(cfg, built, data, beam, device)})
+        rows.append(
+            {
+                "round": r,
+                "relearn_s": t_relearn,
+                "train_s": time.perf_counter() - t - t_relearn,
+                **measure(cfg, built, data, beam, device),
+            }
+        )
         builts.append(built)
         print(label, rows[-1], flush=True)
     return rows, builts
 
 
-def alpha_sweep(cfg: DRConfig, start: Built, data: SplitData, alphas: list[float], beam: int,
-                device: str, seed: int) -> list[dict]:
+def alpha_sweep(
+    cfg: DRConfig, start: Built, data: SplitData, alphas: list[float], beam: int, device: str, seed: int
+) -> list[dict]:
     m, rows = DRMethod(), []
     for a in alphas:
         c = DRConfig(**{**cfg.to_dict(), "alpha": a})
@@ -117,8 +138,7 @@ def alpha_sweep(cfg: DRConfig, start: Built, data: SplitData, alphas: list[float
 
 
 @torch.no_grad()
-def search_speed(cfg: DRConfig, built: Built, data: SplitData, beam: int, batch: int = 256,
-                 repeats: int = 5) -> dict:
+def search_speed(cfg: DRConfig, built: Built, data: SplitData, beam: int, batch: int = 256, repeats: int = 5) -> dict:
     """Users per second on CPU at ``batch`` users: full search and the beam search alone."""
     s = DRMethod().searcher(cfg, built, "cpu")
     h = torch.as_tensor(np.resize(np.asarray(data.test.histories), (batch, 69))).long()
@@ -126,8 +146,14 @@ def search_speed(cfg: DRConfig, built: Built, data: SplitData, beam: int, batch:
 
     full = batch / median_seconds(lambda: s.search(h, 50, beam), repeats)  # warm-up + median
     only = batch / median_seconds(lambda: beam_search(s.net.structure, u, beam), repeats)
-    return {"batch": batch, "beam": beam, "k": 50, "users_per_s": full, "beam_only_users_per_s": only,
-            "threads": torch.get_num_threads()}
+    return {
+        "batch": batch,
+        "beam": beam,
+        "k": 50,
+        "users_per_s": full,
+        "beam_only_users_per_s": only,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv=None) -> dict:
@@ -141,8 +167,13 @@ def main(argv=None) -> dict:
     p.add_argument("--joint-epochs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--beam", type=int, default=50)
-    p.add_argument("--beams", type=int, nargs="*", default=[5, 10, 25, 100],
-                   help="beam sweep on the final J=3 model (candidates vs recall)")
+    p.add_argument(
+        "--beams",
+        type=int,
+        nargs="*",
+        default=[5, 10, 25, 100],
+        help="beam sweep on the final J=3 model (candidates vs recall)",
+    )
     p.add_argument("--alpha", type=float, default=3e-5)
     p.add_argument("--alphas", type=float, nargs="*", default=[0.0, 3e-7, 3e-5])
     p.add_argument("--max-samples", type=int, default=0)
@@ -156,11 +187,29 @@ def main(argv=None) -> dict:
     torch.manual_seed(a.seed)
     data = load_data(a.dataset, a.items, a.users, a.seed, a.data_dir)
     arity = a.arity or (50 if a.dataset == "ml-1m-subset" else 20)
-    base = DRConfig(arity=arity, depth=a.depth, n_paths=3, epochs=a.epochs, joint_epochs=a.joint_epochs,
-                    alpha=a.alpha, max_samples=a.max_samples, estep_beam=a.estep_beam,
-                    estep_pool=a.estep_pool, device=a.device, seed=a.seed)
-    result = {"dataset": a.dataset, "n_items": data.n_items, "n_train_samples": len(data.train),
-              "n_test_users": len(data.test), "machine": machine_info(), "config": base.to_dict(), "filtered": False, "runs": {}}
+    base = DRConfig(
+        arity=arity,
+        depth=a.depth,
+        n_paths=3,
+        epochs=a.epochs,
+        joint_epochs=a.joint_epochs,
+        alpha=a.alpha,
+        max_samples=a.max_samples,
+        estep_beam=a.estep_beam,
+        estep_pool=a.estep_pool,
+        device=a.device,
+        seed=a.seed,
+    )
+    result = {
+        "dataset": a.dataset,
+        "n_items": data.n_items,
+        "n_train_samples": len(data.train),
+        "n_test_users": len(data.test),
+        "machine": machine_info(),
+        "config": base.to_dict(),
+        "filtered": False,
+        "runs": {},
+    }
     t0 = time.perf_counter()
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ recall@50 (beam 10 and 50) against the brute-force reference.
 
 Writes ``benchmarks/results/dr_pools.json`` (or ``--out``), rewritten after every row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset", default="ml-1m-subset", choices=["ml-1m-subset", "synthetic"])
     p.add_argument("--quick", action="store_true", help="synthetic 500 items, tiny training")
     p.add_argument("--arity", type=int, default=50)
-    p.add_argument("--trainings", nargs="*", default=["20000:1", "0:3"],
-                   help="MAX_SAMPLES:EPOCHS per structure model (0 = every window)")
+    p.add_argument(
+        "--trainings",
+        nargs="*",
+        default=["20000:1", "0:3"],
+        help="MAX_SAMPLES:EPOCHS per structure model (0 = every window)",
+    )
     p.add_argument("--estep-samples", type=int, default=50_000, help="windows scored in the E-step")
     p.add_argument("--widths", type=int, nargs="*", default=[20, 100], help="E-step S (= pool)")
     p.add_argument("--alphas", type=float, nargs="*", default=[3e-5, 3e-3])
@@ -60,8 +65,15 @@ def main(argv=None) -> dict:
         a.dataset, a.arity, a.trainings, a.estep_samples, a.widths = "synthetic", 10, ["2000:1"], 2000, [5]
     torch.manual_seed(0)
     data = load_data(a.dataset, 500, 500, 0, a.data_dir)
-    result = {"dataset": a.dataset, "n_items": data.n_items, "n_train_samples": len(data.train),
-              "settings": vars(a), "machine": machine_info(), "rows": [], "complete": False}
+    result = {
+        "dataset": a.dataset,
+        "n_items": data.n_items,
+        "n_train_samples": len(data.train),
+        "settings": vars(a),
+        "machine": machine_info(),
+        "rows": [],
+        "complete": False,
+    }
     out = pathlib.Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     m, dev = DRMethod(), torch.device("cpu")
@@ -70,25 +82,47 @@ def main(argv=None) -> dict:
     pairs = data.train.subset(keep)
     for spec in a.trainings:
         cap, epochs = (int(x) for x in spec.split(":"))
-        cfg = DRConfig(arity=a.arity, depth=3, n_paths=3, epochs=epochs, joint_epochs=min(2, epochs),
-                       max_samples=cap, device="cpu", seed=0)
+        cfg = DRConfig(
+            arity=a.arity,
+            depth=3,
+            n_paths=3,
+            epochs=epochs,
+            joint_epochs=min(2, epochs),
+            max_samples=cap,
+            device="cpu",
+            seed=0,
+        )
         t = time.perf_counter()
         start = m.train(cfg, m.construct(cfg, data, 0), data, 0)
-        base = {"max_samples": cap, "epochs": epochs, "train_s": time.perf_counter() - t,
-                "round0": retrieval(cfg, start, data)}
+        base = {
+            "max_samples": cap,
+            "epochs": epochs,
+            "train_s": time.perf_counter() - t,
+            "round0": retrieval(cfg, start, data),
+        }
         net, _ = load_net(cfg, start, dev)
         one = DRConfig(**{**cfg.to_dict(), "epochs": 1, "joint_epochs": 0})  # the retrain after an M-step
         for width in a.widths:
             t = time.perf_counter()
             cands = estep_scores(net, pairs, data.n_items, width, width, 512, dev)
             cov = pool_coverage(cands, cfg.n_paths)
-            pools = {"estep_width": width, "estep_s": time.perf_counter() - t, "items_with_candidates": cov.items,
-                     "distinct_paths_in_pools": cov.paths, "least_top_path": cov.least_top_path}
+            pools = {
+                "estep_width": width,
+                "estep_s": time.perf_counter() - t,
+                "items_with_candidates": cov.items,
+                "distinct_paths_in_pools": cov.paths,
+                "least_top_path": cov.least_top_path,
+            }
             for alpha in a.alphas:
                 codes = mstep(cands, start.structure, alpha, 4, 0)
                 trained = m.train(one, Built(codes, dict(start.artifacts)), data, 1)
-                row = {**base, **pools, "alpha": alpha, "after_mstep": path_stats(codes),
-                       "retrained": retrieval(one, trained, data)}
+                row = {
+                    **base,
+                    **pools,
+                    "alpha": alpha,
+                    "after_mstep": path_stats(codes),
+                    "retrained": retrieval(one, trained, data),
+                }
                 result["rows"].append(row)
                 write_json(out, result)
                 print({k: v for k, v in row.items() if k != "round0"}, flush=True)

@@ -12,6 +12,7 @@ tree at the paper's size (hidden 96; the official code takes ~90 ms/user on a 2-
 
 Writes ``benchmarks/results/forests.json`` (or ``--out``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,7 +85,7 @@ def latency_ms(searcher, data: SplitData, beam: int, n: int = 50) -> float:
     times = []
     for i in range(len(hist)):
         start = time.perf_counter()
-        searcher.search(hist[i:i + 1], 20, beam)
+        searcher.search(hist[i : i + 1], 20, beam)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3  # ms
 
@@ -92,8 +93,13 @@ def latency_ms(searcher, data: SplitData, beam: int, n: int = 50) -> float:
 def run_recforest(data, args, out: dict, save) -> dict:
     """Fills ``out`` model by model, calling ``save()`` after each (a run cut short keeps its rows)."""
     method = RecForestMethod()
-    base = RecForestConfig(trees=4, max_steps=args.steps, pretrain_max_steps=args.pretrain_steps,
-                           device=args.device, embeddings=args.embeddings)
+    base = RecForestConfig(
+        trees=4,
+        max_steps=args.steps,
+        pretrain_max_steps=args.pretrain_steps,
+        device=args.device,
+        embeddings=args.embeddings,
+    )
     t0 = time.perf_counter()
     built4 = method.construct(base, data, seed=0)
     out["construct_seconds"] = time.perf_counter() - t0
@@ -103,8 +109,11 @@ def run_recforest(data, args, out: dict, save) -> dict:
         stats = bytes_to_state(built.artifacts["weights.pt"])["stats"]
         searcher = method.searcher(cfg, built, "cpu")
         row = quality(searcher, data, args.beam, args.users)
-        row.update(train_samples_per_s=stats["samples"] / stats["seconds"], train_steps=stats["steps"],
-                   users_per_s_cpu_batch256=users_per_s(searcher, data, args.beam))
+        row.update(
+            train_samples_per_s=stats["samples"] / stats["seconds"],
+            train_steps=stats["steps"],
+            users_per_s_cpu_batch256=users_per_s(searcher, data, args.beam),
+        )
         if trees == 1:
             row["latency_ms_per_user_beam20"] = latency_ms(searcher, data, 20)
         out[f"trees_{trees}"] = row
@@ -126,11 +135,15 @@ def run_deforec(data, args, out: dict, save) -> dict:
         train_s = time.perf_counter() - t1
         forest = method.searcher(cfg, built, "cpu")
         last = type(forest)(forest.trees[-1:], forest.scorers[-1:], forest.discriminate, forest.n_items, forest.device)
-        row = {"forest": quality(forest, data, args.beam, args.users),
-               "last_tree": quality(last, data, args.beam, args.users),
-               "users_per_s_cpu_batch256": users_per_s(forest, data, args.beam),
-               "tree_learning_s": t1 - t0, "train_s": train_s,
-               "train_samples_per_s": min(cfg.max_steps * cfg.batch_size or np.inf, cfg.epochs * len(data.train)) / train_s}
+        row = {
+            "forest": quality(forest, data, args.beam, args.users),
+            "last_tree": quality(last, data, args.beam, args.users),
+            "users_per_s_cpu_batch256": users_per_s(forest, data, args.beam),
+            "tree_learning_s": t1 - t0,
+            "train_s": train_s,
+            "train_samples_per_s": min(cfg.max_steps * cfg.batch_size or np.inf, cfg.epochs * len(data.train))
+            / train_s,
+        }
         out[f"round_{r}"] = row
         save()
         print(f"deforec round {r}: {row}", flush=True)
@@ -151,9 +164,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     data = load_data(args.dataset, seed=0)
-    result = {"dataset": args.dataset, "n_items": data.n_items, "train_samples": len(data.train),
-              "settings": vars(args), "machine": machine_info(),
-              "note": "training time-boxed to --steps optimiser steps; not converged", "complete": False}
+    result = {
+        "dataset": args.dataset,
+        "n_items": data.n_items,
+        "train_samples": len(data.train),
+        "settings": vars(args),
+        "machine": machine_info(),
+        "note": "training time-boxed to --steps optimiser steps; not converged",
+        "complete": False,
+    }
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
 

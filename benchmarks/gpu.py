@@ -27,6 +27,7 @@ runs its CPU half, says so on stdout and records ``"gpu": null``.
 
 Writes ``benchmarks/results/gpu.json`` and ``gpu.md`` (``gpu_quick.*`` with ``--quick``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,21 +106,26 @@ def searchers(index: str, built, device: torch.device):
         tree, scorer = built
         return TreeSearcher(copy.deepcopy(scorer), tree, device)
     forest, net = built
-    return RecForestSearcher(copy.deepcopy(net).to(device), ForestTables.from_forest(forest, device),
-                             forest.n_items, device)
+    return RecForestSearcher(
+        copy.deepcopy(net).to(device), ForestTables.from_forest(forest, device), forest.n_items, device
+    )
 
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# Beam search, CUDA vs CPU ({res['items']:,} items, CUDA batch {res['batch']}, "
-             f"CPU batch {res['cpu_batch']}, "
-             f"beam {res['beam']}, k {res['k']})", "",
-             f"Machine: {m['cpu_count']} CPU cores ({m['torch_threads']} torch threads), "
-             f"GPU: {m['gpu'] or 'none (CUDA not available: CPU half only)'}; torch {m['torch']}; "
-             f"load average before {tuple(round(x, 2) for x in m['load_average_before'])}. "
-             f"Median of {res['repeats']} runs after a warm-up. Command: `{res['command']}`.", "",
-             "| index | device | users/s | median s per batch | runs (s) | top-k overlap with CPU |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Beam search, CUDA vs CPU ({res['items']:,} items, CUDA batch {res['batch']}, "
+        f"CPU batch {res['cpu_batch']}, "
+        f"beam {res['beam']}, k {res['k']})",
+        "",
+        f"Machine: {m['cpu_count']} CPU cores ({m['torch_threads']} torch threads), "
+        f"GPU: {m['gpu'] or 'none (CUDA not available: CPU half only)'}; torch {m['torch']}; "
+        f"load average before {tuple(round(x, 2) for x in m['load_average_before'])}. "
+        f"Median of {res['repeats']} runs after a warm-up. Command: `{res['command']}`.",
+        "",
+        "| index | device | users/s | median s per batch | runs (s) | top-k overlap with CPU |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         ov = "–" if r["overlap_with_cpu"] is None else f"{r['overlap_with_cpu']:.3f}"
         runs = ", ".join(f"{s:.2f}" for s in r["seconds"])
@@ -127,8 +133,11 @@ def markdown(res: dict) -> str:
     for index, ratio in res["speedup_cuda_over_cpu"].items():
         lines.append(f"\n{index}: CUDA serves {ratio:.1f}x the CPU's users per second.")
     if not res["speedup_cuda_over_cpu"]:
-        lines.append("\nNo CUDA device: the CUDA half was not run." if m["gpu"] is None
-                     else "\nOne device only (--devices): no ratio.")
+        lines.append(
+            "\nNo CUDA device: the CUDA half was not run."
+            if m["gpu"] is None
+            else "\nOne device only (--devices): no ratio."
+        )
     lines.append("\nBuild seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in res["build_seconds"].items()) + ".")
     return "\n".join(lines) + "\n"
 
@@ -136,10 +145,15 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--batch", type=at_least(1), default=1024, help="users per search (on the CPU too unless --cpu-batch)")
-    ap.add_argument("--cpu-batch", type=at_least(1), default=None,
-                    help="users per search on the CPU, the first rows of the same histories "
-                         "(default: --batch)")
+    ap.add_argument(
+        "--batch", type=at_least(1), default=1024, help="users per search (on the CPU too unless --cpu-batch)"
+    )
+    ap.add_argument(
+        "--cpu-batch",
+        type=at_least(1),
+        default=None,
+        help="users per search on the CPU, the first rows of the same histories (default: --batch)",
+    )
     ap.add_argument("--beam", type=int, default=50)
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--trees", type=int, default=4, help="RecForest trees")
@@ -162,10 +176,20 @@ def main(argv=None) -> dict:
         print("CUDA not available: running the CPU half only", flush=True)
     build_dev = "cuda" if "cuda" in devices else "cpu"
     hist = torch.as_tensor(np.random.default_rng(1).integers(0, a.items, (a.batch, HIST)))
-    res = {"command": " ".join(["python -m benchmarks.gpu", *(argv if argv is not None else sys.argv[1:])]),
-           "machine": machine_info(), "items": a.items, "batch": a.batch, "beam": a.beam,
-           "cpu_batch": a.cpu_batch, "k": a.k, "repeats": a.repeats, "trees": a.trees, "build_seconds": {}, "rows": [],
-           "speedup_cuda_over_cpu": {}}
+    res = {
+        "command": " ".join(["python -m benchmarks.gpu", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "items": a.items,
+        "batch": a.batch,
+        "beam": a.beam,
+        "cpu_batch": a.cpu_batch,
+        "k": a.k,
+        "repeats": a.repeats,
+        "trees": a.trees,
+        "build_seconds": {},
+        "rows": [],
+        "speedup_cuda_over_cpu": {},
+    }
     for index in a.indexes:
         t = time.perf_counter()
         built = build_tdm(a.items, 0) if index == "tdm" else build_recforest(a.items, a.trees, 0, build_dev)
@@ -175,16 +199,28 @@ def main(argv=None) -> dict:
         for dev in devices:
             device = torch.device(dev)
             s = searchers(index, built, device)
-            rows = hist if device.type == "cuda" else hist[:a.cpu_batch]
+            rows = hist if device.type == "cuda" else hist[: a.cpu_batch]
             out = timed_searches(s.search, rows, a.k, a.beam, a.repeats, device)
             per_dev[dev] = out
             print(f"{index} on {dev}: {out['users_per_s']:.1f} users/s (median {out['median_s']:.3f}s)", flush=True)
             del s
         for dev, out in per_dev.items():
-            ov = overlap(per_dev["cpu"]["items"], out["items"][:a.cpu_batch]) if "cpu" in per_dev and dev != "cpu" else None
-            res["rows"].append({"index": index, "device": dev, "batch": a.batch if dev == "cuda" else a.cpu_batch,
-                                "users_per_s": out["users_per_s"],
-                                "median_s": out["median_s"], "seconds": out["seconds"], "overlap_with_cpu": ov})
+            ov = (
+                overlap(per_dev["cpu"]["items"], out["items"][: a.cpu_batch])
+                if "cpu" in per_dev and dev != "cpu"
+                else None
+            )
+            res["rows"].append(
+                {
+                    "index": index,
+                    "device": dev,
+                    "batch": a.batch if dev == "cuda" else a.cpu_batch,
+                    "users_per_s": out["users_per_s"],
+                    "median_s": out["median_s"],
+                    "seconds": out["seconds"],
+                    "overlap_with_cpu": ov,
+                }
+            )
         if "cpu" in per_dev and "cuda" in per_dev:
             res["speedup_cuda_over_cpu"][index] = per_dev["cuda"]["users_per_s"] / per_dev["cpu"]["users_per_s"]
     out_dir = pathlib.Path(a.out_dir)

@@ -20,6 +20,7 @@ Every timing: a warm-up search of 64 users, then the median of ``--repeats`` tim
 (CUDA synchronised). Writes ``results/gpu_profile.json`` and ``.md`` (``gpu_profile_quick.*``
 with ``--quick``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,15 +62,23 @@ def profile_table(search, hist, k: int, beam: int, device: torch.device, rows: i
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# GPU beam search profile ({res['items']:,} items, device {res['device']}, batch {res['batch']}, "
-             f"beam {res['beam']}, k {res['k']})", "",
-             f"Machine: {m['cpu_count']} CPU cores, GPU: {m['gpu'] or 'none (CPU run)'}; torch {m['torch']}. "
-             f"Median of {res['repeats']} runs after a warm-up. Command: `{res['command']}`.", "",
-             "## TDM scorer chunk (max_elements)", "",
-             "| max_elements | users/s | median s | top-k overlap with the default |", "|---|---|---|---|"]
+    lines = [
+        f"# GPU beam search profile ({res['items']:,} items, device {res['device']}, batch {res['batch']}, "
+        f"beam {res['beam']}, k {res['k']})",
+        "",
+        f"Machine: {m['cpu_count']} CPU cores, GPU: {m['gpu'] or 'none (CPU run)'}; torch {m['torch']}. "
+        f"Median of {res['repeats']} runs after a warm-up. Command: `{res['command']}`.",
+        "",
+        "## TDM scorer chunk (max_elements)",
+        "",
+        "| max_elements | users/s | median s | top-k overlap with the default |",
+        "|---|---|---|---|",
+    ]
     for r in res["tdm_chunks"]:
-        lines.append(f"| 2^{int(np.log2(r['max_elements']))} | {r['users_per_s']:.1f} | {r['median_s']:.3f} | "
-                     f"{r['overlap_with_default']:.3f} |")
+        lines.append(
+            f"| 2^{int(np.log2(r['max_elements']))} | {r['users_per_s']:.1f} | {r['median_s']:.3f} | "
+            f"{r['overlap_with_default']:.3f} |"
+        )
     lines += ["", "## Batch size", "", "| index | batch | users/s | median s |", "|---|---|---|---|"]
     for r in res["batches"]:
         lines.append(f"| {r['index']} | {r['batch']} | {r['users_per_s']:.1f} | {r['median_s']:.3f} |")
@@ -103,20 +112,37 @@ def main(argv=None) -> dict:
     if default_me not in a.max_elements:
         a.max_elements.append(default_me)
     hist = torch.as_tensor(np.random.default_rng(1).integers(0, a.items, (max(a.batch, *a.batches), HIST)))
-    res = {"command": " ".join(["python -m benchmarks.gpu_profile", *(argv if argv is not None else sys.argv[1:])]),
-           "machine": machine_info(), "device": str(device), "items": a.items, "batch": a.batch, "beam": a.beam,
-           "k": a.k, "trees": a.trees, "repeats": a.repeats, "default_max_elements": default_me,
-           "tdm_chunks": [], "batches": [], "profiles": {}}
+    res = {
+        "command": " ".join(["python -m benchmarks.gpu_profile", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "device": str(device),
+        "items": a.items,
+        "batch": a.batch,
+        "beam": a.beam,
+        "k": a.k,
+        "trees": a.trees,
+        "repeats": a.repeats,
+        "default_max_elements": default_me,
+        "tdm_chunks": [],
+        "batches": [],
+        "profiles": {},
+    }
     built = {"tdm": build_tdm(a.items, 0), "recforest": build_recforest(a.items, a.trees, 0, device.type)}
     print(f"built TDM and {a.trees}-tree RecForest over {a.items:,} items", flush=True)
-    h = hist[:a.batch].to(device)
+    h = hist[: a.batch].to(device)
     items_at = {}
     for me in sorted(a.max_elements):
         s = with_max_elements(searchers("tdm", built["tdm"], device), me)
         out = timed_searches(s.search, h, a.k, a.beam, a.repeats, device)
         items_at[me] = out["items"]
-        res["tdm_chunks"].append({"max_elements": me, "users_per_s": out["users_per_s"], "median_s": out["median_s"],
-                                  "seconds": out["seconds"]})
+        res["tdm_chunks"].append(
+            {
+                "max_elements": me,
+                "users_per_s": out["users_per_s"],
+                "median_s": out["median_s"],
+                "seconds": out["seconds"],
+            }
+        )
         print(f"tdm max_elements 2^{int(np.log2(me))}: {out['users_per_s']:.1f} users/s", flush=True)
     for r in res["tdm_chunks"]:
         r["overlap_with_default"] = overlap(items_at[default_me], items_at[r["max_elements"]])
@@ -124,8 +150,15 @@ def main(argv=None) -> dict:
         s = searchers(index, built[index], device)
         for b in a.batches:
             out = timed_searches(s.search, hist[:b].to(device), a.k, a.beam, a.repeats, device)
-            res["batches"].append({"index": index, "batch": b, "users_per_s": out["users_per_s"],
-                                   "median_s": out["median_s"], "seconds": out["seconds"]})
+            res["batches"].append(
+                {
+                    "index": index,
+                    "batch": b,
+                    "users_per_s": out["users_per_s"],
+                    "median_s": out["median_s"],
+                    "seconds": out["seconds"],
+                }
+            )
             print(f"{index} batch {b}: {out['users_per_s']:.1f} users/s", flush=True)
         res["profiles"][index] = profile_table(s.search, h, a.k, a.beam, device, a.rows)
         print(res["profiles"][index], flush=True)

@@ -8,11 +8,12 @@ each), ratings 0.5..5, increasing timestamps. Each import runs in a fresh Python
 (``Store.init`` + ``Store.import_file`` under ``GROVE_IMPORT_MEMORY``, default 2GB) that reports
 its import seconds, its resident memory before the import (Python, grove, DuckDB loaded), its
 peak resident memory (``ru_maxrss``) and then whether the stored rows kept the file's order (the
-timestamps count up by one); the parent also keeps ``os.wait4``'s peak of the whole child. Seconds are the median of ``--runs`` imports (5) up to 10^7 rows and of ``--big-runs`` (1)
+timestamps count up by one); the parent also keeps ``os.wait4``'s peak of the whole child.
+Seconds are the median of ``--runs`` imports (5) up to 10^7 rows and of ``--big-runs`` (1)
 above, each a cold process reading a file just written (in the page cache when it fits). Files
-and stores are deleted after each N. Writes ``results/import_scale.json`` and ``.md``; the target
-is a peak that stays flat in N (well under 3 GB at 10^8 rows).
-"""
+and stores are deleted after each N. Writes ``results/import_scale.json`` and ``.md``; the
+target is a peak that stays flat in N (well under 3 GB at 10^8 rows)."""
+
 from __future__ import annotations
 
 import argparse
@@ -69,10 +70,14 @@ def chunks(n: int, seed: int):
     n_users, n_items = max(n // 50, 100), max(n // 500, 100)
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
-        yield pa.record_batch({
-            "user": rng.integers(1, n_users + 1, m), "item": rng.integers(1, n_items + 1, m),
-            "rating": rng.integers(1, 11, m) / 2.0,
-            "timestamp": 1_000_000_000 + np.arange(start, start + m, dtype=np.int64)})
+        yield pa.record_batch(
+            {
+                "user": rng.integers(1, n_users + 1, m),
+                "item": rng.integers(1, n_items + 1, m),
+                "rating": rng.integers(1, 11, m) / 2.0,
+                "timestamp": 1_000_000_000 + np.arange(start, start + m, dtype=np.int64),
+            }
+        )
 
 
 def write_files(n: int, folder: pathlib.Path, formats: list[str], seed: int) -> dict:
@@ -82,8 +87,7 @@ def write_files(n: int, folder: pathlib.Path, formats: list[str], seed: int) -> 
         path = folder / f"ratings_{n}.{fmt}"
         t = time.perf_counter()
         schema = next(chunks(1, seed)).schema
-        writer = (pv.CSVWriter(path, schema) if fmt == "csv"
-                  else pq.ParquetWriter(path, schema, compression="snappy"))
+        writer = pv.CSVWriter(path, schema) if fmt == "csv" else pq.ParquetWriter(path, schema, compression="snappy")
         with writer:
             for batch in chunks(n, seed):
                 writer.write_batch(batch)
@@ -97,8 +101,14 @@ def import_once(path: pathlib.Path, store: pathlib.Path, memory: str) -> dict:
     root = pathlib.Path(__file__).resolve().parents[1]
     t = time.perf_counter()
     with open(store.with_suffix(".stderr"), "w+") as err:  # a file: the child's exit noise is long
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(store)], cwd=root,
-                                env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path), str(store)],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -126,14 +136,23 @@ def run_size(n: int, formats: list[str], runs: int, memory: str, work: pathlib.P
                 assert reports[-1]["n_interactions"] == n and reports[-1]["file_order_kept"], reports[-1]
                 for leftover in folder.glob(f"store_{fmt}_{r}.*"):  # store, WAL, spill folder, stderr
                     shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-                print(f"{n:,} rows {fmt}: {reports[-1]['seconds']:.1f}s, peak "
-                      f"{reports[-1]['peak_rss_mb']:.0f} MB", flush=True)
-            rows.append({"rows": n, "format": fmt, "file_bytes": size, "generate_s": gen_s,
-                         "seconds": statistics.median(x["seconds"] for x in reports),
-                         "peak_rss_mb": max(x["peak_rss_mb"] for x in reports),
-                         "file_order_kept": all(x["file_order_kept"] for x in reports),
-                         "rss_before_mb": statistics.median(x["rss_before_mb"] for x in reports),
-                         "runs": reports})
+                print(
+                    f"{n:,} rows {fmt}: {reports[-1]['seconds']:.1f}s, peak {reports[-1]['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+            rows.append(
+                {
+                    "rows": n,
+                    "format": fmt,
+                    "file_bytes": size,
+                    "generate_s": gen_s,
+                    "seconds": statistics.median(x["seconds"] for x in reports),
+                    "peak_rss_mb": max(x["peak_rss_mb"] for x in reports),
+                    "file_order_kept": all(x["file_order_kept"] for x in reports),
+                    "rss_before_mb": statistics.median(x["rss_before_mb"] for x in reports),
+                    "runs": reports,
+                }
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return rows
@@ -141,19 +160,25 @@ def run_size(n: int, formats: list[str], runs: int, memory: str, work: pathlib.P
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# Streaming import: seconds and peak memory by rows (GROVE_IMPORT_MEMORY={res['memory']})",
-             "", f"Machine: {m['cpu_count']} CPU cores ({m['cpu_model']}), load average before "
-             f"{m['load_average_before']}, after {m['load_average_after']}; duckdb {m['duckdb']}. "
-             f"Each import in a fresh process; seconds are the median of the runs, peak RSS their "
-             f"maximum. Command: `{res['command']}`.",
-             "", "| rows | format | file MB | runs | import s | rows/s | RSS before import MB | peak RSS MB "
-             "| store MB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Streaming import: seconds and peak memory by rows (GROVE_IMPORT_MEMORY={res['memory']})",
+        "",
+        f"Machine: {m['cpu_count']} CPU cores ({m['cpu_model']}), load average before "
+        f"{m['load_average_before']}, after {m['load_average_after']}; duckdb {m['duckdb']}. "
+        f"Each import in a fresh process; seconds are the median of the runs, peak RSS their "
+        f"maximum. Command: `{res['command']}`.",
+        "",
+        "| rows | format | file MB | runs | import s | rows/s | RSS before import MB | peak RSS MB | store MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
-        store = statistics.median(x["store_bytes"] for x in r["runs"]) / 2 ** 20
-        lines.append(f"| {r['rows']:,} | {r['format']} | {r['file_bytes'] / 2 ** 20:,.0f} | {len(r['runs'])} "
-                     f"| {r['seconds']:.1f} "
-                     f"| {r['rows'] / r['seconds']:,.0f} | {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} "
-                     f"| {store:,.0f} |")
+        store = statistics.median(x["store_bytes"] for x in r["runs"]) / 2**20
+        lines.append(
+            f"| {r['rows']:,} | {r['format']} | {r['file_bytes'] / 2**20:,.0f} | {len(r['runs'])} "
+            f"| {r['seconds']:.1f} "
+            f"| {r['rows'] / r['seconds']:,.0f} | {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} "
+            f"| {store:,.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -161,8 +186,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=at_least(1), nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--formats", nargs="+", default=["csv", "parquet"], choices=["csv", "parquet"])
-    ap.add_argument("--runs", type=at_least(1), default=5,
-                    help="imports per size and format up to 10^7 rows (median)")
+    ap.add_argument("--runs", type=at_least(1), default=5, help="imports per size and format up to 10^7 rows (median)")
     ap.add_argument("--big-runs", type=at_least(1), default=1, help="the same above 10^7 rows")
     ap.add_argument("--memory", default="2GB", help="GROVE_IMPORT_MEMORY of the importing process")
     ap.add_argument("--work-dir", default=None, help="where the files and stores go (default: $TMPDIR)")
@@ -171,8 +195,12 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     import duckdb
 
-    res = {"command": " ".join(["python -m benchmarks.import_scale", *(argv if argv is not None else sys.argv[1:])]),
-           "machine": machine_info(duckdb=duckdb.__version__), "memory": a.memory, "rows": []}
+    res = {
+        "command": " ".join(["python -m benchmarks.import_scale", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(duckdb=duckdb.__version__),
+        "memory": a.memory,
+        "rows": [],
+    }
     work = pathlib.Path(a.work_dir or tempfile.gettempdir())
     for n in a.rows:
         runs = a.runs if n <= BIG else a.big_runs

@@ -17,6 +17,7 @@ Training is budgeted (the corpus has millions of windows; full epochs take days 
 ``--set METHOD.FIELD=VALUE`` overrides a config field. Results: ``benchmarks/results/
 large_<items>.{json,md,png}``; the store is kept in ``benchmarks/work/`` for reuse.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,29 +42,42 @@ BUDGETS = {
     "tdm": ({"max_samples": 100_000}, "1 epoch of 100,000 windows per train"),
     "jtm": ({"max_samples": 50_000}, "1 epoch of 50,000 windows per train; tree learning 100,000 pairs"),
     "deforec": ({"max_samples": 50_000}, "1 epoch of 50,000 windows per train; tree learning 100,000 pairs"),
-    "recforest": ({"max_steps": 400, "pretrain_max_steps": 2000},
-                  "400 steps of 256 (102,400 windows); two-tower pretraining 2,000 steps of 256"),
+    "recforest": (
+        {"max_steps": 400, "pretrain_max_steps": 2000},
+        "400 steps of 256 (102,400 windows); two-tower pretraining 2,000 steps of 256",
+    ),
     "dr": ({"max_samples": 100_000}, "4 epochs of 100,000 windows per train; E-step on the same 100,000"),
     "two_tower": ({"max_steps": 4000}, "4,000 steps of 256 (1,024,000 windows)"),
 }
-QUICK = {"tdm": {"max_samples": 300}, "jtm": {"max_samples": 300, "tree_samples": 300},
-         "deforec": {"max_samples": 300, "tree_samples": 300},
-         "recforest": {"max_steps": 2, "pretrain_max_steps": 2, "hidden": 16, "ff": 32, "heads": 2},
-         "dr": {"max_samples": 300, "epochs": 1, "arity": 10, "dim": 8}, "two_tower": {"max_steps": 3}}
+QUICK = {
+    "tdm": {"max_samples": 300},
+    "jtm": {"max_samples": 300, "tree_samples": 300},
+    "deforec": {"max_samples": 300, "tree_samples": 300},
+    "recforest": {"max_steps": 2, "pretrain_max_steps": 2, "hidden": 16, "ff": 32, "heads": 2},
+    "dr": {"max_samples": 300, "epochs": 1, "arity": 10, "dim": 8},
+    "two_tower": {"max_steps": 3},
+}
 
 
 def run_step(spec: dict, log: list) -> dict:
     """One step in a fresh process; its JSON result (seconds, peak RSS) is appended to ``log``."""
     env = dict(os.environ, GROVE_LOCAL="1")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.large_steps", json.dumps(spec)], cwd=ROOT.parent,
-                          env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.large_steps", json.dumps(spec)],
+        cwd=ROOT.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"step {spec['step']} of {spec.get('method', '')} failed (exit {proc.returncode})")
     out = json.loads(lines[-1])
     log.append({"step": spec["step"], "method": spec.get("method"), **out})
-    print(f"{spec.get('method') or 'data'} {spec['step']}: {out['seconds']:.1f} s, "
-          f"peak {out['peak_rss_gb']:.2f} GiB", flush=True)
+    print(
+        f"{spec.get('method') or 'data'} {spec['step']}: {out['seconds']:.1f} s, peak {out['peak_rss_gb']:.2f} GiB",
+        flush=True,
+    )
     return out
 
 
@@ -130,11 +144,26 @@ def main(argv=None) -> dict:
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     db = work / f"large_{args.items}_{args.users}_{args.seed}.duckdb"
-    base = {"url": f"duckdb:///{db}", "dataset": "large", "seed": args.seed, "k": args.k,
-            "users": args.test_users, "batch1_users": args.batch1_users, "batch1_beam": 50}
-    result = {"command": "python -m benchmarks.large " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine_info(), "items": args.items, "users": args.users, "k": args.k,
-              "test_users": args.test_users, "steps": [], "methods": {}, "started": time.time()}
+    base = {
+        "url": f"duckdb:///{db}",
+        "dataset": "large",
+        "seed": args.seed,
+        "k": args.k,
+        "users": args.test_users,
+        "batch1_users": args.batch1_users,
+        "batch1_beam": 50,
+    }
+    result = {
+        "command": "python -m benchmarks.large " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(),
+        "items": args.items,
+        "users": args.users,
+        "k": args.k,
+        "test_users": args.test_users,
+        "steps": [],
+        "methods": {},
+        "started": time.time(),
+    }
     stem = args.out or str(ROOT / "results" / f"large_{args.items}")
     if not has_split(base["url"], base["dataset"]):
         db.unlink(missing_ok=True)  # a run stopped before its split: start the store again
@@ -149,12 +178,26 @@ def main(argv=None) -> dict:
         beams = [50] if method == "two_tower" else args.beams
         ev = run_step({**spec, "version": vid, "beams": beams}, result["steps"])
         budget = "quick" if args.quick else BUDGETS[method][1]
-        result["methods"][method] = {"version": vid, "config": config, "budget": budget, "eval": ev,
-                                     "before_relearn": before}
+        result["methods"][method] = {
+            "version": vid,
+            "config": config,
+            "budget": budget,
+            "eval": ev,
+            "before_relearn": before,
+        }
         if method == "two_tower":
             result["methods"][method]["ann"] = run_step(
-                {**base, "step": "ann", "method": method, "index": "large-two_tower", "version": vid,
-                 "ef": args.ef, "nprobe": args.nprobe}, result["steps"])
+                {
+                    **base,
+                    "step": "ann",
+                    "method": method,
+                    "index": "large-two_tower",
+                    "version": vid,
+                    "ef": args.ef,
+                    "nprobe": args.nprobe,
+                },
+                result["steps"],
+            )
         result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         write_json_and_markdown(stem, result, markdown)  # after every method: a partial run keeps its rows
     plot(result, stem + ".png")

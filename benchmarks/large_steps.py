@@ -8,6 +8,7 @@ flows' steps, the store, `Retriever.load`), and the last line on stdout is one J
 the step's own figures plus ``seconds`` and ``peak_rss_gb`` (`resource.getrusage`, this
 process only). Progress goes to stderr.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ import torch
 
 
 def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
 def synth(spec: dict) -> dict:
@@ -81,14 +82,34 @@ def evaluate(spec: dict) -> dict:
     out = {"load_s": time.perf_counter() - start, "users": len(held_out), "beams": []}
     for beam in spec["beams"]:
         res = run(searcher, held_out, ks=(spec["k"],), beam=beam, batch_size=256, role="test")
-        out["beams"].append({"beam": beam, "recall": res.value("recall", spec["k"]),
-                             "users_per_s": res.users_per_second, "candidates": res.mean_candidates})
-        print(f"  beam {beam}: recall@{spec['k']} {res.value('recall', spec['k']):.4f}, "
-              f"{res.users_per_second:,.1f} users/s", file=sys.stderr, flush=True)
-    one = run(searcher, held_out.subset(spec["batch1_users"]), ks=(spec["k"],), beam=spec["batch1_beam"],
-              batch_size=1, role="test")
-    out["batch1"] = {"beam": spec["batch1_beam"], "users": len(held_out.subset(spec["batch1_users"])),
-                     "users_per_s": one.users_per_second, "ms_per_user": 1000 / max(one.users_per_second, 1e-9)}
+        out["beams"].append(
+            {
+                "beam": beam,
+                "recall": res.value("recall", spec["k"]),
+                "users_per_s": res.users_per_second,
+                "candidates": res.mean_candidates,
+            }
+        )
+        print(
+            f"  beam {beam}: recall@{spec['k']} {res.value('recall', spec['k']):.4f}, "
+            f"{res.users_per_second:,.1f} users/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    one = run(
+        searcher,
+        held_out.subset(spec["batch1_users"]),
+        ks=(spec["k"],),
+        beam=spec["batch1_beam"],
+        batch_size=1,
+        role="test",
+    )
+    out["batch1"] = {
+        "beam": spec["batch1_beam"],
+        "users": len(held_out.subset(spec["batch1_users"])),
+        "users_per_s": one.users_per_second,
+        "ms_per_user": 1000 / max(one.users_per_second, 1e-9),
+    }
     return out
 
 
@@ -107,9 +128,12 @@ def ann(spec: dict) -> dict:
     faiss.omp_set_num_threads(torch.get_num_threads())
     out = {}
     nlist = max(1, int(4 * math.sqrt(n)))
-    builders = {"hnsw": lambda: faiss.IndexHNSWFlat(base.shape[1], 32, faiss.METRIC_INNER_PRODUCT),
-                "ivf": lambda: faiss.IndexIVFFlat(faiss.IndexFlatIP(base.shape[1]), base.shape[1], nlist,
-                                                  faiss.METRIC_INNER_PRODUCT)}
+    builders = {
+        "hnsw": lambda: faiss.IndexHNSWFlat(base.shape[1], 32, faiss.METRIC_INNER_PRODUCT),
+        "ivf": lambda: faiss.IndexIVFFlat(
+            faiss.IndexFlatIP(base.shape[1]), base.shape[1], nlist, faiss.METRIC_INNER_PRODUCT
+        ),
+    }
     for label, make in builders.items():
         start = time.perf_counter()
         index = make()
@@ -133,18 +157,25 @@ def _ann_point(index, users: np.ndarray, held_out, spec: dict) -> dict:
 
     k = spec["k"]
     start = time.perf_counter()
-    found = np.concatenate([index.search(users[i:i + 256], k)[1] for i in range(0, users.shape[0], 256)])
+    found = np.concatenate([index.search(users[i : i + 256], k)[1] for i in range(0, users.shape[0], 256)])
     batch = users.shape[0] / (time.perf_counter() - start)
     one = users[: spec["batch1_users"]]
     start = time.perf_counter()
     for i in range(one.shape[0]):
-        index.search(one[i:i + 1], k)
+        index.search(one[i : i + 1], k)
     single = one.shape[0] / (time.perf_counter() - start)
     return {"recall": recall_of(found, held_out, k), "users_per_s": batch, "batch1_users_per_s": single}
 
 
-STEPS = {"synth": synth, "split": split, "construct": construct, "train": train, "relearn": relearn,
-         "evaluate": evaluate, "ann": ann}
+STEPS = {
+    "synth": synth,
+    "split": split,
+    "construct": construct,
+    "train": train,
+    "relearn": relearn,
+    "evaluate": evaluate,
+    "ann": ann,
+}
 
 
 def main(argv: list[str]) -> None:

@@ -1,4 +1,5 @@
 """The machine a benchmark ran on, recorded in every results file (issue 7: state the machine)."""
+
 from __future__ import annotations
 
 import os
@@ -23,11 +24,17 @@ def machine_info(**extra) -> dict:
     import torch
 
     gpu = torch.cuda.is_available()
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "torch_threads": torch.get_num_threads(),
-            "load_average_before": [round(x, 2) for x in os.getloadavg()],
-            "gpu": torch.cuda.get_device_name(0) if gpu else None,
-            "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
-            "cuda": torch.version.cuda if gpu else None}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
+        "cuda": torch.version.cuda if gpu else None,
+    }
     info.update(extra)
     return info

@@ -1,6 +1,7 @@
 """Writing a benchmark's results, the one writer every script uses: ``<stem>.json`` (everything
 measured) beside ``<stem>.md`` (the table the README copies), rewritten together so that the two
 never disagree; `write_json` for the scripts whose results are read from JSON only."""
+
 from __future__ import annotations
 
 import json

@@ -14,6 +14,7 @@ embeddings (cost does not depend on training), 69-item histories, k = 50; users/
 of the batch, the modes alternating, median of ``--repeats`` after a warm-up. The three modes must
 return the same items (checked). Writes ``results/recforest_leaves.json`` and ``.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,32 +48,48 @@ def run_case(items: int, beam: int, batch: int, trees: int, repeats: int) -> dic
             times[mode].append(time.perf_counter() - start)
     same = all(torch.equal(out["teacher"][1], out[m][1]) for m in MODES)
     ups = {m: batch / statistics.median(v) for m, v in times.items()}
-    return {"items": items, "beam": beam, "batch": batch, "trees": trees,
-            "depth": searcher.tables.depths[0], "candidates_per_user": searcher.last_candidates(),
-            "users_per_s": ups, "runs_s": times, "same_items": same,
-            "auto_over_teacher": ups["auto"] / ups["teacher"]}
+    return {
+        "items": items,
+        "beam": beam,
+        "batch": batch,
+        "trees": trees,
+        "depth": searcher.tables.depths[0],
+        "candidates_per_user": searcher.last_candidates(),
+        "users_per_s": ups,
+        "runs_s": times,
+        "same_items": same,
+        "auto_over_teacher": ups["auto"] / ups["teacher"],
+    }
 
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = ["# RecForest final ranking: teacher forcing vs tree expansion", "",
-             f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch']}, {res['threads']} thread(s); "
-             f"load average {m.get('load_average_before')}. {res['trees']} trees, 18-ary, k 50, median of {res['repeats']} "
-             f"after a warm-up, modes alternating. EXPAND_MARGIN = {res['expand_margin']}. Command: `{res['command']}`.",
-             "", "| items | depth | beam | batch | candidates/user | teacher users/s | expand users/s | auto users/s "
-                 "| auto / teacher | same items |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# RecForest final ranking: teacher forcing vs tree expansion",
+        "",
+        f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch']}, {res['threads']} thread(s); "
+        f"load average {m.get('load_average_before')}. {res['trees']} trees, 18-ary, k 50, median of {res['repeats']} "
+        f"after a warm-up, modes alternating. EXPAND_MARGIN = {res['expand_margin']}. Command: `{res['command']}`.",
+        "",
+        "| items | depth | beam | batch | candidates/user | teacher users/s | expand users/s | auto users/s "
+        "| auto / teacher | same items |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in res["cases"]:
         u = c["users_per_s"]
-        lines.append(f"| {c['items']:,} | {c['depth']} | {c['beam']} | {c['batch']} | {c['candidates_per_user']:.0f} | "
-                     f"{u['teacher']:.2f} | {u['expand']:.2f} | {u['auto']:.2f} | {c['auto_over_teacher']:.2f}x | "
-                     f"{c['same_items']} |")
+        lines.append(
+            f"| {c['items']:,} | {c['depth']} | {c['beam']} | {c['batch']} | {c['candidates_per_user']:.0f} | "
+            f"{u['teacher']:.2f} | {u['expand']:.2f} | {u['auto']:.2f} | {c['auto_over_teacher']:.2f}x | "
+            f"{c['same_items']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", default=["3615:100:64", "9724:100:64", "10000:50:16"],
-                    help="ITEMS:BEAM:BATCH")
+    ap.add_argument(
+        "--cases", nargs="+", default=["3615:100:64", "9724:100:64", "10000:50:16"], help="ITEMS:BEAM:BATCH"
+    )
     ap.add_argument("--trees", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
@@ -87,9 +104,15 @@ def main(argv=None) -> dict:
             ap.exit(2, f"recforest_leaves: --cases {spec!r}: expected ITEMS:BEAM:BATCH\n")
         cases.append(run_case(items, beam, batch, a.trees, a.repeats))
         print(json.dumps({k: v for k, v in cases[-1].items() if k != "runs_s"}, default=float), flush=True)
-    res = {"command": "python -m benchmarks.recforest_leaves " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "machine": machine_info(), "threads": a.threads, "trees": a.trees, "repeats": a.repeats,
-           "expand_margin": EXPAND_MARGIN, "cases": cases}
+    res = {
+        "command": "python -m benchmarks.recforest_leaves " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(),
+        "threads": a.threads,
+        "trees": a.trees,
+        "repeats": a.repeats,
+        "expand_margin": EXPAND_MARGIN,
+        "cases": cases,
+    }
     write_json_and_markdown(os.path.join(a.out_dir, "recforest_leaves"), res, markdown)
     print(markdown(res))
     return res

@@ -12,6 +12,7 @@ a warm-up round on a small tree first, then the median of ``--runs`` rounds per 
 must not change the tree: the JSON records whether every size gave the same item -> leaf map.
 Writes ``results/relearn_chunks_<device>.json`` and ``.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,13 @@ def setup(kind: str, n: int, pairs: int, seed: int):
     tree = category_tree(rng.integers(0, max(n // 100, 1), n), 2, seed=seed)
     torch.manual_seed(seed)
     scorer = relearners()[kind][0](tree, dim=DIM)
-    return scorer, tree, TrainingSamples.from_windows(rng.integers(0, n, (pairs, HIST)),
-                                                      rng.integers(0, n, pairs), np.zeros(pairs, np.int32))
+    return (
+        scorer,
+        tree,
+        TrainingSamples.from_windows(
+            rng.integers(0, n, (pairs, HIST)), rng.integers(0, n, pairs), np.zeros(pairs, np.int32)
+        ),
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -59,18 +65,23 @@ def _sync(device: torch.device) -> None:
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# Tree relearning by chunk size ({res['items']:,} items, {res['pairs']:,} pairs, "
-             f"device {res['device']})", "",
-             f"Machine: {m['cpu_count']} CPU cores ({m['torch_threads']} torch threads), GPU: {m['gpu'] or 'none'}; "
-             f"torch {m['torch']}; load average before {m['load_average_before']}. Median of {res['runs']} "
-             f"rounds after a warm-up. Default chunk on this device: 2^{res['default'].bit_length() - 1}. "
-             f"Command: `{res['command']}`.", "",
-             "| relearner | max_elements | median s per round | runs (s) | same tree as the default |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# Tree relearning by chunk size ({res['items']:,} items, {res['pairs']:,} pairs, device {res['device']})",
+        "",
+        f"Machine: {m['cpu_count']} CPU cores ({m['torch_threads']} torch threads), GPU: {m['gpu'] or 'none'}; "
+        f"torch {m['torch']}; load average before {m['load_average_before']}. Median of {res['runs']} "
+        f"rounds after a warm-up. Default chunk on this device: 2^{res['default'].bit_length() - 1}. "
+        f"Command: `{res['command']}`.",
+        "",
+        "| relearner | max_elements | median s per round | runs (s) | same tree as the default |",
+        "|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         runs = ", ".join(f"{s:.2f}" for s in r["seconds"])
-        lines.append(f"| {r['relearner']} | 2^{r['max_elements'].bit_length() - 1}{' (default)' if r['is_default'] else ''} "
-                     f"| {r['median_s']:.2f} | {runs} | {'yes' if r['same_tree'] else 'NO'} |")
+        lines.append(
+            f"| {r['relearner']} | 2^{r['max_elements'].bit_length() - 1}{' (default)' if r['is_default'] else ''} "
+            f"| {r['median_s']:.2f} | {runs} | {'yes' if r['same_tree'] else 'NO'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -81,8 +92,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--items", type=at_least(2), default=10_000)
     ap.add_argument("--pairs", type=at_least(1), default=1000)
     ap.add_argument("--relearners", nargs="+", default=["jtm", "deforec"], choices=["jtm", "deforec"])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[0, 1 << 24],
-                    help="max_elements values; 0 = the device's default")
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", default=[0, 1 << 24], help="max_elements values; 0 = the device's default"
+    )
     ap.add_argument("--runs", type=at_least(1), default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out-dir", default=str(RESULTS))
@@ -92,9 +104,16 @@ def main(argv=None) -> dict:
         raise SystemExit("--device cuda: torch sees no CUDA device")
     default = default_chunk_elements(device)
     sizes = sorted({s if s > 0 else default for s in a.sizes})
-    res = {"command": " ".join(["python -m benchmarks.relearn_chunks", *(argv if argv is not None else sys.argv[1:])]),
-           "machine": machine_info(), "device": str(device), "items": a.items, "pairs": a.pairs,
-           "runs": a.runs, "default": default, "rows": []}
+    res = {
+        "command": " ".join(["python -m benchmarks.relearn_chunks", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "device": str(device),
+        "items": a.items,
+        "pairs": a.pairs,
+        "runs": a.runs,
+        "default": default,
+        "rows": [],
+    }
     for kind in a.relearners:
         learn = relearners()[kind][1]
         learn(*setup(kind, 1000, 20, 1), gap=7, device=device)  # warm-up
@@ -108,8 +127,15 @@ def main(argv=None) -> dict:
                 _sync(device)
                 secs.append(time.perf_counter() - t)
             leaves[me] = tree.item_leaf
-            res["rows"].append({"relearner": kind, "max_elements": me, "is_default": me == default,
-                                "median_s": statistics.median(secs), "seconds": secs})
+            res["rows"].append(
+                {
+                    "relearner": kind,
+                    "max_elements": me,
+                    "is_default": me == default,
+                    "median_s": statistics.median(secs),
+                    "seconds": secs,
+                }
+            )
             print(f"{kind} 2^{me.bit_length() - 1}: {statistics.median(secs):.2f}s", flush=True)
         for r in res["rows"]:
             if r["relearner"] == kind:

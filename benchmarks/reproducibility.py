@@ -26,6 +26,7 @@ difference and whether all are bitwise equal, verbs against verbs and verbs agai
 
 Writes ``benchmarks/results/reproducibility_<dataset>[_<tag>].json`` and ``.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,34 +96,47 @@ def compare(a, b) -> dict:
     from models.method import bytes_to_state
 
     if set(a.artifacts) != set(b.artifacts):
-        return {"structure_equal": a.structure.equals(b.structure), "max_abs_diff": float("inf"),
-                "bitwise": False, "artifacts": f"{sorted(a.artifacts)} against {sorted(b.artifacts)}"}
-    diff = max((largest_difference(bytes_to_state(a.artifacts[k]), bytes_to_state(b.artifacts[k]))
-                for k in a.artifacts), default=0.0)
+        return {
+            "structure_equal": a.structure.equals(b.structure),
+            "max_abs_diff": float("inf"),
+            "bitwise": False,
+            "artifacts": f"{sorted(a.artifacts)} against {sorted(b.artifacts)}",
+        }
+    diff = max(
+        (largest_difference(bytes_to_state(a.artifacts[k]), bytes_to_state(b.artifacts[k])) for k in a.artifacts),
+        default=0.0,
+    )
     same = a.structure.equals(b.structure)
     return {"structure_equal": same, "max_abs_diff": diff, "bitwise": same and diff == 0.0}
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"# Same seed, same index: {result['dataset']}", "",
-             f"Split seed0, seed {result['seed']}, {result['threads']} torch thread(s), benchmarks.quality's QUICK "
-             "configs, the lifecycle benchmarks.curves stores. `verbs`: the method's verbs in one process "
-             "(run twice); `store`: the flows' steps through a DuckDB store. Largest absolute difference "
-             "over every tensor of every artifact; structure compared node for node.", "",
-             f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, torch {m['torch']}"
-             f"{', GPU ' + m['gpu'] if m.get('gpu') else ', no GPU'}.", "",
-             "| method | verbs = verbs (structure) | verbs - verbs (max abs) | verbs = store (structure) "
-             "| verbs - store (max abs) | bitwise | seconds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Same seed, same index: {result['dataset']}",
+        "",
+        f"Split seed0, seed {result['seed']}, {result['threads']} torch thread(s), benchmarks.quality's QUICK "
+        "configs, the lifecycle benchmarks.curves stores. `verbs`: the method's verbs in one process "
+        "(run twice); `store`: the flows' steps through a DuckDB store. Largest absolute difference "
+        "over every tensor of every artifact; structure compared node for node.",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, torch {m['torch']}"
+        f"{', GPU ' + m['gpu'] if m.get('gpu') else ', no GPU'}.",
+        "",
+        "| method | verbs = verbs (structure) | verbs - verbs (max abs) | verbs = store (structure) "
+        "| verbs - store (max abs) | bitwise | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in result["methods"].items():
         if "error" in row:
             lines.append(f"| {name} | error: {row['error']} | | | | | |")
             continue
         again, store = row["verbs_again"], row["store"]
-        lines.append(f"| {name} | {'yes' if again['structure_equal'] else 'no'} | {again['max_abs_diff']:.3g} "
-                     f"| {'yes' if store['structure_equal'] else 'no'} | {store['max_abs_diff']:.3g} "
-                     f"| {'yes' if again['bitwise'] and store['bitwise'] else 'no'} | {row['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {'yes' if again['structure_equal'] else 'no'} | {again['max_abs_diff']:.3g} "
+            f"| {'yes' if store['structure_equal'] else 'no'} | {store['max_abs_diff']:.3g} "
+            f"| {'yes' if again['bitwise'] and store['bitwise'] else 'no'} | {row['seconds']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -140,9 +154,14 @@ def main(argv=None) -> dict:
     os.environ.setdefault("GROVE_QUIET", "1")
     os.makedirs(a.out_dir, exist_ok=True)
     out = os.path.join(a.out_dir, f"reproducibility_{a.dataset}{'_' + a.tag if a.tag else ''}")
-    result = {"dataset": a.dataset, "seed": a.seed, "threads": a.threads, "machine": machine_info(),
-              "command": " ".join(["python -m benchmarks.reproducibility", *(sys.argv[1:] if argv is None else argv)]),
-              "methods": {}}
+    result = {
+        "dataset": a.dataset,
+        "seed": a.seed,
+        "threads": a.threads,
+        "machine": machine_info(),
+        "command": " ".join(["python -m benchmarks.reproducibility", *(sys.argv[1:] if argv is None else argv)]),
+        "methods": {},
+    }
     with tempfile.TemporaryDirectory() as work:
         url = f"duckdb:///{work}/reproducibility.duckdb"
         data, _ = load_data(a.dataset, find_data_dir(a.dataset, a.data_dir), 0, work, url=url)
@@ -157,8 +176,12 @@ def main(argv=None) -> dict:
                 result["methods"][name] = {"config": values, "error": f"{type(exc).__name__}: {exc}"}
                 print(f"{name}: FAILED {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             else:
-                row = {"config": values, "verbs_again": compare(one, two), "store": compare(one, stored),
-                       "seconds": time.perf_counter() - start}
+                row = {
+                    "config": values,
+                    "verbs_again": compare(one, two),
+                    "store": compare(one, stored),
+                    "seconds": time.perf_counter() - start,
+                }
                 result["methods"][name] = row
                 print(f"{name}: verbs again {row['verbs_again']}, store {row['store']}", flush=True)
             write_json_and_markdown(out, result, markdown)  # after each method: a long run keeps its rows

@@ -43,6 +43,7 @@ grows <= 2x from the smallest to the largest N; at the largest N tree retrieval 
 more users/s than exhaustive scoring with the same scorer. Writes ``benchmarks/results/scale.json``
 and ``scale.md`` with the machine and the load average before and after (the machine is shared).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,13 +67,20 @@ def spawn(spec: dict) -> dict:
     """Run one task in a fresh process; its last stdout line is the JSON result."""
     env = dict(os.environ, GROVE_QUIET="1")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {spec} failed:\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{spec['task']:>7} N={spec['n']:>8} {json.dumps({k: v for k, v in spec.items() if k not in ('task', 'n')})}"
-          f": {time.perf_counter() - t0:.0f}s in the worker, peak {res['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    print(
+        f"{spec['task']:>7} N={spec['n']:>8} {json.dumps({k: v for k, v in spec.items() if k not in ('task', 'n')})}"
+        f": {time.perf_counter() - t0:.0f}s in the worker, peak {res['peak_rss_mb']:.0f} MB",
+        file=sys.stderr,
+    )
     return {**spec, **res}
 
 
@@ -81,38 +89,70 @@ def plan(args) -> list[dict]:
     """Worker specs in run order: builds, relearning, store, then search."""
     big, top = 1_000_000, max(args.sizes)
     runs = lambda n: args.repeats_large if n >= big else args.repeats  # noqa: E731
-    specs = [{"task": "kmeans", "n": n, "k": k, "runs": runs(n), "profile": int(n == top)}
-             for k in (2, 18) for n in args.sizes]
+    specs = [
+        {"task": "kmeans", "n": n, "k": k, "runs": runs(n), "profile": int(n == top)}
+        for k in (2, 18)
+        for n in args.sizes
+    ]
     specs += [{"task": "jtm", "n": n, "pairs": args.jtm_pairs, "gap": 7, "runs": runs(n)} for n in args.sizes]
     specs += [{"task": "mstep", "n": n, "iters": args.mstep_iters, "runs": runs(n)} for n in args.sizes]
     specs += [{"task": "store", "n": n, "k": k, "runs": runs(n)} for k in (2, 18) for n in args.sizes]
-    specs += [{"task": "search", "n": n, "k": args.search_arity, "batch_runs": args.batch_runs,
-               "batch1_users": args.batch1_users, "profile": int(n == top),
-               "exhaustive_users": args.exhaustive_users}
-              for n in args.sizes]
+    specs += [
+        {
+            "task": "search",
+            "n": n,
+            "k": args.search_arity,
+            "batch_runs": args.batch_runs,
+            "batch1_users": args.batch1_users,
+            "profile": int(n == top),
+            "exhaustive_users": args.exhaustive_users,
+        }
+        for n in args.sizes
+    ]
     if len(args.sizes) > 1:  # the growth target, smallest vs largest N side by side
-        specs.append({"task": "growth", "n": top, "sizes": [min(args.sizes), top], "k": args.search_arity,
-                      "runs": args.growth_runs, "batch1_users": 10})
+        specs.append(
+            {
+                "task": "growth",
+                "n": top,
+                "sizes": [min(args.sizes), top],
+                "k": args.search_arity,
+                "runs": args.growth_runs,
+                "batch1_users": 10,
+            }
+        )
     return specs
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--sizes", type=at_least(1000), nargs="+", default=[10_000, 100_000, 1_000_000],
-                    help="corpus sizes (>= 1,000: the warm-ups use 1,000 items)")
+    ap.add_argument(
+        "--sizes",
+        type=at_least(1000),
+        nargs="+",
+        default=[10_000, 100_000, 1_000_000],
+        help="corpus sizes (>= 1,000: the warm-ups use 1,000 items)",
+    )
     ap.add_argument("--quick", action="store_true", help="N = 10^3 and 10^4, 2 repeats, few users (smoke run)")
     ap.add_argument("--repeats", type=at_least(1), default=5)
-    ap.add_argument("--repeats-large", type=at_least(1), default=5,
-                    help="runs of the builds, JTM round, M-step and store round trip at N >= 10^6")
+    ap.add_argument(
+        "--repeats-large",
+        type=at_least(1),
+        default=5,
+        help="runs of the builds, JTM round, M-step and store round trip at N >= 10^6",
+    )
     ap.add_argument("--jtm-pairs", type=at_least(1), default=500)
     ap.add_argument("--mstep-iters", type=at_least(1), default=1)
     ap.add_argument("--search-arity", type=int, default=2)
     ap.add_argument("--batch-runs", type=at_least(1), default=5, help="batch-256 beam-search calls per N")
     ap.add_argument("--batch1-users", type=at_least(1), default=20)
     ap.add_argument("--growth-runs", type=at_least(1), default=9, help="timed calls per size and mode, side by side")
-    ap.add_argument("--exhaustive-users", type=at_least(1), default=5,
-                    help="users timed one call each by exhaustive scoring (15-30 s per user at 10^6 here)")
+    ap.add_argument(
+        "--exhaustive-users",
+        type=at_least(1),
+        default=5,
+        help="users timed one call each by exhaustive scoring (15-30 s per user at 10^6 here)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -125,11 +165,17 @@ def main(argv=None) -> dict:
     info, t0 = machine_info(device="cpu"), time.perf_counter()
     raw = [spawn(s) for s in plan(args)]
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    result = {"machine": info, "sizes": args.sizes, "args": {k: v for k, v in vars(args).items() if k != "out"},
-              "total_seconds": round(time.perf_counter() - t0, 1), "notes": NOTES,
-              "search": [search_row(r) for r in raw if r["task"] == "search"],
-              "growth": next((growth_row(r) for r in raw if r["task"] == "growth"), None),
-              "targets": targets(raw, args.sizes), "raw": raw}
+    result = {
+        "machine": info,
+        "sizes": args.sizes,
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "notes": NOTES,
+        "search": [search_row(r) for r in raw if r["task"] == "search"],
+        "growth": next((growth_row(r) for r in raw if r["task"] == "growth"), None),
+        "targets": targets(raw, args.sizes),
+        "raw": raw,
+    }
     stem = "scale_quick" if args.quick else "scale"
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_and_markdown(args.out / stem, result, markdown)

@@ -1,5 +1,6 @@
 """The tables of `benchmarks.scale`: builds and relearning by N, search by N, growth side by
 side, the targets, where the time goes."""
+
 from __future__ import annotations
 
 import statistics
@@ -14,17 +15,28 @@ def _med(xs: list[float]) -> float:
 
 def search_row(r: dict) -> dict:
     """Users/s and ms/user of one search result (medians of the per-call times)."""
-    ups = {"tree_b256": 256 / _med(r["tree_batch256_s"]), "tree_b1": 1 / _med(r["tree_batch1_s"]),
-           "tree_b1_1thread": 1 / _med(r["tree_batch1_1thread_s"]),
-           "tree_b256_1thread": 256 / _med(r["tree_batch256_1thread_s"]),
-           "exhaustive_b1": 1 / _med(r["exhaustive_batch1_s"]),
-           "two_tower_b256": 256 / _med(r["two_tower_batch256_s"]), "two_tower_b1": 1 / _med(r["two_tower_batch1_s"])}
-    return {"n_items": r["n"], "arity": r["k"], "depth": r["depth"], "peak_rss_mb": round(r["peak_rss_mb"]),
-            "users_per_s": {k: round(v, 3) for k, v in ups.items()},
-            "ms_per_user": {k: round(1000 / v, 3) for k, v in ups.items()},
-            "tree_over_exhaustive": {"batch256": round(ups["tree_b256"] / ups["exhaustive_b1"], 1),
-                                     "batch1": round(ups["tree_b1"] / ups["exhaustive_b1"], 1),
-                                     "batch1_tree_1thread": round(ups["tree_b1_1thread"] / ups["exhaustive_b1"], 1)}}
+    ups = {
+        "tree_b256": 256 / _med(r["tree_batch256_s"]),
+        "tree_b1": 1 / _med(r["tree_batch1_s"]),
+        "tree_b1_1thread": 1 / _med(r["tree_batch1_1thread_s"]),
+        "tree_b256_1thread": 256 / _med(r["tree_batch256_1thread_s"]),
+        "exhaustive_b1": 1 / _med(r["exhaustive_batch1_s"]),
+        "two_tower_b256": 256 / _med(r["two_tower_batch256_s"]),
+        "two_tower_b1": 1 / _med(r["two_tower_batch1_s"]),
+    }
+    return {
+        "n_items": r["n"],
+        "arity": r["k"],
+        "depth": r["depth"],
+        "peak_rss_mb": round(r["peak_rss_mb"]),
+        "users_per_s": {k: round(v, 3) for k, v in ups.items()},
+        "ms_per_user": {k: round(1000 / v, 3) for k, v in ups.items()},
+        "tree_over_exhaustive": {
+            "batch256": round(ups["tree_b256"] / ups["exhaustive_b1"], 1),
+            "batch1": round(ups["tree_b1"] / ups["exhaustive_b1"], 1),
+            "batch1_tree_1thread": round(ups["tree_b1_1thread"] / ups["exhaustive_b1"], 1),
+        },
+    }
 
 
 def growth_row(r: dict) -> dict:
@@ -34,23 +46,37 @@ def growth_row(r: dict) -> dict:
     modes = {}
     for mode, per in r["ms_per_user"].items():
         pairs = [b / a for a, b in zip(per[lo], per[hi])]
-        modes[mode] = {"ms_lo": round(_med(per[lo]), 2), "ms_hi": round(_med(per[hi]), 2),
-                       "growth": round(_med(per[hi]) / _med(per[lo]), 3),
-                       "paired_min": round(min(pairs), 3), "paired_max": round(max(pairs), 3), "runs": len(pairs)}
+        modes[mode] = {
+            "ms_lo": round(_med(per[lo]), 2),
+            "ms_hi": round(_med(per[hi]), 2),
+            "growth": round(_med(per[hi]) / _med(per[lo]), 3),
+            "paired_min": round(min(pairs), 3),
+            "paired_max": round(max(pairs), 3),
+            "runs": len(pairs),
+        }
     sp = r["scored_pairs_per_user"]
-    return {"sizes": r["sizes"], "depth": r["depth"], "scored_pairs_per_user": sp,
-            "depth_predicts": round(sp[hi] / sp[lo], 3), "modes": modes}
+    return {
+        "sizes": r["sizes"],
+        "depth": r["depth"],
+        "scored_pairs_per_user": sp,
+        "depth_predicts": round(sp[hi] / sp[lo], 3),
+        "modes": modes,
+    }
 
 
 def growth_table(g: dict) -> list[str]:
     lo, hi = g["sizes"]
-    return [f"N={lo:,} (depth {g['depth'][str(lo)]}, {g['scored_pairs_per_user'][str(lo)]} scored pairs per user) "
-            f"against N={hi:,} (depth {g['depth'][str(hi)]}, {g['scored_pairs_per_user'][str(hi)]}): depth alone "
-            f"predicts {g['depth_predicts']}x. Both searchers in one process, calls alternating:", "",
-            "| mode | runs | ms/user lo | ms/user hi | growth (ratio of medians) | paired ratios min..max |",
-            "|---|---|---|---|---|---|"] + [
+    return [
+        f"N={lo:,} (depth {g['depth'][str(lo)]}, {g['scored_pairs_per_user'][str(lo)]} scored pairs per user) "
+        f"against N={hi:,} (depth {g['depth'][str(hi)]}, {g['scored_pairs_per_user'][str(hi)]}): depth alone "
+        f"predicts {g['depth_predicts']}x. Both searchers in one process, calls alternating:",
+        "",
+        "| mode | runs | ms/user lo | ms/user hi | growth (ratio of medians) | paired ratios min..max |",
+        "|---|---|---|---|---|---|",
+    ] + [
         f"| {m} | {v['runs']} | {v['ms_lo']} | {v['ms_hi']} | {v['growth']}x | {v['paired_min']}..{v['paired_max']} |"
-        for m, v in g["modes"].items()]
+        for m, v in g["modes"].items()
+    ]
 
 
 def targets(results: list[dict], sizes: list[int]) -> list[dict]:
@@ -59,8 +85,15 @@ def targets(results: list[dict], sizes: list[int]) -> list[dict]:
     out = []
     for r in results:
         if r["task"] == "kmeans" and r["n"] == hi:
-            out.append({"target": f"kmeans_tree N={hi} K={r['k']} seconds", "n_items": hi,
-                        "measured": round(_med(r["seconds"]), 2), "threshold": 60.0, "better": "lower"})
+            out.append(
+                {
+                    "target": f"kmeans_tree N={hi} K={r['k']} seconds",
+                    "n_items": hi,
+                    "measured": round(_med(r["seconds"]), 2),
+                    "threshold": 60.0,
+                    "better": "lower",
+                }
+            )
     rows = {r["n"]: search_row(r) for r in results if r["task"] == "search"}
     growth = [growth_row(r) for r in results if r["task"] == "growth"]
     for b in ("b256", "b256_1thread", "b1", "b1_1thread"):
@@ -69,11 +102,25 @@ def targets(results: list[dict], sizes: list[int]) -> list[dict]:
         else:
             measured = rows[hi]["ms_per_user"][f"tree_{b}"] / rows[lo]["ms_per_user"][f"tree_{b}"]
             how = "separate processes"
-        out.append({"target": f"per-user beam-search time {hi}/{lo} ({b}, {how})", "n_items": hi,
-                    "measured": round(measured, 3), "threshold": 2.0, "better": "lower"})
+        out.append(
+            {
+                "target": f"per-user beam-search time {hi}/{lo} ({b}, {how})",
+                "n_items": hi,
+                "measured": round(measured, 3),
+                "threshold": 2.0,
+                "better": "lower",
+            }
+        )
     for b in ("batch256", "batch1", "batch1_tree_1thread"):
-        out.append({"target": f"tree users/s over exhaustive at N={hi} (tree {b})", "n_items": hi,
-                    "measured": rows[hi]["tree_over_exhaustive"][b], "threshold": 50.0, "better": "higher"})
+        out.append(
+            {
+                "target": f"tree users/s over exhaustive at N={hi} (tree {b})",
+                "n_items": hi,
+                "measured": rows[hi]["tree_over_exhaustive"][b],
+                "threshold": 50.0,
+                "better": "higher",
+            }
+        )
     for t in out:
         t["ratio_to_threshold"] = round(t["measured"] / t["threshold"], 3)
         t["pass"] = t["measured"] <= t["threshold"] if t["better"] == "lower" else t["measured"] >= t["threshold"]
@@ -94,9 +141,12 @@ def build_table(results: list[dict], sizes: list[int]) -> list[str]:
             rows.setdefault(f"kmeans_tree K={r['k']}", {})[n] = _cell(r["seconds"], r["peak_rss_mb"])
         elif t == "jtm":
             rows.setdefault(f"JTM round (K=2, gap {r['gap']}, {r['pairs']} pairs)", {})[n] = (
-                _cell(r["seconds"], r["peak_rss_mb"]) + f", {r['scored_pairs'] / _med(r['seconds']):.0f} pairs/s")
+                _cell(r["seconds"], r["peak_rss_mb"]) + f", {r['scored_pairs'] / _med(r['seconds']):.0f} pairs/s"
+            )
         elif t == "mstep":
-            rows.setdefault(f"DR M-step ({r['iters']} sweep, J=3, pool 20)", {})[n] = _cell(r["seconds"], r["peak_rss_mb"])
+            rows.setdefault(f"DR M-step ({r['iters']} sweep, J=3, pool 20)", {})[n] = _cell(
+                r["seconds"], r["peak_rss_mb"]
+            )
         elif t == "store":
             rows.setdefault(f"store write K={r['k']}", {})[n] = _cell(r["write_s"], r["peak_rss_mb"])
             rows.setdefault(f"store read K={r['k']}", {})[n] = _cell(r["read_s"])
@@ -105,16 +155,44 @@ def build_table(results: list[dict], sizes: list[int]) -> list[str]:
 
 
 def search_table(rows: list[dict]) -> list[str]:
-    cols = ["tree_b256", "tree_b256_1thread", "tree_b1", "tree_b1_1thread", "exhaustive_b1", "two_tower_b256", "two_tower_b1"]
-    out = ["Users per second (median of the timed calls):", "",
-           "| N | K | depth | " + " | ".join(c.replace("_", " ") for c in cols) + " | peak MB |", "|---" * (len(cols) + 4) + "|"]
-    out += [f"| {r['n_items']:,} | {r['arity']} | {r['depth']} | " + " | ".join(f"{r['users_per_s'][c]:.2f}" for c in cols)
-            + f" | {r['peak_rss_mb']} |" for r in rows]
-    out += ["", "Milliseconds per user, and tree users/s over exhaustive users/s (exhaustive: default threads):", "",
-            "| N | " + " | ".join(f"ms/user {c.replace('_', ' ')}" for c in cols[:5])
-            + " | tree/exhaustive b256 | b1 | b1 (tree 1 thread) |", "|---" * 9 + "|"]
-    out += [f"| {r['n_items']:,} | " + " | ".join(f"{r['ms_per_user'][c]:.1f}" for c in cols[:5]) + " | "
-            + " | ".join(f"{v}x" for v in r["tree_over_exhaustive"].values()) + " |" for r in rows]
+    cols = [
+        "tree_b256",
+        "tree_b256_1thread",
+        "tree_b1",
+        "tree_b1_1thread",
+        "exhaustive_b1",
+        "two_tower_b256",
+        "two_tower_b1",
+    ]
+    out = [
+        "Users per second (median of the timed calls):",
+        "",
+        "| N | K | depth | " + " | ".join(c.replace("_", " ") for c in cols) + " | peak MB |",
+        "|---" * (len(cols) + 4) + "|",
+    ]
+    out += [
+        f"| {r['n_items']:,} | {r['arity']} | {r['depth']} | "
+        + " | ".join(f"{r['users_per_s'][c]:.2f}" for c in cols)
+        + f" | {r['peak_rss_mb']} |"
+        for r in rows
+    ]
+    out += [
+        "",
+        "Milliseconds per user, and tree users/s over exhaustive users/s (exhaustive: default threads):",
+        "",
+        "| N | "
+        + " | ".join(f"ms/user {c.replace('_', ' ')}" for c in cols[:5])
+        + " | tree/exhaustive b256 | b1 | b1 (tree 1 thread) |",
+        "|---" * 9 + "|",
+    ]
+    out += [
+        f"| {r['n_items']:,} | "
+        + " | ".join(f"{r['ms_per_user'][c]:.1f}" for c in cols[:5])
+        + " | "
+        + " | ".join(f"{v}x" for v in r["tree_over_exhaustive"].values())
+        + " |"
+        for r in rows
+    ]
     return out
 
 
@@ -122,32 +200,60 @@ def profile_lines(results: list[dict]) -> list[str]:
     out = []
     for r in results:
         if r.get("profile"):
-            what = (f"kmeans_tree N={r['n']:,} K={r['k']}, one extra run ({r['profile_seconds']:.1f} s under the profiler)"
-                    if r["task"] == "kmeans" else f"beam search N={r['n']:,} (32 users)")
-            out += [f"**{what}**, top functions by own time:", "", "| function | calls | own s | cum s |", "|---|---|---|---|"]
+            what = (
+                f"kmeans_tree N={r['n']:,} K={r['k']}, one extra run ({r['profile_seconds']:.1f} s under the profiler)"
+                if r["task"] == "kmeans"
+                else f"beam search N={r['n']:,} (32 users)"
+            )
+            out += [
+                f"**{what}**, top functions by own time:",
+                "",
+                "| function | calls | own s | cum s |",
+                "|---|---|---|---|",
+            ]
             out += [f"| `{p['function']}` | {p['calls']} | {p['own_s']} | {p['cum_s']} |" for p in r["profile"]]
             out.append("")
         if r.get("chunk_diagnostic"):
-            out += [f"**beam search N={r['n']:,}, 64 users, ms/user by `TDMScorer.score` chunk "
-                    f"(max_elements; 2^24 was its CUDA default until the H200 sweep, 2^20 is its CPU default)**: {r['chunk_diagnostic']}", ""]
+            out += [
+                f"**beam search N={r['n']:,}, 64 users, ms/user by `TDMScorer.score` chunk "
+                "(max_elements; 2^24 was its CUDA default until the H200 sweep, 2^20 is its CPU default)**: "
+                f"{r['chunk_diagnostic']}",
+                "",
+            ]
     return out
 
 
 def markdown(result: dict) -> str:
     m, sizes = result["machine"], result["sizes"]
-    lines = ["# Scale benchmark (`python -m benchmarks.scale`)", "",
-             f"Machine: {m['cpu_count']} cores, {m['platform']}, torch {m['torch']} with {m['torch_threads']} threads, "
-             f"CPU only; load average {m['load_average_before']} before, {m['load_average_after']} after "
-             f"(a shared machine: the load average says what else ran). Total {result['total_seconds']:.0f} s.", "",
-             "## Build, relearn and store costs (median seconds, number of runs, peak RSS of the process)", ""]
+    lines = [
+        "# Scale benchmark (`python -m benchmarks.scale`)",
+        "",
+        f"Machine: {m['cpu_count']} cores, {m['platform']}, torch {m['torch']} with {m['torch_threads']} threads, "
+        f"CPU only; load average {m['load_average_before']} before, {m['load_average_after']} after "
+        f"(a shared machine: the load average says what else ran). Total {result['total_seconds']:.0f} s.",
+        "",
+        "## Build, relearn and store costs (median seconds, number of runs, peak RSS of the process)",
+        "",
+    ]
     lines += build_table(result["raw"], sizes)
     lines += ["", f"## Search (beam {BEAM}, k {K_SEARCH}, untrained TDM scorer dim {DIM}, {HIST}-item histories)", ""]
     lines += search_table(result["search"])
     if result.get("growth"):
-        lines += ["", "### Growth from the smallest to the largest N, side by side", ""] + growth_table(result["growth"])
-    lines += ["", "## Targets", "", "| target | measured | threshold | measured/threshold | pass |", "|---|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['measured']} | {t['threshold']} ({t['better']} is better) | {t['ratio_to_threshold']} "
-              f"| {'PASS' if t['pass'] else 'FAIL'} |" for t in result["targets"]]
+        lines += ["", "### Growth from the smallest to the largest N, side by side", ""] + growth_table(
+            result["growth"]
+        )
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | measured | threshold | measured/threshold | pass |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t['target']} | {t['measured']} | {t['threshold']} ({t['better']} is better) | {t['ratio_to_threshold']} "
+        f"| {'PASS' if t['pass'] else 'FAIL'} |"
+        for t in result["targets"]
+    ]
     lines += ["", "## Where the time goes (cProfile)", ""] + profile_lines(result["raw"])
     lines += ["## Notes", ""] + [f"* {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """The measurements of `benchmarks.scale`, each run in a fresh worker process: k-means tree
 builds, a JTM tree-learning round, a DR M-step sweep, a store round trip, tree search against
 exhaustive scoring and the two-tower, and search growth side by side (see `benchmarks.scale`)."""
+
 from __future__ import annotations
 
 import cProfile
@@ -38,8 +39,10 @@ def _profile(fn, top: int = 8) -> tuple[float, list[dict]]:
     secs = time.perf_counter() - t0
     stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
     rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
-    return secs, [{"function": f"{Path(f).name}:{ln}:{name}", "calls": nc, "own_s": round(tt, 3),
-                   "cum_s": round(ct, 3)} for (f, ln, name), (cc, nc, tt, ct, _) in rows]
+    return secs, [
+        {"function": f"{Path(f).name}:{ln}:{name}", "calls": nc, "own_s": round(tt, 3), "cum_s": round(ct, 3)}
+        for (f, ln, name), (cc, nc, tt, ct, _) in rows
+    ]
 
 
 def _embeddings(n: int, seed: int = 0):
@@ -80,8 +83,9 @@ def task_jtm(spec: dict) -> dict:
     def setup(n, pairs, seed):
         rng = np.random.default_rng(seed)
         tree = category_tree(rng.integers(0, max(n // 100, 1), n), 2, seed=seed)
-        samples = TrainingSamples.from_windows(rng.integers(0, n, (pairs, HIST)), rng.integers(0, n, pairs),
-                                               np.zeros(pairs, np.int32))
+        samples = TrainingSamples.from_windows(
+            rng.integers(0, n, (pairs, HIST)), rng.integers(0, n, pairs), np.zeros(pairs, np.int32)
+        )
         return HierarchicalScorer(tree, dim=DIM), tree, samples
 
     warm = setup(1000, 20, 1)
@@ -90,9 +94,14 @@ def task_jtm(spec: dict) -> dict:
     base = _rss_mb()
     runs = _timed(lambda: learn_tree(*args, gap=spec["gap"]), spec["runs"])
     depth, gap = layout_depth(spec["n"], 2), spec["gap"]
-    cols = sum(2 ** j for l0 in range(0, depth, gap) for j in range(1, min(gap, depth - l0) + 1))
-    return {"base_rss_mb": base, "seconds": runs, "pairs": spec["pairs"], "gap": gap,
-            "scored_pairs": spec["pairs"] * cols}
+    cols = sum(2**j for l0 in range(0, depth, gap) for j in range(1, min(gap, depth - l0) + 1))
+    return {
+        "base_rss_mb": base,
+        "seconds": runs,
+        "pairs": spec["pairs"],
+        "gap": gap,
+        "scored_pairs": spec["pairs"] * cols,
+    }
 
 
 def task_mstep(spec: dict) -> dict:
@@ -103,7 +112,7 @@ def task_mstep(spec: dict) -> dict:
     def setup(n, seed, pool=20):
         rng = np.random.default_rng(seed)
         # distinct paths per item (as the E-step's merged keys are): offsets of 7919 from a random base
-        pid = (rng.integers(0, 100 ** 3, (n, 1)) + 7919 * np.arange(pool)) % 100 ** 3
+        pid = (rng.integers(0, 100**3, (n, 1)) + 7919 * np.arange(pool)) % 100**3
         val = rng.random((n, pool))
         cands = _top_per_item(np.repeat(np.arange(n), pool), pid.ravel(), val.ravel(), n, pool)
         return cands, random_codes(n, 3, 100, 3, seed)
@@ -164,21 +173,23 @@ def task_search(spec: dict) -> dict:
     tdm, tree = _tree_searcher(n, spec["k"])
     tt = TwoTowerSearcher(TwoTowerModel(n, TwoTowerConfig(dim=DIM)), torch_dev)
     h = _histories(256, n, 1)
-    singles = [h[i:i + 1] for i in range(spec["batch1_users"])]
+    singles = [h[i : i + 1] for i in range(spec["batch1_users"])]
     for fn in (lambda x: tdm.search(x, K_SEARCH, BEAM), lambda x: tt.search(x, K_SEARCH, BEAM)):
         fn(h[:8]), fn(h[:1])  # warm-up
     tdm.exhaustive(h[:1], K_SEARCH)
     base = _rss_mb()
-    out = {"depth": tree.depth, "base_rss_mb": base,
-           "tree_batch1_s": _per_call(lambda x: tdm.search(x, K_SEARCH, BEAM), singles)}
+    out = {
+        "depth": tree.depth,
+        "base_rss_mb": base,
+        "tree_batch1_s": _per_call(lambda x: tdm.search(x, K_SEARCH, BEAM), singles),
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # batch 1 again on one thread: no OpenMP barrier waits on a busy machine
     out["tree_batch1_1thread_s"] = _per_call(lambda x: tdm.search(x, K_SEARCH, BEAM), singles)
     out["tree_batch256_1thread_s"] = _per_call(lambda x: tdm.search(x, K_SEARCH, BEAM), [h] * spec["batch_runs"])
     torch.set_num_threads(threads)
     out["tree_batch256_s"] = _per_call(lambda x: tdm.search(x, K_SEARCH, BEAM), [h] * spec["batch_runs"])
-    out["exhaustive_batch1_s"] = _per_call(lambda x: tdm.exhaustive(x, K_SEARCH),
-                                           singles[:spec["exhaustive_users"]])
+    out["exhaustive_batch1_s"] = _per_call(lambda x: tdm.exhaustive(x, K_SEARCH), singles[: spec["exhaustive_users"]])
     out["two_tower_batch256_s"] = _per_call(lambda x: tt.search(x, K_SEARCH, BEAM), [h] * 5)
     out["two_tower_batch1_s"] = _per_call(lambda x: tt.search(x, K_SEARCH, BEAM), singles)
     if spec["profile"]:  # where the time goes: cProfile of 32 users, and the scorer's chunk size
@@ -215,18 +226,21 @@ def task_growth(spec: dict) -> dict:
     hist = {n: _histories(256, n, 1) for n in (lo, hi)}
     for n in (lo, hi):  # warm-up
         srch[n][0].search(hist[n][:8], K_SEARCH, BEAM), srch[n][0].search(hist[n][:1], K_SEARCH, BEAM)
-    out = {"sizes": [lo, hi], "depth": {str(n): srch[n][1].depth for n in (lo, hi)},
-           "scored_pairs_per_user": {str(n): _scored_per_user(srch[n][0], hist[n][:1]) for n in (lo, hi)},
-           "ms_per_user": {}}
+    out = {
+        "sizes": [lo, hi],
+        "depth": {str(n): srch[n][1].depth for n in (lo, hi)},
+        "scored_pairs_per_user": {str(n): _scored_per_user(srch[n][0], hist[n][:1]) for n in (lo, hi)},
+        "ms_per_user": {},
+    }
     threads = torch.get_num_threads()
     nb1 = spec["batch1_users"]
     for mode in ("b256", "b256_1thread", "b1", "b1_1thread"):
         torch.set_num_threads(1 if mode.endswith("1thread") else threads)
         per = {lo: [], hi: []}
         for r in range(spec["runs"]):
-            for n in ((lo, hi) if r % 2 == 0 else (hi, lo)):
+            for n in (lo, hi) if r % 2 == 0 else (hi, lo):
                 s, h = srch[n][0], hist[n]
-                calls = [h] if mode.startswith("b256") else [h[i:i + 1] for i in range(nb1)]
+                calls = [h] if mode.startswith("b256") else [h[i : i + 1] for i in range(nb1)]
                 secs = sum(_per_call(lambda x, s=s: s.search(x, K_SEARCH, BEAM), calls))
                 per[n].append(secs * 1e3 / (256 if mode.startswith("b256") else nb1))
         out["ms_per_user"][mode] = {str(n): per[n] for n in (lo, hi)}
@@ -253,10 +267,14 @@ def _chunk_diagnostic(tdm, h, runs: int) -> dict:
     return out
 
 
-TASKS = {"kmeans": task_kmeans, "jtm": task_jtm, "mstep": task_mstep, "store": task_store,
-         "search": task_search, "growth": task_growth}
-
-
+TASKS = {
+    "kmeans": task_kmeans,
+    "jtm": task_jtm,
+    "mstep": task_mstep,
+    "store": task_store,
+    "search": task_search,
+    "growth": task_growth,
+}
 
 
 def _med(xs: list[float]) -> float:
@@ -268,5 +286,9 @@ def worker(spec: dict) -> dict:
 
     load0 = os.getloadavg()
     out = TASKS[spec["task"]](spec)
-    return {**out, "peak_rss_mb": _rss_mb(), "torch_threads": torch.get_num_threads(),
-            "load_average": [load0, os.getloadavg()]}
+    return {
+        **out,
+        "peak_rss_mb": _rss_mb(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [load0, os.getloadavg()],
+    }

@@ -18,6 +18,7 @@
 
 Writes ``benchmarks/results/service.json`` and ``service.md`` (or ``--out`` DIR).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,12 +84,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(url: str, port: int, poll: float, max_batch: int, wait_ms: float, threads: int | None,
-                 extra: tuple[str, ...] = ()):
+def start_server(
+    url: str, port: int, poll: float, max_batch: int, wait_ms: float, threads: int | None, extra: tuple[str, ...] = ()
+):
     env = dict(os.environ, GROVE_QUIET="1")
-    cmd = [sys.executable, "-m", "flows.cli", "--store", url, "serve", INDEX, "--port", str(port),
-           "--device", "cpu", "--poll-seconds", str(poll), "--max-batch", str(max_batch),
-           "--max-wait-ms", str(wait_ms), "--threads", str(threads or 0), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "--store",
+        url,
+        "serve",
+        INDEX,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--poll-seconds",
+        str(poll),
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        str(wait_ms),
+        "--threads",
+        str(threads or 0),
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import httpx
 
@@ -145,16 +166,26 @@ def summarise(records, per_request: int, seconds: float) -> dict:
     lat = np.array([r[1] - r[0] for r in ok]) * 1000.0
     span = (max(r[1] for r in records) - min(r[0] for r in records)) if records else seconds
     q = np.percentile(lat, [50, 90, 99]) if lat.size else [float("nan")] * 3
-    return {"requests": len(records), "ok": len(ok), "failed": len(records) - len(ok),
-            "seconds": round(span, 2), "requests_per_s": round(len(ok) / span, 1),
-            "histories_per_s": round(len(ok) * per_request / span, 1),
-            "latency_ms": {"p50": round(float(q[0]), 2), "p90": round(float(q[1]), 2),
-                           "p99": round(float(q[2]), 2), "max": round(float(lat.max()), 2) if lat.size else None}}
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "failed": len(records) - len(ok),
+        "seconds": round(span, 2),
+        "requests_per_s": round(len(ok) / span, 1),
+        "histories_per_s": round(len(ok) * per_request / span, 1),
+        "latency_ms": {
+            "p50": round(float(q[0]), 2),
+            "p90": round(float(q[1]), 2),
+            "p99": round(float(q[2]), 2),
+            "max": round(float(lat.max()), 2) if lat.size else None,
+        },
+    }
 
 
 # ------------------------------------------------------------------------------ moves
-def move_aliases(url: str, base: str, a: int, b: int, moves: int, gap: float,
-                 out: list[dict], stop: threading.Event) -> None:
+def move_aliases(
+    url: str, base: str, a: int, b: int, moves: int, gap: float, out: list[dict], stop: threading.Event
+) -> None:
     """Move production A<->B ``moves`` times; per move, the time until the service serves it."""
     import httpx
 
@@ -174,9 +205,15 @@ def move_aliases(url: str, base: str, a: int, b: int, moves: int, gap: float,
                     health_s = time.monotonic() - committed
                     break
                 time.sleep(0.01)
-            out.append({"move": m + 1, "to": target, "committed": committed,
-                        "set_alias_s": round(committed - t0, 4),
-                        "health_switch_s": None if health_s is None else round(health_s, 3)})
+            out.append(
+                {
+                    "move": m + 1,
+                    "to": target,
+                    "committed": committed,
+                    "set_alias_s": round(committed - t0, 4),
+                    "health_switch_s": None if health_s is None else round(health_s, 3),
+                }
+            )
             time.sleep(gap)
     finally:
         stop.set()
@@ -199,28 +236,42 @@ def markdown(res: dict) -> str:
     sw = [x["health_switch_s"] for x in m["per_move"] if x["health_switch_s"] is not None]
     fa = [x["first_answer_s"] for x in m["per_move"] if x["first_answer_s"] is not None]
     lines = [
-        "# Retrieval service benchmark (`python -m benchmarks.service`)", "",
+        "# Retrieval service benchmark (`python -m benchmarks.service`)",
+        "",
         f"Machine: {res['machine']['cpu_count']} cores, torch {res['machine']['torch']} with "
         f"{res['machine']['torch_threads_server']} thread(s) in the server (default "
         f"{res['machine']['torch_threads']}), load average {res['machine']['load_average_before']} at start, "
-        f"{res['machine']['load_average_end']} at end. Client and server share these cores (loopback).", "",
+        f"{res['machine']['load_average_end']} at end. Client and server share these cores (loopback).",
+        "",
         f"Workload: TDM ({w['items']} items, tree of {w['tree_nodes']} nodes), {w['clients']} closed-loop "
         f"clients, {w['per_request']} histories/request, k={w['k']}, beam={w['beam']}, CPU; "
-        f"service max_batch={w['max_batch']}, max_wait_ms={w['max_wait_ms']}, alias poll {w['poll_seconds']} s.", "",
+        f"service max_batch={w['max_batch']}, max_wait_ms={w['max_wait_ms']}, alias poll {w['poll_seconds']} s.",
+        "",
         "| phase | seconds | requests ok | failed | requests/s | histories/s | p50 ms | p90 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, ph in (("steady", s), ("10 alias moves" if m["moves"] == 10 else f"{m['moves']} alias moves", m["load"])):
         lat = ph["latency_ms"]
-        lines.append(f"| {name} | {ph['seconds']} | {ph['ok']} | {ph['failed']} | {ph['requests_per_s']} | "
-                     f"{ph['histories_per_s']} | {lat['p50']} | {lat['p90']} | {lat['p99']} |")
-    lines += ["", f"Alias moves: {m['moves']}, failed requests during the moves: **{m['load']['failed']}** "
-              f"(target 0); versions answered: {m['versions_answered']}.", "",
-              f"Time from alias commit to /health serving the new version: median {_med(sw)} s, max "
-              f"{max(sw) if sw else None} s; to the first /retrieve answer from it: median {_med(fa)} s "
-              f"(poll period {w['poll_seconds']} s + loading the version).", "",
-              "| move | to | set_alias s | /health switch s | first answer s |", "|---|---|---|---|---|"]
-    lines += [f"| {x['move']} | v{x['to']} | {x['set_alias_s']} | {x['health_switch_s']} | {x['first_answer_s']} |"
-              for x in m["per_move"]]
+        lines.append(
+            f"| {name} | {ph['seconds']} | {ph['ok']} | {ph['failed']} | {ph['requests_per_s']} | "
+            f"{ph['histories_per_s']} | {lat['p50']} | {lat['p90']} | {lat['p99']} |"
+        )
+    lines += [
+        "",
+        f"Alias moves: {m['moves']}, failed requests during the moves: **{m['load']['failed']}** "
+        f"(target 0); versions answered: {m['versions_answered']}.",
+        "",
+        f"Time from alias commit to /health serving the new version: median {_med(sw)} s, max "
+        f"{max(sw) if sw else None} s; to the first /retrieve answer from it: median {_med(fa)} s "
+        f"(poll period {w['poll_seconds']} s + loading the version).",
+        "",
+        "| move | to | set_alias s | /health switch s | first answer s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {x['move']} | v{x['to']} | {x['set_alias_s']} | {x['health_switch_s']} | {x['first_answer_s']} |"
+        for x in m["per_move"]
+    ]
     if res.get("fairness"):
         lines += fairness.markdown_lines(res)
     return "\n".join(lines) + "\n"
@@ -246,9 +297,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--poll-seconds", type=float, default=0.5, help="the service's alias poll period")
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
-    ap.add_argument("--server-threads", type=int, default=1,
-                    help="torch threads of the server (grove serve --threads); 0 = torch's default. 1 by default: on a "
-                         "small shared machine a second thread oversubscribes the cores the clients need")
+    ap.add_argument(
+        "--server-threads",
+        type=int,
+        default=1,
+        help="torch threads of the server (grove serve --threads); 0 = torch's default. 1 by default: on a "
+        "small shared machine a second thread oversubscribes the cores the clients need",
+    )
     ap.add_argument("--fair-clients", type=int, default=8, help="small-request clients of the fairness phase")
     ap.add_argument("--out", default=str(RESULTS), help="directory for service.json / service.md")
     args = ap.parse_args(argv)
@@ -270,8 +325,7 @@ def main(argv=None) -> dict:
     print(f"store built in {build_s:.1f} s: versions A={a}, B={b}", flush=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc, health = start_server(url, port, args.poll_seconds, args.max_batch, args.max_wait_ms,
-                                args.server_threads)
+    proc, health = start_server(url, port, args.poll_seconds, args.max_batch, args.max_wait_ms, args.server_threads)
     try:
         load = Load(base, histories, args.per_request, args.k, args.beam)
         asyncio.run(load.run(args.clients, 3.0, threading.Event()))  # warm-up, not counted
@@ -284,8 +338,7 @@ def main(argv=None) -> dict:
         moving = Load(base, histories, args.per_request, args.k, args.beam)
         per_move: list[dict] = []
         stop = threading.Event()
-        mover = threading.Thread(target=move_aliases, args=(url, base, a, b, args.moves, args.move_gap,
-                                                            per_move, stop))
+        mover = threading.Thread(target=move_aliases, args=(url, base, a, b, args.moves, args.move_gap, per_move, stop))
         mover.start()
         asyncio.run(moving.run(args.clients, 3600.0, stop))
         mover.join()
@@ -293,30 +346,61 @@ def main(argv=None) -> dict:
         during = summarise(moving.records, args.per_request, 0.0)
         versions = sorted({r[3] for r in moving.records if r[3] is not None})
         final_health = __import__("httpx").get(base + "/health", timeout=10).json()
-        fair = {"clients": args.fair_clients, "max_request": 1024, "max_k": 1000, "max_beam": 4096,
-                "sliced": fairness.measure(base, histories, args.fair_clients, 1024, 1000, 4096)}
+        fair = {
+            "clients": args.fair_clients,
+            "max_request": 1024,
+            "max_k": 1000,
+            "max_beam": 4096,
+            "sliced": fairness.measure(base, histories, args.fair_clients, 1024, 1000, 4096),
+        }
     finally:
         stop_server(proc)
     port = free_port()
-    proc, _ = start_server(url, port, args.poll_seconds, args.max_batch, args.max_wait_ms, args.server_threads,
-                           ("--slice-cost", str(10 ** 12)))
+    proc, _ = start_server(
+        url,
+        port,
+        args.poll_seconds,
+        args.max_batch,
+        args.max_wait_ms,
+        args.server_threads,
+        ("--slice-cost", str(10**12)),
+    )
     try:
         fair["one_piece"] = fairness.measure(f"http://127.0.0.1:{port}", histories, args.fair_clients, 1024, 1000, 4096)
     finally:
         stop_server(proc)
     print(f"fairness: {json.dumps(fair)}", flush=True)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    res = {"machine": info,
-           "workload": {"items": args.items, "users": args.users, "tree_nodes": nodes, "tdm_config": TDM,
-                        "clients": args.clients, "per_request": args.per_request, "k": args.k,
-                        "beam": args.beam, "poll_seconds": args.poll_seconds, "max_batch": args.max_batch,
-                        "max_wait_ms": args.max_wait_ms, "store_build_s": round(build_s, 1),
-                        "version_load_s": health.get("load_seconds")},
-           "steady": steady, "steady_errors": load.errors[:5],
-           "moves": {"moves": args.moves, "load": during, "errors": moving.errors[:5],
-                     "versions_answered": versions, "per_move": per_move,
-                     "service_swaps": final_health.get("swaps"), "service_batches": final_health.get("batches")},
-           "fairness": fair}
+    res = {
+        "machine": info,
+        "workload": {
+            "items": args.items,
+            "users": args.users,
+            "tree_nodes": nodes,
+            "tdm_config": TDM,
+            "clients": args.clients,
+            "per_request": args.per_request,
+            "k": args.k,
+            "beam": args.beam,
+            "poll_seconds": args.poll_seconds,
+            "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
+            "store_build_s": round(build_s, 1),
+            "version_load_s": health.get("load_seconds"),
+        },
+        "steady": steady,
+        "steady_errors": load.errors[:5],
+        "moves": {
+            "moves": args.moves,
+            "load": during,
+            "errors": moving.errors[:5],
+            "versions_answered": versions,
+            "per_move": per_move,
+            "service_swaps": final_health.get("swaps"),
+            "service_batches": final_health.get("batches"),
+        },
+        "fairness": fair,
+    }
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_and_markdown(out / "service", res, markdown)

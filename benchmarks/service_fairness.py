@@ -9,6 +9,7 @@ slices large requests (its default ``slice_cost``) and once against one that ser
 in one piece (``--slice-cost`` larger than any request), so the effect of slicing is measured
 side by side on the same index.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,28 +53,45 @@ async def _phase(base: str, histories: list, clients: int, big: dict) -> dict:
     during = np.array([(d - s) * 1000.0 for s, d, st in records if st == 200 and d > sent and s < done])
     failed = sum(1 for r in records if r[2] != 200)
     q = np.percentile(during, [50, 99]) if during.size else [float("nan")] * 2
-    return {"big_status": res.status_code, "big_seconds": round(done - sent, 2), "small_requests_during": int(during.size),
-            "small_p50_ms": round(float(q[0]), 1), "small_p99_ms": round(float(q[1]), 1),
-            "small_max_ms": round(float(during.max()), 1) if during.size else None, "small_failed": failed}
+    return {
+        "big_status": res.status_code,
+        "big_seconds": round(done - sent, 2),
+        "small_requests_during": int(during.size),
+        "small_p50_ms": round(float(q[0]), 1),
+        "small_p99_ms": round(float(q[1]), 1),
+        "small_max_ms": round(float(during.max()), 1) if during.size else None,
+        "small_failed": failed,
+    }
 
 
 def measure(base: str, histories: list, clients: int, max_request: int, max_k: int, max_beam: int) -> dict:
     """One phase against the server at ``base``: the maximal request and the small ones around it."""
     rng = np.random.default_rng(0)
-    big = {"histories": [histories[int(i)] for i in rng.integers(0, len(histories), max_request)],
-           "k": max_k, "beam": max_beam}
+    big = {
+        "histories": [histories[int(i)] for i in rng.integers(0, len(histories), max_request)],
+        "k": max_k,
+        "beam": max_beam,
+    }
     return asyncio.run(_phase(base, histories, clients, big))
 
 
 def markdown_lines(res: dict) -> list[str]:
     f = res["fairness"]
-    lines = ["", "## Fairness: small requests while one maximal request runs", "",
-             f"{f['clients']} closed-loop clients sending one history (k {SMALL['k']}, beam {SMALL['beam']}); one "
-             f"request of {f['max_request']:,} histories at k {f['max_k']:,}, beam {f['max_beam']:,}.", "",
-             "| server | maximal request (s) | small requests during it | small p50 (ms) | small p99 (ms) "
-             "| small max (ms) | failed |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Fairness: small requests while one maximal request runs",
+        "",
+        f"{f['clients']} closed-loop clients sending one history (k {SMALL['k']}, beam {SMALL['beam']}); one "
+        f"request of {f['max_request']:,} histories at k {f['max_k']:,}, beam {f['max_beam']:,}.",
+        "",
+        "| server | maximal request (s) | small requests during it | small p50 (ms) | small p99 (ms) "
+        "| small max (ms) | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, key in (("slices of cost <= slice_cost (default)", "sliced"), ("one piece (no slicing)", "one_piece")):
         p = f[key]
-        lines.append(f"| {label} | {p['big_seconds']} | {p['small_requests_during']} | {p['small_p50_ms']} "
-                     f"| {p['small_p99_ms']} | {p['small_max_ms']} | {p['small_failed']} |")
+        lines.append(
+            f"| {label} | {p['big_seconds']} | {p['small_requests_during']} | {p['small_p50_ms']} "
+            f"| {p['small_p99_ms']} | {p['small_max_ms']} | {p['small_failed']} |"
+        )
     return lines

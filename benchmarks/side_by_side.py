@@ -18,6 +18,7 @@ number of items. Top ``--k`` per user, ``--threads`` torch threads, CPU.
 
 Writes ``benchmarks/results/side_by_side[_<tag>].json`` and ``.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,20 +75,33 @@ def load(specs: list[str]) -> tuple[list[dict], object]:
             raise SystemExit(f"{spec!r}: {exc}") from exc
         n_items = len(retriever.item_raw)
         if n_items != data.n_items:
-            raise SystemExit(f"{spec!r}: indexes {n_items} items, the first version's split has {data.n_items}: "
-                             "side-by-side versions must serve the same item set")
-        loaded.append({"spec": spec, "retriever": retriever, "index": index, "version": info.id,
-                       "method": info.method, "dataset": info.dataset, "split": info.split})
+            raise SystemExit(
+                f"{spec!r}: indexes {n_items} items, the first version's split has {data.n_items}: "
+                "side-by-side versions must serve the same item set"
+            )
+        loaded.append(
+            {
+                "spec": spec,
+                "retriever": retriever,
+                "index": index,
+                "version": info.id,
+                "method": info.method,
+                "dataset": info.dataset,
+                "split": info.split,
+            }
+        )
     return loaded, data
 
 
-def time_side_by_side(searchers: list, rows: torch.Tensor, k: int, beam: int, batch: int,
-                      rounds: int) -> list[list[float]]:
+def time_side_by_side(
+    searchers: list, rows: torch.Tensor, k: int, beam: int, batch: int, rounds: int
+) -> list[list[float]]:
     """users/s of every searcher in every round: (rounds, V). Round r times the searchers in the
     order rotated by r, one pass over ``rows`` each, after one untimed pass of each."""
+
     def one_pass(s):
         for i in range(0, rows.shape[0], batch):
-            s.search(rows[i:i + batch], k, beam)
+            s.search(rows[i : i + batch], k, beam)
 
     for s in searchers:
         one_pass(s)
@@ -109,27 +123,40 @@ def summarise(speeds: list[list[float]]) -> list[dict]:
     rows = []
     for v in range(len(speeds[0])):
         ratios = [r[v] / r[0] for r in speeds]
-        rows.append({"users_per_s": statistics.median(r[v] for r in speeds),
-                     "ratio_to_first": statistics.median(ratios), "ratio_min": min(ratios),
-                     "ratio_max": max(ratios)})
+        rows.append(
+            {
+                "users_per_s": statistics.median(r[v] for r in speeds),
+                "ratio_to_first": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+            }
+        )
     return rows
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"# Side by side: {', '.join(v['spec'] for v in result['versions'])}", "",
-             f"{result['dataset']} split {result['split']}, {result['test_users']} test users repeated to whole "
-             f"batches of {result['batch']}, top {result['k']}, {result['threads']} thread(s), CPU; "
-             f"{result['rounds']} alternating rounds after a warm-up: users/s is each version's median over "
-             "rounds, the ratio the median (min..max) over rounds of its speed over the first version's in "
-             "the same round.", "",
-             f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, torch {m['torch']}, load average before "
-             f"{m['load_average_before'][0]}.", "",
-             "| version | method | beam | users/s | ratio to first |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Side by side: {', '.join(v['spec'] for v in result['versions'])}",
+        "",
+        f"{result['dataset']} split {result['split']}, {result['test_users']} test users repeated to whole "
+        f"batches of {result['batch']}, top {result['k']}, {result['threads']} thread(s), CPU; "
+        f"{result['rounds']} alternating rounds after a warm-up: users/s is each version's median over "
+        "rounds, the ratio the median (min..max) over rounds of its speed over the first version's in "
+        "the same round.",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, torch {m['torch']}, load average before "
+        f"{m['load_average_before'][0]}.",
+        "",
+        "| version | method | beam | users/s | ratio to first |",
+        "|---|---|---|---|---|",
+    ]
     for beam in result["beams"]:
         for v, row in zip(result["versions"], result["by_beam"][str(beam)]):
-            lines.append(f"| {v['spec']} (v{v['version']}) | {v['method']} | {beam} | {row['users_per_s']:,.0f} "
-                         f"| {row['ratio_to_first']:.3f} ({row['ratio_min']:.3f}..{row['ratio_max']:.3f}) |")
+            lines.append(
+                f"| {v['spec']} (v{v['version']}) | {v['method']} | {beam} | {row['users_per_s']:,.0f} "
+                f"| {row['ratio_to_first']:.3f} ({row['ratio_min']:.3f}..{row['ratio_max']:.3f}) |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -150,19 +177,34 @@ def main(argv=None) -> dict:
     loaded, data = load(a.specs)
     hist = torch.as_tensor(np.asarray(data.test.histories)).long()
     rows = batch_rows(hist, a.batch)
-    result = {"command": " ".join(["python -m benchmarks.side_by_side", *(sys.argv[1:] if argv is None else argv)]),
-              "dataset": loaded[0]["dataset"], "split": loaded[0]["split"], "test_users": int(hist.shape[0]),
-              "batch": a.batch, "k": a.k, "threads": a.threads, "rounds": a.rounds, "beams": a.beams,
-              "machine": machine_info(),
-              "versions": [{k: v for k, v in x.items() if k != "retriever"} for x in loaded], "by_beam": {},
-              "speeds": {}}
+    result = {
+        "command": " ".join(["python -m benchmarks.side_by_side", *(sys.argv[1:] if argv is None else argv)]),
+        "dataset": loaded[0]["dataset"],
+        "split": loaded[0]["split"],
+        "test_users": int(hist.shape[0]),
+        "batch": a.batch,
+        "k": a.k,
+        "threads": a.threads,
+        "rounds": a.rounds,
+        "beams": a.beams,
+        "machine": machine_info(),
+        "versions": [{k: v for k, v in x.items() if k != "retriever"} for x in loaded],
+        "by_beam": {},
+        "speeds": {},
+    }
     searchers = [x["retriever"].searcher for x in loaded]
     for beam in a.beams:
         speeds = time_side_by_side(searchers, rows, a.k, beam, a.batch, a.rounds)
         result["speeds"][str(beam)] = speeds
         result["by_beam"][str(beam)] = summary = summarise(speeds)
-        print(f"beam {beam}: " + ", ".join(f"{x['spec']} {s['users_per_s']:,.0f} users/s ({s['ratio_to_first']:.3f}x)"
-                                           for x, s in zip(loaded, summary)), flush=True)
+        print(
+            f"beam {beam}: "
+            + ", ".join(
+                f"{x['spec']} {s['users_per_s']:,.0f} users/s ({s['ratio_to_first']:.3f}x)"
+                for x, s in zip(loaded, summary)
+            ),
+            flush=True,
+        )
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     os.makedirs(a.out_dir, exist_ok=True)
     out = os.path.join(a.out_dir, "side_by_side" + (f"_{a.tag}" if a.tag else ""))

@@ -12,6 +12,7 @@ after a warm-up that writes and reads a 1,000-item version of the same kind in t
 Writes ``benchmarks/results/store_roundtrip.json`` with machine information. Targets
 (issue 2): write <= 10 s, read <= 3 s for one tree of 10^6 items.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,8 @@ def balanced_tree(n: int, arity: int, perm: np.ndarray | None = None) -> Tree:
 def random_codes(n: int, j: int, d: int, arity: int, seed: int) -> PathCodes:
     rng = np.random.default_rng(seed)
     # distinct paths per item: j distinct offsets added to a random base path id, mod K^D
-    base = rng.integers(0, arity ** d, size=(n, 1))
-    path_id = (base + np.arange(j)[None, :] * 7919) % arity ** d  # (n, J) distinct for j*7919 < K^D
+    base = rng.integers(0, arity**d, size=(n, 1))
+    path_id = (base + np.arange(j)[None, :] * 7919) % arity**d  # (n, J) distinct for j*7919 < K^D
     codes = (path_id[:, :, None] // arity ** np.arange(d - 1, -1, -1)) % arity  # (n, J, D)
     return PathCodes(codes, rng.random((n, j), dtype=np.float32), arity)
 
@@ -66,14 +67,22 @@ def run_case(store: Store, name: str, structure, runs: int) -> dict:
         writes.append(tw)
         reads.append(tr)
         print(f"{name}: run {r}: write {tw:.2f}s read {tr:.2f}s", flush=True)
-    return {"write_s": statistics.median(writes), "read_s": statistics.median(reads),
-            "write_runs": writes, "read_runs": reads}
+    return {
+        "write_s": statistics.median(writes),
+        "read_s": statistics.median(reads),
+        "write_runs": writes,
+        "read_runs": reads,
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=at_least(1000), default=1_000_000,
-                    help="items per version (>= 1,000: the warm-up versions have 1,000)")
+    ap.add_argument(
+        "--items",
+        type=at_least(1000),
+        default=1_000_000,
+        help="items per version (>= 1,000: the warm-up versions have 1,000)",
+    )
     ap.add_argument("--runs", type=at_least(1), default=5, help="timed write + read runs per case (median)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -97,22 +106,36 @@ def main(argv=None) -> int:
             tb, structure = timed(lambda b=build: b(n))
             res = run_case(store, name, structure, args.runs)
             res["build_s"] = tb
-            res["rows"] = ({"nodes": sum(t.n_nodes for t in structure.trees)} if isinstance(structure, Forest)
-                           else {"nodes": structure.n_nodes} if isinstance(structure, Tree)
-                           else {"paths": structure.n_items * structure.n_paths})
+            res["rows"] = (
+                {"nodes": sum(t.n_nodes for t in structure.trees)}
+                if isinstance(structure, Forest)
+                else {"nodes": structure.n_nodes}
+                if isinstance(structure, Tree)
+                else {"paths": structure.n_items * structure.n_paths}
+            )
             results[name] = res
         size = os.path.getsize(f"{tmp}/bench.duckdb")
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    out = {"items": n, "runs": args.runs, "warmup": "one write + read of a 1,000-item version of each case first",
-           "machine": info, "store_file_bytes": size,
-           "targets": {"tree_write_s": 10.0, "tree_read_s": 3.0}, "results": results,
-           "meets_targets": all(results[k]["write_s"] <= 10 and results[k]["read_s"] <= 3
-                                for k in ("tree_k2", "tree_k18"))}
+    out = {
+        "items": n,
+        "runs": args.runs,
+        "warmup": "one write + read of a 1,000-item version of each case first",
+        "machine": info,
+        "store_file_bytes": size,
+        "targets": {"tree_write_s": 10.0, "tree_read_s": 3.0},
+        "results": results,
+        "meets_targets": all(
+            results[k]["write_s"] <= 10 and results[k]["read_s"] <= 3 for k in ("tree_k2", "tree_k18")
+        ),
+    }
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, out)
-    print(json.dumps({k: {"write_s": round(v["write_s"], 2), "read_s": round(v["read_s"], 2)}
-                      for k, v in results.items()}))
+    print(
+        json.dumps(
+            {k: {"write_s": round(v["write_s"], 2), "read_s": round(v["read_s"], 2)} for k, v in results.items()}
+        )
+    )
     print(f"wrote {path}")
     return 0
 

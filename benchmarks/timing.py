@@ -1,5 +1,6 @@
 """Timing helpers shared by the benchmarks: medians of timed calls (the rules of issue 7), and
 the argparse type of their counts (runs, users, sizes)."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) 
 def at_least(minimum: int) -> Callable[[str], int]:
     """argparse ``type=``: an integer >= ``minimum``. A bad value exits 2 with argparse's message,
     which names the flag (``argument --runs: must be >= 1, got 0``)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)

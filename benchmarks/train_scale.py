@@ -13,6 +13,7 @@ size. Reports the median step time as samples/s and the growth from the smallest
 largest size (target: <= 1.5x per step, i.e. samples/s at 10^6 >= 2/3 of 10^4; the issue's
 done-when asks >= 0.5x for TDM).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,32 +98,49 @@ def worker(spec: dict) -> dict:
             runs[n]()
     times = {n: [] for n in spec["sizes"]}
     for r in range(spec["steps"]):
-        for n in (spec["sizes"] if r % 2 == 0 else spec["sizes"][::-1]):
+        for n in spec["sizes"] if r % 2 == 0 else spec["sizes"][::-1]:
             times[n].append(runs[n]())
-    return {"trainer": spec["trainer"], "sizes": {str(n): {**info[n], "step_s": times[n],
-                                                          "samples_per_s": spec["batch"] / statistics.median(times[n])}
-                                                 for n in spec["sizes"]}}
+    return {
+        "trainer": spec["trainer"],
+        "sizes": {
+            str(n): {**info[n], "step_s": times[n], "samples_per_s": spec["batch"] / statistics.median(times[n])}
+            for n in spec["sizes"]
+        },
+    }
 
 
 def spawn(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.train_scale", "--worker", json.dumps(spec)],
-                          stdout=subprocess.PIPE, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_scale", "--worker", json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def markdown(result: dict) -> str:
     m, sizes = result["machine"], [str(n) for n in result["sizes"]]
-    lines = ["# Training samples/s of the tree scorers by catalogue size (`benchmarks.train_scale`)", "",
-             f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch']} with {m['torch_threads']} "
-             f"threads; load average {m['load_average_before']} before, {result['load_average_after']} after. "
-             f"Default configs, batch {result['batch']}, {result['users']:,} synthetic users at every size; "
-             f"median of {result['steps']} steps per size after {result['warmup']} warm-up steps, sizes "
-             f"alternating in one process per trainer. Command: `{result['command']}`.", "",
-             "| trainer | " + " | ".join(f"{int(n):,} items: samples/s (depth, columns)" for n in sizes)
-             + f" | {int(sizes[-1]):,} / {int(sizes[0]):,} |", "|---" * (len(sizes) + 2) + "|"]
+    lines = [
+        "# Training samples/s of the tree scorers by catalogue size (`benchmarks.train_scale`)",
+        "",
+        f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch']} with {m['torch_threads']} "
+        f"threads; load average {m['load_average_before']} before, {result['load_average_after']} after. "
+        f"Default configs, batch {result['batch']}, {result['users']:,} synthetic users at every size; "
+        f"median of {result['steps']} steps per size after {result['warmup']} warm-up steps, sizes "
+        f"alternating in one process per trainer. Command: `{result['command']}`.",
+        "",
+        "| trainer | "
+        + " | ".join(f"{int(n):,} items: samples/s (depth, columns)" for n in sizes)
+        + f" | {int(sizes[-1]):,} / {int(sizes[0]):,} |",
+        "|---" * (len(sizes) + 2) + "|",
+    ]
     for r in result["rows"]:
-        cells = [f"{r['sizes'][n]['samples_per_s']:,.1f} ({r['sizes'][n]['depth']}, {r['sizes'][n]['columns']})"
-                 for n in sizes]
+        cells = [
+            f"{r['sizes'][n]['samples_per_s']:,.1f} ({r['sizes'][n]['depth']}, {r['sizes'][n]['columns']})"
+            for n in sizes
+        ]
         ratio = r["sizes"][sizes[-1]]["samples_per_s"] / r["sizes"][sizes[0]]["samples_per_s"]
         lines.append(f"| {r['trainer']} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
     return "\n".join(lines) + "\n"
@@ -143,15 +161,35 @@ def main(argv=None) -> dict:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))), flush=True)
         return {}
-    result = {"command": "python -m benchmarks.train_scale " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine_info(), "sizes": args.sizes, "users": args.users, "batch": args.batch,
-              "steps": args.steps, "warmup": args.warmup, "rows": []}
+    result = {
+        "command": "python -m benchmarks.train_scale " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(),
+        "sizes": args.sizes,
+        "users": args.users,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rows": [],
+    }
     for trainer in args.trainers:
-        result["rows"].append(spawn({"trainer": trainer, "sizes": args.sizes, "users": args.users,
-                                     "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
-                                     "seed": args.seed}))
-        print(f"{trainer}: " + ", ".join(f"{n}: {v['samples_per_s']:,.1f}/s"
-                                         for n, v in result["rows"][-1]["sizes"].items()), flush=True)
+        result["rows"].append(
+            spawn(
+                {
+                    "trainer": trainer,
+                    "sizes": args.sizes,
+                    "users": args.users,
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "batch": args.batch,
+                    "seed": args.seed,
+                }
+            )
+        )
+        print(
+            f"{trainer}: "
+            + ", ".join(f"{n}: {v['samples_per_s']:,.1f}/s" for n, v in result["rows"][-1]["sizes"].items()),
+            flush=True,
+        )
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json_and_markdown(args.out, result, markdown)

@@ -20,6 +20,7 @@ built and its Adam steps alternate between the default chunk and one piece
 each: samples/s = batch / median step seconds, and the ratio of the two measured side by side.
 Writes ``results/train_speed.json`` and ``.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ def _trainer(kind: str, device, seed: int = 0):
         levels = SoftmaxLevels(tree, DeFoRecConfig().negatives, device, DeFoRecConfig().negatives_total)
         return scorer, tree, lambda h, t: softmax_step(scorer, optim, levels, h, t, gen)
     cfg = TDMConfig()  # the negatives per level of the TDM and JTM configs' defaults
-    sampler = LevelSampler(tree, negatives_per_level(tree.level_counts(), cfg.neg_base, cfg.neg_growth,
-                                                          total=cfg.neg_total), device)
+    sampler = LevelSampler(
+        tree, negatives_per_level(tree.level_counts(), cfg.neg_base, cfg.neg_growth, total=cfg.neg_total), device
+    )
     return scorer, tree, lambda h, t: bce_step(scorer, optim, sampler, h, t, gen)
 
 
@@ -75,7 +77,7 @@ def measure(kind: str, batch: int, runs: int, device) -> dict:
     chunk = scorer.train_chunk_elements
     secs = {"chunked": [], "one_piece": []}
     for r in range(runs + 1):  # r = 0: warm-up
-        for mode in (("chunked", "one_piece") if r % 2 == 0 else ("one_piece", "chunked")):
+        for mode in ("chunked", "one_piece") if r % 2 == 0 else ("one_piece", "chunked"):
             scorer.train_chunk_elements = chunk if mode == "chunked" else ONE_PIECE
             t0 = time.perf_counter()
             step(hist, tgt)
@@ -84,21 +86,35 @@ def measure(kind: str, batch: int, runs: int, device) -> dict:
             if r > 0:
                 secs[mode].append(time.perf_counter() - t0)
     med = {m: statistics.median(v) for m, v in secs.items()}
-    return {"trainer": kind, "batch": batch, "depth": tree.depth, "chunk_elements": chunk, "runs": runs,
-            "step_s": secs, "samples_per_s": {m: round(batch / v, 1) for m, v in med.items()},
-            "speedup": round(med["one_piece"] / med["chunked"], 2)}
+    return {
+        "trainer": kind,
+        "batch": batch,
+        "depth": tree.depth,
+        "chunk_elements": chunk,
+        "runs": runs,
+        "step_s": secs,
+        "samples_per_s": {m: round(batch / v, 1) for m, v in med.items()},
+        "speedup": round(med["one_piece"] / med["chunked"], 2),
+    }
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = ["# Training speed: checkpointed chunks vs one piece (`python -m benchmarks.train_speed`)", "",
-             f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch']} with {m['torch_threads']} "
-             f"threads, device {result['device']}, GPU {m['gpu']}; load average {m['load_average_before']} before, "
-             f"{result['load_average_after']} after (a shared machine: the load says what else ran).", "",
-             "| trainer | batch | samples/s chunked | samples/s one piece | speed-up (median, side by side) |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['trainer']} | {r['batch']} | {r['samples_per_s']['chunked']} | {r['samples_per_s']['one_piece']} "
-              f"| {r['speedup']}x |" for r in result["rows"]]
+    lines = [
+        "# Training speed: checkpointed chunks vs one piece (`python -m benchmarks.train_speed`)",
+        "",
+        f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch']} with {m['torch_threads']} "
+        f"threads, device {result['device']}, GPU {m['gpu']}; load average {m['load_average_before']} before, "
+        f"{result['load_average_after']} after (a shared machine: the load says what else ran).",
+        "",
+        "| trainer | batch | samples/s chunked | samples/s one piece | speed-up (median, side by side) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['trainer']} | {r['batch']} | {r['samples_per_s']['chunked']} | {r['samples_per_s']['one_piece']} "
+        f"| {r['speedup']}x |"
+        for r in result["rows"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -124,8 +140,13 @@ def main(argv=None) -> dict:
         for b in args.batches:
             rows.append(measure(kind, b, args.runs, device))
             print(f"{kind} batch {b}: {rows[-1]['samples_per_s']} ({rows[-1]['speedup']}x)", flush=True)
-    result = {"machine": info, "device": args.device, "args": {k: v for k, v in vars(args).items() if k != "out"},
-              "load_average_after": [round(x, 2) for x in os.getloadavg()], "rows": rows}
+    result = {
+        "machine": info,
+        "device": args.device,
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "rows": rows,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_and_markdown(args.out / "train_speed", result, markdown)
     print(markdown(result))

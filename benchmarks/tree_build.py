@@ -15,6 +15,7 @@ Run: ``python -m benchmarks.tree_build [--quick] [--device cuda] [--threads 2]``
 ``benchmarks/results/tree_build.json``. The JSON records the machine, the torch thread count and
 the load average before the run (other processes on a shared 2-core machine slow every figure).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,14 +55,25 @@ def _worker(spec: dict) -> dict:
     secs = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     leaf_levels = sorted(set(tree.level[tree.leaves].tolist()))
-    return {"seconds": secs, "peak_rss_mb": peak, "base_rss_mb": base, "depth": tree.depth,
-            "leaf_levels": leaf_levels, "n_nodes": tree.n_nodes}
+    return {
+        "seconds": secs,
+        "peak_rss_mb": peak,
+        "base_rss_mb": base,
+        "depth": tree.depth,
+        "leaf_levels": leaf_levels,
+        "n_nodes": tree.n_nodes,
+    }
 
 
 def _run_build(spec: dict) -> dict:
     env = dict(os.environ, GROVE_QUIET="1")
-    out = subprocess.run([sys.executable, "-m", "benchmarks.tree_build", "--worker", json.dumps(spec)],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tree_build", "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -70,17 +82,28 @@ def bench_builds(sizes, arities, repeats, repeats_large, iters, device, threads)
     for k in arities:
         for n in sizes:
             reps = repeats_large if n >= 1_000_000 else repeats
-            runs = [_run_build({"n": n, "k": k, "seed": r, "iters": iters, "device": device,
-                                "threads": threads}) for r in range(reps)]
-            row = {"n_items": n, "arity": k, "repeats": reps, "iters": iters,
-                   "seconds_median": statistics.median(r["seconds"] for r in runs),
-                   "seconds_all": [round(r["seconds"], 3) for r in runs],
-                   "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                   "base_rss_mb": max(r["base_rss_mb"] for r in runs),
-                   "depth": runs[0]["depth"], "leaf_levels": runs[0]["leaf_levels"]}
+            runs = [
+                _run_build({"n": n, "k": k, "seed": r, "iters": iters, "device": device, "threads": threads})
+                for r in range(reps)
+            ]
+            row = {
+                "n_items": n,
+                "arity": k,
+                "repeats": reps,
+                "iters": iters,
+                "seconds_median": statistics.median(r["seconds"] for r in runs),
+                "seconds_all": [round(r["seconds"], 3) for r in runs],
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                "base_rss_mb": max(r["base_rss_mb"] for r in runs),
+                "depth": runs[0]["depth"],
+                "leaf_levels": runs[0]["leaf_levels"],
+            }
             rows.append(row)
-            print(f"kmeans_tree N={n:>8} K={k:>2}: {row['seconds_median']:.2f}s "
-                  f"(runs {row['seconds_all']}), peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            print(
+                f"kmeans_tree N={n:>8} K={k:>2}: {row['seconds_median']:.2f}s "
+                f"(runs {row['seconds_all']}), peak RSS {row['peak_rss_mb']:.0f} MB",
+                file=sys.stderr,
+            )
     return rows
 
 
@@ -122,9 +145,11 @@ def bench_search(sizes, arities, k, beam, device, threads) -> list[dict]:
                 scorer = DotScorer(torch.randn(b, DIM, generator=g).to(device), node_vec)
                 row[f"users_per_s_batch{b}"] = _time_search(tt, scorer, b, k, beam, users, sync)
             rows.append(row)
-            print(f"beam search N={n:>8} K={arity:>2} depth {tree.depth}: "
-                  f"{row['users_per_s_batch256']:.0f} users/s @256, {row['users_per_s_batch1']:.0f} @1",
-                  file=sys.stderr)
+            print(
+                f"beam search N={n:>8} K={arity:>2} depth {tree.depth}: "
+                f"{row['users_per_s_batch256']:.0f} users/s @256, {row['users_per_s_batch1']:.0f} @1",
+                file=sys.stderr,
+            )
     return rows
 
 
@@ -161,14 +186,17 @@ def main(argv=None) -> dict:
         return {}
     sizes = [10_000, 100_000] if args.quick else args.sizes
     repeats = 1 if args.quick else args.repeats
-    result = {"machine": machine_info(device=args.device, **({"torch_threads": args.threads} if args.threads else {})),
-              "notes": "kmeans_tree: median of `repeats` builds, each in a fresh process (peak RSS "
-                       "is that process's ru_maxrss, including the embeddings and torch); "
-                       "N >= 10^6 uses `repeats_large`. Beam search: dot-product scorer over "
-                       "random node vectors, trees of the kmeans_tree layout.",
-              "kmeans_tree": [] if args.skip_build else bench_builds(
-                  sizes, args.arities, repeats, args.repeats_large, args.iters, args.device, args.threads),
-              "beam_search": bench_search(sizes, args.arities, args.k, args.beam, args.device, args.threads)}
+    result = {
+        "machine": machine_info(device=args.device, **({"torch_threads": args.threads} if args.threads else {})),
+        "notes": "kmeans_tree: median of `repeats` builds, each in a fresh process (peak RSS "
+        "is that process's ru_maxrss, including the embeddings and torch); "
+        "N >= 10^6 uses `repeats_large`. Beam search: dot-product scorer over "
+        "random node vectors, trees of the kmeans_tree layout.",
+        "kmeans_tree": []
+        if args.skip_build
+        else bench_builds(sizes, args.arities, repeats, args.repeats_large, args.iters, args.device, args.threads),
+        "beam_search": bench_search(sizes, args.arities, args.k, args.beam, args.device, args.threads),
+    }
     result["beam_search_per_user_growth"] = growth(result["beam_search"])
     result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """`run_cycle`: the learning cycle of `models.lifecycle.Plan.cycle` (construct -> train ->
 evaluate -> rounds x (relearn -> train -> evaluate)) as a Prefect flow run (default) or
 in-process (``local=True``) for machines without a Prefect server and for fast tests."""
+
 from __future__ import annotations
 
 from flows.ops import Target, local_ops
@@ -8,9 +9,20 @@ from indexstore.store import Store
 from models.lifecycle import Plan, run_plan
 
 
-def run_cycle(url: str, index: str, method: str, dataset: str, split: str, config: dict | None,
-              rounds: int, ks=(10, 50), beams=(50,), max_users: int | None = None,
-              local: bool = False, store: Store | None = None) -> list[int]:
+def run_cycle(
+    url: str,
+    index: str,
+    method: str,
+    dataset: str,
+    split: str,
+    config: dict | None,
+    rounds: int,
+    ks=(10, 50),
+    beams=(50,),
+    max_users: int | None = None,
+    local: bool = False,
+    store: Store | None = None,
+) -> list[int]:
     """Returns the ids of every version written, in order. ``store``: the open store of ``url``
     (in-process runs reuse it)."""
     plan = Plan.cycle(method, rounds)  # rounds checked before anything starts
@@ -18,6 +30,5 @@ def run_cycle(url: str, index: str, method: str, dataset: str, split: str, confi
         from flows.prefect_flows import cycle_flow
 
         return cycle_flow(url, index, method, dataset, split, config, rounds, tuple(ks), tuple(beams), max_users)
-    target = Target(url, index, method, dataset, split, config, ks=tuple(ks), beams=tuple(beams),
-                    max_users=max_users)
+    target = Target(url, index, method, dataset, split, config, ks=tuple(ks), beams=tuple(beams), max_users=max_users)
     return run_plan(plan, local_ops(target, store))

@@ -20,6 +20,7 @@ Every decision leaves a trace in two places:
 API, asks `decide`, moves the alias and publishes. Metrics are append-only, so the newest row
 matching the gate's (role, name, k, beam, filtered) is the one used.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -66,8 +67,7 @@ class GateConfig:
         values = dict(values or {})
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
-            raise GroveError(f"unknown gate setting {unknown[0]!r}; known: "
-                             f"{', '.join(cls.__dataclass_fields__)}")
+            raise GroveError(f"unknown gate setting {unknown[0]!r}; known: {', '.join(cls.__dataclass_fields__)}")
         return cls(**values)
 
 
@@ -94,24 +94,32 @@ class GateDecision:
         return cls(**{**values, "config": GateConfig(**values["config"])})
 
 
-def decide(candidate_value: float, current_value: float | None, tolerance: float = 0.0,
-           label: str = "metric") -> tuple[bool, str]:
+def decide(
+    candidate_value: float, current_value: float | None, tolerance: float = 0.0, label: str = "metric"
+) -> tuple[bool, str]:
     """The pure rule. Returns (promote?, one-line reason holding both figures)."""
     if current_value is None:
         return True, f"first production version: {label} {candidate_value:.4f} (no production to compare)"
     floor = current_value - tolerance
     verdict = ">=" if candidate_value >= floor else "<"
-    reason = (f"{label} {candidate_value:.4f} {verdict} production {current_value:.4f}"
-              f" - tolerance {tolerance:g} = {floor:.4f}")
+    reason = (
+        f"{label} {candidate_value:.4f} {verdict} production {current_value:.4f}"
+        f" - tolerance {tolerance:g} = {floor:.4f}"
+    )
     return candidate_value >= floor, reason
 
 
 def metric_value(rows, config: GateConfig) -> float | None:
     """The newest stored value of the gate's metric among a version's metric rows, or None."""
-    match = [r for r in rows
-             if r.role == config.role and r.name == config.metric and int(r.k) == config.k
-             and (None if r.beam is None else int(r.beam)) == config.beam
-             and bool(r.filtered) == config.filtered]
+    match = [
+        r
+        for r in rows
+        if r.role == config.role
+        and r.name == config.metric
+        and int(r.k) == config.k
+        and (None if r.beam is None else int(r.beam)) == config.beam
+        and bool(r.filtered) == config.filtered
+    ]
     if not match:
         return None
     # the store returns rows in recording order; recorded_at breaks no ties we rely on
@@ -126,20 +134,27 @@ def _current(store, index: str, alias: str) -> int | None:
         return None
 
 
-def _value_or_evaluate(store, version_id: int, config: GateConfig,
-                       evaluate: Callable[[int], object] | None) -> float:
+def _value_or_evaluate(store, version_id: int, config: GateConfig, evaluate: Callable[[int], object] | None) -> float:
     value = metric_value(store.metrics(version_id), config)
     if value is None and evaluate is not None:
         evaluate(version_id)  # appends rows through the store
         value = metric_value(store.metrics(version_id), config)
     if value is None:
-        raise GroveError(f"version {version_id} has no {config.label()} metric: evaluate it with "
-                         f"--beam {config.beam} --k {config.k} first")
+        raise GroveError(
+            f"version {version_id} has no {config.label()} metric: evaluate it with "
+            f"--beam {config.beam} --k {config.k} first"
+        )
     return value
 
 
-def run_gate(store, index: str, candidate: int, config: GateConfig | None = None,
-             evaluate: Callable[[int], object] | None = None, publish: bool = True) -> GateDecision:
+def run_gate(
+    store,
+    index: str,
+    candidate: int,
+    config: GateConfig | None = None,
+    evaluate: Callable[[int], object] | None = None,
+    publish: bool = True,
+) -> GateDecision:
     """Decide on ``candidate`` and move (or not) the alias; log and publish the decision.
 
     Parameters
@@ -170,8 +185,9 @@ def run_gate(store, index: str, candidate: int, config: GateConfig | None = None
         store.set_alias(index, config.alias, candidate, reason=f"promote: {reason}", action="promote")
     else:
         store.set_alias(index, config.alias, candidate, reason=f"reject: {reason}", action="reject")
-        store.set_alias(index, config.candidate_alias, candidate,
-                        reason=f"rejected for {config.alias}: {reason}", action="set")
+        store.set_alias(
+            index, config.candidate_alias, candidate, reason=f"rejected for {config.alias}: {reason}", action="set"
+        )
     decision = GateDecision(index, candidate, current, cand_value, cur_value, promoted, reason, config)
     if publish:
         publish_decision(store, decision)
@@ -181,9 +197,10 @@ def run_gate(store, index: str, candidate: int, config: GateConfig | None = None
 # ------------------------------------------------------------------------------ artifact
 def comparison_rows(store, decision: GateDecision) -> list[dict]:
     """Every (role, name, k, beam, filtered) metric of the candidate beside production's."""
+
     def newest(vid):
         out = {}
-        for r in (store.metrics(vid) if vid is not None else []):
+        for r in store.metrics(vid) if vid is not None else []:
             out[(r.role, r.name, int(r.k), r.beam, bool(r.filtered))] = float(r.value)
         return out
 
@@ -192,25 +209,41 @@ def comparison_rows(store, decision: GateDecision) -> list[dict]:
     for key in sorted(set(new) | set(old), key=lambda t: (t[0], t[1], t[2], t[3] or 0, t[4])):
         role, name, k, beam, filtered = key
         o, n = old.get(key), new.get(key)
-        rows.append({"role": role, "metric": name, "k": k,
-                     "beam": "exhaustive" if beam is None else beam, "filtered": filtered,
-                     f"production v{decision.current}": o, f"candidate v{decision.candidate}": n,
-                     "delta": None if o is None or n is None else n - o})
+        rows.append(
+            {
+                "role": role,
+                "metric": name,
+                "k": k,
+                "beam": "exhaustive" if beam is None else beam,
+                "filtered": filtered,
+                f"production v{decision.current}": o,
+                f"candidate v{decision.candidate}": n,
+                "delta": None if o is None or n is None else n - o,
+            }
+        )
     return rows
 
 
 def decision_markdown(decision: GateDecision) -> str:
     verdict = "PROMOTED" if decision.promoted else "REJECTED"
-    where = (f"`{decision.config.alias}` -> v{decision.candidate}" if decision.promoted else
-             f"`{decision.config.alias}` stays v{decision.current}; "
-             f"`{decision.config.candidate_alias}` -> v{decision.candidate}")
+    where = (
+        f"`{decision.config.alias}` -> v{decision.candidate}"
+        if decision.promoted
+        else f"`{decision.config.alias}` stays v{decision.current}; "
+        f"`{decision.config.candidate_alias}` -> v{decision.candidate}"
+    )
     cur = "none" if decision.current_value is None else f"{decision.current_value:.4f}"
-    return "\n".join([
-        f"# Promotion gate: index `{decision.index}`, candidate v{decision.candidate}: **{verdict}**",
-        "", f"* metric: {decision.config.label()}, tolerance {decision.config.tolerance:g}",
-        f"* candidate v{decision.candidate}: {decision.candidate_value:.4f}",
-        f"* production v{decision.current}: {cur}",
-        f"* aliases: {where}", f"* reason: {decision.reason}"])
+    return "\n".join(
+        [
+            f"# Promotion gate: index `{decision.index}`, candidate v{decision.candidate}: **{verdict}**",
+            "",
+            f"* metric: {decision.config.label()}, tolerance {decision.config.tolerance:g}",
+            f"* candidate v{decision.candidate}: {decision.candidate_value:.4f}",
+            f"* production v{decision.current}: {cur}",
+            f"* aliases: {where}",
+            f"* reason: {decision.reason}",
+        ]
+    )
 
 
 def publish_decision(store, decision: GateDecision) -> bool:
@@ -226,10 +259,12 @@ def publish_decision(store, decision: GateDecision) -> bool:
     if FlowRunContext.get() is None:
         return False
     key = f"gate-{slug(decision.index)}-v{decision.candidate}"
-    create_markdown_artifact(key=key, markdown=decision_markdown(decision),
-                             description=f"promotion gate decision for v{decision.candidate}")
-    create_table_artifact(key=f"{key}-metrics", table=comparison_rows(store, decision),
-                          description="metrics: production vs candidate")
+    create_markdown_artifact(
+        key=key, markdown=decision_markdown(decision), description=f"promotion gate decision for v{decision.candidate}"
+    )
+    create_table_artifact(
+        key=f"{key}-metrics", table=comparison_rows(store, decision), description="metrics: production vs candidate"
+    )
     return True
 
 

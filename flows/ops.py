@@ -1,6 +1,7 @@
 """The two factories of `models.lifecycle.Ops`, the step functions a plan runs on: in-process
 (`local_ops`: the lifecycle's verbs on one open `Store`) and as Prefect tasks (`prefect_ops`:
 `flows.tasks`, to be called inside a flow run). Both take and return references (version ids)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

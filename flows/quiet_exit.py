@@ -5,6 +5,7 @@ once a store was used through SQLAlchemy; they bury a command's output (CLI, tes
 benchmark tables). `exit_quietly` does what a normal exit does first (atexit handlers: Prefect's
 temporary server, temporary files), flushes the streams and ends with `os._exit`.
 """
+
 from __future__ import annotations
 
 import atexit

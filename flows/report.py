@@ -13,6 +13,7 @@ Sections (all read through the public `Store` API, nothing written to the store)
 Formats: ``html`` is self-contained (the PNG is embedded as base64); ``md`` writes the PNG
 beside the page (``<stem>-curve.png``) and links it by relative name.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,8 +47,14 @@ class ReportData:
 def gather(store, index: str) -> ReportData:
     """Read one index's versions, metrics and aliases (NotFoundError for an unknown index)."""
     versions = store.list_versions(index)
-    return ReportData(index, versions, {v.id: store.metrics(v.id) for v in versions},
-                      store.aliases(index), store.alias_history(index), utcnow())
+    return ReportData(
+        index,
+        versions,
+        {v.id: store.metrics(v.id) for v in versions},
+        store.aliases(index),
+        store.alias_history(index),
+        utcnow(),
+    )
 
 
 # ------------------------------------------------------------------------------- tables
@@ -65,16 +72,28 @@ def _shape(shape: dict) -> str:
 def lineage_table(data: ReportData) -> tuple[list[str], list[list]]:
     """One row per version, oldest first."""
     aliases = _aliases_of(data)
-    rows = [[v.id, v.parent_id, v.note or v.config.get("step", ""), v.created_at, v.kind,
-             f"{v.dataset or ''}/{v.split or ''}", _shape(v.shape), ", ".join(aliases.get(v.id, []))]
-            for v in data.versions]
+    rows = [
+        [
+            v.id,
+            v.parent_id,
+            v.note or v.config.get("step", ""),
+            v.created_at,
+            v.kind,
+            f"{v.dataset or ''}/{v.split or ''}",
+            _shape(v.shape),
+            ", ".join(aliases.get(v.id, [])),
+        ]
+        for v in data.versions
+    ]
     return ["id", "parent", "step", "created", "kind", "data/split", "shape", "aliases"], rows
 
 
 def newest_values(rows: list[MetricRow]) -> dict[tuple, float]:
     """(role, name, k, beam, filtered) -> the newest value (rows come in recording order)."""
-    return {(r.role, r.name, int(r.k), None if r.beam is None else int(r.beam), bool(r.filtered)):
-            float(r.value) for r in rows}
+    return {
+        (r.role, r.name, int(r.k), None if r.beam is None else int(r.beam), bool(r.filtered)): float(r.value)
+        for r in rows
+    }
 
 
 def _any_k(vals: dict, role: str, name: str, beam, filtered: bool) -> float | None:
@@ -85,15 +104,22 @@ def _any_k(vals: dict, role: str, name: str, beam, filtered: bool) -> float | No
 def metrics_table(data: ReportData) -> tuple[list[str], list[list]]:
     """Pivot: a row per (version, role, beam, seen), a column per metric@k, users/s, candidates."""
     per_version = {vid: newest_values(rows) for vid, rows in data.metrics.items()}
-    cols = sorted({(name, k) for vals in per_version.values() for (_, name, k, _, _) in vals
-                   if name in METRIC_ORDER}, key=lambda nk: (METRIC_ORDER.index(nk[0]), nk[1]))
-    extra = [n for n in ("users_per_second", "candidates")
-             if any(key[1] == n for vals in per_version.values() for key in vals)]
+    cols = sorted(
+        {(name, k) for vals in per_version.values() for (_, name, k, _, _) in vals if name in METRIC_ORDER},
+        key=lambda nk: (METRIC_ORDER.index(nk[0]), nk[1]),
+    )
+    extra = [
+        n
+        for n in ("users_per_second", "candidates")
+        if any(key[1] == n for vals in per_version.values() for key in vals)
+    ]
     out = []
     for vid in sorted(per_version):
         vals = per_version[vid]
-        groups = sorted({(role, beam, filt) for (role, _, _, beam, filt) in vals},
-                        key=lambda g: (g[0], g[1] is None, g[1] or 0, g[2]))
+        groups = sorted(
+            {(role, beam, filt) for (role, _, _, beam, filt) in vals},
+            key=lambda g: (g[0], g[1] is None, g[1] or 0, g[2]),
+        )
         for role, beam, filt in groups:
             row = [vid, role, "exhaustive" if beam is None else beam, "filtered" if filt else "kept"]
             row += [vals.get((role, name, k, beam, filt)) for name, k in cols]
@@ -106,8 +132,7 @@ def metrics_table(data: ReportData) -> tuple[list[str], list[list]]:
 def alias_tables(data: ReportData) -> tuple[tuple[list[str], list[list]], tuple[list[str], list[list]]]:
     """(current aliases, the alias log oldest first)."""
     current = [[a, v] for a, v in sorted(data.aliases.items())]
-    log = [[e.id, e.at, e.alias, e.action, e.from_version, e.to_version, e.reason or ""]
-           for e in data.history]
+    log = [[e.id, e.at, e.alias, e.action, e.from_version, e.to_version, e.reason or ""] for e in data.history]
     return (["alias", "version"], current), (["event", "at", "alias", "action", "from", "to", "reason"], log)
 
 
@@ -139,8 +164,9 @@ def pick_curve(data: ReportData, k: int | None, role: str | None) -> tuple[int, 
     return (k or (10 if 10 in ks or not ks else ks[0])), role
 
 
-def plot_curve(points: dict[int, list[tuple[int, float, float]]], k: int, role: str,
-               focus: list[int] = ()) -> bytes | None:
+def plot_curve(
+    points: dict[int, list[tuple[int, float, float]]], k: int, role: str, focus: list[int] = ()
+) -> bytes | None:
     """PNG bytes of recall@k vs users/s (one line per version, beams annotated); None if empty."""
     if not points:
         return None
@@ -203,53 +229,80 @@ def _md_table(columns: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:90em}"
-        "table{border-collapse:collapse;font-size:0.85em;margin-bottom:1.5em}"
-        "th,td{border:1px solid #ccc;padding:0.25em 0.5em;text-align:left}"
-        "th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:90em}"
+    "table{border-collapse:collapse;font-size:0.85em;margin-bottom:1.5em}"
+    "th,td{border:1px solid #ccc;padding:0.25em 0.5em;text-align:left}"
+    "th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}"
+)
 
 
 def _sections(data: ReportData):
     current, log = alias_tables(data)
     method = data.versions[0].method if data.versions else "?"
-    return method, [("Version lineage", lineage_table(data)), ("Metrics per version", metrics_table(data)),
-                    ("Current aliases", current), ("Alias history", log)]
+    return method, [
+        ("Version lineage", lineage_table(data)),
+        ("Metrics per version", metrics_table(data)),
+        ("Current aliases", current),
+        ("Alias history", log),
+    ]
 
 
 def render_html(data: ReportData, png: bytes | None, k: int, role: str) -> str:
     method, sections = _sections(data)
-    parts = [f"<h1>grove report: index {html.escape(data.index)}</h1>",
-             f"<p>{html.escape(method)}, {len(data.versions)} versions; generated "
-             f"{_fmt(data.generated_at)} UTC</p>"]
+    parts = [
+        f"<h1>grove report: index {html.escape(data.index)}</h1>",
+        f"<p>{html.escape(method)}, {len(data.versions)} versions; generated {_fmt(data.generated_at)} UTC</p>",
+    ]
     for title, (cols, rows) in sections[:2]:
         parts += [f"<h2>{title}</h2>", _html_table(cols, rows)]
     parts.append("<h2>Efficiency vs accuracy</h2>")
-    parts.append(f'<img alt="recall@{k} vs users per second" src="data:image/png;base64,'
-                 f'{base64.b64encode(png).decode()}">' if png else
-                 "<p><em>no version has recall and users/s at a beam yet (run grove eval --beam ...)</em></p>")
+    parts.append(
+        f'<img alt="recall@{k} vs users per second" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        if png
+        else "<p><em>no version has recall and users/s at a beam yet (run grove eval --beam ...)</em></p>"
+    )
     for title, (cols, rows) in sections[2:]:
         parts += [f"<h2>{title}</h2>", _html_table(cols, rows)]
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>grove report "
-            f"{html.escape(data.index)}</title><style>{_CSS}</style></head>\n<body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>grove report '
+        f"{html.escape(data.index)}</title><style>{_CSS}</style></head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 def render_markdown(data: ReportData, png_name: str | None, k: int, role: str) -> str:
     method, sections = _sections(data)
-    parts = [f"# grove report: index `{data.index}`", "",
-             f"{method}, {len(data.versions)} versions; generated {_fmt(data.generated_at)} UTC", ""]
+    parts = [
+        f"# grove report: index `{data.index}`",
+        "",
+        f"{method}, {len(data.versions)} versions; generated {_fmt(data.generated_at)} UTC",
+        "",
+    ]
     for title, (cols, rows) in sections[:2]:
         parts += [f"## {title}", "", _md_table(cols, rows), ""]
-    parts += ["## Efficiency vs accuracy", "",
-              f"![recall@{k} vs users per second]({png_name})" if png_name else
-              "_no version has recall and users/s at a beam yet (run grove eval --beam ...)_", ""]
+    parts += [
+        "## Efficiency vs accuracy",
+        "",
+        f"![recall@{k} vs users per second]({png_name})"
+        if png_name
+        else "_no version has recall and users/s at a beam yet (run grove eval --beam ...)_",
+        "",
+    ]
     for title, (cols, rows) in sections[2:]:
         parts += [f"## {title}", "", _md_table(cols, rows), ""]
     return "\n".join(parts)
 
 
-def write_report(store, index: str, out: str | pathlib.Path | None = None, fmt: str | None = None,
-                 k: int | None = None, role: str | None = None) -> pathlib.Path:
+def write_report(
+    store,
+    index: str,
+    out: str | pathlib.Path | None = None,
+    fmt: str | None = None,
+    k: int | None = None,
+    role: str | None = None,
+) -> pathlib.Path:
     """Write the report of ``index``; returns the page's path.
 
     out : the page (default ``grove-report-<index>.<fmt>`` in the working directory).

@@ -1,4 +1,5 @@
 """Plain-text tables of metric rows for the terminal."""
+
 from __future__ import annotations
 
 
@@ -13,7 +14,9 @@ def metrics_table(rows: list[dict], names=("precision", "recall", "f1", "ndcg", 
     header = ["beam", "seen", "k"] + present
     lines = [header]
     for (beam, filtered, k), vals in sorted(groups.items(), key=lambda kv: (kv[0][0] == "exhaustive", kv[0])):
-        lines.append([beam, "filtered" if filtered else "kept", str(k)]
-                     + [f"{100 * vals[n]:.2f}%" if n in vals else "" for n in present])
+        lines.append(
+            [beam, "filtered" if filtered else "kept", str(k)]
+            + [f"{100 * vals[n]:.2f}%" if n in vals else "" for n in present]
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in lines)

@@ -22,6 +22,7 @@ pointing at a file that an upstream job rewrites retrains from scratch exactly w
 The order is `models.lifecycle.Plan.retrain`, run on the same step functions `grove cycle` uses
 (`flows.ops`): Prefect tasks inside the flow, the lifecycle's verbs in `retrain_local`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,8 +78,16 @@ def import_snapshot(store: Store, path: str, name: str, split: str, split_config
 
     keys = ("positive_rating", "min_positives", "valid_fraction", "test_fraction", "seed")
     settings = {k: split_config[k] for k in keys if k in split_config}
-    info = import_file(store, path, name, meta={"snapshot_of": path, "imported_by": "retrain",
-                                                "imported_at": datetime.now().isoformat(timespec="seconds")})
+    info = import_file(
+        store,
+        path,
+        name,
+        meta={
+            "snapshot_of": path,
+            "imported_by": "retrain",
+            "imported_at": datetime.now().isoformat(timespec="seconds"),
+        },
+    )
     inter = store.load_interactions(info.name)
     if inter.rating is None:
         settings["positive_rating"] = None
@@ -96,8 +105,10 @@ def prepare(url: str, index: str, method: str | None, data: str | None, rounds: 
     store = Store.open(url)
     base = store.resolve(index)  # production, else the newest version
     if method is not None and method != base.method:
-        raise GroveError(f"index {index!r} holds {base.method} versions; --method {method} does not "
-                         "match (retrain keeps an index's method; use another index for another)")
+        raise GroveError(
+            f"index {index!r} holds {base.method} versions; --method {method} does not "
+            "match (retrain keeps an index's method; use another index for another)"
+        )
     Plan.retrain(base.method, rounds, data is not None)  # refuses negative rounds before any work
     if data is None:
         return base, None
@@ -117,18 +128,37 @@ def eval_settings(gate: GateConfig, ks=(10, 50), beams=(50,)) -> tuple[tuple[int
 
 
 # ------------------------------------------------------------------------------ local runs
-def retrain_target(url: str, index: str, base, fresh, gate: GateConfig, max_users: int | None,
-                   device: str = "auto") -> Target:
+def retrain_target(
+    url: str, index: str, base, fresh, gate: GateConfig, max_users: int | None, device: str = "auto"
+) -> Target:
     """What a retrain run builds: the base's index and method; on new data, the snapshot."""
     ks, beams = eval_settings(gate)
     dataset, split, config = fresh if fresh is not None else (None, "default", None)
-    return Target(url, index, base.method, dataset, split, config, role=gate.role, ks=ks, beams=beams,
-                  max_users=max_users, device=device)
+    return Target(
+        url,
+        index,
+        base.method,
+        dataset,
+        split,
+        config,
+        role=gate.role,
+        ks=ks,
+        beams=beams,
+        max_users=max_users,
+        device=device,
+    )
 
 
-def retrain_local(url: str, index: str, rounds: int = 1, method: str | None = None,
-                  data: str | None = None, gate: dict | None = None, max_users: int | None = None,
-                  device: str = "auto") -> RetrainResult:
+def retrain_local(
+    url: str,
+    index: str,
+    rounds: int = 1,
+    method: str | None = None,
+    data: str | None = None,
+    gate: dict | None = None,
+    max_users: int | None = None,
+    device: str = "auto",
+) -> RetrainResult:
     """The retrain run in-process (no Prefect): same plan, same gate, nothing published."""
     gate_cfg = GateConfig.from_dict(gate)
     base, fresh = prepare(url, index, method, data, rounds)
@@ -139,13 +169,22 @@ def retrain_local(url: str, index: str, rounds: int = 1, method: str | None = No
 
 
 def retrain_result(index, base_id, written, decision: GateDecision, fresh, dataset) -> RetrainResult:
-    return RetrainResult(index, base_id, list(written), decision.candidate, decision.promoted,
-                         decision.reason, fresh[0] if fresh else dataset, fresh is not None,
-                         decision.as_dict())
+    return RetrainResult(
+        index,
+        base_id,
+        list(written),
+        decision.candidate,
+        decision.promoted,
+        decision.reason,
+        fresh[0] if fresh else dataset,
+        fresh is not None,
+        decision.as_dict(),
+    )
 
 
-def rollback_index(url: str | None, index: str, alias: str = "production", to: int | None = None,
-                   reason: str | None = None):
+def rollback_index(
+    url: str | None, index: str, alias: str = "production", to: int | None = None, reason: str | None = None
+):
     """Move ``alias`` back one step (or to version ``to``); the move is logged. Returns the
     `AliasEvent`. See `indexstore.aliases` for what "back" means after several rollbacks."""
     store = Store.open(url)

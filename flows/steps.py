@@ -3,6 +3,7 @@
 wrap these; `--local` runs and tests call them directly. Nothing here holds the store open
 between calls.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,8 +21,15 @@ class StepResult:
     seconds: float
 
 
-def construct(url: str, index: str, method_name: str, config_values: dict | None, dataset: str,
-              split: str = "default", flow_run_id: str | None = None) -> StepResult:
+def construct(
+    url: str,
+    index: str,
+    method_name: str,
+    config_values: dict | None,
+    dataset: str,
+    split: str = "default",
+    flow_run_id: str | None = None,
+) -> StepResult:
     """Initial index of ``method_name`` on ``dataset``/``split`` -> a new version (no parent)."""
     start = time.perf_counter()
     recipe = lifecycle.Recipe.new(method_name, config_values)
@@ -43,11 +51,20 @@ def relearn(url: str, version_id: int, flow_run_id: str | None = None) -> StepRe
     return StepResult(info.id, time.perf_counter() - start)
 
 
-def evaluate(url: str, version_id: int, role: str = "valid", ks: tuple[int, ...] = (10, 50),
-             beams: tuple[int, ...] = (50,), max_users: int | None = None, device: str = "auto",
-             exhaustive: bool | None = None, exhaustive_users: int | None = None) -> list[dict]:
+def evaluate(
+    url: str,
+    version_id: int,
+    role: str = "valid",
+    ks: tuple[int, ...] = (10, 50),
+    beams: tuple[int, ...] = (50,),
+    max_users: int | None = None,
+    device: str = "auto",
+    exhaustive: bool | None = None,
+    exhaustive_users: int | None = None,
+) -> list[dict]:
     """Metrics of a trained version on held-out users, appended to the store (see
     `models.lifecycle.evaluate`); the rows as dicts (for the Prefect table artifact)."""
-    rows = lifecycle.evaluate(Store.open(url), version_id, role, tuple(ks), tuple(beams), max_users, device,
-                              exhaustive, exhaustive_users)
+    rows = lifecycle.evaluate(
+        Store.open(url), version_id, role, tuple(ks), tuple(beams), max_users, device, exhaustive, exhaustive_users
+    )
     return [asdict(r) for r in rows]

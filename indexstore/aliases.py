@@ -14,6 +14,7 @@ record a candidate that was not promoted; they do not move the alias.
 
 Functions take an open SQLAlchemy connection (the caller's transaction).
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -26,9 +27,16 @@ ACTIONS = MOVING_ACTIONS + ("reject",)
 
 
 def _event(row) -> AliasEvent:
-    return AliasEvent(int(row.id), row.index_name, row.alias,
-                      None if row.from_version is None else int(row.from_version),
-                      int(row.to_version), row.action, row.reason, row.at)
+    return AliasEvent(
+        int(row.id),
+        row.index_name,
+        row.alias,
+        None if row.from_version is None else int(row.from_version),
+        int(row.to_version),
+        row.action,
+        row.reason,
+        row.at,
+    )
 
 
 def history(conn: sa.Connection, index: str, alias: str | None = None) -> list[AliasEvent]:
@@ -43,8 +51,9 @@ def history(conn: sa.Connection, index: str, alias: str | None = None) -> list[A
 
 
 def current(conn: sa.Connection, index: str, alias: str) -> int | None:
-    row = conn.execute(sa.text("SELECT version_id FROM aliases WHERE index_name = :i AND alias = :a"),
-                       {"i": index, "a": alias}).first()
+    row = conn.execute(
+        sa.text("SELECT version_id FROM aliases WHERE index_name = :i AND alias = :a"), {"i": index, "a": alias}
+    ).first()
     return None if row is None else int(row[0])
 
 
@@ -58,7 +67,7 @@ def replay(events: list[AliasEvent]) -> list[int]:
             if stack:
                 stack.pop()
             if e.to_version in stack:
-                del stack[len(stack) - stack[::-1].index(e.to_version):]
+                del stack[len(stack) - stack[::-1].index(e.to_version) :]
             else:
                 stack.append(e.to_version)
         elif not stack or stack[-1] != e.to_version:
@@ -66,27 +75,35 @@ def replay(events: list[AliasEvent]) -> list[int]:
     return stack
 
 
-def _append(conn: sa.Connection, index: str, alias: str, from_v: int | None, to_v: int,
-            action: str, reason: str | None) -> AliasEvent:
-    row = conn.execute(sa.text(
-        'INSERT INTO alias_events (index_name, alias, from_version, to_version, action, reason, "at") '
-        "VALUES (:i, :a, :f, :t, :act, :r, :at) RETURNING *"),
-        {"i": index, "a": alias, "f": from_v, "t": to_v, "act": action, "r": reason, "at": utcnow()}).first()
+def _append(
+    conn: sa.Connection, index: str, alias: str, from_v: int | None, to_v: int, action: str, reason: str | None
+) -> AliasEvent:
+    row = conn.execute(
+        sa.text(
+            'INSERT INTO alias_events (index_name, alias, from_version, to_version, action, reason, "at") '
+            "VALUES (:i, :a, :f, :t, :act, :r, :at) RETURNING *"
+        ),
+        {"i": index, "a": alias, "f": from_v, "t": to_v, "act": action, "r": reason, "at": utcnow()},
+    ).first()
     return _event(row)
 
 
-def move(conn: sa.Connection, index: str, alias: str, version_id: int, reason: str | None,
-         action: str = "set") -> AliasEvent:
+def move(
+    conn: sa.Connection, index: str, alias: str, version_id: int, reason: str | None, action: str = "set"
+) -> AliasEvent:
     """Point ``alias`` at ``version_id`` (or only log a 'reject') and append the event."""
     if action not in ACTIONS:
         raise GroveError(f"unknown alias action {action!r}; expected one of {', '.join(ACTIONS)}")
     before = current(conn, index, alias)
     if action != "reject":
-        conn.execute(sa.text(
-            "INSERT INTO aliases (index_name, alias, version_id, updated_at) VALUES (:i, :a, :v, :t) "
-            "ON CONFLICT (index_name, alias) DO UPDATE SET version_id = excluded.version_id, "
-            "updated_at = excluded.updated_at"),
-            {"i": index, "a": alias, "v": version_id, "t": utcnow()})
+        conn.execute(
+            sa.text(
+                "INSERT INTO aliases (index_name, alias, version_id, updated_at) VALUES (:i, :a, :v, :t) "
+                "ON CONFLICT (index_name, alias) DO UPDATE SET version_id = excluded.version_id, "
+                "updated_at = excluded.updated_at"
+            ),
+            {"i": index, "a": alias, "v": version_id, "t": utcnow()},
+        )
     return _append(conn, index, alias, before, version_id, action, reason)
 
 
@@ -96,6 +113,5 @@ def rollback_target(conn: sa.Connection, index: str, alias: str) -> int:
         raise NotFoundError(f"index {index!r} has no alias {alias!r}")
     stack = replay(history(conn, index, alias))
     if len(stack) < 2:
-        raise GroveError(f"alias {alias!r} of index {index!r} has no earlier version to roll back to "
-                         "(use --to V)")
+        raise GroveError(f"alias {alias!r} of index {index!r} has no earlier version to roll back to (use --to V)")
     return stack[-2]

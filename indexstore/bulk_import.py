@@ -19,6 +19,7 @@ converts and inserts it inside the caller's transaction:
 Memory: DuckDB spills to its temporary directory (``<store file>.tmp``) instead of growing past
 ``$GROVE_IMPORT_MEMORY`` (default 2GB), set for the import by `import_settings` and restored after.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,18 @@ _MEMORY_RE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B)", re.IGNORECASE)
 _WS = "' \t\n\r\x0b\x0c'"  # what pyarrow's utf8_trim_whitespace trims from ids (ASCII part)
 _NAIVE = r"'\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?'"
 _ZONED = r"'\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)'"
-_INTEGER = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-            "UINTEGER", "UBIGINT", "UHUGEINT")
+_INTEGER = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+)
 _FLOAT = ("FLOAT", "DOUBLE", "DECIMAL")
 
 
@@ -63,9 +74,9 @@ def import_settings(nat):
         raise GroveError(f"{MEMORY_ENV}={cap!r}: expected a size such as 2GB, 512MB or 4GiB")
     old_memory, old_temp, old_order = nat.execute(
         "SELECT current_setting('memory_limit'), current_setting('temp_directory'), "
-        "current_setting('preserve_insertion_order')").fetchone()
-    store = nat.execute("SELECT path FROM duckdb_databases() WHERE database_name = "
-                        "current_database()").fetchone()[0]
+        "current_setting('preserve_insertion_order')"
+    ).fetchone()
+    store = nat.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
     temp = f"{store}.tmp" if store else old_temp
     nat.execute(f"SET memory_limit = '{cap}'")
     nat.execute("SET preserve_insertion_order = true")
@@ -94,8 +105,9 @@ def _set_temp_directory(nat, path: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------- import
-def import_file(conn: sa.Connection, name: str, source: InteractionFile, items: str | None,
-                seed: int, meta: dict) -> DatasetInfo:
+def import_file(
+    conn: sa.Connection, name: str, source: InteractionFile, items: str | None, seed: int, meta: dict
+) -> DatasetInfo:
     """Import ``source`` as dataset ``name`` inside ``conn``'s transaction (see module doc).
 
     ``items`` : optional item-category file (`readers.read_item_categories`, seeded by ``seed``).
@@ -113,8 +125,9 @@ def import_file(conn: sa.Connection, name: str, source: InteractionFile, items: 
         _insert_rows(nat, name, layout)
         _insert_items(nat, name, items, seed)
     except duckdb.OutOfMemoryException as e:
-        raise GroveError(f"import of {layout.path} ran out of memory ({_first(e)}); raise "
-                         f"{MEMORY_ENV} or free disk for spilling") from None
+        raise GroveError(
+            f"import of {layout.path} ran out of memory ({_first(e)}); raise {MEMORY_ENV} or free disk for spilling"
+        ) from None
     except duckdb.Error as e:
         gzip_fault = layout.gzip and re.search(r"gzip|compress|inflate|zlib", str(e), re.IGNORECASE)
         what = "corrupt gzip file" if gzip_fault else "cannot read the file"
@@ -141,23 +154,27 @@ def _parquet_types(nat, path: str) -> dict:
 def _stage(nat, layout: Layout) -> str:
     """Create the staged table; returns the text encoding that read it ("utf-8"/"latin-1")."""
     if layout.kind == "parquet":
-        nat.execute(f"CREATE TEMP TABLE {STAGE} AS {_stage_select(layout, 'read_parquet(?)')}",
-                    [layout.path])
+        nat.execute(f"CREATE TEMP TABLE {STAGE} AS {_stage_select(layout, 'read_parquet(?)')}", [layout.path])
         return "utf-8"
     for encoding in ("utf-8", "latin-1"):
         for table in (STAGE, REJECTS, REJECT_SCANS):
             nat.execute(f"DROP TABLE IF EXISTS {table}")
         columns = ", ".join(f"'c{k}': 'VARCHAR'" for k in range(len(layout.names)))
-        reader = (f"read_csv(?, delim = ?, quote = ?, escape = ?, encoding = ?, compression = ?, "
-                  f"header = false, skip = {layout.skip}, columns = {{{columns}}}, "
-                  f"auto_detect = false, store_rejects = true, rejects_limit = 1000, "
-                  f"rejects_table = '{REJECTS}', rejects_scan = '{REJECT_SCANS}')")
-        nat.execute(f"CREATE TEMP TABLE {STAGE} AS {_stage_select(layout, reader)}",
-                    [layout.path, layout.delim, layout.quote, layout.quote, encoding,
-                     "gzip" if layout.gzip else "none"])
-        first = nat.execute(f"SELECT line, error_type, csv_line, error_message, "
-                            f"bool_or(error_type = 'INVALID ENCODING') OVER () FROM {REJECTS} "
-                            "ORDER BY line LIMIT 1").fetchone()
+        reader = (
+            f"read_csv(?, delim = ?, quote = ?, escape = ?, encoding = ?, compression = ?, "
+            f"header = false, skip = {layout.skip}, columns = {{{columns}}}, "
+            f"auto_detect = false, store_rejects = true, rejects_limit = 1000, "
+            f"rejects_table = '{REJECTS}', rejects_scan = '{REJECT_SCANS}')"
+        )
+        nat.execute(
+            f"CREATE TEMP TABLE {STAGE} AS {_stage_select(layout, reader)}",
+            [layout.path, layout.delim, layout.quote, layout.quote, encoding, "gzip" if layout.gzip else "none"],
+        )
+        first = nat.execute(
+            f"SELECT line, error_type, csv_line, error_message, "
+            f"bool_or(error_type = 'INVALID ENCODING') OVER () FROM {REJECTS} "
+            "ORDER BY line LIMIT 1"
+        ).fetchone()
         if first is None:
             return encoding
         if not (first[4] and encoding == "utf-8"):  # legacy MovieLens files are latin-1
@@ -183,9 +200,14 @@ def _stage_select(layout: Layout, reader: str) -> str:
     typ = {role: layout.types.get(layout.cols[role], "VARCHAR") for role in col}
     raw = [f"{_id_text(col['user'], typ['user'])} AS u", f"{_id_text(col['item'], typ['item'])} AS i"]
     raw += _raw_inputs("t", col["time"], typ["time"])
-    parsed = ["u", "i", "tv", "tx", f"{_number('t', typ['time'])} AS tn",
-              f"CASE WHEN tv IS NOT NULL AND {_number('t', typ['time'])} IS NULL THEN {_trim('tv')} "
-              "END AS tt"]
+    parsed = [
+        "u",
+        "i",
+        "tv",
+        "tx",
+        f"{_number('t', typ['time'])} AS tn",
+        f"CASE WHEN tv IS NOT NULL AND {_number('t', typ['time'])} IS NULL THEN {_trim('tv')} END AS tt",
+    ]
     final = ["u", "i", f"{_time(typ['time'])} AS ts"]
     if "rating" in col:
         raw += _raw_inputs("r", col["rating"], typ["rating"])
@@ -193,12 +215,14 @@ def _stage_select(layout: Layout, reader: str) -> str:
         final.append("CASE WHEN isfinite(rn) THEN TRY_CAST(rn AS FLOAT) END AS rating")
     if "behavior" in col:
         b = col["behavior"]
-        raw.append(f"COALESCE({b}, '') AS behavior" if layout.kind == "text"  # CSV: '' not NULL
-                   else f"CAST({b} AS VARCHAR) AS behavior")
+        raw.append(
+            f"COALESCE({b}, '') AS behavior"
+            if layout.kind == "text"  # CSV: '' not NULL
+            else f"CAST({b} AS VARCHAR) AS behavior"
+        )
         parsed.append("behavior")
         final.append("behavior")
-    return (f"SELECT {', '.join(final)} FROM (SELECT {', '.join(parsed)} FROM "
-            f"(SELECT {', '.join(raw)} FROM {reader}))")
+    return f"SELECT {', '.join(final)} FROM (SELECT {', '.join(parsed)} FROM (SELECT {', '.join(raw)} FROM {reader}))"
 
 
 def _column(layout: Layout, role: str) -> str:
@@ -218,8 +242,10 @@ def _id_text(c: str, typ: str) -> str:
     if typ in _INTEGER:
         return f"CAST({c} AS VARCHAR)"
     if typ.startswith(_FLOAT):
-        return (f"CASE WHEN {c} = trunc({c}) AND abs({c}) < 1e15 THEN CAST(CAST({c} AS BIGINT) "
-                f"AS VARCHAR) ELSE CAST({c} AS VARCHAR) END")
+        return (
+            f"CASE WHEN {c} = trunc({c}) AND abs({c}) < 1e15 THEN CAST(CAST({c} AS BIGINT) "
+            f"AS VARCHAR) ELSE CAST({c} AS VARCHAR) END"
+        )
     return _trim(f"CAST({c} AS VARCHAR)" if typ != "VARCHAR" else c)
 
 
@@ -251,19 +277,22 @@ def _time(typ: str) -> str:
     dates/datetimes: naive = UTC, offsets honoured, fractions truncated (as pyarrow's cast);
     Parquet timestamps and dates floored to the second."""
     if typ.startswith("TIMESTAMP_NS"):
-        return _floor_div("epoch_ns(tx)", 10 ** 9)
+        return _floor_div("epoch_ns(tx)", 10**9)
     if typ.startswith(("TIMESTAMP", "DATE")):
-        return _floor_div("epoch_us(CAST(tx AS TIMESTAMPTZ))" if "TIME ZONE" in typ
-                          else "epoch_us(CAST(tx AS TIMESTAMP))", 10 ** 6)
+        return _floor_div(
+            "epoch_us(CAST(tx AS TIMESTAMPTZ))" if "TIME ZONE" in typ else "epoch_us(CAST(tx AS TIMESTAMP))", 10**6
+        )
     if typ in _INTEGER:
         return "TRY_CAST(tx AS BIGINT)"
     floor = "CASE WHEN isfinite(tn) THEN TRY_CAST(floor(tn) AS BIGINT) END"
     if typ.startswith(_FLOAT):
         return floor
-    return (f"CASE WHEN tn IS NOT NULL THEN (CASE WHEN tn = floor(tn) THEN COALESCE(TRY_CAST(tv AS "
-            f"BIGINT), {floor}) ELSE {floor} END) "
-            f"WHEN regexp_full_match(tt, {_NAIVE}) THEN epoch_us(TRY_CAST(tt AS TIMESTAMP)) // 1000000 "
-            f"WHEN regexp_full_match(tt, {_ZONED}) THEN epoch_us(TRY_CAST(tt AS TIMESTAMPTZ)) // 1000000 END")
+    return (
+        f"CASE WHEN tn IS NOT NULL THEN (CASE WHEN tn = floor(tn) THEN COALESCE(TRY_CAST(tv AS "
+        f"BIGINT), {floor}) ELSE {floor} END) "
+        f"WHEN regexp_full_match(tt, {_NAIVE}) THEN epoch_us(TRY_CAST(tt AS TIMESTAMP)) // 1000000 "
+        f"WHEN regexp_full_match(tt, {_ZONED}) THEN epoch_us(TRY_CAST(tt AS TIMESTAMPTZ)) // 1000000 END"
+    )
 
 
 def _floor_div(e: str, n: int) -> str:
@@ -295,8 +324,9 @@ def _bad_value(nat, layout: Layout, encoding: str, row: int, role: str) -> str:
         where, value = f"{layout.path} line {lineno} column {name!r}", fields[layout.index(role)]
     else:
         where = f"{layout.path} row {row + 1} column {name!r}"
-        value = nat.execute(f"SELECT CAST({_column(layout, role)} AS VARCHAR) FROM read_parquet(?) "
-                            f"LIMIT 1 OFFSET {row}", [layout.path]).fetchone()[0]
+        value = nat.execute(
+            f"SELECT CAST({_column(layout, role)} AS VARCHAR) FROM read_parquet(?) LIMIT 1 OFFSET {row}", [layout.path]
+        ).fetchone()[0]
     if role in ("user", "item"):
         return f"{where}: missing {role} id"
     what = "timestamp" if role == "time" else "rating"
@@ -336,20 +366,23 @@ def _dense_ids(nat, col: str, table: str) -> int:
 def _insert_rows(nat, name: str, layout: Layout) -> None:
     rating = "CAST(s.rating AS DOUBLE)" if layout.cols["rating"] is not None else "NULL"
     behavior = "s.behavior" if layout.cols["behavior"] is not None else "NULL"
-    nat.execute(f"""INSERT INTO interactions (dataset, user_id, item_id, ts, rating, behavior)
+    nat.execute(
+        f"""INSERT INTO interactions (dataset, user_id, item_id, ts, rating, behavior)
         SELECT $1, u.id, i.id, s.ts, {rating}, {behavior}
         FROM {STAGE} s JOIN {USERS} u ON s.u = u.raw JOIN {ITEMS} i ON s.i = i.raw
-        ORDER BY s.rowid""", [name])
+        ORDER BY s.rowid""",
+        [name],
+    )
     for table, ids, col in (("user_ids", USERS, "user_id"), ("item_ids", ITEMS, "item_id")):
-        nat.execute(f"INSERT INTO {table} (dataset, {col}, raw) SELECT $1, id, raw FROM {ids} "
-                    "ORDER BY id", [name])
+        nat.execute(f"INSERT INTO {table} (dataset, {col}, raw) SELECT $1, id, raw FROM {ids} ORDER BY id", [name])
 
 
 def _insert_items(nat, name: str, items: str | None, seed: int) -> None:
     """Items without categories in SQL; with ``items``, categories read in Python (I rows)."""
     if items is None:
-        nat.execute(f"INSERT INTO items (dataset, item_id, category) SELECT $1, id, NULL "
-                    f"FROM {ITEMS} ORDER BY id", [name])
+        nat.execute(
+            f"INSERT INTO items (dataset, item_id, category) SELECT $1, id, NULL FROM {ITEMS} ORDER BY id", [name]
+        )
         return
     raw = nat.execute(f"SELECT raw FROM {ITEMS} ORDER BY id").fetchnumpy()["raw"]
     item_raw = np.asarray(raw, dtype=object).astype(str)  # (I,) raw id of each dense item

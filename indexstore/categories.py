@@ -2,6 +2,7 @@
 (``id::title::g1|g2``, latin-1), ``movies.csv`` (``movieId,title,genres``), or a CSV with an item
 column and a category column. One category is kept per item (uniform among its categories,
 seeded, as TDM does with multi-genre items)."""
+
 from __future__ import annotations
 
 import csv
@@ -9,9 +10,10 @@ import os
 
 import numpy as np
 
+from .columns import resolve_column, sniff_delimiter
 from .errors import InputError
 from .interactions import ItemCategories
-from .readers import first_line, parse_csv, read_bytes, resolve_column, sniff_delimiter, trimmed_strings
+from .readers import first_line, parse_csv, read_bytes, trimmed_strings
 
 
 def read_item_categories(path, item_raw: np.ndarray, seed: int) -> ItemCategories:
@@ -49,8 +51,7 @@ def _movies_dat(path: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
             continue
         parts = line.split("::")
         if len(parts) < 3:
-            raise InputError(f"{path} line {lineno}: malformed line, expected "
-                             f"'id::title::genres', found {line[:80]!r}")
+            raise InputError(f"{path} line {lineno}: malformed line, expected 'id::title::genres', found {line[:80]!r}")
         items.append(parts[0].strip())
         cats.append(parts[-1].strip())
     return np.asarray(items, dtype=object), np.asarray(cats, dtype=object)
@@ -67,8 +68,7 @@ def _category_csv(path: str, data: bytes, first: bytes) -> tuple[np.ndarray, np.
     return np.asarray(items, dtype=object), np.asarray(cats, dtype=object)
 
 
-def _keep_one(raw_items: np.ndarray, raw_cats: np.ndarray, item_raw: np.ndarray,
-              seed: int) -> ItemCategories:
+def _keep_one(raw_items: np.ndarray, raw_cats: np.ndarray, item_raw: np.ndarray, seed: int) -> ItemCategories:
     # map raw ids to dense through a sorted copy of item_raw; unknown items -> -1
     order = np.argsort(item_raw)
     sorted_raw = item_raw[order]
@@ -79,8 +79,7 @@ def _keep_one(raw_items: np.ndarray, raw_cats: np.ndarray, item_raw: np.ndarray,
     # explode 'a|b|c' fields into pairs, file order kept; drop empty and "(no genres listed)"
     counts = np.fromiter((c.count("|") + 1 for c in raw_cats), np.int64, len(raw_cats))
     pair_item = np.repeat(dense, counts)
-    pair_cat = np.asarray("|".join(raw_cats).split("|"), dtype=object) if len(raw_cats) else \
-        np.zeros(0, dtype=object)
+    pair_cat = np.asarray("|".join(raw_cats).split("|"), dtype=object) if len(raw_cats) else np.zeros(0, dtype=object)
     pair_cat = np.asarray([c.strip() for c in pair_cat], dtype=object)
     ok = (pair_item >= 0) & (pair_cat != "") & (pair_cat != "(no genres listed)")
     pair_item, pair_cat = pair_item[ok], pair_cat[ok]

@@ -5,6 +5,7 @@ the native DuckDB connection underneath (pyarrow in, ``to_arrow_table`` out). Ro
 order they were imported in (DuckDB preserves insertion order on plain scans), so a dataset
 reads back exactly as it was written.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ def _strings(values) -> pa.Array:
 
 
 def dataset_info(row) -> DatasetInfo:
-    return DatasetInfo(row.name, row.source, row.created_at, int(row.n_users), int(row.n_items),
-                       int(row.n_interactions), json.loads(row.meta or "{}"))
+    return DatasetInfo(
+        row.name,
+        row.source,
+        row.created_at,
+        int(row.n_users),
+        int(row.n_items),
+        int(row.n_interactions),
+        json.loads(row.meta or "{}"),
+    )
 
 
 def get_dataset(conn: sa.Connection, name: str) -> DatasetInfo:
@@ -60,14 +68,16 @@ def refuse_existing(conn: sa.Connection, name: str) -> None:
         raise GroveError(f"dataset {name!r} already exists; pick another --name")
 
 
-def import_dataset(conn: sa.Connection, name: str, inter, categories, source: str | None,
-                   meta: dict) -> DatasetInfo:
+def import_dataset(conn: sa.Connection, name: str, inter, categories, source: str | None, meta: dict) -> DatasetInfo:
     """Insert a new dataset (refuses a name already taken: datasets are immutable)."""
     refuse_existing(conn, name)
     _check_interactions(inter, categories)
     nat = native(conn)
-    cols = {"user_id": np.asarray(inter.user, np.int32), "item_id": np.asarray(inter.item, np.int32),
-            "ts": np.asarray(inter.ts, np.int64)}
+    cols = {
+        "user_id": np.asarray(inter.user, np.int32),
+        "item_id": np.asarray(inter.item, np.int32),
+        "ts": np.asarray(inter.ts, np.int64),
+    }
     select = "$1, user_id, item_id, ts"
     if inter.rating is not None:
         cols["rating"] = np.asarray(inter.rating, np.float64)
@@ -75,15 +85,13 @@ def import_dataset(conn: sa.Connection, name: str, inter, categories, source: st
     if inter.behavior is not None:
         cols["behavior"] = _strings(inter.behavior)
     select += ", behavior" if inter.behavior is not None else ", NULL"
-    _insert(nat, "interactions", "dataset, user_id, item_id, ts, rating, behavior", select,
-            pa.table(cols), [name])
+    _insert(nat, "interactions", "dataset, user_id, item_id, ts, rating, behavior", select, pa.table(cols), [name])
     for table, raw in (("user_ids", inter.user_raw), ("item_ids", inter.item_raw)):
         ids = pa.table({"id": np.arange(len(raw), dtype=np.int32), "raw": _strings(raw)})
         col = "user_id" if table == "user_ids" else "item_id"
         _insert(nat, table, f"dataset, {col}, raw", "$1, id, raw", ids, [name])
     write_items(nat, name, len(inter.item_raw), categories)
-    insert_dataset_row(conn, name, source, len(inter.user_raw), len(inter.item_raw),
-                       int(inter.user.shape[0]), meta)
+    insert_dataset_row(conn, name, source, len(inter.user_raw), len(inter.item_raw), int(inter.user.shape[0]), meta)
     return get_dataset(conn, name)
 
 
@@ -91,20 +99,36 @@ def write_items(nat, name: str, n_items: int, categories) -> None:
     """``items`` rows (the kept category per dense item, NULL without ``categories``) and the
     ``item_categories`` pairs of an `ItemCategories` over ``n_items`` items."""
     kept = categories.kept if categories is not None else np.full(n_items, None, object)
-    _insert(nat, "items", "dataset, item_id, category", "$1, id, category",
-            pa.table({"id": np.arange(len(kept), dtype=np.int32), "category": _strings(kept)}), [name])
+    _insert(
+        nat,
+        "items",
+        "dataset, item_id, category",
+        "$1, id, category",
+        pa.table({"id": np.arange(len(kept), dtype=np.int32), "category": _strings(kept)}),
+        [name],
+    )
     if categories is not None and len(categories.pair_item):
-        pairs = pa.table({"id": np.asarray(categories.pair_item, np.int32),
-                          "category": _strings(categories.pair_category)})
+        pairs = pa.table(
+            {"id": np.asarray(categories.pair_item, np.int32), "category": _strings(categories.pair_category)}
+        )
         _insert(nat, "item_categories", "dataset, item_id, category", "$1, id, category", pairs, [name])
 
 
-def insert_dataset_row(conn: sa.Connection, name: str, source: str | None, n_users: int,
-                       n_items: int, n_interactions: int, meta: dict) -> None:
-    conn.execute(sa.text(
-        "INSERT INTO datasets VALUES (:n, :s, :t, :u, :i, :x, :m)"),
-        {"n": name, "s": source, "t": utcnow(), "u": n_users, "i": n_items,
-         "x": n_interactions, "m": json.dumps(meta or {})})
+def insert_dataset_row(
+    conn: sa.Connection, name: str, source: str | None, n_users: int, n_items: int, n_interactions: int, meta: dict
+) -> None:
+    conn.execute(
+        sa.text("INSERT INTO datasets VALUES (:n, :s, :t, :u, :i, :x, :m)"),
+        {
+            "n": name,
+            "s": source,
+            "t": utcnow(),
+            "u": n_users,
+            "i": n_items,
+            "x": n_interactions,
+            "m": json.dumps(meta or {}),
+        },
+    )
 
 
 def _raw(nat, table: str, col: str, name: str) -> np.ndarray:
@@ -123,14 +147,25 @@ def load_interactions(conn: sa.Connection, name: str):
     nat = native(conn)
     t = arrow(nat, "SELECT user_id, item_id, ts, rating, behavior FROM interactions WHERE dataset = $1", [name])
     rating_col, behavior_col = t.column("rating"), t.column("behavior")
-    rating = None if rating_col.null_count == t.num_rows else \
-        np.asarray(rating_col.combine_chunks().fill_null(np.nan)).astype(np.float32)
-    behavior = None if behavior_col.null_count == t.num_rows else \
-        np.asarray(behavior_col.to_numpy(zero_copy_only=False), dtype=object)
-    return Interactions(np.asarray(t.column("user_id")).astype(np.int32),
-                        np.asarray(t.column("item_id")).astype(np.int32),
-                        np.asarray(t.column("ts")).astype(np.int64), rating, behavior,
-                        _raw(nat, "user_ids", "user_id", name), _raw(nat, "item_ids", "item_id", name))
+    rating = (
+        None
+        if rating_col.null_count == t.num_rows
+        else np.asarray(rating_col.combine_chunks().fill_null(np.nan)).astype(np.float32)
+    )
+    behavior = (
+        None
+        if behavior_col.null_count == t.num_rows
+        else np.asarray(behavior_col.to_numpy(zero_copy_only=False), dtype=object)
+    )
+    return Interactions(
+        np.asarray(t.column("user_id")).astype(np.int32),
+        np.asarray(t.column("item_id")).astype(np.int32),
+        np.asarray(t.column("ts")).astype(np.int64),
+        rating,
+        behavior,
+        _raw(nat, "user_ids", "user_id", name),
+        _raw(nat, "item_ids", "item_id", name),
+    )
 
 
 def load_positives(conn: sa.Connection, name: str, positive_rating: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -145,8 +180,9 @@ def load_positives(conn: sa.Connection, name: str, positive_rating: float | None
     where, params = "dataset = $1", [name]
     if rated and positive_rating is not None:  # float32 comparison, as `protocol.positive_mask`
         where, params = where + " AND CAST(rating AS FLOAT) >= CAST($2 AS FLOAT)", [name, str(positive_rating)]
-    cols = nat.execute(f"SELECT user_id, item_id FROM interactions WHERE {where} "
-                       "ORDER BY user_id, ts, rowid", params).fetchnumpy()
+    cols = nat.execute(
+        f"SELECT user_id, item_id FROM interactions WHERE {where} ORDER BY user_id, ts, rowid", params
+    ).fetchnumpy()
     return np.asarray(cols["user_id"], dtype=np.int32), np.asarray(cols["item_id"], dtype=np.int32)
 
 
@@ -162,8 +198,7 @@ def item_category_codes(conn: sa.Connection, name: str) -> tuple[np.ndarray, np.
     ids = np.asarray(t.column("item_id")).astype(np.int64)
     cat = t.column("category").combine_chunks()
     has = np.asarray(cat.is_valid())  # (rows,) bool -- items with a category
-    names, inv = np.unique(np.asarray(cat.drop_null().to_numpy(zero_copy_only=False)).astype(str),
-                           return_inverse=True)
+    names, inv = np.unique(np.asarray(cat.drop_null().to_numpy(zero_copy_only=False)).astype(str), return_inverse=True)
     codes = np.full(info.n_items, -1, dtype=np.int32)
     codes[ids[has]] = inv
     return codes, names
@@ -171,14 +206,22 @@ def item_category_codes(conn: sa.Connection, name: str) -> tuple[np.ndarray, np.
 
 # ----------------------------------------------------------------------------------- splits
 def split_info(row) -> SplitInfo:
-    return SplitInfo(row.dataset, row.name, json.loads(row.config or "{}"), row.created_at,
-                     int(row.n_train), int(row.n_valid), int(row.n_test))
+    return SplitInfo(
+        row.dataset,
+        row.name,
+        json.loads(row.config or "{}"),
+        row.created_at,
+        int(row.n_train),
+        int(row.n_valid),
+        int(row.n_test),
+    )
 
 
 def get_split(conn: sa.Connection, dataset: str, name: str) -> SplitInfo:
     get_dataset(conn, dataset)
-    row = conn.execute(sa.text("SELECT * FROM splits WHERE dataset = :d AND name = :n"),
-                       {"d": dataset, "n": name}).first()
+    row = conn.execute(
+        sa.text("SELECT * FROM splits WHERE dataset = :d AND name = :n"), {"d": dataset, "n": name}
+    ).first()
     if row is None:
         raise NotFoundError(f"dataset {dataset!r} has no split {name!r}: run `grove data split {dataset}`")
     return split_info(row)
@@ -192,8 +235,9 @@ def list_splits(conn: sa.Connection, dataset: str) -> list[SplitInfo]:
 
 def write_split(conn: sa.Connection, dataset: str, name: str, assignment, config: dict) -> SplitInfo:
     info = get_dataset(conn, dataset)
-    if conn.execute(sa.text("SELECT 1 FROM splits WHERE dataset = :d AND name = :n"),
-                    {"d": dataset, "n": name}).first():
+    if conn.execute(
+        sa.text("SELECT 1 FROM splits WHERE dataset = :d AND name = :n"), {"d": dataset, "n": name}
+    ).first():
         raise GroveError(f"dataset {dataset!r} already has a split {name!r}; pick another --split")
     users = np.asarray(assignment.users, dtype=np.int32)
     roles = np.asarray(assignment.roles).astype(str)
@@ -204,13 +248,28 @@ def write_split(conn: sa.Connection, dataset: str, name: str, assignment, config
         raise GroveError(f"split role {roles[bad[0]]!r} is not one of {', '.join(ROLES)}")
     if users.size and (users.min() < 0 or users.max() >= info.n_users):
         raise GroveError(f"a split user is outside [0, {info.n_users})")
-    _insert(native(conn), "split_users", "dataset, split, user_id, role", "$1, $2, u, r",
-            pa.table({"u": users, "r": pa.array(roles, type=pa.string())}), [dataset, name])
+    _insert(
+        native(conn),
+        "split_users",
+        "dataset, split, user_id, role",
+        "$1, $2, u, r",
+        pa.table({"u": users, "r": pa.array(roles, type=pa.string())}),
+        [dataset, name],
+    )
     counts = {r: int((roles == r).sum()) for r in ROLES}
     full = {**dict(getattr(assignment, "config", {}) or {}), **(config or {})}
-    conn.execute(sa.text("INSERT INTO splits VALUES (:d, :n, :c, :t, :a, :b, :e)"),
-                 {"d": dataset, "n": name, "c": json.dumps(full), "t": utcnow(),
-                  "a": counts["train"], "b": counts["valid"], "e": counts["test"]})
+    conn.execute(
+        sa.text("INSERT INTO splits VALUES (:d, :n, :c, :t, :a, :b, :e)"),
+        {
+            "d": dataset,
+            "n": name,
+            "c": json.dumps(full),
+            "t": utcnow(),
+            "a": counts["train"],
+            "b": counts["valid"],
+            "e": counts["test"],
+        },
+    )
     return get_split(conn, dataset, name)
 
 
@@ -219,8 +278,11 @@ def load_assignment(conn: sa.Connection, dataset: str, name: str):
     from indexstore.protocol import SplitAssignment
 
     info = get_split(conn, dataset, name)
-    t = arrow(native(conn), "SELECT user_id, role FROM split_users WHERE dataset = $1 AND split = $2 "
-              "ORDER BY user_id", [dataset, name])
+    t = arrow(
+        native(conn),
+        "SELECT user_id, role FROM split_users WHERE dataset = $1 AND split = $2 ORDER BY user_id",
+        [dataset, name],
+    )
     users = np.asarray(t.column("user_id")).astype(np.int32)
     roles = np.asarray(t.column("role").to_numpy(zero_copy_only=False)).astype(str)
     return SplitAssignment(users, roles, info.config), info

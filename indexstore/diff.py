@@ -10,6 +10,7 @@ Forests compare tree t with tree t (for the trees both have). Codes compare slot
 (paths sorted per item first, so a reordering of an item's J paths is not a move) and report an
 item as moved when its set of paths changed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ def _item_codes(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _pad(a: np.ndarray, width: int) -> np.ndarray:
     out = np.full((a.shape[0], width), -1, dtype=np.int64)
-    out[:, :a.shape[1]] = a
+    out[:, : a.shape[1]] = a
     return out
 
 
@@ -74,11 +75,11 @@ def diff_structures(v1: int, s1: Structure, v2: int, s2: Structure) -> VersionDi
     """Per-item differences between two structures over the same item set."""
     k1, k2 = kind_of(s1), kind_of(s2)
     if (k1 == "codes") != (k2 == "codes"):
-        raise GroveError(f"cannot diff version {v1} ({k1}) with version {v2} ({k2}): "
-                         "one is a tree index, the other path codes")
+        raise GroveError(
+            f"cannot diff version {v1} ({k1}) with version {v2} ({k2}): one is a tree index, the other path codes"
+        )
     if s1.n_items != s2.n_items:
-        raise GroveError(f"versions {v1} and {v2} index different item sets "
-                         f"({s1.n_items} vs {s2.n_items} items)")
+        raise GroveError(f"versions {v1} and {v2} index different item sets ({s1.n_items} vs {s2.n_items} items)")
     if isinstance(s1, PathCodes) and isinstance(s2, PathCodes):
         return VersionDiff(v1, v2, "codes", _diff_codes(s1, s2))
     if isinstance(s1, PathCodes) or isinstance(s2, PathCodes):

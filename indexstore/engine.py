@@ -10,6 +10,7 @@ connection; `native` reaches the DuckDB connection underneath (same transaction)
 arrays. A file locked by another process is retried for ``GROVE_STORE_WAIT`` seconds
 (default 10) and then reported as `StoreBusyError`.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,10 @@ from indexstore.errors import GroveError, SchemaError, StoreBusyError
 DEFAULT_URL = "duckdb:///grove.duckdb"
 # another process holds the file's lock, or (same process) a connection with another
 # read_only setting is open, e.g. the retrieval service's alias poll beside a writer: both pass
-_LOCK_RE = re.compile(r"Could not set lock on file|Conflicting lock is held|"
-                      r"different configuration than existing connections|Unique file handle conflict")
+_LOCK_RE = re.compile(
+    r"Could not set lock on file|Conflicting lock is held|"
+    r"different configuration than existing connections|Unique file handle conflict"
+)
 
 
 def default_url(url: str | None = None) -> str:
@@ -66,6 +69,7 @@ def connect(engine: sa.Engine, wait: float | None = None) -> sa.Connection:
 
     Raises `StoreBusyError` after ``wait`` seconds (default ``$GROVE_STORE_WAIT`` or 10).
     """
+
     def attempt() -> sa.Connection:
         try:
             return engine.connect()
@@ -96,8 +100,11 @@ def retry_while_locked(attempt: Callable[[], T], name: str, wait: float | None =
         except _Locked as exc:
             now = time.monotonic()
             if now - told >= 30 and os.environ.get("GROVE_QUIET") != "1":  # a long wait says so
-                print(f"store {name} is locked by another process; waiting ({now - start:.0f} s of "
-                      f"{wait:.0f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"store {name} is locked by another process; waiting ({now - start:.0f} s of {wait:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 told = now
             if now >= deadline:
                 pid = re.search(r"PID (\d+)", str(exc))
@@ -120,6 +127,16 @@ def transaction(engine: sa.Engine, wait: float | None = None) -> Iterator[sa.Con
     try:
         with conn.begin():
             yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def read_only(url: str) -> Iterator[sa.Connection]:
+    """A short read-only connection to the store at ``url`` (DuckDB: a read-only open)."""
+    conn = connect(make_engine(url, read_only=True))
+    try:
+        yield conn
     finally:
         conn.close()
 

@@ -2,6 +2,7 @@
 
 Times are naive UTC `datetime`s; JSON columns come back as dicts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

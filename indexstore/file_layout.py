@@ -9,6 +9,7 @@ DuckDB (`indexstore.bulk_import`).
 of data record N (0-based, in file order). It runs only on error paths, to name the line and the
 value of the first bad record.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,15 +20,9 @@ import re
 import zlib
 from dataclasses import dataclass
 
+from indexstore.columns import resolve_column, sniff_delimiter
 from indexstore.errors import InputError
-from indexstore.readers import (
-    FORMATS,
-    HEADERLESS_NAMES,
-    detect_text_format,
-    is_numeric_line,
-    resolve_column,
-    sniff_delimiter,
-)
+from indexstore.readers import FORMATS, HEADERLESS_NAMES, detect_text_format, is_numeric_line
 
 ROLES = ("user", "item", "time", "rating", "behavior")
 _REQUIRED = ("user", "item", "time")
@@ -120,16 +115,19 @@ def _text_layout(source: InteractionFile, first: bytes, blank_lines: int, is_gzi
     else:
         n_fields = len(first.split(delim.encode()))
         if n_fields not in HEADERLESS_NAMES:
-            raise InputError(f"{path}: header-less file with {n_fields} fields per line; expected "
-                             "user, item, [rating,] timestamp, or add a header line")
+            raise InputError(
+                f"{path}: header-less file with {n_fields} fields per line; expected "
+                "user, item, [rating,] timestamp, or add a header line"
+            )
         names = tuple(HEADERLESS_NAMES[n_fields])
     cols = _resolve(path, names, source.asked())
     return Layout(path, "text", names, cols, {}, is_gzip, delim, quote, blank_lines + int(header))
 
 
 def _resolve(path: str, names: tuple, asked: dict) -> dict:
-    return {role: resolve_column(path, list(names), role, name, required=role in _REQUIRED)
-            for role, name in asked.items()}
+    return {
+        role: resolve_column(path, list(names), role, name, required=role in _REQUIRED) for role, name in asked.items()
+    }
 
 
 def _first_line(path: str, is_gzip: bool) -> tuple[bytes, int]:
@@ -143,13 +141,12 @@ def _first_line(path: str, is_gzip: bool) -> tuple[bytes, int]:
                 chunk = chunk[3:]
             first = False
             if b"\x00" in chunk:
-                raise InputError(f"{path}: binary data (a NUL byte); expected a text or Parquet "
-                                 "interaction file")
+                raise InputError(f"{path}: binary data (a NUL byte); expected a text or Parquet interaction file")
             buf += chunk
             if not buf.strip():  # only whitespace so far: keep its line count, not its bytes
                 if not chunk:
                     raise InputError(f"{path}: file is empty")
-                skipped, buf = skipped + buf.count(b"\n"), buf[buf.rfind(b"\n") + 1:]
+                skipped, buf = skipped + buf.count(b"\n"), buf[buf.rfind(b"\n") + 1 :]
                 continue
             text_at = len(buf) - len(buf.lstrip())
             if b"\n" in buf[text_at:] or not chunk:
@@ -174,10 +171,12 @@ def _read(f, path: str) -> bytes:
 
 # ---------------------------------------------------------------------- error path: records
 
+
 def _text_lines(layout: Layout, encoding: str):
     raw = _open_bytes(layout.path, layout.gzip)
-    return io.TextIOWrapper(raw, encoding="utf-8-sig" if encoding == "utf-8" else encoding,
-                            errors="replace", newline="")
+    return io.TextIOWrapper(
+        raw, encoding="utf-8-sig" if encoding == "utf-8" else encoding, errors="replace", newline=""
+    )
 
 
 def _records(layout: Layout, encoding: str):
@@ -214,6 +213,8 @@ def first_malformed(layout: Layout, encoding: str = "utf-8") -> str | None:
     for lineno, fields in _records(layout, encoding):
         if len(fields) != expected:
             shown = layout.delim.join(fields)[:80]
-            return (f"{layout.path} line {lineno}: malformed line, expected {expected} fields, "
-                    f"found {len(fields)}: {shown!r}")
+            return (
+                f"{layout.path} line {lineno}: malformed line, expected {expected} fields, "
+                f"found {len(fields)}: {shown!r}"
+            )
     return None

@@ -1,5 +1,6 @@
 """The in-memory data types of a dataset: its interactions with dense ids and raw-id maps, and
 its items' categories. Plain numpy containers (no SQL, no parsing)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ source file. `ItemIds` keeps the raw ids as one numpy string array and a sorted 
 of raw ids maps to dense ids with one `np.searchsorted` (no Python dict of n strings: at 10^7
 items a dict costs several GB, the arrays a few hundred MB).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -18,8 +19,8 @@ class ItemIds:
 
     def __init__(self, raw: np.ndarray):
         self.raw = np.asarray(raw, dtype=str)
-        self._order = np.argsort(self.raw, kind="stable")   # (n,) dense ids in raw-id order
-        self._sorted = self.raw[self._order]                 # (n,) raw ids, sorted
+        self._order = np.argsort(self.raw, kind="stable")  # (n,) dense ids in raw-id order
+        self._sorted = self.raw[self._order]  # (n,) raw ids, sorted
 
     def __len__(self) -> int:
         return int(self.raw.shape[0])

@@ -13,6 +13,7 @@ held-out halves -> `SplitData`.
 Everything is vectorised over all positives (no loop per user); training windows and histories
 are contiguous 69-entry slices of one padded array (see `_Windows`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,8 +56,9 @@ def positive_mask(inter: Interactions, positive_rating: float | None) -> np.ndar
     return inter.rating >= np.float32(positive_rating)
 
 
-def _held_out_sizes(n_kept: int, valid_fraction: float, test_fraction: float,
-                    n_valid: int | None, n_test: int | None) -> tuple[int, int]:
+def _held_out_sizes(
+    n_kept: int, valid_fraction: float, test_fraction: float, n_valid: int | None, n_test: int | None
+) -> tuple[int, int]:
     """Numbers of valid / test users: absolute counts if given, else rounded fractions of the
     kept users, at least 1 each while at least one training user remains."""
     for name, frac in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
@@ -73,14 +75,21 @@ def _held_out_sizes(n_kept: int, valid_fraction: float, test_fraction: float,
             sizes.append(max(want, 1) if frac > 0 and n_kept >= 3 else want)
     n_v, n_t = sizes
     if n_v + n_t >= n_kept:
-        raise InputError(f"{n_v} valid + {n_t} test users leave no training user among the "
-                         f"{n_kept} users kept")
+        raise InputError(f"{n_v} valid + {n_t} test users leave no training user among the {n_kept} users kept")
     return n_v, n_t
 
 
-def split_users(inter: Interactions, *, positive_rating: float | None = 4.0, min_positives: int = 10,
-                valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-                n_valid: int | None = None, n_test: int | None = None) -> SplitAssignment:
+def split_users(
+    inter: Interactions,
+    *,
+    positive_rating: float | None = 4.0,
+    min_positives: int = 10,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    n_valid: int | None = None,
+    n_test: int | None = None,
+) -> SplitAssignment:
     """Assign kept users to train / valid / test.
 
     Parameters
@@ -100,20 +109,25 @@ def split_users(inter: Interactions, *, positive_rating: float | None = 4.0, min
     per_user = np.bincount(inter.user[pos], minlength=inter.n_users)  # (U,)
     kept = np.flatnonzero(per_user >= min_positives).astype(np.int32)
     if kept.shape[0] == 0:
-        raise InputError(f"no user has >= {min_positives} positives "
-                         f"(rating >= {positive_rating}); lower min_positives or positive_rating")
+        raise InputError(
+            f"no user has >= {min_positives} positives "
+            f"(rating >= {positive_rating}); lower min_positives or positive_rating"
+        )
     n_v, n_t = _held_out_sizes(kept.shape[0], valid_fraction, test_fraction, n_valid, n_test)
     perm = np.random.default_rng(seed).permutation(kept.shape[0])
     roles = np.full(kept.shape[0], "train", dtype="<U5")
     roles[perm[:n_v]] = "valid"
-    roles[perm[n_v:n_v + n_t]] = "test"
+    roles[perm[n_v : n_v + n_t]] = "test"
     config = {
         "protocol": PROTOCOL_VERSION,
-        "positive_rating": None if positive_rating is None or inter.rating is None
-        else float(positive_rating),
-        "min_positives": int(min_positives), "valid_fraction": float(valid_fraction),
-        "test_fraction": float(test_fraction), "n_valid": n_v, "n_test": n_t,
-        "n_train": int(kept.shape[0] - n_v - n_t), "seed": int(seed),
+        "positive_rating": None if positive_rating is None or inter.rating is None else float(positive_rating),
+        "min_positives": int(min_positives),
+        "valid_fraction": float(valid_fraction),
+        "test_fraction": float(test_fraction),
+        "n_valid": n_v,
+        "n_test": n_t,
+        "n_train": int(kept.shape[0] - n_v - n_t),
+        "seed": int(seed),
         "n_positives": int(per_user[kept].sum()),
     }
     return SplitAssignment(kept, roles, config)
@@ -155,8 +169,9 @@ def _csr(items: np.ndarray, row_starts: np.ndarray, take: np.ndarray) -> tuple[n
     return offsets, items[idx].astype(np.int32)
 
 
-def _held_out(role_users: np.ndarray, items: np.ndarray, starts: np.ndarray,
-              counts: np.ndarray, windows: _Windows) -> HeldOutUsers:
+def _held_out(
+    role_users: np.ndarray, items: np.ndarray, starts: np.ndarray, counts: np.ndarray, windows: _Windows
+) -> HeldOutUsers:
     """First floor(n/2) positives -> histories + S(u), the rest -> G(u)."""
     n = counts[role_users]
     half = n // 2
@@ -166,9 +181,17 @@ def _held_out(role_users: np.ndarray, items: np.ndarray, starts: np.ndarray,
     return HeldOutUsers(role_users.astype(np.int32), histories, seen_off, seen, truth_off, truth)
 
 
-def build_split_data(inter: Interactions, assignment: SplitAssignment, n_items: int,
-                     item_category_codes: np.ndarray | None, dataset: str, split: str, *,
-                     positive_rating: float | None = 4.0, min_behaviours: int = 1) -> SplitData:
+def build_split_data(
+    inter: Interactions,
+    assignment: SplitAssignment,
+    n_items: int,
+    item_category_codes: np.ndarray | None,
+    dataset: str,
+    split: str,
+    *,
+    positive_rating: float | None = 4.0,
+    min_behaviours: int = 1,
+) -> SplitData:
     """Training windows and held-out users of a split.
 
     Parameters
@@ -189,14 +212,31 @@ def build_split_data(inter: Interactions, assignment: SplitAssignment, n_items: 
     pos = np.flatnonzero(positive_mask(inter, positive_rating))
     # order positives by (user, ts, file order): lexsort is stable, so file order breaks ties
     order = pos[np.lexsort((inter.ts[pos], inter.user[pos]))]
-    return split_data_from_positives(inter.user[order], inter.item[order], inter.n_users, assignment, n_items,
-                                     item_category_codes, dataset, split, min_behaviours=min_behaviours)
+    return split_data_from_positives(
+        inter.user[order],
+        inter.item[order],
+        inter.n_users,
+        assignment,
+        n_items,
+        item_category_codes,
+        dataset,
+        split,
+        min_behaviours=min_behaviours,
+    )
 
 
-def split_data_from_positives(user_sorted: np.ndarray, items: np.ndarray, n_users: int,
-                              assignment: SplitAssignment, n_items: int,
-                              item_category_codes: np.ndarray | None, dataset: str, split: str, *,
-                              min_behaviours: int = 1) -> SplitData:
+def split_data_from_positives(
+    user_sorted: np.ndarray,
+    items: np.ndarray,
+    n_users: int,
+    assignment: SplitAssignment,
+    n_items: int,
+    item_category_codes: np.ndarray | None,
+    dataset: str,
+    split: str,
+    *,
+    min_behaviours: int = 1,
+) -> SplitData:
     """`build_split_data` from the positives alone, already ordered by (user, time, file order):
     user_sorted (P,) and items (P,) dense ids (the store reads them so, sorted by its engine)."""
     if min_behaviours < 1:
@@ -221,19 +261,31 @@ def split_data_from_positives(user_sorted: np.ndarray, items: np.ndarray, n_user
     if item_category_codes is None:
         item_category_codes = np.full(n_items, -1, dtype=np.int32)
     return SplitData(
-        dataset=dataset, split=split, n_items=int(n_items),
-        item_category=np.asarray(item_category_codes, dtype=np.int32), item_popularity=popularity,
-        train=train, train_offsets=train_off, train_items=train_items,
+        dataset=dataset,
+        split=split,
+        n_items=int(n_items),
+        item_category=np.asarray(item_category_codes, dtype=np.int32),
+        item_popularity=popularity,
+        train=train,
+        train_offsets=train_off,
+        train_items=train_items,
         valid=_held_out(np.flatnonzero(role_of == 1), items, starts, counts, windows),
         test=_held_out(np.flatnonzero(role_of == 2), items, starts, counts, windows),
     )
 
 
-def _training_samples(user_sorted: np.ndarray, items: np.ndarray, starts: np.ndarray,
-                      role_of: np.ndarray, min_behaviours: int, windows: _Windows) -> TrainingSamples:
+def _training_samples(
+    user_sorted: np.ndarray,
+    items: np.ndarray,
+    starts: np.ndarray,
+    role_of: np.ndarray,
+    min_behaviours: int,
+    windows: _Windows,
+) -> TrainingSamples:
     """Every training positive with >= min_behaviours preceding positives of its user."""
     rank = np.arange(user_sorted.shape[0], dtype=np.int64) - starts[user_sorted]  # (P,) preceding
     sample = np.flatnonzero((role_of[user_sorted] == 0) & (rank >= min_behaviours))  # (n,)
     users = user_sorted[sample]
-    return TrainingSamples(windows.sequence, windows.starts(sample, users),
-                           items[sample].astype(np.int32), users.astype(np.int32))
+    return TrainingSamples(
+        windows.sequence, windows.starts(sample, users), items[sample].astype(np.int32), users.astype(np.int32)
+    )

@@ -18,6 +18,7 @@ strings, then converted column-wise, so the raw ids are kept exactly ("007" stay
 conversion fails, the offending row is located by bisection (only on that error path) and
 reported with its file line number.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
+from .columns import first_bad, line_number, resolve_column, sniff_delimiter
 from .errors import InputError
 from .interactions import Interactions
 
@@ -65,12 +67,18 @@ def first_line(data: bytes) -> bytes:
     while start < len(data) and data[start] in b"\r\n":
         start += 1
     end = data.find(b"\n", start)
-    return data[start:end if end >= 0 else len(data)].rstrip(b"\r")
+    return data[start : end if end >= 0 else len(data)].rstrip(b"\r")
 
 
-def read_interactions(path, fmt: str = "auto", user_col: str | None = None,
-                      item_col: str | None = None, time_col: str | None = None,
-                      rating_col: str | None = None, behavior_col: str | None = None) -> Interactions:
+def read_interactions(
+    path,
+    fmt: str = "auto",
+    user_col: str | None = None,
+    item_col: str | None = None,
+    time_col: str | None = None,
+    rating_col: str | None = None,
+    behavior_col: str | None = None,
+) -> Interactions:
     """Read an interaction file into dense-id arrays.
 
     Parameters
@@ -89,8 +97,7 @@ def read_interactions(path, fmt: str = "auto", user_col: str | None = None,
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     path = os.fspath(path)
-    asked = {"user": user_col, "item": item_col, "time": time_col, "rating": rating_col,
-             "behavior": behavior_col}
+    asked = {"user": user_col, "item": item_col, "time": time_col, "rating": rating_col, "behavior": behavior_col}
     if fmt == "parquet" or (fmt == "auto" and _is_parquet(path)):
         table, src = _read_parquet(path, asked)
     else:
@@ -158,8 +165,10 @@ def _read_text(path: str, fmt: str, asked: dict):
     if names is None:
         n_fields = len(first.split(b"::" if fmt == "ml-dat" else delim.encode()))
         if n_fields not in HEADERLESS_NAMES:
-            raise InputError(f"{path}: header-less file with {n_fields} fields per line; expected "
-                             "user, item, [rating,] timestamp, or add a header line")
+            raise InputError(
+                f"{path}: header-less file with {n_fields} fields per line; expected "
+                "user, item, [rating,] timestamp, or add a header line"
+            )
         names = HEADERLESS_NAMES[n_fields]
     cols = _resolve_all(path, names, asked)
     table = parse_csv(path, data, names, header, delim, quote, cols)
@@ -189,8 +198,7 @@ def parse_csv(path, data, names, header, delim, quote, cols) -> pa.Table:
     conv = pv.ConvertOptions(include_columns=needed, column_types={c: pa.string() for c in needed})
     for attempt in (0, 1):
         try:
-            return pv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse,
-                               convert_options=conv)
+            return pv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse, convert_options=conv)
         except pa.ArrowInvalid as e:
             msg = str(e)
             if "columns, got" in msg:
@@ -224,8 +232,7 @@ def _to_interactions(table: pa.Table, src: _Source) -> Interactions:
     rating = _numbers(get("rating"), src, "rating") if cols["rating"] else None
     behavior = None
     if cols["behavior"]:
-        behavior = np.asarray(pc.cast(get("behavior"), pa.string()).to_numpy(zero_copy_only=False),
-                              dtype=object)
+        behavior = np.asarray(pc.cast(get("behavior"), pa.string()).to_numpy(zero_copy_only=False), dtype=object)
     return Interactions(user, item, ts, rating, behavior, user_raw, item_raw)
 
 
@@ -313,12 +320,13 @@ def _timestamps(arr: pa.Array, src: _Source) -> np.ndarray:
     seconds; ISO dates / datetimes (naive = UTC, or with an offset) are converted."""
     t = arr.type
     if pa.types.is_timestamp(t) or pa.types.is_date(t):  # Parquet temporal columns
-        per_second = {"s": 1, "ms": 10 ** 3, "us": 10 ** 6, "ns": 10 ** 9}
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
         if pa.types.is_date(t):
             arr = pc.cast(arr, pa.timestamp("ms"))
         ticks = pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False)
-        arr = pa.array(np.floor_divide(ticks, per_second[arr.type.unit]), mask=pc.is_null(arr).to_numpy(
-            zero_copy_only=False))
+        arr = pa.array(
+            np.floor_divide(ticks, per_second[arr.type.unit]), mask=pc.is_null(arr).to_numpy(zero_copy_only=False)
+        )
     elif pa.types.is_integer(t) or pa.types.is_floating(t):
         arr = pc.floor(pc.cast(arr, pa.float64())) if pa.types.is_floating(t) else arr
     else:
@@ -336,8 +344,8 @@ def _parse_time_strings(arr: pa.Array, src: _Source) -> pa.Array:
     converters = [
         lambda a: pc.cast(a, pa.int64()),
         lambda a: pc.cast(pc.floor(pc.cast(a, pa.float64())), pa.int64()),
-        lambda a: pc.divide(pc.cast(pc.cast(a, pa.timestamp("ns")), pa.int64()), 10 ** 9),
-        lambda a: pc.divide(pc.cast(pc.cast(a, pa.timestamp("ns", tz="UTC")), pa.int64()), 10 ** 9),
+        lambda a: pc.divide(pc.cast(pc.cast(a, pa.timestamp("ns")), pa.int64()), 10**9),
+        lambda a: pc.divide(pc.cast(pc.cast(a, pa.timestamp("ns", tz="UTC")), pa.int64()), 10**9),
     ]
     for conv in converters:
         try:
@@ -347,8 +355,10 @@ def _parse_time_strings(arr: pa.Array, src: _Source) -> pa.Array:
     # pick the converter matching the first value to find the first offending row
     probe = next((conv for conv in converters if _ok(conv, arr.slice(0, 1))), converters[0])
     row = first_bad(arr, probe)
-    raise InputError(f"{src.where(row, 'time')}: non-numeric timestamp {arr[row].as_py()!r} "
-                     "(expected epoch seconds or an ISO date/datetime)")
+    raise InputError(
+        f"{src.where(row, 'time')}: non-numeric timestamp {arr[row].as_py()!r} "
+        "(expected epoch seconds or an ISO date/datetime)"
+    )
 
 
 def _ok(conv, arr) -> bool:
@@ -357,75 +367,3 @@ def _ok(conv, arr) -> bool:
         return True
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
-
-
-# --------------------------------------------------------------------------- helpers
-
-_CANDIDATES = {
-    "user": ("user", "user_id", "userId", "uid", "visitorid", "reviewerID", "customer_id"),
-    "item": ("item", "item_id", "itemId", "movieId", "movie_id", "iid", "product_id", "asin"),
-    "time": ("ts", "time", "timestamp", "datetime", "date", "event_time", "unix_time"),
-    "rating": ("rating", "ratings", "score", "stars", "overall"),
-    "behavior": ("behavior", "behaviour", "behavior_type", "behaviour_type", "event_type", "action"),
-    "category": ("category", "categories", "genre", "genres", "cat", "category_id"),
-}
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[\s_\-]", "", name).lower()
-
-
-def resolve_column(path: str, names: list[str], role: str, asked: str | None,
-                   required: bool) -> str | None:
-    """The column of ``names`` playing ``role``: ``asked`` (exact, then case-insensitive) or the
-    first common name found. InputError listing the columns found when it is missing."""
-    found = ", ".join(names)
-    if asked is not None:
-        for match in ([n for n in names if n == asked], [n for n in names if _norm(n) == _norm(asked)]):
-            if match:
-                return match[0]
-        raise InputError(f"{path}: column {asked!r} ({role}_col) not found; columns found: {found}")
-    normed = {_norm(n): n for n in reversed(names)}
-    for cand in _CANDIDATES[role]:
-        if _norm(cand) in normed:
-            return normed[_norm(cand)]
-    if required:
-        tried = ", ".join(_CANDIDATES[role][:4])
-        raise InputError(f"{path}: no {role} column (tried {tried}, ...); columns found: {found}; "
-                         f"name it with {role}_col")
-    return None
-
-
-def sniff_delimiter(header: bytes) -> str:
-    """Tab if the line has tabs, ';' if it has semicolons and no commas, else ','."""
-    if b"\t" in header:
-        return "\t"
-    if b";" in header and b"," not in header:
-        return ";"
-    return ","
-
-
-def line_number(data: bytes, header: int, row: int) -> int:
-    """1-based file line of data row ``row`` (blank lines are skipped by the parser)."""
-    if b"\n\n" not in data and b"\n\r\n" not in data and not data.startswith((b"\n", b"\r\n")):
-        return header + row + 1
-    seen = -1
-    for lineno, line in enumerate(data.split(b"\n"), start=1):
-        if lineno > header and line.strip():
-            seen += 1
-            if seen == row:
-                return lineno
-    return header + row + 1
-
-
-def first_bad(arr: pa.Array, convert) -> int:
-    """Index of the first element on which ``convert`` raises (bisection: ~2n work)."""
-    lo, n = 0, len(arr)
-    while n > 1:
-        half = n // 2
-        try:
-            convert(arr.slice(lo, half))
-            lo, n = lo + half, n - half
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            n = half
-    return lo

@@ -11,6 +11,7 @@ Conventions
 * Variable-length sets (a user's full history, ground truth) are CSR pairs
   ``(offsets (u+1,), items (nnz,))``; time order is kept inside each row (oldest first).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ PAD = -1
 
 def csr_rows(offsets: np.ndarray, items: np.ndarray) -> list[np.ndarray]:
     """Split a CSR pair into a list of per-row arrays (for small data and tests)."""
-    return [items[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return [items[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 def pad_histories(histories: list, width: int = MAX_BEHAVIOURS) -> np.ndarray:
@@ -32,7 +33,7 @@ def pad_histories(histories: list, width: int = MAX_BEHAVIOURS) -> np.ndarray:
     out = np.full((len(histories), width), PAD, dtype=np.int32)
     for i, h in enumerate(histories):
         h = np.asarray(h, dtype=np.int64)[-width:][::-1]
-        out[i, :h.shape[0]] = h
+        out[i, : h.shape[0]] = h
     return out
 
 
@@ -64,8 +65,12 @@ class TrainingSamples:
         if beh.ndim != 2 or beh.shape[1] > MAX_BEHAVIOURS:
             raise ValueError(f"behaviours must be (n, <= {MAX_BEHAVIOURS}), got {beh.shape}")
         beh = np.pad(beh.astype(np.int32), ((0, 0), (0, MAX_BEHAVIOURS - beh.shape[1])), constant_values=PAD)
-        return cls(beh.reshape(-1), np.arange(beh.shape[0], dtype=np.int64) * MAX_BEHAVIOURS,
-                   np.asarray(targets, dtype=np.int32), np.asarray(users, dtype=np.int32))
+        return cls(
+            beh.reshape(-1),
+            np.arange(beh.shape[0], dtype=np.int64) * MAX_BEHAVIOURS,
+            np.asarray(targets, dtype=np.int32),
+            np.asarray(users, dtype=np.int32),
+        )
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -111,8 +116,9 @@ class HeldOutUsers:
         """The first n users (for quick evaluation)."""
         n = min(n, len(self))
         so, to = self.seen_offsets[: n + 1], self.truth_offsets[: n + 1]
-        return HeldOutUsers(self.users[:n], self.histories[:n], so, self.seen_items[: so[-1]],
-                            to, self.truth_items[: to[-1]])
+        return HeldOutUsers(
+            self.users[:n], self.histories[:n], so, self.seen_items[: so[-1]], to, self.truth_items[: to[-1]]
+        )
 
 
 @dataclass(frozen=True, eq=False)

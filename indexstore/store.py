@@ -11,6 +11,7 @@ connection (NullPool: the DuckDB file is free between calls) and returns plain f
 Nothing published is updated in place: versions are written once (status 'ready'), metrics
 are appended, aliases move with a logged event.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,14 @@ from contextlib import contextmanager
 import numpy as np
 import sqlalchemy as sa
 
-from indexstore import aliases, bulk_import, datasets_io, staging, version_io
+from indexstore import aliases, bulk_import, datasets_io, metrics_io, staging, version_io
 from indexstore.diff import VersionDiff, diff_structures
-from indexstore.engine import check_schema, connect, default_url, make_engine, native, transaction
+from indexstore.engine import check_schema, connect, default_url, make_engine, native, read_only, transaction
 from indexstore.entities import AliasEvent, DatasetInfo, MetricRow, SplitInfo, VersionInfo, utcnow
 from indexstore.errors import GroveError, NotFoundError
 from indexstore.file_layout import InteractionFile
 from indexstore.item_ids import ItemIds
-from indexstore.sql_query import DEFAULT_TIMEOUT, run_query
+from indexstore.sql_query import DEFAULT_TIMEOUT, query_store
 from indexstore.structures import Structure, kind_of
 
 _METRIC_FIELDS = ("role", "name", "k", "value", "beam", "filtered", "note")
@@ -39,10 +40,21 @@ def _name(value, what: str) -> str:
 
 
 def _version_info(row) -> VersionInfo:
-    return VersionInfo(int(row.id), row.index_name, row.kind, row.method,
-                       None if row.parent_id is None else int(row.parent_id), row.dataset, row.split,
-                       row.status, json.loads(row.config or "{}"), row.created_at, row.flow_run_id,
-                       row.note, json.loads(row.shape or "{}"))
+    return VersionInfo(
+        int(row.id),
+        row.index_name,
+        row.kind,
+        row.method,
+        None if row.parent_id is None else int(row.parent_id),
+        row.dataset,
+        row.split,
+        row.status,
+        json.loads(row.config or "{}"),
+        row.created_at,
+        row.flow_run_id,
+        row.note,
+        json.loads(row.shape or "{}"),
+    )
 
 
 class Store:
@@ -85,15 +97,17 @@ class Store:
             yield conn
 
     # -------------------------------------------------------------------------- datasets
-    def import_dataset(self, name: str, interactions, categories=None, source: str | None = None,
-                       meta: dict | None = None) -> DatasetInfo:
+    def import_dataset(
+        self, name: str, interactions, categories=None, source: str | None = None, meta: dict | None = None
+    ) -> DatasetInfo:
         """Store a new dataset (interactions, id maps, categories) in one transaction."""
         _name(name, "dataset name")
         with self._tx() as conn:
             return datasets_io.import_dataset(conn, name, interactions, categories, source, meta or {})
 
-    def import_file(self, name: str, source: InteractionFile, items: str | None = None, seed: int = 0,
-                    meta: dict | None = None) -> DatasetInfo:
+    def import_file(
+        self, name: str, source: InteractionFile, items: str | None = None, seed: int = 0, meta: dict | None = None
+    ) -> DatasetInfo:
         """Stream an interaction file into a new dataset in one transaction (`bulk_import`):
         memory bounded by ``$GROVE_IMPORT_MEMORY`` whatever the file's size; on bad input one
         InputError line and the store as it was. ``items``: item categories, chosen by ``seed``."""
@@ -110,8 +124,7 @@ class Store:
 
     def list_datasets(self) -> list[DatasetInfo]:
         with self._tx() as conn:
-            return [datasets_io.dataset_info(r) for r in conn.exec_driver_sql(
-                "SELECT * FROM datasets ORDER BY name")]
+            return [datasets_io.dataset_info(r) for r in conn.exec_driver_sql("SELECT * FROM datasets ORDER BY name")]
 
     def dataset(self, name: str) -> DatasetInfo:
         with self._tx() as conn:
@@ -163,8 +176,17 @@ class Store:
             users, items = datasets_io.load_positives(conn, dataset, positive)
             codes, _ = datasets_io.item_category_codes(conn, dataset)
             meta = datasets_io.get_dataset(conn, dataset)
-        return split_data_from_positives(users, items, meta.n_users, assignment, meta.n_items, codes, dataset,
-                                         split_name, min_behaviours=min_behaviours)
+        return split_data_from_positives(
+            users,
+            items,
+            meta.n_users,
+            assignment,
+            meta.n_items,
+            codes,
+            dataset,
+            split_name,
+            min_behaviours=min_behaviours,
+        )
 
     # -------------------------------------------------------------------------- versions
     def _get_version(self, conn, version_id) -> VersionInfo:
@@ -178,16 +200,30 @@ class Store:
     def _check_index(self, conn, index_name: str, method: str, kind: str, dataset) -> None:
         row = conn.execute(sa.text("SELECT method, kind FROM indexes WHERE name = :n"), {"n": index_name}).first()
         if row is None:
-            conn.execute(sa.text("INSERT INTO indexes VALUES (:n, :m, :k, :d, :t)"),
-                         {"n": index_name, "m": method, "k": kind, "d": dataset, "t": utcnow()})
+            conn.execute(
+                sa.text("INSERT INTO indexes VALUES (:n, :m, :k, :d, :t)"),
+                {"n": index_name, "m": method, "k": kind, "d": dataset, "t": utcnow()},
+            )
         elif (row.method, row.kind) != (method, kind):
-            raise GroveError(f"index {index_name!r} holds {row.method} {row.kind} versions; "
-                             f"cannot add a {method} {kind} version (use another index name)")
+            raise GroveError(
+                f"index {index_name!r} holds {row.method} {row.kind} versions; "
+                f"cannot add a {method} {kind} version (use another index name)"
+            )
 
-    def write_version(self, index_name: str, method: str, structure: Structure, config: dict,
-                      dataset: str | None = None, split: str | None = None, parent_id: int | None = None,
-                      artifacts: dict[str, bytes] | None = None, note: str | None = None,
-                      flow_run_id: str | None = None, wait: float | None = None) -> VersionInfo:
+    def write_version(
+        self,
+        index_name: str,
+        method: str,
+        structure: Structure,
+        config: dict,
+        dataset: str | None = None,
+        split: str | None = None,
+        parent_id: int | None = None,
+        artifacts: dict[str, bytes] | None = None,
+        note: str | None = None,
+        flow_run_id: str | None = None,
+        wait: float | None = None,
+    ) -> VersionInfo:
         """Write a complete version (row, nodes, item paths, artifacts) in one transaction.
         ``wait``: seconds to wait while another process holds the store (default
         ``$GROVE_STORE_WAIT``, 10); then `StoreBusyError`."""
@@ -213,13 +249,18 @@ class Store:
             if parent_id is not None:
                 self._get_version(conn, parent_id)
             self._check_index(conn, index_name, method, kind, dataset)
-            vid = conn.execute(sa.text(
-                "INSERT INTO versions (index_name, kind, method, parent_id, dataset, split, status, config, "
-                "created_at, flow_run_id, note, shape) VALUES (:i, :k, :m, :p, :d, :s, 'ready', :c, :t, "
-                ":f, :n, :sh) RETURNING id"),
-                {"i": index_name, "k": kind, "m": method, "p": parent_id, "d": dataset, "s": split,
-                 "c": config_json, "t": utcnow(), "f": flow_run_id, "n": note,
-                 "sh": json.dumps(version_io.shape_of(structure))}).scalar_one()
+            row = {
+                "index_name": index_name,
+                "kind": kind,
+                "method": method,
+                "parent_id": parent_id,
+                "dataset": dataset,
+                "split": split,
+                "config": config_json,
+                "flow_run_id": flow_run_id,
+                "note": note,
+            }
+            vid = version_io.insert_version_row(conn, row, structure)
             nat = native(conn)
             version_io.write_structure(nat, vid, structure)
             version_io.write_artifacts(nat, vid, {k: bytes(v) for k, v in artifacts.items()})
@@ -260,15 +301,17 @@ class Store:
         with self._tx() as conn:
             if index_name is not None:
                 self._require_index(conn, index_name)
-            rows = conn.execute(sa.text("SELECT * FROM versions WHERE :i IS NULL OR index_name = :i "
-                                        "ORDER BY id"), {"i": index_name})
+            rows = conn.execute(
+                sa.text("SELECT * FROM versions WHERE :i IS NULL OR index_name = :i ORDER BY id"), {"i": index_name}
+            )
             return [_version_info(r) for r in rows]
 
     def list_indexes(self) -> list[tuple[str, str, str, str | None]]:
         """(name, method, kind, dataset) of every index."""
         with self._tx() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(
-                "SELECT name, method, kind, dataset FROM indexes ORDER BY name")]
+            return [
+                tuple(r) for r in conn.exec_driver_sql("SELECT name, method, kind, dataset FROM indexes ORDER BY name")
+            ]
 
     def lineage(self, version_id: int) -> list[VersionInfo]:
         """The version and its ancestors along parent_id, newest first."""
@@ -290,8 +333,9 @@ class Store:
             known = [r[0] for r in conn.exec_driver_sql("SELECT name FROM indexes ORDER BY name")]
             raise NotFoundError(f"unknown index {index_name!r}; the store has: {', '.join(known) or 'none'}")
 
-    def resolve(self, index_name: str, version: int | None = None, alias: str | None = None,
-                prefer: str | None = "production") -> VersionInfo:
+    def resolve(
+        self, index_name: str, version: int | None = None, alias: str | None = None, prefer: str | None = "production"
+    ) -> VersionInfo:
         """The version an index reference means: an explicit ``version`` (of this index), else
         ``alias`` (NotFoundError when unset), else the ``prefer`` alias if set (serving and
         retraining start from production), else the newest ready version (``prefer=None``: what
@@ -306,8 +350,10 @@ class Store:
                 elif prefer is not None:
                     version = aliases.current(conn, index_name, prefer)
             if version is None:
-                row = conn.execute(sa.text("SELECT max(id) FROM versions WHERE index_name = :i "
-                                           "AND status = 'ready'"), {"i": index_name}).scalar()
+                row = conn.execute(
+                    sa.text("SELECT max(id) FROM versions WHERE index_name = :i AND status = 'ready'"),
+                    {"i": index_name},
+                ).scalar()
                 if row is None:
                     raise NotFoundError(f"index {index_name!r} has no ready version")
                 version = int(row)
@@ -319,35 +365,21 @@ class Store:
     # --------------------------------------------------------------------------- metrics
     def record_metrics(self, version_id: int, rows) -> int:
         """Append metric rows (MetricRow, any object with its fields, or dicts); returns count."""
-        now = utcnow()
-        values = []
-        for r in rows:
-            get = r.get if isinstance(r, dict) else (lambda f, _r=r: getattr(_r, f, None))
-            if get("name") is None or get("value") is None:
-                raise GroveError(f"a metric row needs a name and a value, got {r!r}")
-            k, beam = get("k"), get("beam")
-            values.append({"v": int(version_id), "t": now, "role": get("role"), "name": get("name"),
-                           "k": None if k is None else int(k), "value": float(get("value")),  # type: ignore[arg-type]
-                           "beam": None if beam is None else int(beam),
-                           "filtered": bool(get("filtered")), "note": get("note")})
+        values = metrics_io.metric_values(version_id, rows)
         with self._tx() as conn:
             self._get_version(conn, version_id)
-            if values:
-                conn.execute(sa.text("INSERT INTO metrics VALUES (:v, :t, :role, :name, :k, :value, :beam, "
-                                     ":filtered, :note)"), values)
+            metrics_io.insert(conn, values)
         return len(values)
 
     def metrics(self, version_id: int) -> list[MetricRow]:
         with self._tx() as conn:
             self._get_version(conn, version_id)
-            rows = conn.execute(sa.text("SELECT * FROM metrics WHERE version_id = :v "
-                                        "ORDER BY recorded_at, role, name, k, beam"), {"v": int(version_id)})
-            return [MetricRow(r.role, r.name, r.k, r.value, r.beam, bool(r.filtered), r.note, r.recorded_at)
-                    for r in rows]
+            return metrics_io.read(conn, version_id)
 
     # --------------------------------------------------------------------------- aliases
-    def set_alias(self, index_name: str, alias: str, version_id: int, reason: str | None = None,
-                  action: str = "set") -> AliasEvent:
+    def set_alias(
+        self, index_name: str, alias: str, version_id: int, reason: str | None = None, action: str = "set"
+    ) -> AliasEvent:
         """Point ``alias`` of ``index_name`` at a version of that index; the move is logged."""
         _name(alias, "alias")
         with self._tx() as conn:
@@ -357,8 +389,9 @@ class Store:
                 raise GroveError(f"version {info.id} belongs to index {info.index_name!r}, not {index_name!r}")
             return aliases.move(conn, index_name, alias, info.id, reason, action)
 
-    def rollback(self, index_name: str, alias: str = "production", to: int | None = None,
-                 reason: str | None = None) -> AliasEvent:
+    def rollback(
+        self, index_name: str, alias: str = "production", to: int | None = None, reason: str | None = None
+    ) -> AliasEvent:
         """Move ``alias`` back (to ``to``, or to the version before the current one); logged."""
         with self._tx() as conn:
             self._require_index(conn, index_name)
@@ -378,40 +411,23 @@ class Store:
     def aliases(self, index_name: str) -> dict[str, int]:
         with self._tx() as conn:
             self._require_index(conn, index_name)
-            rows = conn.execute(sa.text("SELECT alias, version_id FROM aliases WHERE index_name = :i"),
-                                {"i": index_name})
+            rows = conn.execute(
+                sa.text("SELECT alias, version_id FROM aliases WHERE index_name = :i"), {"i": index_name}
+            )
             return {a: int(v) for a, v in rows}
 
     def alias_target(self, index_name: str, alias: str) -> int | None:
         """The version ``alias`` of ``index_name`` points to now, or None: on a short read-only
         connection, so that a service polling it never takes a writer's lock."""
-        with self._read_only() as conn:
-            row = conn.execute(sa.text("SELECT version_id FROM aliases WHERE index_name = :i AND alias = :a"),
-                               {"i": index_name, "a": alias}).first()
+        with read_only(self.url) as conn:
+            row = conn.execute(
+                sa.text("SELECT version_id FROM aliases WHERE index_name = :i AND alias = :a"),
+                {"i": index_name, "a": alias},
+            ).first()
         return None if row is None else int(row[0])
 
     # ------------------------------------------------------------------------------- SQL
-    @contextmanager
-    def _read_only(self):
-        conn = connect(make_engine(self.url, read_only=True))
-        try:
-            yield conn
-        finally:
-            conn.close()
-
     def query(self, sql: str, timeout: float | None = None) -> tuple[list[str], list[tuple]]:
-        """Run ONE read-only statement in the SQL sandbox (`indexstore.sql_query`: no other file,
-        database, extension or setting reachable; SELECT/WITH/DESCRIBE/SHOW/EXPLAIN only;
-        interrupted after ``timeout`` seconds); returns (column names, rows)."""
-        url = sa.engine.make_url(self.url)
-        if url.get_backend_name() == "duckdb" and url.database and url.database != ":memory:":
-            return run_query(url.database, sql, timeout or DEFAULT_TIMEOUT)
-        with self._read_only() as conn:
-            try:
-                result = conn.exec_driver_sql(sql)
-                if not result.returns_rows:
-                    return [], []
-                return list(result.keys()), [tuple(r) for r in result.all()]
-            except sa.exc.DBAPIError as exc:
-                first = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
-                raise GroveError(f"query failed: {first}") from None
+        """Run ONE read-only statement in the SQL sandbox (`indexstore.sql_query`); returns
+        (column names, rows)."""
+        return query_store(self.url, sql, timeout or DEFAULT_TIMEOUT)

@@ -17,6 +17,7 @@ Conventions
 * ``path`` of a node = the child indices (each in ``[0, K)``) from the root down to it, i.e.
   the K-way code of the node. ``PathCodes`` uses the same notion for Deep Retrieval's grid.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -167,12 +168,15 @@ class Tree:
                 what = "a second root" if parent[i] == -1 else f"parent {parent[i]}"
                 raise StructureError(
                     f"node {i} has {what}: nodes must be in breadth-first order with one root "
-                    "(a cycle or an orphan node)")
+                    "(a cycle or an orphan node)"
+                )
             unordered = np.flatnonzero(np.diff(rest) < 0)
             if unordered.size:
                 i = int(unordered[0]) + 2
-                raise StructureError(f"node {i} has parent {parent[i]} after a node with parent "
-                                     f"{parent[i - 1]}: nodes must be in breadth-first order")
+                raise StructureError(
+                    f"node {i} has parent {parent[i]} after a node with parent "
+                    f"{parent[i - 1]}: nodes must be in breadth-first order"
+                )
         n_children = np.bincount(parent[1:], minlength=m) if m > 1 else np.zeros(m, np.int64)
         if self.arity < 1 or n_children.max(initial=0) > self.arity:
             raise StructureError(f"a node has {n_children.max()} children, more than K={self.arity}")
@@ -293,14 +297,21 @@ class Tree:
         import networkx as nx
 
         g = nx.DiGraph()
-        g.add_nodes_from((int(n), {"level": int(lv), "item": int(it)})
-                         for n, lv, it in zip(range(self.n_nodes), self.level, self.item))
+        g.add_nodes_from(
+            (int(n), {"level": int(lv), "item": int(it)})
+            for n, lv, it in zip(range(self.n_nodes), self.level, self.item)
+        )
         g.add_edges_from(zip(self.parent[1:].tolist(), range(1, self.n_nodes)))
         return g
 
     def equals(self, other: Tree) -> bool:
-        return (isinstance(other, Tree) and self.n_items == other.n_items and self.arity == other.arity
-                and np.array_equal(self.parent, other.parent) and np.array_equal(self.item, other.item))
+        return (
+            isinstance(other, Tree)
+            and self.n_items == other.n_items
+            and self.arity == other.arity
+            and np.array_equal(self.parent, other.parent)
+            and np.array_equal(self.item, other.item)
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -326,8 +337,11 @@ class Forest:
         return len(self.trees)
 
     def equals(self, other: Forest) -> bool:
-        return (isinstance(other, Forest) and len(self) == len(other)
-                and all(a.equals(b) for a, b in zip(self.trees, other.trees)))
+        return (
+            isinstance(other, Forest)
+            and len(self) == len(other)
+            and all(a.equals(b) for a, b in zip(self.trees, other.trees))
+        )
 
     def to_networkx(self):
         import networkx as nx
@@ -363,7 +377,9 @@ class PathCodes:
         bad = np.argwhere((codes < 0) | (codes >= self.arity))
         if bad.size:
             i, j, d = (int(x) for x in bad[0])
-            raise StructureError(f"code {codes[i, j, d]} of item {i}, path {j}, layer {d} is out of range [0, {self.arity})")
+            raise StructureError(
+                f"code {codes[i, j, d]} of item {i}, path {j}, layer {d} is out of range [0, {self.arity})"
+            )
         if codes.shape[1] > 1:
             flat = self.path_ids()
             s = np.sort(flat, axis=1)
@@ -390,8 +406,12 @@ class PathCodes:
         return (self.codes.astype(np.int64) * weights).sum(axis=2)
 
     def equals(self, other: PathCodes) -> bool:
-        return (isinstance(other, PathCodes) and self.arity == other.arity
-                and np.array_equal(self.codes, other.codes) and np.array_equal(self.scores, other.scores))
+        return (
+            isinstance(other, PathCodes)
+            and self.arity == other.arity
+            and np.array_equal(self.codes, other.codes)
+            and np.array_equal(self.scores, other.scores)
+        )
 
 
 Structure = Tree | Forest | PathCodes

@@ -23,6 +23,7 @@ nearly always, while a random item shares a top cluster with probability ~1/bran
 next-item prediction is learnable and tree methods beat random by a wide margin.
 Everything is vectorised over events; the generator is deterministic given the seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,23 +67,39 @@ def planted_hierarchy(n_items: int, seed: int, branching: tuple | None = None) -
         raise InputError(f"branching must be 3 positive ints (top, sub, leaf), got {branching}")
     n_leaf = int(np.prod(branching))
     if n_items < n_leaf:
-        raise InputError(f"{n_items} items cannot fill {n_leaf} leaf clusters {branching}; "
-                         "use a smaller branching")
+        raise InputError(f"{n_items} items cannot fill {n_leaf} leaf clusters {branching}; use a smaller branching")
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
     leaf_items = rng.permutation(n_items)  # (I,) block l of this order = leaf l
     leaf_of_slot = (np.arange(n_items, dtype=np.int64) * n_leaf) // n_items
     leaf = np.empty(n_items, dtype=np.int64)
     leaf[leaf_items] = leaf_of_slot
     offsets = np.searchsorted(leaf_of_slot, np.arange(n_leaf + 1))
-    return Hierarchy(branching, leaf, leaf // branching[2], leaf // (branching[1] * branching[2]),
-                     offsets.astype(np.int64), leaf_items.astype(np.int64))
+    return Hierarchy(
+        branching,
+        leaf,
+        leaf // branching[2],
+        leaf // (branching[1] * branching[2]),
+        offsets.astype(np.int64),
+        leaf_items.astype(np.int64),
+    )
 
 
-def synthesize(n_items: int, n_users: int, seed: int, *, branching: tuple | None = None,
-               interests_per_user: int = 3, mean_length: float = 40.0, min_length: int = 12,
-               max_length: int = 1000, p_switch: float = 0.1, p_sibling: float = 0.2,
-               p_noise: float = 0.15, popularity_skew: float = 2.5,
-               top_skew: float = 0.8) -> tuple[Interactions, ItemCategories]:
+def synthesize(
+    n_items: int,
+    n_users: int,
+    seed: int,
+    *,
+    branching: tuple | None = None,
+    interests_per_user: int = 3,
+    mean_length: float = 40.0,
+    min_length: int = 12,
+    max_length: int = 1000,
+    p_switch: float = 0.1,
+    p_sibling: float = 0.2,
+    p_noise: float = 0.15,
+    popularity_skew: float = 2.5,
+    top_skew: float = 0.8,
+) -> tuple[Interactions, ItemCategories]:
     """Generate interactions and categories with a planted hierarchy of interests.
 
     Parameters
@@ -104,8 +121,9 @@ def synthesize(n_items: int, n_users: int, seed: int, *, branching: tuple | None
     if n_items < 1 or n_users < 1:
         raise InputError(f"need at least one item and one user, got {n_items} items, {n_users} users")
     if not 1 <= min_length <= mean_length <= max_length:
-        raise InputError(f"need 1 <= min_length <= mean_length <= max_length, got "
-                         f"{min_length}, {mean_length}, {max_length}")
+        raise InputError(
+            f"need 1 <= min_length <= mean_length <= max_length, got {min_length}, {mean_length}, {max_length}"
+        )
     h = planted_hierarchy(n_items, seed, branching)
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
     lengths = min_length - 1 + rng.geometric(1.0 / (mean_length - min_length + 1), size=n_users)
@@ -121,8 +139,9 @@ def synthesize(n_items: int, n_users: int, seed: int, *, branching: tuple | None
     rating[rng.random(user.shape[0]) < 0.05] = 3.0
     rating[noise] = rng.integers(1, 4, size=int(noise.sum())).astype(np.float32)
     ts = _timestamps(rng, user, starts, n_users)
-    inter = Interactions(user, item.astype(np.int32), ts, rating, None,
-                         np.arange(n_users).astype(str), np.arange(n_items).astype(str))
+    inter = Interactions(
+        user, item.astype(np.int32), ts, rating, None, np.arange(n_users).astype(str), np.arange(n_items).astype(str)
+    )
     return inter, _categories(h)
 
 
@@ -134,8 +153,9 @@ def _interests(rng, h: Hierarchy, n_users: int, k: int, top_skew: float) -> np.n
     return (top * b1 + rng.integers(0, b1, size=(n_users, k))) * b2 + rng.integers(0, b2, size=(n_users, k))
 
 
-def _leaf_per_event(rng, h: Hierarchy, interests: np.ndarray, user: np.ndarray,
-                    starts: np.ndarray, p_switch: float, p_sibling: float) -> np.ndarray:
+def _leaf_per_event(
+    rng, h: Hierarchy, interests: np.ndarray, user: np.ndarray, starts: np.ndarray, p_switch: float, p_sibling: float
+) -> np.ndarray:
     """(N,) leaf cluster of every event: sticky segments over the user's interests."""
     n = user.shape[0]
     new_segment = rng.random(n) < p_switch

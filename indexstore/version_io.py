@@ -16,14 +16,18 @@ Layout (DESIGN.md):
 Reading a tree uses only ``nodes`` (``item_paths`` is derived, for SQL); the structure is rebuilt
 through its validating constructor, so a broken stored structure raises `StructureError`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 
 import numpy as np
 import pyarrow as pa
+import sqlalchemy as sa
 
+from indexstore.entities import utcnow
 from indexstore.errors import IntegrityError, StructureError
 from indexstore.structures import Forest, PathCodes, Structure, Tree
 
@@ -55,13 +59,23 @@ def _insert(nat, table: str, columns: str, select: str, data: pa.Table, params: 
 def shape_of(structure: Structure) -> dict:
     """The parameters that rebuild ``structure`` exactly, stored as ``versions.shape``."""
     if isinstance(structure, PathCodes):
-        return {"n_items": structure.n_items, "arity": structure.arity,
-                "n_paths": structure.n_paths, "depth": structure.depth}
+        return {
+            "n_items": structure.n_items,
+            "arity": structure.arity,
+            "n_paths": structure.n_paths,
+            "depth": structure.depth,
+        }
     trees = structure.trees if isinstance(structure, Forest) else (structure,)
     n_nodes = [t.n_nodes for t in trees]
-    return {"n_items": trees[0].n_items, "arity": trees[0].arity, "arities": [t.arity for t in trees],
-            "n_trees": len(trees), "n_nodes": n_nodes, "depth": [t.depth for t in trees],
-            "total_nodes": int(sum(n_nodes))}
+    return {
+        "n_items": trees[0].n_items,
+        "arity": trees[0].arity,
+        "arities": [t.arity for t in trees],
+        "n_trees": len(trees),
+        "n_nodes": n_nodes,
+        "depth": [t.depth for t in trees],
+        "total_nodes": int(sum(n_nodes)),
+    }
 
 
 # ---------------------------------------------------------------------------------- trees
@@ -110,26 +124,40 @@ def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
 def write_tree(nat, version_id: int, tree_no: int, tree: Tree) -> None:
     """Insert the nodes and leaf paths of one tree."""
     m = tree.n_nodes
-    nodes = pa.table({"node": np.arange(m, dtype=np.int64), "level": tree.level,
-                      "parent": tree.parent, "item": tree.item})
-    _insert(nat, "nodes", "version_id, tree, node, level, parent, item",
-            "$1, $2, node, level, parent, item", nodes, [version_id, tree_no])
+    nodes = pa.table(
+        {"node": np.arange(m, dtype=np.int64), "level": tree.level, "parent": tree.parent, "item": tree.item}
+    )
+    _insert(
+        nat,
+        "nodes",
+        "version_id, tree, node, level, parent, item",
+        "$1, $2, node, level, parent, item",
+        nodes,
+        [version_id, tree_no],
+    )
     leaves, lengths, values = leaf_paths(tree)
     paths = pa.table({"item": tree.item[leaves], "leaf": leaves, "path": _list_array(lengths, values)})
-    _insert(nat, "item_paths", "version_id, tree, item, leaf, path, score",
-            "$1, $2, item, leaf, path, NULL", paths, [version_id, tree_no])
+    _insert(
+        nat,
+        "item_paths",
+        "version_id, tree, item, leaf, path, score",
+        "$1, $2, item, leaf, path, NULL",
+        paths,
+        [version_id, tree_no],
+    )
 
 
 def read_tree(nat, version_id: int, tree_no: int, n_nodes: int, n_items: int, arity: int) -> Tree:
     """Rebuild one tree from ``nodes`` (validated: a broken structure raises StructureError)."""
-    cols = nat.execute("SELECT node, parent, item FROM nodes WHERE version_id = $1 AND tree = $2",
-                       [version_id, tree_no]).fetchnumpy()
+    cols = nat.execute(
+        "SELECT node, parent, item FROM nodes WHERE version_id = $1 AND tree = $2", [version_id, tree_no]
+    ).fetchnumpy()
     node = np.asarray(cols["node"], dtype=np.int64)
     if node.shape[0] != n_nodes:
-        raise IntegrityError(f"version {version_id} tree {tree_no} has {node.shape[0]} nodes stored, "
-                             f"expected {n_nodes}")
-    if n_nodes and (node.min() < 0 or node.max() >= n_nodes
-                    or np.bincount(node, minlength=n_nodes).max() != 1):
+        raise IntegrityError(
+            f"version {version_id} tree {tree_no} has {node.shape[0]} nodes stored, expected {n_nodes}"
+        )
+    if n_nodes and (node.min() < 0 or node.max() >= n_nodes or np.bincount(node, minlength=n_nodes).max() != 1):
         raise StructureError(f"version {version_id} tree {tree_no}: node numbers are not 0..{n_nodes - 1}")
     # rows come back in any order: scatter by node number (no ORDER BY sort needed)
     parent = np.empty(n_nodes, dtype=np.int64)
@@ -147,12 +175,22 @@ def write_codes(nat, version_id: int, codes: PathCodes) -> None:
     """One item_paths row per (item, j): tree = j, D codes, score."""
     n, j, d = codes.codes.shape
     lengths = np.full(n * j, d, dtype=np.int32)
-    table = pa.table({"tree": np.tile(np.arange(j, dtype=np.int32), n),
-                      "item": np.repeat(np.arange(n, dtype=np.int64), j),
-                      "path": _list_array(lengths, codes.codes.reshape(-1)),
-                      "score": codes.scores.reshape(-1).astype(np.float64)})
-    _insert(nat, "item_paths", "version_id, tree, item, leaf, path, score",
-            "$1, tree, item, NULL, path, score", table, [version_id])
+    table = pa.table(
+        {
+            "tree": np.tile(np.arange(j, dtype=np.int32), n),
+            "item": np.repeat(np.arange(n, dtype=np.int64), j),
+            "path": _list_array(lengths, codes.codes.reshape(-1)),
+            "score": codes.scores.reshape(-1).astype(np.float64),
+        }
+    )
+    _insert(
+        nat,
+        "item_paths",
+        "version_id, tree, item, leaf, path, score",
+        "$1, tree, item, NULL, path, score",
+        table,
+        [version_id],
+    )
 
 
 def read_codes(nat, version_id: int, n_items: int, n_paths: int, depth: int, arity: int) -> PathCodes:
@@ -188,6 +226,21 @@ def read_codes(nat, version_id: int, n_items: int, n_paths: int, depth: int, ari
         raise StructureError(f"version {version_id} is broken: {exc}") from exc
 
 
+# ------------------------------------------------------------------------------ version row
+def insert_version_row(conn, row: dict, structure: Structure) -> int:
+    """Insert a 'ready' version row (its fields in ``row``, the structure's shape derived);
+    returns its id. ``conn``: the SQLAlchemy connection of the caller's transaction."""
+    params = {**row, "created_at": utcnow(), "shape": json.dumps(shape_of(structure))}
+    return conn.execute(
+        sa.text(
+            "INSERT INTO versions (index_name, kind, method, parent_id, dataset, split, status, config, created_at, "
+            "flow_run_id, note, shape) VALUES (:index_name, :kind, :method, :parent_id, :dataset, :split, 'ready', "
+            ":config, :created_at, :flow_run_id, :note, :shape) RETURNING id"
+        ),
+        params,
+    ).scalar_one()
+
+
 # ------------------------------------------------------------------------------ structure
 def write_structure(nat, version_id: int, structure: Structure) -> None:
     if isinstance(structure, PathCodes):
@@ -202,27 +255,33 @@ def read_structure(nat, version_id: int, kind: str, shape: dict) -> Structure:
     if kind == "codes":
         return read_codes(nat, version_id, shape["n_items"], shape["n_paths"], shape["depth"], shape["arity"])
     arities = shape.get("arities") or [shape["arity"]] * shape["n_trees"]
-    trees = [read_tree(nat, version_id, t, shape["n_nodes"][t], shape["n_items"], arities[t])
-             for t in range(shape["n_trees"])]
+    trees = [
+        read_tree(nat, version_id, t, shape["n_nodes"][t], shape["n_items"], arities[t])
+        for t in range(shape["n_trees"])
+    ]
     return trees[0] if kind == "tree" else Forest(tuple(trees))
 
 
 # ------------------------------------------------------------------------------ artifacts
 def write_artifacts(nat, version_id: int, artifacts: dict[str, bytes]) -> None:
     for name, data in sorted(artifacts.items()):
-        nat.execute("INSERT INTO artifacts (version_id, name, sha256, size, data) VALUES ($1, $2, $3, $4, $5)",
-                    [version_id, name, hashlib.sha256(data).hexdigest(), len(data), bytes(data)])
+        nat.execute(
+            "INSERT INTO artifacts (version_id, name, sha256, size, data) VALUES ($1, $2, $3, $4, $5)",
+            [version_id, name, hashlib.sha256(data).hexdigest(), len(data), bytes(data)],
+        )
 
 
 def read_artifacts(nat, version_id: int) -> dict[str, bytes]:
     """All artifacts of a version; raises IntegrityError when bytes do not match their sha256."""
     out = {}
     for name, sha, size, data in nat.execute(
-            "SELECT name, sha256, size, data FROM artifacts WHERE version_id = $1 ORDER BY name",
-            [version_id]).fetchall():
+        "SELECT name, sha256, size, data FROM artifacts WHERE version_id = $1 ORDER BY name", [version_id]
+    ).fetchall():
         data = bytes(data) if data is not None else b""
         if hashlib.sha256(data).hexdigest() != sha or len(data) != size:
-            raise IntegrityError(f"artifact {name!r} of version {version_id} does not match its "
-                                 f"sha256 {sha[:12]}...: the stored bytes were altered")
+            raise IntegrityError(
+                f"artifact {name!r} of version {version_id} does not match its "
+                f"sha256 {sha[:12]}...: the stored bytes were altered"
+            )
         out[name] = data
     return out

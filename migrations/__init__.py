@@ -4,6 +4,7 @@
 folder (found from ``__file__``, so it works installed or editable). `upgrade`/`downgrade`
 run the revisions under `versions/` (hand-written: duckdb-engine has no autogenerate).
 """
+
 from __future__ import annotations
 
 import pathlib

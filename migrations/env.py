@@ -3,6 +3,7 @@
 DuckDB needs an Alembic implementation registered for its dialect name, with transactional
 DDL; every revision runs in its own transaction so a failed revision rolls back whole.
 """
+
 from __future__ import annotations
 
 from alembic import context

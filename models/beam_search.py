@@ -37,6 +37,7 @@ fewer than k * c leaves, are better.
 Everything runs on the tree tensors' device; the loop is over levels only and makes no host
 syncs (the beam width per level comes from host-side level counts).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -100,8 +101,9 @@ def top_items(scores: torch.Tensor, items: torch.Tensor, k: int) -> tuple[torch.
     return top_s, torch.where(torch.isinf(top_s) & (top_s < 0), -1, top_it)
 
 
-def beam_search(tt: TreeTensors, score_fn: ScoreFn, batch_size: int, k: int,
-                beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search(
+    tt: TreeTensors, score_fn: ScoreFn, batch_size: int, k: int, beam: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer-wise beam search for a batch of users (module doc).
 
     Parameters
@@ -142,8 +144,9 @@ def beam_search(tt: TreeTensors, score_fn: ScoreFn, batch_size: int, k: int,
     return top_items(torch.cat(got_scores, dim=1), items, k)
 
 
-def exhaustive(tt: TreeTensors, score_fn: ScoreFn, batch_size: int, k: int,
-               chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def exhaustive(
+    tt: TreeTensors, score_fn: ScoreFn, batch_size: int, k: int, chunk: int = 65536
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Score every leaf for every user (brute-force reference), ``chunk`` leaves per call.
 
     Parameters
@@ -163,7 +166,7 @@ def exhaustive(tt: TreeTensors, score_fn: ScoreFn, batch_size: int, k: int,
     best_s = torch.full((b, 0), NEG_INF, device=tt.device)
     best_i = torch.full((b, 0), -1, dtype=torch.long, device=tt.device)
     for lo in range(0, tt.leaves.numel(), chunk):
-        nodes = tt.leaves[lo: lo + chunk][None, :].expand(b, -1)  # (B, c)
+        nodes = tt.leaves[lo : lo + chunk][None, :].expand(b, -1)  # (B, c)
         s = _score(score_fn, nodes)
         merged_s = torch.cat([best_s, s], dim=1)
         merged_i = torch.cat([best_i, tt.item[nodes]], dim=1)

@@ -26,6 +26,7 @@ users (``exhaustive_users``): fidelity then compares the beam's and the exhausti
 same sampled users. Every search (beam or exhaustive) gives its list as found and with the
 user's seen items filtered out, and its users/s.
 """
+
 from __future__ import annotations
 
 import time
@@ -93,8 +94,9 @@ class EvalResult:
             vals = "".join(f"{100 * self.value(n, k):10.2f}%" for n in METRIC_NAMES)
             lines.append(str(k).rjust(5) + vals)
         how = "exhaustive" if self.beam is None else f"beam {self.beam}"
-        lines.append(f"{self.n_users} {self.role} users, {how}, filtered={self.filtered}, "
-                     f"{self.users_per_second:,.0f} users/s")
+        lines.append(
+            f"{self.n_users} {self.role} users, {how}, filtered={self.filtered}, {self.users_per_second:,.0f} users/s"
+        )
         return "\n".join(lines)
 
 
@@ -149,9 +151,16 @@ def _fix_width(items: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([items, pad], axis=1)
 
 
-def search_lists(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int | None,
-                 filtered: bool = True, batch_size: int = 256, device: str | torch.device | None = None,
-                 desc: str | None = None) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:
+def search_lists(
+    searcher: Searcher,
+    held_out: HeldOutUsers,
+    k: int,
+    beam: int | None,
+    filtered: bool = True,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    desc: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:
     """Run the searcher over every held-out user in batches, one search per batch.
 
     With ``filtered`` each batch asks for ``k + max |S(u)|`` items (capped at n_items), so the
@@ -198,8 +207,8 @@ def search_lists(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int |
             lists = found.detach().cpu().numpy().astype(np.int64)  # (b, want)
             kept[lo:hi] = _fix_width(lists, k)
             if out is not None:
-                offs = seen_offsets[lo:hi + 1]
-                out[lo:hi] = drop_seen(lists, offs - offs[0], held_out.seen_items[offs[0]:offs[-1]], k)
+                offs = seen_offsets[lo : hi + 1]
+                out[lo:hi] = drop_seen(lists, offs - offs[0], held_out.seen_items[offs[0] : offs[-1]], k)
             cand = searcher.last_candidates()
             if cand is not None:
                 cand_sum, cand_users = cand_sum + cand * (hi - lo), cand_users + (hi - lo)
@@ -207,9 +216,15 @@ def search_lists(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int |
     return kept, out, seconds, (cand_sum / cand_users if cand_users else None)
 
 
-def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int | None,
-                 filter_seen: bool = False, batch_size: int = 256,
-                 device: str | torch.device | None = None) -> tuple[np.ndarray, float, float | None]:
+def retrieve_all(
+    searcher: Searcher,
+    held_out: HeldOutUsers,
+    k: int,
+    beam: int | None,
+    filter_seen: bool = False,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, float, float | None]:
     """(items (U, k), seconds, mean_candidates) of `search_lists`: the lists with seen items
     removed when ``filter_seen``, else as found (then each batch asks for k items only)."""
     kept, filtered, seconds, cand = search_lists(searcher, held_out, k, beam, filter_seen, batch_size, device)
@@ -218,28 +233,45 @@ def retrieve_all(searcher: Searcher, held_out: HeldOutUsers, k: int, beam: int |
 
 def recall_of(items: np.ndarray, held_out: HeldOutUsers, k: int) -> float:
     """Mean Recall@k of ranked items (U, >= k), seen items kept (for curves and benchmarks)."""
-    per_user = per_user_metrics(np.asarray(items)[:, :k], k, held_out.truth_offsets, held_out.truth_items,
-                                held_out.seen_offsets, held_out.seen_items)
+    per_user = per_user_metrics(
+        np.asarray(items)[:, :k],
+        k,
+        held_out.truth_offsets,
+        held_out.truth_items,
+        held_out.seen_offsets,
+        held_out.seen_items,
+    )
     return float(np.mean(per_user["recall"]))
 
 
-def metric_rows(items: np.ndarray, held_out: HeldOutUsers, ks, role: str, beam: int | None,
-                filtered: bool) -> tuple[list[MetricValue], dict[int, np.ndarray]]:
+def metric_rows(
+    items: np.ndarray, held_out: HeldOutUsers, ks, role: str, beam: int | None, filtered: bool
+) -> tuple[list[MetricValue], dict[int, np.ndarray]]:
     """The metric rows of ranked lists ``items`` (U, >= max(ks)), and the per-user recall
     {k: (U,)} (for fidelity on a sample of users)."""
     rows, recall = [], {}
     for k in sorted(set(ks)):
-        per_user = per_user_metrics(items, k, held_out.truth_offsets, held_out.truth_items,
-                                    held_out.seen_offsets, held_out.seen_items)
-        rows += [MetricValue(role, name, k, float(per_user[name].mean()), beam, bool(filtered))
-                 for name in METRIC_NAMES]
+        per_user = per_user_metrics(
+            items, k, held_out.truth_offsets, held_out.truth_items, held_out.seen_offsets, held_out.seen_items
+        )
+        rows += [
+            MetricValue(role, name, k, float(per_user[name].mean()), beam, bool(filtered)) for name in METRIC_NAMES
+        ]
         recall[k] = per_user["recall"]
     return rows, recall
 
 
-def evaluate(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int = 50,
-             filter_seen: bool = False, batch_size: int = 256, exhaustive: bool = False,
-             role: str = "test", device: str | torch.device | None = None) -> EvalResult:
+def evaluate(
+    searcher: Searcher,
+    held_out: HeldOutUsers,
+    ks=(10, 50),
+    beam: int = 50,
+    filter_seen: bool = False,
+    batch_size: int = 256,
+    exhaustive: bool = False,
+    role: str = "test",
+    device: str | torch.device | None = None,
+) -> EvalResult:
     """Precision / recall / F / NDCG / novelty @ every k in ``ks``, averaged over users.
 
     Parameters
@@ -262,13 +294,18 @@ def evaluate(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int 
     items, seconds, cand = retrieve_all(searcher, held_out, max(ks), used_beam, filter_seen, batch_size, device)
     rows, _ = metric_rows(items, held_out, ks, role, used_beam, filter_seen)
     n = len(held_out)
-    return EvalResult(tuple(rows), role, n, used_beam, bool(filter_seen), seconds,
-                      n / max(seconds, 1e-9), cand)
+    return EvalResult(tuple(rows), role, n, used_beam, bool(filter_seen), seconds, n / max(seconds, 1e-9), cand)
 
 
-def evaluate_both(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int | None = 50,
-                  batch_size: int = 256, role: str = "test",
-                  device: str | torch.device | None = None) -> tuple[EvalResult, EvalResult, dict[int, np.ndarray]]:
+def evaluate_both(
+    searcher: Searcher,
+    held_out: HeldOutUsers,
+    ks=(10, 50),
+    beam: int | None = 50,
+    batch_size: int = 256,
+    role: str = "test",
+    device: str | torch.device | None = None,
+) -> tuple[EvalResult, EvalResult, dict[int, np.ndarray]]:
     """`evaluate` with seen items kept and filtered from ONE search per batch (beam None:
     exhaustive). Returns (kept, filtered, per-user recall {k: (U,)} of the kept lists).
     The speed of both results is that of the one search (at k + the most seen items)."""
@@ -278,13 +315,23 @@ def evaluate_both(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam:
     n, speed = len(held_out), len(held_out) / max(seconds, 1e-9)
     kept_rows, recall = metric_rows(kept, held_out, ks, role, beam, False)
     filtered_rows, _ = metric_rows(filtered, held_out, ks, role, beam, True)
-    return (EvalResult(tuple(kept_rows), role, n, beam, False, seconds, speed, cand),
-            EvalResult(tuple(filtered_rows), role, n, beam, True, seconds, speed, cand), recall)
+    return (
+        EvalResult(tuple(kept_rows), role, n, beam, False, seconds, speed, cand),
+        EvalResult(tuple(filtered_rows), role, n, beam, True, seconds, speed, cand),
+        recall,
+    )
 
 
-def fidelity(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int = 50,
-             filter_seen: bool = False, batch_size: int = 256, role: str = "test",
-             device: str | torch.device | None = None) -> FidelityResult:
+def fidelity(
+    searcher: Searcher,
+    held_out: HeldOutUsers,
+    ks=(10, 50),
+    beam: int = 50,
+    filter_seen: bool = False,
+    batch_size: int = 256,
+    role: str = "test",
+    device: str | torch.device | None = None,
+) -> FidelityResult:
     """Recall of beam search divided by recall of the same model scoring every item, per k.
 
     Runs `evaluate` twice (beam, then exhaustive) with the same arguments.
@@ -292,8 +339,10 @@ def fidelity(searcher: Searcher, held_out: HeldOutUsers, ks=(10, 50), beam: int 
     common = dict(ks=ks, filter_seen=filter_seen, batch_size=batch_size, role=role, device=device)
     beam_res = evaluate(searcher, held_out, beam=beam, **common)
     full_res = evaluate(searcher, held_out, beam=beam, exhaustive=True, **common)
-    ratios = {k: fidelity_ratio(beam_res.value("recall", k), full_res.value("recall", k))
-              for k in sorted(set(int(k) for k in ks))}
+    ratios = {
+        k: fidelity_ratio(beam_res.value("recall", k), full_res.value("recall", k))
+        for k in sorted(set(int(k) for k in ks))
+    }
     return FidelityResult(beam_res, full_res, ratios)
 
 
@@ -302,8 +351,9 @@ EXHAUSTIVE_MAX_ITEMS = 100_000
 
 
 def _row(v: MetricValue, note: str | None = None) -> MetricRow:
-    return MetricRow(role=v.role, name=v.name, k=v.k, value=v.value, beam=v.beam,
-                     filtered=v.filtered, note=note or v.note)
+    return MetricRow(
+        role=v.role, name=v.name, k=v.k, value=v.value, beam=v.beam, filtered=v.filtered, note=note or v.note
+    )
 
 
 def wants_exhaustive(searcher: Searcher, exhaustive: bool | None) -> bool:
@@ -311,9 +361,15 @@ def wants_exhaustive(searcher: Searcher, exhaustive: bool | None) -> bool:
     return exhaustive if exhaustive is not None else searcher.n_items <= EXHAUSTIVE_MAX_ITEMS
 
 
-def evaluate_version(searcher: Searcher, held_out: HeldOutUsers, role: str = "valid",
-                     ks: tuple[int, ...] = (10, 50), beams: tuple[int, ...] = (50,),
-                     exhaustive: bool | None = None, exhaustive_users: int | None = None) -> list[MetricRow]:
+def evaluate_version(
+    searcher: Searcher,
+    held_out: HeldOutUsers,
+    role: str = "valid",
+    ks: tuple[int, ...] = (10, 50),
+    beams: tuple[int, ...] = (50,),
+    exhaustive: bool | None = None,
+    exhaustive_users: int | None = None,
+) -> list[MetricRow]:
     """Every metric row of one evaluation, ready for `Store.record_metrics`.
 
     Parameters
@@ -331,17 +387,27 @@ def evaluate_version(searcher: Searcher, held_out: HeldOutUsers, role: str = "va
         full, full_filtered, _ = evaluate_both(searcher, held_out.subset(sample), ks, None, role=role)
         note = f"{sample} users" if sample < len(held_out) else None
         rows += [_row(v, note) for v in full.rows + full_filtered.rows]
-        rows.append(MetricRow(role, "users_per_second", kmax, full.users_per_second, None, False,
-                              note=f"{full.n_users} users"))
+        rows.append(
+            MetricRow(role, "users_per_second", kmax, full.users_per_second, None, False, note=f"{full.n_users} users")
+        )
     for beam in beams:
         kept, filtered, recall = evaluate_both(searcher, held_out, ks, beam, role=role)
         rows += [_row(v) for v in kept.rows + filtered.rows]
-        rows.append(MetricRow(role, "users_per_second", kmax, kept.users_per_second, beam, False,
-                              note=f"{kept.n_users} users"))
+        rows.append(
+            MetricRow(role, "users_per_second", kmax, kept.users_per_second, beam, False, note=f"{kept.n_users} users")
+        )
         if kept.mean_candidates is not None:
             rows.append(MetricRow(role, "candidates", kmax, kept.mean_candidates, beam, False))
         if full is not None:
-            rows += [MetricRow(role, "fidelity", k, fidelity_ratio(float(recall[k][:sample].mean()),
-                                                                   full.value("recall", k)), beam, False)
-                     for k in sorted(set(ks))]
+            rows += [
+                MetricRow(
+                    role,
+                    "fidelity",
+                    k,
+                    fidelity_ratio(float(recall[k][:sample].mean()), full.value("recall", k)),
+                    beam,
+                    False,
+                )
+                for k in sorted(set(ks))
+            ]
     return rows

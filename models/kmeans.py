@@ -14,6 +14,7 @@ Everything runs batched: ``balanced_kmeans_batched`` splits C independent point 
 (the clusters of one tree level), so a tree builder makes one call per level, not one per node.
 Works on CPU and CUDA (all tensors on the points' device).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -106,8 +107,9 @@ def _update(x, labels, valid, caps, old: torch.Tensor) -> torch.Tensor:
     return torch.where((caps > 0)[..., None], mean, old)
 
 
-def balanced_kmeans_batched(x: torch.Tensor, sizes: torch.Tensor, caps: torch.Tensor,
-                            iters: int = 10, generator: torch.Generator | None = None) -> torch.Tensor:
+def balanced_kmeans_batched(
+    x: torch.Tensor, sizes: torch.Tensor, caps: torch.Tensor, iters: int = 10, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Balanced k-means on C independent point sets at once.
 
     Parameters

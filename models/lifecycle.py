@@ -16,6 +16,7 @@ Seeds: ``construct`` uses the config's seed; ``train`` at round r uses seed + r;
 into round r uses seed + 1000 r (`Recipe.seed`; 1000 keeps the two streams apart). `build` and
 `advance` are the same verbs in memory (the quality benchmark runs whole lifecycles so).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,12 @@ class Recipe:
         """The recipe stored with a version (``versions.config``)."""
         if "method" not in data:
             raise GroveError(f"a version's recipe names no method: {data!r}")
-        return cls(data["method"], config_from_dict(get_method(data["method"]).config_cls, data.get("config", {})),
-                   str(data.get("step", "construct")), int(data.get("round", 0)))
+        return cls(
+            data["method"],
+            config_from_dict(get_method(data["method"]).config_cls, data.get("config", {})),
+            str(data.get("step", "construct")),
+            int(data.get("round", 0)),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "config": self.config.to_dict(), "step": self.step, "round": self.round}
@@ -142,13 +147,29 @@ def advance(recipe: Recipe, built: Built, data: SplitData, step: str) -> tuple[B
     return verb(nxt.config, built, data, nxt.seed), nxt
 
 
-def write(store: Store, index: str, recipe: Recipe, built: Built, dataset: str, split: str,
-          parent: int | None, flow_run_id: str | None = None) -> VersionInfo:
+def write(
+    store: Store,
+    index: str,
+    recipe: Recipe,
+    built: Built,
+    dataset: str,
+    split: str,
+    parent: int | None,
+    flow_run_id: str | None = None,
+) -> VersionInfo:
     """Write the version a verb made. A store another process holds is waited for
     (``$GROVE_WRITE_WAIT`` seconds, default 600, with a progress line); if it is still held the
     result is saved to a staging file and the error names the command that writes it later."""
-    version = {"index_name": index, "method": recipe.method, "config": recipe.to_json(), "dataset": dataset,
-               "split": split, "parent_id": parent, "note": recipe.note, "flow_run_id": flow_run_id}
+    version: dict[str, Any] = {
+        "index_name": index,
+        "method": recipe.method,
+        "config": recipe.to_json(),
+        "dataset": dataset,
+        "split": split,
+        "parent_id": parent,
+        "note": recipe.note,
+        "flow_run_id": flow_run_id,
+    }
     try:
         wait = float(os.environ.get(WRITE_WAIT_ENV, DEFAULT_WRITE_WAIT))
     except ValueError:
@@ -157,12 +178,15 @@ def write(store: Store, index: str, recipe: Recipe, built: Built, dataset: str, 
         return store.write_version(structure=built.structure, artifacts=built.artifacts, wait=wait, **version)
     except StoreBusyError as exc:
         path = store.stage_version(version, built.structure, built.artifacts)
-        raise StoreBusyError(f"{exc}; the {recipe.note} result of {index!r} is saved in {path}: write it "
-                             f"with `grove versions write-staged {path}`") from exc
+        raise StoreBusyError(
+            f"{exc}; the {recipe.note} result of {index!r} is saved in {path}: write it "
+            f"with `grove versions write-staged {path}`"
+        ) from exc
 
 
-def construct(store: Store, index: str, recipe: Recipe, dataset: str, split: str = "default",
-              flow_run_id: str | None = None) -> VersionInfo:
+def construct(
+    store: Store, index: str, recipe: Recipe, dataset: str, split: str = "default", flow_run_id: str | None = None
+) -> VersionInfo:
     """The initial index of ``recipe`` on ``dataset``/``split`` -> a new version (no parent).
     Refuses, before building anything, a version that could never be trained on its device."""
     method = get_method(recipe.method)
@@ -185,8 +209,7 @@ def _advance(store: Store, version_id: int, step: str, flow_run_id: str | None) 
     check_memory(old.method, config, old.built.structure.n_items, (step,), old.recipe.device)
     data = split_data(store, old.dataset, old.split, config)
     built, recipe = advance(old.recipe, old.built, data, step)
-    return write(store, old.info.index_name, recipe, built, old.dataset, old.split, old.info.id,
-                  flow_run_id)
+    return write(store, old.info.index_name, recipe, built, old.dataset, old.split, old.info.id, flow_run_id)
 
 
 def train(store: Store, version_id: int, flow_run_id: str | None = None) -> VersionInfo:
@@ -199,9 +222,17 @@ def relearn(store: Store, version_id: int, flow_run_id: str | None = None) -> Ve
     return _advance(store, version_id, "relearn", flow_run_id)
 
 
-def evaluate(store: Store, version_id: int, role: str = "valid", ks: tuple[int, ...] = (10, 50),
-             beams: tuple[int, ...] = (50,), max_users: int | None = None, device: str = "auto",
-             exhaustive: bool | None = None, exhaustive_users: int | None = None) -> list[MetricRow]:
+def evaluate(
+    store: Store,
+    version_id: int,
+    role: str = "valid",
+    ks: tuple[int, ...] = (10, 50),
+    beams: tuple[int, ...] = (50,),
+    max_users: int | None = None,
+    device: str = "auto",
+    exhaustive: bool | None = None,
+    exhaustive_users: int | None = None,
+) -> list[MetricRow]:
     """Metrics of a trained version on held-out users (`models.evaluation.evaluate_version`),
     appended to the store (never in place). Returns the rows."""
     from models.evaluation import evaluate_version  # heavy import only when evaluating
@@ -210,8 +241,15 @@ def evaluate(store: Store, version_id: int, role: str = "valid", ks: tuple[int, 
     held_out = split_data(store, loaded.dataset, loaded.split, loaded.recipe.config).held_out(role)
     if max_users:
         held_out = held_out.subset(max_users)
-    rows = evaluate_version(searcher(loaded, device), held_out, role=role, ks=ks, beams=beams,
-                            exhaustive=exhaustive, exhaustive_users=exhaustive_users)
+    rows = evaluate_version(
+        searcher(loaded, device),
+        held_out,
+        role=role,
+        ks=ks,
+        beams=beams,
+        exhaustive=exhaustive,
+        exhaustive_users=exhaustive_users,
+    )
     store.record_metrics(version_id, rows)
     return rows
 

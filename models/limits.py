@@ -9,6 +9,7 @@
 
 Memory that a build or search would need is checked separately (`models.memory`).
 """
+
 from __future__ import annotations
 
 from indexstore.errors import GroveError
@@ -30,8 +31,11 @@ def check_query(k, beam, n_items: int) -> None:
     _positive_int(k, "k")
     _positive_int(beam, "beam")
     if k > min(n_items, MAX_K):
-        raise GroveError(f"k = {k:,} is more than the index's {n_items:,} items" if k > n_items
-                         else f"k = {k:,} is above the maximum of {MAX_K:,} items per list")
+        raise GroveError(
+            f"k = {k:,} is more than the index's {n_items:,} items"
+            if k > n_items
+            else f"k = {k:,} is above the maximum of {MAX_K:,} items per list"
+        )
     if beam > MAX_BEAM:
         raise GroveError(f"beam = {beam:,} is above the maximum of {MAX_BEAM:,}")
 

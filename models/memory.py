@@ -11,6 +11,7 @@ The bound is the device's memory: ``GROVE_MEMORY_LIMIT`` (bytes, or with a unit:
 ``512MiB``) when set, else the machine's physical memory on the CPU and the GPU's total
 memory on CUDA.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,18 @@ import torch
 from indexstore.errors import GroveError, TooLargeError
 
 FLOAT = 4  # bytes per float32
-_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
-          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(text: str) -> int:
@@ -57,8 +68,10 @@ def require(nbytes: int, device: torch.device | str, what: str) -> None:
     """Raise `TooLargeError` when ``nbytes`` exceeds the device's budget, naming ``what``."""
     have = budget(device)
     if nbytes > have:
-        raise TooLargeError(f"{what} needs about {human(nbytes)} but {torch.device(device).type} memory is "
-                           f"{human(have)}; choose a smaller configuration (or set GROVE_MEMORY_LIMIT)")
+        raise TooLargeError(
+            f"{what} needs about {human(nbytes)} but {torch.device(device).type} memory is "
+            f"{human(have)}; choose a smaller configuration (or set GROVE_MEMORY_LIMIT)"
+        )
 
 
 def tree_nodes(n_items: int, arity: int) -> int:

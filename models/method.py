@@ -15,6 +15,7 @@ Every method has one frozen dataclass config (`MethodConfig` subclass); the vers
 ``dataclasses.asdict(config)`` as JSON and a model is rebuilt with ``config_from_dict``.
 Build-time knobs live in the config; query-time knobs (k, beam) are arguments of ``search``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,9 @@ def config_from_dict(cls: type[MethodConfig], values: dict[str, Any] | None) -> 
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise GroveError(f"unknown config field {unknown[0]!r} for {cls.__name__}; "
-                         f"known fields: {', '.join(sorted(known))}")
+        raise GroveError(
+            f"unknown config field {unknown[0]!r} for {cls.__name__}; known fields: {', '.join(sorted(known))}"
+        )
     hints = typing.get_type_hints(cls)
     for name, val in list(values.items()):
         values[name] = _typed(cls.__name__, name, hints.get(name), val)
@@ -78,8 +80,11 @@ def _typed(owner: str, name: str, hint: Any, val: Any) -> Any:
             return float(val)
         if option is str and isinstance(val, str):
             return val
-        if typing.get_origin(option) is tuple and isinstance(val, (list, tuple)) \
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in val):
+        if (
+            typing.get_origin(option) is tuple
+            and isinstance(val, (list, tuple))
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in val)
+        ):
             return tuple(val)  # JSON turns tuples into lists
     if not any(o in (bool, int, float, str) or typing.get_origin(o) is tuple for o in options):
         return val  # a type this check does not know: the config's own validation decides
@@ -175,15 +180,19 @@ class Method(ABC, Generic[C]):
     def searcher(self, config: C, built: Built, device: str | torch.device = "cpu") -> Searcher: ...
 
 
-def check_memory(method: Method[Any], config: MethodConfig, n_items: int, verbs: tuple[str, ...],
-                 device: str | torch.device) -> None:
+def check_memory(
+    method: Method[Any], config: MethodConfig, n_items: int, verbs: tuple[str, ...], device: str | torch.device
+) -> None:
     """Refuse (`TooLargeError`, before allocating) a verb whose estimate exceeds the device's memory."""
     from models.memory import require
 
     sizes = ", ".join(f"{f}={getattr(config, f)!r}" for f in method.size_fields if hasattr(config, f))
     for verb in verbs:
-        require(method.memory_bytes(config, n_items, verb), device,
-                f"{method.name} {verb} of {n_items:,} items" + (f" with {sizes}" if sizes else ""))
+        require(
+            method.memory_bytes(config, n_items, verb),
+            device,
+            f"{method.name} {verb} of {n_items:,} items" + (f" with {sizes}" if sizes else ""),
+        )
 
 
 def state_to_bytes(state: dict[str, Any]) -> bytes:
@@ -201,8 +210,7 @@ def bytes_to_state(data: bytes, device: str | torch.device = "cpu") -> dict[str,
 def require_artifact(built: Built, name: str, method: str) -> bytes:
     """The artifact ``name`` or a StateError that says the version was never trained."""
     if name not in built.artifacts:
-        raise StateError(f"this {method} version has no '{name}': it was never trained "
-                         "(run `grove train` on it first)")
+        raise StateError(f"this {method} version has no '{name}': it was never trained (run `grove train` on it first)")
     return built.artifacts[name]
 
 

@@ -24,6 +24,7 @@ Choices where the papers are silent:
 Set membership is sorting-based: a (user, item) pair is encoded as the int64 key
 ``user * width + item`` and looked up with `np.isin` against the keys of the CSR set.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,9 @@ def in_sets(retrieved: np.ndarray, offsets: np.ndarray, items: np.ndarray) -> np
     items = np.asarray(items, dtype=np.int64)
     n_users = retrieved.shape[0]
     if np.asarray(offsets).shape[0] != n_users + 1:
-        raise ValueError(f"offsets has {np.asarray(offsets).shape[0]} entries for {n_users} users "
-                         f"(expected {n_users + 1})")
+        raise ValueError(
+            f"offsets has {np.asarray(offsets).shape[0]} entries for {n_users} users (expected {n_users + 1})"
+        )
     width = int(max(retrieved.max(initial=-1), items.max(initial=-1))) + 2
     valid = retrieved >= 0
     rows = np.arange(n_users, dtype=np.int64)[:, None]
@@ -82,8 +84,14 @@ def _discounts(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(k, dtype=np.float64) + 2.0)
 
 
-def per_user_metrics(retrieved: np.ndarray, k: int, truth_offsets: np.ndarray, truth_items: np.ndarray,
-                     seen_offsets: np.ndarray, seen_items: np.ndarray) -> dict[str, np.ndarray]:
+def per_user_metrics(
+    retrieved: np.ndarray,
+    k: int,
+    truth_offsets: np.ndarray,
+    truth_items: np.ndarray,
+    seen_offsets: np.ndarray,
+    seen_items: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Precision, recall, F, NDCG and novelty @k of every user.
 
     Parameters
@@ -117,8 +125,14 @@ def per_user_metrics(retrieved: np.ndarray, k: int, truth_offsets: np.ndarray, t
     return {"precision": precision, "recall": recall, "f1": f1, "ndcg": ndcg, "novelty": novelty}
 
 
-def ranking_metrics(retrieved: np.ndarray, k: int, truth_offsets: np.ndarray, truth_items: np.ndarray,
-                    seen_offsets: np.ndarray, seen_items: np.ndarray) -> dict[str, float]:
+def ranking_metrics(
+    retrieved: np.ndarray,
+    k: int,
+    truth_offsets: np.ndarray,
+    truth_items: np.ndarray,
+    seen_offsets: np.ndarray,
+    seen_items: np.ndarray,
+) -> dict[str, float]:
     """The user-averaged metrics @k (see `per_user_metrics` for the arguments)."""
     per_user = per_user_metrics(retrieved, k, truth_offsets, truth_items, seen_offsets, seen_items)
     return {name: float(v.mean()) if v.size else 0.0 for name, v in per_user.items()}

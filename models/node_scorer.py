@@ -32,6 +32,7 @@ Network
 * [10 window vectors, node embedding] (11d) -> Linear-BN-PReLU 128 -> 64 -> 24 -> Linear 1.
   The paper's "binary softmax" over 2 outputs is equivalent to one logit with a sigmoid.
 """
+
 from __future__ import annotations
 
 import functools
@@ -99,12 +100,11 @@ class TDMScorer(nn.Module):
     """
 
     # buffers derived from the tree (not learnt; `register_buffer` below)
-    node_row: torch.Tensor     # (M,) embedding row of every node
-    node_level: torch.Tensor   # (M,) level of every node
-    windows: torch.Tensor      # (69, 10) one-hot time windows
+    node_row: torch.Tensor  # (M,) embedding row of every node
+    node_level: torch.Tensor  # (M,) level of every node
+    windows: torch.Tensor  # (69, 10) one-hot time windows
 
-    def __init__(self, tree: Tree, dim: int = 24, hidden=(128, 64, 24), act_hidden: int = 36,
-                 batch_norm: bool = True):
+    def __init__(self, tree: Tree, dim: int = 24, hidden=(128, 64, 24), act_hidden: int = 36, batch_norm: bool = True):
         super().__init__()
         node_row, n_internal = node_rows_for(tree)
         self.n_items, self.n_internal, self.dim = tree.n_items, n_internal, dim
@@ -171,47 +171,53 @@ class TDMScorer(nn.Module):
         -------
         (U, C) float logits.
         """
-        e_n = self.emb(node_rows)                                   # (U, C, d)
+        e_n = self.emb(node_rows)  # (U, C, d)
         shared = beh_rows.dim() == 2
         e_b = self.emb(beh_rows.unsqueeze(1) if shared else beh_rows)  # (U, 1|C, L, d)
         valid = (beh_rows != self.pad_row).unsqueeze(1) if shared else beh_rows != self.pad_row
-        win = self.windows[: beh_rows.shape[-1]]                     # (L, 10)
+        win = self.windows[: beh_rows.shape[-1]]  # (L, 10)
         u, c = node_rows.shape
         per_user = c * beh_rows.shape[-1] * self.act_in.out_features
         if torch.is_grad_enabled() and not e_n.is_cuda and u * per_user > self.train_chunk_elements:
             # split, not slices: a slice's backward fills a full-size zero gradient per chunk
             # (ruinous for JTM's (U, C, L, d) behaviours); split's backward is one cat
             step = max(1, self.train_chunk_elements // per_user)
-            vec = torch.cat([checkpoint(self._window_vectors, b, n, v, win, use_reentrant=False,
-                                        preserve_rng_state=False)  # nothing random inside
-                             for b, n, v in zip(e_b.split(step), e_n.split(step), valid.split(step))])
+            vec = torch.cat(
+                [
+                    checkpoint(
+                        self._window_vectors, b, n, v, win, use_reentrant=False, preserve_rng_state=False
+                    )  # nothing random inside
+                    for b, n, v in zip(e_b.split(step), e_n.split(step), valid.split(step))
+                ]
+            )
         else:
             vec = self._window_vectors(e_b, e_n, valid, win)
-        x = torch.cat([vec.flatten(2), e_n], dim=-1)                # (U, C, 11d)
+        x = torch.cat([vec.flatten(2), e_n], dim=-1)  # (U, C, 11d)
         return self.mlp(x.reshape(u * c, -1)).view(u, c)
 
-    def _window_vectors(self, e_b: torch.Tensor, e_n: torch.Tensor, valid: torch.Tensor,
-                        win: torch.Tensor) -> torch.Tensor:
+    def _window_vectors(
+        self, e_b: torch.Tensor, e_n: torch.Tensor, valid: torch.Tensor, win: torch.Tensor
+    ) -> torch.Tensor:
         """The activation unit and the window averages.
 
         e_b (U, 1|C, L, d) behaviour embeddings, e_n (U, C, d) node embeddings, valid (U, 1|C, L)
         bool (not padding), win (L, 10) one-hot windows -> (U, C, 10, d) window vectors."""
         d = self.dim
-        w_b, w_p, w_n = self.act_in.weight.split(d, dim=1)          # each (h, d)
+        w_b, w_p, w_n = self.act_in.weight.split(d, dim=1)  # each (h, d)
         # first layer of the activation unit, [b, b*n, n] @ W^T + bias, as three terms:
         #   b @ Wb^T (U, 1|C, L, h) once per user, n @ Wn^T + bias (U, C, 1, h) once per node,
         #   (b*n) @ Wp^T as ONE large GEMM over all (U*C*L, d) rows (small batched products
         #   per pair are several times slower on CPU); the (U, C, L, 3d) concat is never built.
-        per_beh = e_b @ w_b.T                                       # (U, 1|C, L, h)
-        per_node = (e_n @ w_n.T + self.act_in.bias).unsqueeze(2)    # (U, C, 1, h)
-        cross = (e_b * e_n.unsqueeze(2)) @ w_p.T                    # (U, C, L, h)
-        hid = cross + per_beh + per_node                            # (U, C, L, h)
-        att = self.act_out(self.act_prelu(hid)).squeeze(-1)         # (U, C, L)
+        per_beh = e_b @ w_b.T  # (U, 1|C, L, h)
+        per_node = (e_n @ w_n.T + self.act_in.bias).unsqueeze(2)  # (U, C, 1, h)
+        cross = (e_b * e_n.unsqueeze(2)) @ w_p.T  # (U, C, L, h)
+        hid = cross + per_beh + per_node  # (U, C, L, h)
+        att = self.act_out(self.act_prelu(hid)).squeeze(-1)  # (U, C, L)
         att = att * valid
         # window sums sum_l att_l * [l in w] * b_l without building (U, C, L, d)
-        sums = (att.unsqueeze(-1) * win).transpose(-1, -2) @ e_b    # (U, C, 10, d)
-        counts = valid.to(att.dtype) @ win                          # (U, 1|C, 10)
-        return sums / counts.clamp(min=1.0).unsqueeze(-1)           # (U, C, 10, d)
+        sums = (att.unsqueeze(-1) * win).transpose(-1, -2) @ e_b  # (U, C, 10, d)
+        counts = valid.to(att.dtype) @ win  # (U, 1|C, 10)
+        return sums / counts.clamp(min=1.0).unsqueeze(-1)  # (U, C, 10, d)
 
     def forward(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Logits (U, C) for histories (U, L) item ids (nearest first, -1 padded) and tree
@@ -230,7 +236,7 @@ class TDMScorer(nn.Module):
         step = max(1, max_elements // per_user)
         if step >= u:
             return self(histories, nodes)
-        return torch.cat([self(histories[i:i + step], nodes[i:i + step]) for i in range(0, u, step)])
+        return torch.cat([self(histories[i : i + step], nodes[i : i + step]) for i in range(0, u, step)])
 
 
 def default_chunk_elements(device: torch.device | str) -> int:
@@ -265,13 +271,12 @@ def trim_padding(histories: torch.Tensor) -> torch.Tensor:
     counts). Costs one host sync per call."""
     if histories.shape[1] == 0:
         return histories
-    filled = (histories >= 0).any(dim=0)                             # (L,)
+    filled = (histories >= 0).any(dim=0)  # (L,)
     width = int(filled.nonzero().max()) + 1 if bool(filled.any()) else 1
     return histories[:, :width]
 
 
-def transfer_weights(new: TDMScorer, old_state: dict, old_tree: Tree, new_tree: Tree,
-                     keep_nodes_by_path: bool) -> None:
+def transfer_weights(new: TDMScorer, old_state: dict, old_tree: Tree, new_tree: Tree, keep_nodes_by_path: bool) -> None:
     """Warm-start ``new`` (built for ``new_tree``) from a state trained for ``old_tree``.
 
     Item rows, the activation unit and the MLP (with its batch-norm statistics) are copied.
@@ -289,8 +294,9 @@ def transfer_weights(new: TDMScorer, old_state: dict, old_tree: Tree, new_tree: 
     emb_new[:n] = emb_old[:n]
     if keep_nodes_by_path and old_tree.arity == new_tree.arity:
         old_int, new_int = np.flatnonzero(~old_tree.is_leaf), np.flatnonzero(~new_tree.is_leaf)
-        _, i_old, i_new = np.intersect1d(position_keys(old_tree)[old_int], position_keys(new_tree)[new_int],
-                                         assume_unique=True, return_indices=True)
+        _, i_old, i_new = np.intersect1d(
+            position_keys(old_tree)[old_int], position_keys(new_tree)[new_int], assume_unique=True, return_indices=True
+        )
         src = torch.as_tensor(node_rows_for(old_tree)[0][old_int[i_old]], device=emb_new.device)
         dst = torch.as_tensor(node_rows_for(new_tree)[0][new_int[i_new]], device=emb_new.device)
         emb_new[dst] = emb_old[src]

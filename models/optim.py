@@ -11,6 +11,7 @@ and the embedding optimisers of recommender systems do) and every other paramete
 The moment buffers of the tables stay dense (2 x N x d floats): memory O(N), time per step
 O(rows touched).
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@ every ``interval`` seconds, with the rate and an estimate of the time left. Quie
 GROVE_QUIET=1. Parallel workers set GROVE_PROGRESS_PREFIX (a tag in front of every line, e.g.
 "[ml-1m-subset seed 1] ") and GROVE_PROGRESS_INTERVAL (seconds, a floor on ``interval``) so that
 their interleaved lines stay readable."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Method name -> `Method` instance. Modules are imported lazily so that a method's
 dependencies load only when it is used."""
+
 from __future__ import annotations
 
 import importlib

@@ -9,6 +9,7 @@ dataset's raw ids (``retrieve_raw``). Unknown ids are dropped and counted, never
 An empty history is served from the prior: the model is queried with an all-padding input
 (for TDM this is the tree's answer for a user with no behaviour: the popular branches it learnt).
 """
+
 from __future__ import annotations
 
 import time
@@ -54,8 +55,9 @@ class Retriever:
         return self.item_ids.raw
 
     @classmethod
-    def load(cls, store, index: str, version: int | None = None, alias: str | None = None,
-             device: str | None = "auto") -> Retriever:
+    def load(
+        cls, store, index: str, version: int | None = None, alias: str | None = None, device: str | None = "auto"
+    ) -> Retriever:
         """Load ``index`` at an explicit version, an alias, or (neither) production / newest."""
         start = time.perf_counter()
         info = store.resolve(index, version=version, alias=alias)
@@ -68,8 +70,7 @@ class Retriever:
         return self.searcher.device
 
     # ---------------------------------------------------------------------------- queries
-    def retrieve(self, histories, k: int, beam: int, exclude_seen: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve(self, histories, k: int, beam: int, exclude_seen: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items for a batch of users.
 
         Parameters
@@ -102,8 +103,7 @@ class Retriever:
             scores, items = _drop_seen(scores, items, rows)
         return _fit(scores, items, k)
 
-    def retrieve_raw(self, histories: list[list[str]], k: int, beam: int,
-                     exclude_seen: bool = False) -> RawResult:
+    def retrieve_raw(self, histories: list[list[str]], k: int, beam: int, exclude_seen: bool = False) -> RawResult:
         """Like `retrieve`, with the dataset's raw item ids in and out. Unknown raw ids are dropped
         (their count is returned and warned about)."""
         check_query(k, beam, self.n_items)

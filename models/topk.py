@@ -1,5 +1,6 @@
 """Fixed-shape top-k lists, the one set of helpers every searcher uses: ``(scores (B, k) float32,
 items (B, k) int64)``, best first, padded with -inf / -1 (the `models.method.Searcher` contract)."""
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ def padded_topk(scores: torch.Tensor, k: int, offset: int = 0) -> tuple[torch.Te
     return val, idx
 
 
-def merge_topk(best: tuple[torch.Tensor, torch.Tensor], new: tuple[torch.Tensor, torch.Tensor],
-               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_topk(
+    best: tuple[torch.Tensor, torch.Tensor], new: tuple[torch.Tensor, torch.Tensor], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two (B, k) top-k lists into one (padding -inf / -1 stays last): a running top-k over
     chunks of a catalogue, started from `empty_topk`."""
     val = torch.cat([best[0], new[0]], dim=1)  # (B, 2k)

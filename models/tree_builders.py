@@ -16,6 +16,7 @@ a leaf.
 
 Node numbering is breadth-first, children of a node in cluster order, as `Tree` requires.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -52,7 +53,7 @@ def tightest_arity(n: int, depth: int) -> int:
     k = max(2, int(round(n ** (1.0 / depth))))
     while k > 2 and (k - 1) ** depth >= n:
         k -= 1
-    while k ** depth < n:
+    while k**depth < n:
         k += 1
     return k
 
@@ -151,8 +152,7 @@ def _kmeans_split(emb: torch.Tensor, iters: int, gen: torch.Generator) -> SplitF
     return split
 
 
-def kmeans_tree(embeddings, arity: int = 2, seed: int = 0, device: str | torch.device = "cpu",
-                iters: int = 10) -> Tree:
+def kmeans_tree(embeddings, arity: int = 2, seed: int = 0, device: str | torch.device = "cpu", iters: int = 10) -> Tree:
     """Top-down balanced k-means tree (TDM §3.5 tree learning), every level split in one batch.
 
     Parameters
@@ -189,7 +189,7 @@ def _recforest_level(items, emb, k, random_ratio, iters, gen):
     per = pool.shape[1] // k
     n_rand = int(random_ratio * per)  # items per child assigned at random (pool is shuffled)
     parts = [pool[:, : n_rand * k].reshape(c, k, n_rand)]
-    km = pool[:, n_rand * k:]  # (C, K*m) partitioned by balanced k-means
+    km = pool[:, n_rand * k :]  # (C, K*m) partitioned by balanced k-means
     m = km.shape[1] // k
     if m > 0:
         caps = torch.full((c, k), m, dtype=torch.long, device=dev)
@@ -206,8 +206,14 @@ def _recforest_level(items, emb, k, random_ratio, iters, gen):
     return torch.cat(parts, dim=2).reshape(c * k, -1)
 
 
-def recforest_tree(embeddings, arity: int = 18, seed: int = 0, random_ratio: float = 0.1,
-                   device: str | torch.device = "cpu", iters: int = 10) -> Tree:
+def recforest_tree(
+    embeddings,
+    arity: int = 18,
+    seed: int = 0,
+    random_ratio: float = 0.1,
+    device: str | torch.device = "cpu",
+    iters: int = 10,
+) -> Tree:
     """RecForest's tree (appendix Algorithm 2): a complete K-ary tree by Random+Kmeans.
 
     Every cluster of n items: draw D0 = n mod K items without replacement; split the rest into K
@@ -304,6 +310,9 @@ def tree_tensors(tree: Tree, device: str | torch.device = "cpu") -> TreeTensors:
             item=torch.as_tensor(np.array(tree.item), device=dev),
             level=torch.as_tensor(np.array(tree.level, dtype=np.int64), device=dev),
             leaves=torch.as_tensor(np.array(tree.leaves), device=dev),
-            depth=tree.depth, arity=tree.arity, n_items=tree.n_items,
-            inner_per_level=tuple(int(v) for v in inner))
+            depth=tree.depth,
+            arity=tree.arity,
+            n_items=tree.n_items,
+            inner_per_level=tuple(int(v) for v in inner),
+        )
     return per_tree[key]

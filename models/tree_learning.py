@@ -14,6 +14,7 @@ in the history's length. `PairChunks` orders the pairs by history length so that
 is cut to its own longest history (on a corpus of short histories, most of the 69 columns
 are padding) and sizes each chunk by that width.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -40,7 +41,7 @@ def layout_depth(n_items: int, arity: int) -> int:
 def _level_positions(tree: Tree) -> tuple[np.ndarray, np.ndarray]:
     """(M,) index of every node among the K**level positions of its level in a complete tree."""
     k, lv = tree.arity, tree.level.astype(np.int64)
-    first = (k ** lv - 1) // (k - 1)           # complete-tree breadth-first key of each level's first node
+    first = (k**lv - 1) // (k - 1)  # complete-tree breadth-first key of each level's first node
     return position_keys(tree) - first, lv
 
 
@@ -51,7 +52,7 @@ def position_maps(tree: Tree, depth: int) -> list[np.ndarray]:
     pos, lv = _level_positions(tree)
     maps = [np.zeros(1, dtype=np.int64)]
     for j in range(1, depth + 1):
-        m = maps[-1][np.arange(k ** j) // k]
+        m = maps[-1][np.arange(k**j) // k]
         here = np.flatnonzero(lv == j)
         m[pos[here]] = here
         maps.append(m)
@@ -76,16 +77,19 @@ class PairChunks:
     samples : the training windows; ``max_samples`` of them (seeded subset) are scored.
     """
 
-    def __init__(self, samples: TrainingSamples, max_samples: int | None, seed: int,
-                 device: torch.device, block: int = 1 << 16):
+    def __init__(
+        self, samples: TrainingSamples, max_samples: int | None, seed: int, device: torch.device, block: int = 1 << 16
+    ):
         keep = subsample(len(samples), max_samples, seed)
         # history lengths, a block of windows at a time (never all (n, 69) windows at once)
-        lengths = np.concatenate([(samples.take(keep[i:i + block]) >= 0).sum(axis=1)
-                                  for i in range(0, keep.shape[0], block)] or [np.zeros(0, np.int64)])
+        lengths = np.concatenate(
+            [(samples.take(keep[i : i + block]) >= 0).sum(axis=1) for i in range(0, keep.shape[0], block)]
+            or [np.zeros(0, np.int64)]
+        )
         order = np.argsort(lengths, kind="stable")
-        self.lengths = np.maximum(lengths[order], 1)                 # (n,) ascending
+        self.lengths = np.maximum(lengths[order], 1)  # (n,) ascending
         self.windows = DeviceWindows(samples, device, keep[order])
-        self.targets = self.windows.targets                          # (n,) long
+        self.targets = self.windows.targets  # (n,) long
         # the m distinct targets, each pair's row among them, and the pairs per item
         self.items, self.row = torch.unique(self.targets, return_inverse=True)  # (m,), (n,)
         self.counts = torch.bincount(self.row, minlength=self.items.shape[0]).to(torch.float32)
@@ -127,24 +131,29 @@ def learn_top_down(tree: Tree, pairs: PairChunks, gap: int, weights: WeightFn, d
     depth = layout_depth(n, k)
     device = pairs.targets.device
     old_leaf = torch.as_tensor(old_leaf_positions(tree, depth), device=device)
-    cur = torch.zeros(n, dtype=torch.int64, device=device)        # position at level l0
+    cur = torch.zeros(n, dtype=torch.int64, device=device)  # position at level l0
     steps = -(-depth // gap)
     with Progress(desc, total=steps * len(pairs), unit="pair") as prog:
         for l0 in range(0, depth, gap):
             g = min(gap, depth - l0)
-            w = weights(l0, g, cur, prog)                            # (n, K**g)
-            old_child = old_leaf // k ** (depth - l0 - g) - cur * k ** g
-            old_child = torch.where((old_child >= 0) & (old_child < k ** g), old_child, -1)
-            child = assign_with_capacity(w, pairs.items, pairs.counts, cur, old_child,
-                                         capacity=k ** (depth - l0 - g))
-            cur = cur * k ** g + child
+            w = weights(l0, g, cur, prog)  # (n, K**g)
+            old_child = old_leaf // k ** (depth - l0 - g) - cur * k**g
+            old_child = torch.where((old_child >= 0) & (old_child < k**g), old_child, -1)
+            child = assign_with_capacity(w, pairs.items, pairs.counts, cur, old_child, capacity=k ** (depth - l0 - g))
+            cur = cur * k**g + child
     digits = k ** torch.arange(depth - 1, -1, -1, device=device)
-    paths = (cur.unsqueeze(1) // digits) % k                       # (n, D) K-way codes
+    paths = (cur.unsqueeze(1) // digits) % k  # (n, D) K-way codes
     return Tree.from_paths(paths.cpu().numpy(), np.arange(n), n, k)
 
 
-def assign_with_capacity(weights: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor,
-                         parent: torch.Tensor, old_child: torch.Tensor, capacity: int) -> torch.Tensor:
+def assign_with_capacity(
+    weights: torch.Tensor,
+    rows: torch.Tensor,
+    counts: torch.Tensor,
+    parent: torch.Tensor,
+    old_child: torch.Tensor,
+    capacity: int,
+) -> torch.Tensor:
     """Greedy choice of a child per item under a capacity per child, with JTM's rebalance.
 
     Parameters
@@ -172,7 +181,7 @@ def assign_with_capacity(weights: torch.Tensor, rows: torch.Tensor, counts: torc
     device = parent.device
     row_of = torch.full((n,), -1, dtype=torch.int64, device=device)
     row_of[rows] = torch.arange(rows.shape[0], device=device)
-    mean = weights / counts.clamp(min=1).unsqueeze(1)                 # (m, W)
+    mean = weights / counts.clamp(min=1).unsqueeze(1)  # (m, W)
     room = torch.full(((int(parent.max()) + 1) * width,), capacity, dtype=torch.int64, device=device)
     child = torch.full((n,), -1, dtype=torch.int64, device=device)
     for _ in range(width + 2):
@@ -198,8 +207,8 @@ def _proposals(weights, mean, row, parent, old_child, room, width) -> tuple[torc
     """(best child, rank) of unplaced items: the best child with room by weight for items with
     pairs (``row`` >= 0); for the others their previous child if it has room, else the first
     child of their parent with room, ranked -inf."""
-    has_room = (room.view(-1, width) > 0)                              # (parents, W)
-    first_free = has_room.to(torch.int8).argmax(dim=1)                 # (parents,)
+    has_room = room.view(-1, width) > 0  # (parents, W)
+    first_free = has_room.to(torch.int8).argmax(dim=1)  # (parents,)
     oc = old_child.clamp(min=0)
     old_ok = (old_child >= 0) & has_room[parent, oc]
     best = torch.where(old_ok, oc, first_free[parent])
@@ -207,7 +216,7 @@ def _proposals(weights, mean, row, parent, old_child, room, width) -> tuple[torc
     ev = torch.nonzero(row >= 0).squeeze(1)
     if ev.numel():
         r = row[ev]
-        cand = weights[r].masked_fill(~has_room[parent[ev]], -torch.inf)   # (e, W)
+        cand = weights[r].masked_fill(~has_room[parent[ev]], -torch.inf)  # (e, W)
         best[ev] = cand.argmax(dim=1)
         rank[ev] = mean[r, best[ev]]
     return best, rank

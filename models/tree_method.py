@@ -7,19 +7,18 @@ Lifecycle of both (each verb's result is one store version):
 * ``construct``: TDM's category tree (§3.5, generalised to K children): categories shuffled with
   the seed, items of a category together, the list split recursively into near-equal parts.
   No weights yet.
-* ``train``: the attention-DNN scorer (`models.node_scorer.TDMScorer`; JTM: `models.jtm.hierarchical.HierarchicalScorer`)
-  trained on the version's tree with per-level negative sampling and binary cross-entropy
-  (`models.tree_training`) -> artifact ``weights.pt``. Training a version that already has
-  weights continues from them; training a freshly relearnt tree warm-starts from the previous
-  model (``warm_start.pt``, see below).
-* ``relearn``: a new tree from the trained model. TDM: top-down balanced k-means over the learnt
+* ``train``: the attention-DNN scorer (`models.node_scorer.TDMScorer`; JTM:
+  `models.jtm.hierarchical.HierarchicalScorer`) trained on the version's tree with per-level
+  negative sampling and binary cross-entropy (`models.tree_training`) -> artifact
+  ``weights.pt``. Training a version that already has weights continues from them; training a
+  freshly relearnt tree warm-starts from the previous model (``warm_start.pt``, see below). *
+  ``relearn``: a new tree from the trained model. TDM: top-down balanced k-means over the learnt
   item (= leaf) embeddings (§3.5). JTM: Algorithm 2 (top-down assignment d levels at a time by
   the log-likelihood of each item's training pairs, with the capacity rebalance,
   `models.jtm.tree_learning.learn_tree`). The new version carries the old model and old tree as
   ``warm_start.pt`` and no ``weights.pt``: its tree has never been trained, so it cannot be
-  searched until `train` runs.
-* ``searcher``: TDM Algorithm 1, batched (`models.beam_search.beam_search`); ``exhaustive``
-  scores every leaf with the same model.
+  searched until `train` runs. * ``searcher``: TDM Algorithm 1, batched
+  (`models.beam_search.beam_search`); ``exhaustive`` scores every leaf with the same model.
 
 Choices where the papers are silent
 -----------------------------------
@@ -36,6 +35,7 @@ Choices where the papers are silent
   JTM supplement: 100 on Amazon Books, 200 on UserBehavior).
 * JTM uses the same batch-normalised MLP as TDM (the supplement describes the same network).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,18 +98,28 @@ class TreeMethodConfig(MethodConfig):
         if self.arity < 2:
             raise ValueError(f"arity must be >= 2, got {self.arity}")
         if self.dim < 1 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("dim, batch_size and lr must be positive and epochs >= 0; got "
-                             f"dim={self.dim}, epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+            raise ValueError(
+                "dim, batch_size and lr must be positive and epochs >= 0; got "
+                f"dim={self.dim}, epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}"
+            )
         if self.neg_base <= 0 or self.neg_growth <= 0 or self.neg_total < 0 or any(n < 0 for n in self.negatives):
             raise ValueError("negatives must be positive")
         if self.max_samples < 0:
             raise ValueError(f"max_samples must be >= 0, got {self.max_samples}")
 
     def train_options(self, seed: int) -> TrainOptions:
-        return TrainOptions(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_decay=self.lr_decay,
-                            neg_base=self.neg_base, neg_growth=self.neg_growth, negatives=tuple(self.negatives),
-                            neg_total=self.neg_total,
-                            max_samples=self.max_samples or None, seed=seed)
+        return TrainOptions(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            lr_decay=self.lr_decay,
+            neg_base=self.neg_base,
+            neg_growth=self.neg_growth,
+            negatives=tuple(self.negatives),
+            neg_total=self.neg_total,
+            max_samples=self.max_samples or None,
+            seed=seed,
+        )
 
 
 def _tree(built: Built) -> Tree:
@@ -123,8 +133,12 @@ def _state(scorer: torch.nn.Module) -> dict:
 
 
 def _tree_state(tree: Tree) -> dict:
-    return {"parent": torch.from_numpy(tree.parent.copy()), "item": torch.from_numpy(tree.item.copy()),
-            "n_items": tree.n_items, "arity": tree.arity}
+    return {
+        "parent": torch.from_numpy(tree.parent.copy()),
+        "item": torch.from_numpy(tree.item.copy()),
+        "n_items": tree.n_items,
+        "arity": tree.arity,
+    }
 
 
 def _tree_from_state(saved: dict) -> Tree:
@@ -145,7 +159,7 @@ class TreeSearcher(Searcher):
         b = hist.shape[0]
 
         def score(rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-            grid = nodes.view(b, -1)                                   # (B, W)
+            grid = nodes.view(b, -1)  # (B, W)
             # padding pairs come as the root (node 0), never a real candidate below level 0;
             # give them a real candidate of this call so all pairs share a level (JTM's
             # hierarchical behaviours then take their one-level fast path). Scores are discarded.
@@ -194,9 +208,9 @@ class TreeMethod(Method[TC]):
         if verb == "relearn":
             return 2 * table + arrays + ancestors + self.relearn_bytes(config, n_items)
         columns = min(config.neg_total or 1 << 12, 1 << 12) + depth + sum(config.negatives)
-        act = config.batch_size * columns * MAX_BEHAVIOURS * 36 * FLOAT * 6   # one-piece pass (CUDA)
+        act = config.batch_size * columns * MAX_BEHAVIOURS * 36 * FLOAT * 6  # one-piece pass (CUDA)
         if not str(config.device).startswith("cuda"):
-            act = min(act, 64 * TDMScorer.train_chunk_elements * FLOAT)      # checkpointed chunks (CPU)
+            act = min(act, 64 * TDMScorer.train_chunk_elements * FLOAT)  # checkpointed chunks (CPU)
         mlp = sum(config.hidden) * (len(WINDOWS) + 1) * config.dim * FLOAT * 5
         return adam_table(nodes + 1, config.dim) + arrays + ancestors + act + mlp
 
@@ -224,8 +238,13 @@ class TreeMethod(Method[TC]):
             scorer.load_state_dict(bytes_to_state(built.artifacts[WEIGHTS], "cpu"))
         elif WARM_START in built.artifacts and config.warm_start:
             saved = bytes_to_state(built.artifacts[WARM_START], "cpu")
-            transfer_weights(scorer, saved["state"], _tree_from_state(saved["tree"]), tree,
-                             keep_nodes_by_path=self.keep_nodes_by_path)
+            transfer_weights(
+                scorer,
+                saved["state"],
+                _tree_from_state(saved["tree"]),
+                tree,
+                keep_nodes_by_path=self.keep_nodes_by_path,
+            )
         train_scorer(scorer, tree, data.train, config.train_options(seed), device, desc=f"{self.name} train")
         return Built(tree, {WEIGHTS: state_to_bytes(_state(scorer))})
 
@@ -237,8 +256,7 @@ class TreeMethod(Method[TC]):
         warm = {"state": _state(scorer), "tree": _tree_state(tree)}
         return Built(new, {WARM_START: state_to_bytes(warm)})
 
-    def learn(self, config, scorer: TDMScorer, tree: Tree, data: SplitData, seed: int,
-              device: torch.device) -> Tree:
+    def learn(self, config, scorer: TDMScorer, tree: Tree, data: SplitData, seed: int, device: torch.device) -> Tree:
         raise NotImplementedError
 
     def searcher(self, config: TC, built: Built, device="cpu") -> Searcher:

@@ -10,6 +10,7 @@ its negatives at level l are drawn among all of that level's nodes.
 
 Everything runs as tensors on the training device: no Python loop per sample or per node.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ from models.progress import Progress
 from models.windows import DeviceWindows
 
 
-def negatives_per_level(level_sizes: np.ndarray, base: float, growth: float,
-                        explicit: tuple[int, ...] = (), total: int = 0) -> np.ndarray:
+def negatives_per_level(
+    level_sizes: np.ndarray, base: float, growth: float, explicit: tuple[int, ...] = (), total: int = 0
+) -> np.ndarray:
     """Negatives at every level 0..depth (level 0 always 0).
 
     ``explicit`` (one count per level 1..depth) wins when given. Otherwise level l gets
@@ -101,11 +103,11 @@ class LevelSampler:
         col_level = np.concatenate([np.full(1 + n_neg[lv], lv) for lv in range(1, depth + 1)])
         col_pos = np.concatenate([np.arange(1 + n_neg[lv]) == 0 for lv in range(1, depth + 1)])
         as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), device=device)  # noqa: E731
-        self.anc = as_t(anc)                         # (D, n_items)
-        self.col_level = as_t(col_level - 1)         # (C,) row of `anc` for each column
-        self.col_pos = as_t(col_pos)                 # (C,) bool
-        self.col_start = as_t(starts[col_level])     # (C,) first node of the column's level
-        self.col_size = as_t(sizes[col_level])       # (C,) nodes in the column's level
+        self.anc = as_t(anc)  # (D, n_items)
+        self.col_level = as_t(col_level - 1)  # (C,) row of `anc` for each column
+        self.col_pos = as_t(col_pos)  # (C,) bool
+        self.col_start = as_t(starts[col_level])  # (C,) first node of the column's level
+        self.col_size = as_t(sizes[col_level])  # (C,) nodes in the column's level
         self.n_columns = int(col_level.shape[0])
 
     def sample(self, targets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,9 +120,9 @@ class LevelSampler:
         mask : (N, C) bool -- False where a column has no node (no positive at a level below
             the target's leaf, or no other node to draw).
         """
-        pos = self.anc[:, targets].T[:, self.col_level]          # (N, C) positive node, -1 if none
+        pos = self.anc[:, targets].T[:, self.col_level]  # (N, C) positive node, -1 if none
         has_pos = pos >= 0
-        avail = self.col_size - has_pos.long()                   # (N, C) nodes to draw from
+        avail = self.col_size - has_pos.long()  # (N, C) nodes to draw from
         u = torch.rand(pos.shape, generator=gen, device=pos.device)
         r = torch.minimum((u * avail).long(), (avail - 1).clamp(min=0))
         # skip over the positive: uniform over the level without it
@@ -140,12 +142,12 @@ class TrainOptions:
     epochs: int = 1
     batch_size: int = 256
     lr: float = 1e-3
-    lr_decay: float = 0.9          # ExponentialLR gamma applied after every epoch (JTM: 0.9)
-    neg_base: float = 1.0          # level l gets ceil(neg_base * neg_growth ** (l - 1)) negatives
+    lr_decay: float = 0.9  # ExponentialLR gamma applied after every epoch (JTM: 0.9)
+    neg_base: float = 1.0  # level l gets ceil(neg_base * neg_growth ** (l - 1)) negatives
     neg_growth: float = 1.3
     negatives: tuple[int, ...] = ()  # explicit per-level counts (levels 1..depth) instead
-    neg_total: int = 0               # > 0: at most this many negatives per sample (levels summed)
-    max_samples: int | None = None   # train on a seeded random subset of this many samples
+    neg_total: int = 0  # > 0: at most this many negatives per sample (levels summed)
+    max_samples: int | None = None  # train on a seeded random subset of this many samples
     seed: int = 0
 
 
@@ -156,8 +158,14 @@ def subsample(n: int, max_samples: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
 
 
-def train_scorer(scorer: nn.Module, tree: Tree, samples: TrainingSamples, opts: TrainOptions,
-                 device: torch.device, desc: str = "train") -> dict:
+def train_scorer(
+    scorer: nn.Module,
+    tree: Tree,
+    samples: TrainingSamples,
+    opts: TrainOptions,
+    device: torch.device,
+    desc: str = "train",
+) -> dict:
     """Train ``scorer`` (a `models.node_scorer.TDMScorer` or subclass, built for ``tree``) in place.
 
     Parameters
@@ -173,8 +181,11 @@ def train_scorer(scorer: nn.Module, tree: Tree, samples: TrainingSamples, opts: 
         raise ValueError("no training samples")
     data = DeviceWindows(samples, device, subsample(len(samples), opts.max_samples, opts.seed))
     n = len(data)
-    sampler = LevelSampler(tree, negatives_per_level(tree.level_counts(), opts.neg_base, opts.neg_growth,
-                                                     tuple(opts.negatives), opts.neg_total), device)
+    sampler = LevelSampler(
+        tree,
+        negatives_per_level(tree.level_counts(), opts.neg_base, opts.neg_growth, tuple(opts.negatives), opts.neg_total),
+        device,
+    )
     gen = torch.Generator(device=device).manual_seed(opts.seed)
     scorer.to(device).train()
     optim = EmbeddingAdam(scorer, lr=opts.lr)
@@ -186,7 +197,7 @@ def train_scorer(scorer: nn.Module, tree: Tree, samples: TrainingSamples, opts: 
             order = torch.randperm(n, generator=gen, device=device)
             loss_sum = torch.zeros((), device=device)
             for b in range(steps_per_epoch):
-                idx = order[b * opts.batch_size:(b + 1) * opts.batch_size]
+                idx = order[b * opts.batch_size : (b + 1) * opts.batch_size]
                 loss = bce_step(scorer, optim, sampler, data.behaviours(idx), data.targets[idx], gen)
                 loss_sum += loss
                 steps, done = steps + 1, done + idx.numel()
@@ -194,15 +205,20 @@ def train_scorer(scorer: nn.Module, tree: Tree, samples: TrainingSamples, opts: 
             optim.decay(opts.lr_decay)
     elapsed = max(time.perf_counter() - start, 1e-9)
     scorer.eval()
-    return {"loss": float(loss_sum) / steps_per_epoch, "samples_per_s": opts.epochs * n / elapsed,
-            "steps": steps, "samples": int(n)}
+    return {
+        "loss": float(loss_sum) / steps_per_epoch,
+        "samples_per_s": opts.epochs * n / elapsed,
+        "steps": steps,
+        "samples": int(n),
+    }
 
 
-def bce_step(scorer, optim: EmbeddingAdam, sampler: LevelSampler, hist: torch.Tensor, tgt: torch.Tensor,
-             gen: torch.Generator) -> torch.Tensor:
+def bce_step(
+    scorer, optim: EmbeddingAdam, sampler: LevelSampler, hist: torch.Tensor, tgt: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
     """One Adam step on a batch: masked mean binary cross-entropy over all sampled pairs."""
-    nodes, labels, mask = sampler.sample(tgt, gen)              # (N, C) each
-    logits = scorer(hist, nodes)                                # (N, C)
+    nodes, labels, mask = sampler.sample(tgt, gen)  # (N, C) each
+    logits = scorer(hist, nodes)  # (N, C)
     per_pair = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     m = mask.to(per_pair.dtype)
     loss = (per_pair * m).sum() / m.sum().clamp(min=1.0)

@@ -5,6 +5,7 @@ memory instead of an (n, 69) array). `DeviceWindows` puts that sequence and the 
 starts and targets on the device once and builds each batch's (b, 69) behaviours with one
 gather, so no step copies from the host and memory stays O(interactions + samples).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,14 +22,13 @@ class DeviceWindows:
     targets : (n,) long target items of the kept samples, in ``keep`` order.
     """
 
-    def __init__(self, samples: TrainingSamples, device: torch.device | str,
-                 keep: np.ndarray | None = None):
+    def __init__(self, samples: TrainingSamples, device: torch.device | str, keep: np.ndarray | None = None):
         starts = samples.starts if keep is None else samples.starts[keep]
         targets = samples.targets if keep is None else samples.targets[keep]
-        self.sequence = torch.as_tensor(samples.sequence, device=device)        # (M,) int32
+        self.sequence = torch.as_tensor(samples.sequence, device=device)  # (M,) int32
         self.starts = torch.as_tensor(np.asarray(starts, dtype=np.int64), device=device)  # (n,)
         self.targets = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=device)
-        self.offsets = torch.arange(MAX_BEHAVIOURS, device=device)             # (69,)
+        self.offsets = torch.arange(MAX_BEHAVIOURS, device=device)  # (69,)
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])

@@ -1,4 +1,5 @@
 """Shared fixtures. Prefect and grove are kept off $HOME and quiet in tests."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Two-tower (YouTube product-DNN) and Item-CF baselines on planted-cluster data."""
+
 from __future__ import annotations
 
 import math
@@ -32,20 +33,23 @@ def split_from_sequences(train_seqs, held_seqs, n_items) -> SplitData:
             beh.append(seq[:t]), tgt.append(seq[t]), usr.append(u)
     samples = TrainingSamples.from_windows(pad_histories(beh), np.array(tgt, np.int32), np.array(usr, np.int32))
     seen = [s[: len(s) // 2] for s in held_seqs]
-    truth = [s[len(s) // 2:] for s in held_seqs]
+    truth = [s[len(s) // 2 :] for s in held_seqs]
     held = HeldOutUsers(np.arange(len(held_seqs), dtype=np.int32), pad_histories(seen), *csr(seen), *csr(truth))
     train_off, train_items = csr(train_seqs)
     pop = np.bincount(train_items, minlength=n_items).astype(np.int64)
-    return SplitData("planted", "default", n_items, np.full(n_items, -1, np.int32), pop, samples,
-                     train_off, train_items, held, held)
+    return SplitData(
+        "planted", "default", n_items, np.full(n_items, -1, np.int32), pop, samples, train_off, train_items, held, held
+    )
 
 
 def planted(seed=0, n_train=240, n_held=40, length=12) -> SplitData:
     """Each user draws ``length`` distinct items from one of 4 clusters of 15 items."""
     rng = np.random.default_rng(seed)
+
     def user():
         c = rng.integers(N_CLUSTERS)
         return (c * CLUSTER + rng.permutation(CLUSTER)[:length]).astype(np.int64)
+
     return split_from_sequences([user() for _ in range(n_train)], [user() for _ in range(n_held)], N_ITEMS)
 
 
@@ -145,8 +149,9 @@ def test_misuse_raises(data):
     assert config_from_dict(TwoTowerConfig, {"hidden": [8, 4]}).hidden == (8, 4)
     with pytest.raises(GroveError):
         method.train(SMALL_TT, Built(flat_tree(N_ITEMS + 1)), data, 0)
-    searcher = ItemCFMethod().searcher(ItemCFConfig(device="cpu"),
-                                       ItemCFMethod().train(ItemCFConfig(device="cpu"), Built(flat_tree(N_ITEMS)), data, 0))
+    searcher = ItemCFMethod().searcher(
+        ItemCFConfig(device="cpu"), ItemCFMethod().train(ItemCFConfig(device="cpu"), Built(flat_tree(N_ITEMS)), data, 0)
+    )
     with pytest.raises(GroveError):
         searcher.search(torch.zeros((1, 69), dtype=torch.int64), 0, beam=5)
     with pytest.raises(GroveError):
@@ -189,6 +194,6 @@ def test_itemcf_retrieves_cluster_and_fills_with_popularity(data):
     h[0, 0] = 0  # one behaviour in cluster 0
     scores, items = searcher.search(h, N_ITEMS + 3, beam=1)
     assert items.shape == (2, N_ITEMS + 3) and (items[:, N_ITEMS:] == -1).all()
-    assert set(items[0, :CLUSTER - 1].tolist()) == set(range(1, CLUSTER))  # its co-occurring items first
+    assert set(items[0, : CLUSTER - 1].tolist()) == set(range(1, CLUSTER))  # its co-occurring items first
     order = np.argsort(-data.item_popularity, kind="stable")
     assert items[1, :N_ITEMS].tolist() == order.tolist()  # empty history: popularity order

@@ -1,4 +1,5 @@
 """Beam search (TDM Algorithm 1, batched) against brute force; exhaustive against a sort."""
+
 import numpy as np
 import pytest
 import torch
@@ -36,9 +37,12 @@ TREES = {
     "binary_mixed_depth": lambda: category_tree(np.arange(77) % 5, 2, seed=0),
     "k3_mixed": lambda: category_tree(np.zeros(10, np.int64), 3, seed=0),
     "k4_kmeans": lambda: kmeans_tree(np.random.default_rng(0).standard_normal((150, 4)).astype(np.float32), 4, iters=3),
-    "recforest_dups": lambda: recforest_tree(np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32), 3, iters=3),
-    "ragged": lambda: Tree.from_parents([-1, 0, 0, 0, 1, 1, 2, 6, 6, 6, 4, 4],
-                                        [-1, -1, -1, 3, -1, 5, -1, 0, 1, 2, 4, 6], 7, 3),
+    "recforest_dups": lambda: recforest_tree(
+        np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32), 3, iters=3
+    ),
+    "ragged": lambda: Tree.from_parents(
+        [-1, 0, 0, 0, 1, 1, 2, 6, 6, 6, 4, 4], [-1, -1, -1, 3, -1, 5, -1, 0, 1, 2, 4, 6], 7, 3
+    ),
 }
 
 

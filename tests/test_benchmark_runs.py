@@ -1,6 +1,7 @@
 """The benchmark scripts time medians of >= 5 runs after a warm-up by default (issue 7's rule),
 and refuse run counts below 1 with a message naming the flag; the GPU profile's chunk sweep keeps
 the top-k."""
+
 import argparse
 import json
 
@@ -48,17 +49,20 @@ def test_store_roundtrip_and_tree_build_default_to_five_runs(monkeypatch):
     assert builds.repeats >= 5 and builds.repeats_large >= 5
 
 
-@pytest.mark.parametrize("module, argv, flag", [
-    (scale, ["--repeats", "0"], "--repeats"),
-    (scale, ["--exhaustive-users", "-1"], "--exhaustive-users"),
-    (scale, ["--sizes", "10"], "--sizes"),
-    (store_roundtrip, ["--runs", "0"], "--runs"),
-    (tree_build, ["--repeats-large", "0"], "--repeats-large"),
-    (store_roundtrip, ["--items", "10"], "--items"),
-    (gpu, ["--cpu-batch", "0"], "--cpu-batch"),
-    (gpu_profile, ["--repeats", "0"], "--repeats"),
-    (relearn_chunks, ["--runs", "0"], "--runs"),
-])
+@pytest.mark.parametrize(
+    "module, argv, flag",
+    [
+        (scale, ["--repeats", "0"], "--repeats"),
+        (scale, ["--exhaustive-users", "-1"], "--exhaustive-users"),
+        (scale, ["--sizes", "10"], "--sizes"),
+        (store_roundtrip, ["--runs", "0"], "--runs"),
+        (tree_build, ["--repeats-large", "0"], "--repeats-large"),
+        (store_roundtrip, ["--items", "10"], "--items"),
+        (gpu, ["--cpu-batch", "0"], "--cpu-batch"),
+        (gpu_profile, ["--repeats", "0"], "--repeats"),
+        (relearn_chunks, ["--runs", "0"], "--runs"),
+    ],
+)
 def test_run_counts_below_one_are_refused_naming_the_flag(module, argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:
         module.main(argv)
@@ -68,9 +72,31 @@ def test_run_counts_below_one_are_refused_naming_the_flag(module, argv, flag, ca
 
 def test_gpu_profile_chunk_sweep_returns_the_same_items_at_every_chunk_size(tmp_path):
     # a tiny run on whatever device is present; chunking a level's users must not change the top-k
-    res = gpu_profile.main(["--items", "3000", "--batch", "16", "--batches", "16", "--repeats", "1",
-                            "--trees", "1", "--beam", "8", "--k", "10", "--max-elements", "1", "65536",
-                            "--rows", "3", "--out-dir", str(tmp_path)])
+    res = gpu_profile.main(
+        [
+            "--items",
+            "3000",
+            "--batch",
+            "16",
+            "--batches",
+            "16",
+            "--repeats",
+            "1",
+            "--trees",
+            "1",
+            "--beam",
+            "8",
+            "--k",
+            "10",
+            "--max-elements",
+            "1",
+            "65536",
+            "--rows",
+            "3",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     sizes = [r["max_elements"] for r in res["tdm_chunks"]]
     assert res["default_max_elements"] in sizes and 1 in sizes
     assert all(r["overlap_with_default"] == 1.0 for r in res["tdm_chunks"]), res["tdm_chunks"]
@@ -83,8 +109,22 @@ def test_gpu_profile_chunk_sweep_returns_the_same_items_at_every_chunk_size(tmp_
 
 def test_relearn_chunks_gives_the_same_tree_at_every_chunk_size(tmp_path):
     # JTM's and DeFoRec's relearning score pairs in chunks; the chunk must not change the tree
-    res = relearn_chunks.main(["--items", "600", "--pairs", "60", "--runs", "1",
-                               "--sizes", "0", "1", str(1 << 24), "--out-dir", str(tmp_path)])
+    res = relearn_chunks.main(
+        [
+            "--items",
+            "600",
+            "--pairs",
+            "60",
+            "--runs",
+            "1",
+            "--sizes",
+            "0",
+            "1",
+            str(1 << 24),
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert {r["relearner"] for r in res["rows"]} == {"jtm", "deforec"}
     assert sum(r["is_default"] for r in res["rows"]) == 2 and len(res["rows"]) == 6
     assert all(r["same_tree"] for r in res["rows"]), res["rows"]

@@ -1,6 +1,7 @@
 """Streaming import (`indexstore.bulk_import`): every format stores exactly what
 `read_interactions` + `import_dataset` store; bad input is one InputError line naming file, line,
 column and value, and leaves the store as it was."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -65,6 +66,7 @@ def same_as_reader(store: Store, path, fmt: str = "auto", items=None, **cols):
 
 # ------------------------------------------------------------------------ same as the reader
 
+
 def test_csv_with_header(store, tmp_path):
     p = tmp_path / "r.csv"
     p.write_text(_standard_body())
@@ -102,23 +104,44 @@ def test_ml_100k_and_headerless_tsv(store, tmp_path):
 def test_parquet(store, tmp_path):
     p = tmp_path / "r.parquet"
     cols = list(zip(*ROWS))
-    pq.write_table(pa.table({"user": pa.array([int(x) for x in cols[0]]), "item": list(cols[1]),
-                             "rating": list(cols[2]), "ts": list(cols[3])}), p)
+    pq.write_table(
+        pa.table(
+            {
+                "user": pa.array([int(x) for x in cols[0]]),
+                "item": list(cols[1]),
+                "rating": list(cols[2]),
+                "ts": list(cols[3]),
+            }
+        ),
+        p,
+    )
     same_as_reader(store, p)
     same_as_reader(store, p, fmt="parquet")
 
 
 def test_parquet_temporal_and_typed_columns(store, tmp_path):
     p = tmp_path / "t.parquet"
-    stamps = [dt.datetime(2020, 1, 2, 0, 0, 1, 500000), dt.datetime(2020, 1, 2), dt.datetime(1969, 12, 31, 23, 59, 59, 500000)]
-    pq.write_table(pa.table({"user": ["u1", " u2", "u1"], "item": pa.array([3, 4, 30], pa.int16()),
-                             "ts": pa.array(stamps, pa.timestamp("us")),
-                             "ns": pa.array(stamps, pa.timestamp("ns")),
-                             "utc": pa.array(stamps, pa.timestamp("ms", tz="UTC")),
-                             "day": pa.array([dt.date(2020, 1, 2)] * 3),
-                             "secs": pa.array([1.5, -0.5, 7.0]),
-                             "rating": pa.array([1, 2, 3], pa.int8()),
-                             "kind": ["click", None, "buy"]}), p)
+    stamps = [
+        dt.datetime(2020, 1, 2, 0, 0, 1, 500000),
+        dt.datetime(2020, 1, 2),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 500000),
+    ]
+    pq.write_table(
+        pa.table(
+            {
+                "user": ["u1", " u2", "u1"],
+                "item": pa.array([3, 4, 30], pa.int16()),
+                "ts": pa.array(stamps, pa.timestamp("us")),
+                "ns": pa.array(stamps, pa.timestamp("ns")),
+                "utc": pa.array(stamps, pa.timestamp("ms", tz="UTC")),
+                "day": pa.array([dt.date(2020, 1, 2)] * 3),
+                "secs": pa.array([1.5, -0.5, 7.0]),
+                "rating": pa.array([1, 2, 3], pa.int8()),
+                "kind": ["click", None, "buy"],
+            }
+        ),
+        p,
+    )
     got = same_as_reader(store, p, behavior_col="kind")
     np.testing.assert_array_equal(got.ts, [1577923201, 1577923200, -1])
     for time_col in ("ns", "utc", "day", "secs"):
@@ -139,13 +162,14 @@ def test_latin1_and_byte_order_mark(store, tmp_path):
 
 def test_named_columns_strings_dates_behaviour(store, tmp_path):
     p = tmp_path / "events.tsv"
-    p.write_text("who\twhat\twhen\tkind\n"
-                 "bob\t007\t2020-01-02\tclick\n"
-                 "alice\t7\t2020-01-02T00:00:10\tbuy\n"
-                 "bob\t7\t2020-01-02 00:01:00\t\n"
-                 " carol \t 07\t2020-01-02 00:01:00.9\tclick\n")
-    got = same_as_reader(store, p, user_col="who", item_col="what", time_col="when",
-                         behavior_col="kind")
+    p.write_text(
+        "who\twhat\twhen\tkind\n"
+        "bob\t007\t2020-01-02\tclick\n"
+        "alice\t7\t2020-01-02T00:00:10\tbuy\n"
+        "bob\t7\t2020-01-02 00:01:00\t\n"
+        " carol \t 07\t2020-01-02 00:01:00.9\tclick\n"
+    )
+    got = same_as_reader(store, p, user_col="who", item_col="what", time_col="when", behavior_col="kind")
     assert list(got.item_raw) == ["007", "07", "7"]  # numeric, ties by string
     assert list(got.behavior) == ["click", "buy", "", "click"]
 
@@ -195,11 +219,12 @@ def test_many_rows_keep_file_order(store, tmp_path):
     rng = np.random.default_rng(0)
     n = 600_000  # ~17 MB: several of DuckDB's parallel CSV buffers
     users, items = rng.integers(0, 5000, n), rng.integers(0, 700, n)
-    ts, rating = rng.integers(0, 10 ** 9, n), rng.integers(1, 11, n) / 2
+    ts, rating = rng.integers(0, 10**9, n), rng.integers(1, 11, n) / 2
     body = "user,item,ts,rating\n" + "".join(f"{u},i{i},{t},{r}\n" for u, i, t, r in zip(users, items, ts, rating))
     (tmp_path / "big.csv").write_text(body)
-    (tmp_path / "big.csv.gz").write_bytes(gzip.compress(body[:len(body) // 3].rsplit("\n", 1)[0].encode() + b"\n",
-                                                       compresslevel=1))
+    (tmp_path / "big.csv.gz").write_bytes(
+        gzip.compress(body[: len(body) // 3].rsplit("\n", 1)[0].encode() + b"\n", compresslevel=1)
+    )
     np.testing.assert_array_equal(same_as_reader(store, tmp_path / "big.csv").ts, ts)
     same_as_reader(store, tmp_path / "big.csv.gz")
 
@@ -208,8 +233,9 @@ def test_import_scale_benchmark_runs(tmp_path):
     """benchmarks/import_scale.py end to end on a small N: rows imported, file order kept."""
     from benchmarks import import_scale
 
-    res = import_scale.main(["--rows", "3000", "--runs", "1", "--work-dir", str(tmp_path),
-                             "--out", str(tmp_path / "scale")])
+    res = import_scale.main(
+        ["--rows", "3000", "--runs", "1", "--work-dir", str(tmp_path), "--out", str(tmp_path / "scale")]
+    )
     assert [(r["rows"], r["format"]) for r in res["rows"]] == [(3000, "csv"), (3000, "parquet")]
     assert all(r["file_order_kept"] and r["peak_rss_mb"] > 0 for r in res["rows"])
     assert "| 3,000 | parquet |" in (tmp_path / "scale.md").read_text()
@@ -226,11 +252,17 @@ def test_items_file_categories(store, tmp_path):
 
 @pytest.mark.dataset
 def test_ml_1m_subset_and_ml_latest_small(store, shared_datasets):
-    got = same_as_reader(store, shared_datasets / "ml-1m-subset" / "ratings_users0001-2999.dat.gz",
-                         items=shared_datasets / "ml-1m-subset" / "movies.dat")
+    got = same_as_reader(
+        store,
+        shared_datasets / "ml-1m-subset" / "ratings_users0001-2999.dat.gz",
+        items=shared_datasets / "ml-1m-subset" / "movies.dat",
+    )
     assert len(got.user) == 487_650
-    same_as_reader(store, shared_datasets / "ml-latest-small" / "ratings.csv",
-                   items=shared_datasets / "ml-latest-small" / "movies.csv")
+    same_as_reader(
+        store,
+        shared_datasets / "ml-latest-small" / "ratings.csv",
+        items=shared_datasets / "ml-latest-small" / "movies.csv",
+    )
 
 
 def test_cli_import_streams(tmp_path, capsys, monkeypatch):
@@ -248,11 +280,14 @@ def test_cli_import_streams(tmp_path, capsys, monkeypatch):
 
 # ------------------------------------------------------------------------------- bad input
 
+
 def _state(store: Store):
     counts = ", ".join(f"(SELECT count(*) FROM {t})" for t in _TABLES)
-    return (store.query(f"SELECT {counts}")[1], store.query("SELECT table_name FROM duckdb_tables() "
-                                                            "ORDER BY 1")[1],
-            [d.name for d in store.list_datasets()])
+    return (
+        store.query(f"SELECT {counts}")[1],
+        store.query("SELECT table_name FROM duckdb_tables() ORDER BY 1")[1],
+        [d.name for d in store.list_datasets()],
+    )
 
 
 def refused(store: Store, path, match: str, fmt: str = "auto", items=None, **cols) -> str:
@@ -388,13 +423,16 @@ def test_items_file_and_name_refused_first(store, tmp_path):
 
 # ---------------------------------------------------------------------------- memory cap
 
+
 def test_import_settings_set_and_restore(tmp_path, monkeypatch):
     path = tmp_path / "m.duckdb"
     con = duckdb.connect(str(path))
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET temp_directory = ?", [str(tmp_path / "elsewhere")])
-    now = ("SELECT current_setting('memory_limit'), current_setting('temp_directory'), "
-           "current_setting('preserve_insertion_order')")
+    now = (
+        "SELECT current_setting('memory_limit'), current_setting('temp_directory'), "
+        "current_setting('preserve_insertion_order')"
+    )
     before = con.execute(now).fetchone()
     monkeypatch.setenv(bulk_import.MEMORY_ENV, "300MB")
     with bulk_import.import_settings(con):

@@ -1,6 +1,7 @@
 """Catalogue scale (issue 23): per-sample cost bounded whatever the depth, sparse embedding
 updates, windows kept as slices, sizes that cannot fit refused before allocating, evaluation
 whose exhaustive reference is optional and can run on a sample of users."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,7 @@ from models.tree_training import negatives_per_level, spread_total
 
 
 def _sizes(depth: int, arity: int = 2) -> np.ndarray:
-    return np.array([arity ** level for level in range(depth + 1)])
+    return np.array([arity**level for level in range(depth + 1)])
 
 
 @pytest.mark.parametrize("depth", [14, 17, 20, 24, 30])
@@ -70,11 +71,11 @@ def test_a_training_step_updates_only_the_rows_it_read():
 
 
 def test_memory_limit_parsing():
-    assert parse_bytes("20GB") == 20 * 10 ** 9 and parse_bytes("512MiB") == 512 * 2 ** 20
+    assert parse_bytes("20GB") == 20 * 10**9 and parse_bytes("512MiB") == 512 * 2**20
     assert parse_bytes("1000") == 1000
     with pytest.raises(Exception, match="GROVE_MEMORY_LIMIT"):
         parse_bytes("lots")
-    assert budget("cpu") > 10 ** 9
+    assert budget("cpu") > 10**9
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,22 @@ def url(make_synth_store) -> str:
 
 def test_a_dim_that_cannot_fit_is_refused_before_anything_is_written(url, capsys):
     before = Store.open(url).list_versions()
-    code = main(["--store", url, "build", "--dataset", "synth", "--index", "huge-dim", "--method", "tdm",
-                 "--set", "dim=1000000000000", "--local"])
+    code = main(
+        [
+            "--store",
+            url,
+            "build",
+            "--dataset",
+            "synth",
+            "--index",
+            "huge-dim",
+            "--method",
+            "tdm",
+            "--set",
+            "dim=1000000000000",
+            "--local",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "dim=1000000000000" in err[0] and "needs about" in err[0] and "PiB" in err[0]
@@ -93,8 +108,27 @@ def test_a_dim_that_cannot_fit_is_refused_before_anything_is_written(url, capsys
 
 
 def test_a_memory_limit_refuses_training_with_the_estimate(url, monkeypatch, capsys):
-    assert main(["--store", url, "build", "--dataset", "synth", "--index", "small", "--method", "dr",
-                 "--set", "arity=8", "--set", "dim=8", "--local"]) == 0
+    assert (
+        main(
+            [
+                "--store",
+                url,
+                "build",
+                "--dataset",
+                "synth",
+                "--index",
+                "small",
+                "--method",
+                "dr",
+                "--set",
+                "arity=8",
+                "--set",
+                "dim=8",
+                "--local",
+            ]
+        )
+        == 0
+    )
     n = len(Store.open(url).list_versions())
     monkeypatch.setenv("GROVE_MEMORY_LIMIT", "100kB")
     assert main(["--store", url, "train", "small", "--local"]) == 2
@@ -109,20 +143,62 @@ def test_memory_check_raises_too_large_error(monkeypatch):
 
     monkeypatch.setenv("GROVE_MEMORY_LIMIT", "1MB")
     with pytest.raises(TooLargeError, match="tdm train of 1,000,000 items with arity=2, dim=24"):
-        check_memory(TDMMethod(), TDMConfig(), 10 ** 6, ("train",), "cpu")
+        check_memory(TDMMethod(), TDMConfig(), 10**6, ("train",), "cpu")
 
 
 def test_eval_without_and_with_a_sampled_exhaustive_reference(url, capsys):
-    assert main(["--store", url, "build", "--dataset", "synth", "--index", "ev", "--method", "tdm",
-                 "--set", "dim=8", "--set", "hidden=[16,8]", "--set", "max_samples=600", "--local"]) == 0
+    assert (
+        main(
+            [
+                "--store",
+                url,
+                "build",
+                "--dataset",
+                "synth",
+                "--index",
+                "ev",
+                "--method",
+                "tdm",
+                "--set",
+                "dim=8",
+                "--set",
+                "hidden=[16,8]",
+                "--set",
+                "max_samples=600",
+                "--local",
+            ]
+        )
+        == 0
+    )
     assert main(["--store", url, "train", "ev", "--local"]) == 0
     vid = Store.open(url).list_versions("ev")[-1].id
-    assert main(["--store", url, "eval", "ev", "--k", "10", "--beam", "10", "--users", "30",
-                 "--no-exhaustive", "--local"]) == 0
+    assert (
+        main(["--store", url, "eval", "ev", "--k", "10", "--beam", "10", "--users", "30", "--no-exhaustive", "--local"])
+        == 0
+    )
     rows = Store.open(url).metrics(vid)
     assert not any(r.beam is None or r.name == "fidelity" for r in rows)
-    assert main(["--store", url, "eval", "ev", "--k", "10", "--beam", "10", "--users", "30",
-                 "--exhaustive", "--exhaustive-users", "12", "--local"]) == 0
+    assert (
+        main(
+            [
+                "--store",
+                url,
+                "eval",
+                "ev",
+                "--k",
+                "10",
+                "--beam",
+                "10",
+                "--users",
+                "30",
+                "--exhaustive",
+                "--exhaustive-users",
+                "12",
+                "--local",
+            ]
+        )
+        == 0
+    )
     rows = Store.open(url).metrics(vid)
     exhaustive = [r for r in rows if r.beam is None]
     assert exhaustive and all(r.note == "12 users" for r in exhaustive)

@@ -1,5 +1,6 @@
 """`grove build/train/relearn/eval/cycle/retrieve` (in-process, --local) on a real store, and the
 bad inputs of the TDM/JTM issue: clear one-line errors, exit 2, nothing written."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,11 @@ def n_versions(url) -> int:
 
 def test_parse_settings_merges_json_and_set():
     assert parse_settings('{"epochs": 2, "arity": 4}', ["arity=8", "device=cpu", "hidden=[32,16]"]) == {
-        "epochs": 2, "arity": 8, "device": "cpu", "hidden": [32, 16]}
+        "epochs": 2,
+        "arity": 8,
+        "device": "cpu",
+        "hidden": [32, 16],
+    }
     with pytest.raises(GroveError, match="--set expects key=value"):
         parse_settings(None, ["epochs"])
     with pytest.raises(GroveError, match="not valid JSON"):
@@ -37,9 +42,30 @@ def test_parse_settings_merges_json_and_set():
 
 
 def test_build_train_relearn_eval_retrieve(url, capsys):
-    assert grove(url, "build", "--dataset", "synth", "--index", "cli-tdm", "--method", "tdm",
-                 "--set", "epochs=1", "--set", "dim=8", "--set", "hidden=[16,8]",
-                 "--set", "max_samples=1500", "--set", "neg_base=1.0", "--local") == 0
+    assert (
+        grove(
+            url,
+            "build",
+            "--dataset",
+            "synth",
+            "--index",
+            "cli-tdm",
+            "--method",
+            "tdm",
+            "--set",
+            "epochs=1",
+            "--set",
+            "dim=8",
+            "--set",
+            "hidden=[16,8]",
+            "--set",
+            "max_samples=1500",
+            "--set",
+            "neg_base=1.0",
+            "--local",
+        )
+        == 0
+    )
     assert grove(url, "train", "cli-tdm", "--local") == 0
     assert grove(url, "eval", "cli-tdm", "--k", "10", "--beam", "20", "--users", "20", "--local") == 0
     assert "recall" in capsys.readouterr().out
@@ -71,21 +97,44 @@ def test_retrieval_round_trip_through_store_is_identical(url):
 
 
 def test_cycle_local(url):
-    assert grove(url, "cycle", "--dataset", "synth", "--index", "cli-cf", "--method", "itemcf",
-                 "--rounds", "2", "--k", "10", "--users", "20", "--local") == 0
+    assert (
+        grove(
+            url,
+            "cycle",
+            "--dataset",
+            "synth",
+            "--index",
+            "cli-cf",
+            "--method",
+            "itemcf",
+            "--rounds",
+            "2",
+            "--k",
+            "10",
+            "--users",
+            "20",
+            "--local",
+        )
+        == 0
+    )
     assert [v.note for v in Store.open(url).list_versions("cli-cf")] == ["construct", "train round 0"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["build", "--dataset", "synth", "--index", "x", "--method", "nope", "--local"], "unknown method 'nope'"),
-    (["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "colour=1", "--local"],
-     "unknown config field 'colour'"),
-    (["build", "--dataset", "nosuch", "--index", "x", "--method", "tdm", "--local"], "nosuch"),
-    (["train", "no-such-index", "--local"], "no-such-index"),
-    (["retrieve", "cli-tdm", "--history", "1,2", "--k", "0"], "k must be a positive integer"),
-    (["retrieve", "cli-tdm", "--history", "1,2", "--beam", "-3"], "beam must be a positive integer"),
-    (["retrieve", "cli-tdm", "--version", "1", "--history", "1,2"], "never trained"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["build", "--dataset", "synth", "--index", "x", "--method", "nope", "--local"], "unknown method 'nope'"),
+        (
+            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "colour=1", "--local"],
+            "unknown config field 'colour'",
+        ),
+        (["build", "--dataset", "nosuch", "--index", "x", "--method", "tdm", "--local"], "nosuch"),
+        (["train", "no-such-index", "--local"], "no-such-index"),
+        (["retrieve", "cli-tdm", "--history", "1,2", "--k", "0"], "k must be a positive integer"),
+        (["retrieve", "cli-tdm", "--history", "1,2", "--beam", "-3"], "beam must be a positive integer"),
+        (["retrieve", "cli-tdm", "--version", "1", "--history", "1,2"], "never trained"),
+    ],
+)
 def test_bad_inputs_exit_2_and_write_nothing(url, capsys, args, message):
     before = n_versions(url)
     assert grove(url, *args) == 2

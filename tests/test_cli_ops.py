@@ -3,6 +3,7 @@ TDM index: the report holds lineage, metrics, the curve and the alias log; a CLI
 restores the previous version and the log records both moves; the gate from the CLI promotes
 and rejects; bad input (invalid cron, unknown index, no Prefect server) exits 2 with one line.
 The slow test registers the cron deployment against a real `prefect server start`."""
+
 from __future__ import annotations
 
 import base64
@@ -91,8 +92,7 @@ def test_promote_from_the_cli_rejects_then_promotes(ops, capsys):
     assert grove(url, "promote", INDEX, str(v2), "--gate-metric", "gatecheck", "--local") == 1
     assert "rejected" in capsys.readouterr().out
     assert store.aliases(INDEX)["production"] == v1 and store.aliases(INDEX)["candidate"] == v2
-    assert grove(url, "promote", INDEX, str(v2), "--gate-metric", "gatecheck", "--tolerance", "0.2",
-                 "--local") == 0
+    assert grove(url, "promote", INDEX, str(v2), "--gate-metric", "gatecheck", "--tolerance", "0.2", "--local") == 0
     assert "promoted" in capsys.readouterr().out
     assert store.aliases(INDEX)["production"] == v2
     actions = [e.action for e in store.alias_history(INDEX, "production")][-2:]
@@ -105,8 +105,24 @@ def test_schedule_once_local_retrains_from_production_and_gates(ops, capsys):
     store = Store.open(url)
     store.set_alias(INDEX, "production", v1, reason="before retrain")
     n = len(store.list_versions(INDEX))
-    assert grove(url, "schedule", INDEX, "--once", "--local", "--rounds", "0", "--users", "20",
-                 "--gate-beam", "20", "--tolerance", "1.0") == 0
+    assert (
+        grove(
+            url,
+            "schedule",
+            INDEX,
+            "--once",
+            "--local",
+            "--rounds",
+            "0",
+            "--users",
+            "20",
+            "--gate-beam",
+            "20",
+            "--tolerance",
+            "1.0",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     new = store.list_versions(INDEX)[n:]
     assert len(new) == 1 and new[0].parent_id == v1  # train from production, then evaluate + gate
@@ -164,9 +180,14 @@ def test_invalid_cron_exits_2_before_anything_starts(store_url, capsys, cron):
 
 def test_unknown_index_exits_2(ops, capsys, tmp_path):
     url, *_ = ops
-    for args in (["schedule", "nope", "--once", "--local"], ["schedule", "nope", "--cron", "0 3 * * *"],
-                 ["promote", "nope", "1", "--local"], ["report", "nope", "--out", str(tmp_path / "r.html")],
-                 ["serve", "nope", "--port", str(free_port())], ["rollback", "nope"]):
+    for args in (
+        ["schedule", "nope", "--once", "--local"],
+        ["schedule", "nope", "--cron", "0 3 * * *"],
+        ["promote", "nope", "1", "--local"],
+        ["report", "nope", "--out", str(tmp_path / "r.html")],
+        ["serve", "nope", "--port", str(free_port())],
+        ["rollback", "nope"],
+    ):
         assert grove(url, *args) == 2, args
         assert "unknown index 'nope'" in one_error_line(capsys), args
     assert not (tmp_path / "r.html").exists()
@@ -223,19 +244,49 @@ def test_schedule_registers_a_cron_deployment_on_a_real_prefect_server(ops, tmp_
     home.mkdir()
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_API_PORT=str(port),
-               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_LOGGING_LEVEL="WARNING",
-               PREFECT_UI_ENABLED="false")
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=api,
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_UI_ENABLED="false",
+    )
     prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
-    server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sched = None
     try:
         _wait_http(f"{api}/health", 180, server)
-        sched = subprocess.Popen([sys.executable, "-m", "flows.cli", "--store", url, "schedule", INDEX,
-                                  "--cron", "0 3 * * *", "--rounds", "2", "--tolerance", "0.01"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sched = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "--store",
+                url,
+                "schedule",
+                INDEX,
+                "--cron",
+                "0 3 * * *",
+                "--rounds",
+                "2",
+                "--tolerance",
+                "0.01",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         end, found = time.monotonic() + 180, []
         while time.monotonic() < end and not found:
             assert sched.poll() is None, _stop(sched)

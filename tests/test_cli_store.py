@@ -1,4 +1,5 @@
 """The store commands of `grove`, called through `flows.cli.main`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,9 @@ def test_commands_refuse_an_uninitialised_store(capsys, store_url):
 
 def test_data_and_versions_commands(capsys, store_url, tmp_path):
     assert run(capsys, store_url, "init")[0] == 0
-    code, out, _ = run(capsys, store_url, "data", "synth", "--name", "syn", "--items", "120",
-                       "--users", "150", "--seed", "1")
+    code, out, _ = run(
+        capsys, store_url, "data", "synth", "--name", "syn", "--items", "120", "--users", "150", "--seed", "1"
+    )
     assert code == 0 and "dataset 'syn'" in out
     code, out, _ = run(capsys, store_url, "data", "split", "syn", "--seed", "2")
     assert code == 0 and "train" in out
@@ -54,8 +56,9 @@ def test_data_and_versions_commands(capsys, store_url, tmp_path):
     assert code == 0 and f"{b} -> {a}" in out
     code, out, _ = run(capsys, store_url, "alias", "log", "idx")
     assert code == 0 and "rollback" in out
-    code, out, _ = run(capsys, store_url, "sql", "SELECT level, n_nodes FROM v_level_stats "
-                       f"WHERE version_id = {a} ORDER BY level")
+    code, out, _ = run(
+        capsys, store_url, "sql", f"SELECT level, n_nodes FROM v_level_stats WHERE version_id = {a} ORDER BY level"
+    )
     assert code == 0 and "(3 rows)" in out
     store.write_version("dr", "dr", PathCodes(np.array([[[0, 1]], [[1, 1]]]), np.zeros((2, 1)), 2), {})
 
@@ -69,26 +72,35 @@ def shared_store(tmp_path_factory) -> str:
     return url
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["data", "show", "nope"], "unknown dataset"),
-    (["data", "split", "nope"], "unknown dataset"),
-    (["data", "import", "/no/such/file.csv", "--name", "x"], "no such file"),
-    (["versions", "show", "99"], "unknown version"),
-    (["versions", "list", "--index", "nope"], "unknown index"),
-    (["alias", "set", "nope", "production", "1"], "unknown index"),
-    (["rollback", "nope"], "unknown index"),
-    (["sql", "DELETE FROM datasets"], "read-only"),
-    (["sql", "SELECT * FROM no_such_table"], "query failed"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "show", "nope"], "unknown dataset"),
+        (["data", "split", "nope"], "unknown dataset"),
+        (["data", "import", "/no/such/file.csv", "--name", "x"], "no such file"),
+        (["versions", "show", "99"], "unknown version"),
+        (["versions", "list", "--index", "nope"], "unknown index"),
+        (["alias", "set", "nope", "production", "1"], "unknown index"),
+        (["rollback", "nope"], "unknown index"),
+        (["sql", "DELETE FROM datasets"], "read-only"),
+        (["sql", "SELECT * FROM no_such_table"], "query failed"),
+    ],
+)
 def test_bad_input_exits_2_and_store_unchanged(capsys, shared_store, argv, message):
     store_url = shared_store
     store = Store.open(store_url)
-    before = store.query("SELECT (SELECT count(*) FROM versions), (SELECT count(*) FROM alias_events), "
-                         "(SELECT count(*) FROM datasets)")
+    before = store.query(
+        "SELECT (SELECT count(*) FROM versions), (SELECT count(*) FROM alias_events), (SELECT count(*) FROM datasets)"
+    )
     code, _, err = run(capsys, store_url, *argv)
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
-    assert store.query("SELECT (SELECT count(*) FROM versions), (SELECT count(*) FROM alias_events), "
-                       "(SELECT count(*) FROM datasets)") == before
+    assert (
+        store.query(
+            "SELECT (SELECT count(*) FROM versions), (SELECT count(*) FROM alias_events), "
+            "(SELECT count(*) FROM datasets)"
+        )
+        == before
+    )
 
 
 def test_rollback_of_version_of_other_index(capsys, store_url):

@@ -1,5 +1,6 @@
 """The CUDA path of every method: trained on the GPU, searched on the GPU, the same answers as
 the same index searched on the CPU (skipped without CUDA; run on a GPU machine)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,19 +13,23 @@ from models.method import config_from_dict
 from models.registry import get_method
 from models.retriever import Retriever
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 TINY = {
     "tdm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 3000, "device": "cuda"},
-    "jtm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 3000, "tree_samples": 3000,
-            "device": "cuda"},
-    "deforec": {"epochs": 1, "dim": 8, "negatives": 5, "max_samples": 3000, "tree_samples": 3000,
-                "device": "cuda"},
-    "recforest": {"arity": 8, "trees": 2, "hidden": 32, "ff": 64, "epochs": 1, "embeddings": "svd",
-                  "device": "cuda"},
-    "dr": {"arity": 8, "depth": 2, "n_paths": 2, "dim": 16, "hidden": 32, "epochs": 2,
-           "joint_epochs": 1, "device": "cuda"},
+    "jtm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 3000, "tree_samples": 3000, "device": "cuda"},
+    "deforec": {"epochs": 1, "dim": 8, "negatives": 5, "max_samples": 3000, "tree_samples": 3000, "device": "cuda"},
+    "recforest": {"arity": 8, "trees": 2, "hidden": 32, "ff": 64, "epochs": 1, "embeddings": "svd", "device": "cuda"},
+    "dr": {
+        "arity": 8,
+        "depth": 2,
+        "n_paths": 2,
+        "dim": 16,
+        "hidden": 32,
+        "epochs": 2,
+        "joint_epochs": 1,
+        "device": "cuda",
+    },
     "two_tower": {"epochs": 1, "dim": 8, "hidden": [16], "device": "cuda"},
     "itemcf": {"device": "cuda"},
 }
@@ -61,9 +66,15 @@ def test_retriever_loads_onto_cuda(url):
     config = config_from_dict(method.config_cls, TINY["tdm"])
     data = split_data(store, "synth", "default", config)
     built = method.train(config, method.construct(config, data, 0), data, 0)
-    info = store.write_version("cuda-tdm", "tdm", built.structure,
-                               {"method": "tdm", "config": config.to_dict(), "step": "train", "round": 0},
-                               dataset="synth", split="default", artifacts=built.artifacts)
+    info = store.write_version(
+        "cuda-tdm",
+        "tdm",
+        built.structure,
+        {"method": "tdm", "config": config.to_dict(), "step": "train", "round": 0},
+        dataset="synth",
+        split="default",
+        artifacts=built.artifacts,
+    )
     r = Retriever.load(store, "cuda-tdm", version=info.id, device="cuda")
     assert r.device.type == "cuda"
     scores, items = r.retrieve([[1, 2, 3], [], [5]], k=7, beam=20)

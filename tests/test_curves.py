@@ -4,6 +4,7 @@ Invariants: the curve measured from a stored version (``--from-store``) equals t
 right after training (same recall at every beam: the version round trip loses nothing); stores of
 different splits are refused; a store without ``curves-*`` indexes is refused by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,27 @@ def write_movielens(folder, n_users: int = 120, n_items: int = 90, seed: int = 0
 
 
 def run(tmp_path, data_dir, *args) -> dict:
-    return curves.main(["--dataset", "ml-latest-small", "--data-dir", str(data_dir), "--quick",
-                        "--methods", "dr", "--beams", "2", "10", "--k", "10", "--threads", "1",
-                        "--out-dir", str(tmp_path / "out"), *args])
+    return curves.main(
+        [
+            "--dataset",
+            "ml-latest-small",
+            "--data-dir",
+            str(data_dir),
+            "--quick",
+            "--methods",
+            "dr",
+            "--beams",
+            "2",
+            "10",
+            "--k",
+            "10",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(tmp_path / "out"),
+            *args,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +70,26 @@ def trained(tmp_path_factory):
 
 def test_stored_index_gives_the_curve_measured_after_training(trained):
     tmp, store, measured = trained
-    again = curves.main(["--dataset", "ml-latest-small", "--from-store", str(store), "--quick", "--beams", "2", "10",
-                         "--k", "10", "--threads", "1", "--out-dir", str(tmp / "out"), "--tag", "stored"])
+    again = curves.main(
+        [
+            "--dataset",
+            "ml-latest-small",
+            "--from-store",
+            str(store),
+            "--quick",
+            "--beams",
+            "2",
+            "10",
+            "--k",
+            "10",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(tmp / "out"),
+            "--tag",
+            "stored",
+        ]
+    )
     assert list(again["methods"]) == ["dr"]
     assert again["split_fingerprint"] == measured["split_fingerprint"]
     first, second = measured["methods"]["dr"], again["methods"]["dr"]
@@ -75,8 +112,16 @@ def test_train_only_writes_versions_and_measures_nothing(tmp_path, trained):
     assert result["methods"] == {}
     assert not (tmp_path / "out" / "curves_ml-latest-small_quick.json").exists()
     with pytest.raises(SystemExit, match="curves-dr is in both"):
-        curves.main(["--dataset", "ml-latest-small", "--from-store", str(tmp_path / "b.duckdb"),
-                     str(tmp / "a.duckdb"), "--quick"])
+        curves.main(
+            [
+                "--dataset",
+                "ml-latest-small",
+                "--from-store",
+                str(tmp_path / "b.duckdb"),
+                str(tmp / "a.duckdb"),
+                "--quick",
+            ]
+        )
 
 
 def test_stores_of_different_splits_are_refused(tmp_path, trained):
@@ -84,8 +129,7 @@ def test_stores_of_different_splits_are_refused(tmp_path, trained):
     write_movielens(tmp_path / "other" / "ml-latest-small", seed=1)
     run(tmp_path, tmp_path / "other", "--train-only", "--store", str(tmp_path / "c.duckdb"))
     with pytest.raises(SystemExit, match="differs from"):
-        curves.main(["--dataset", "ml-latest-small", "--from-store", str(store), str(tmp_path / "c.duckdb"),
-                     "--quick"])
+        curves.main(["--dataset", "ml-latest-small", "--from-store", str(store), str(tmp_path / "c.duckdb"), "--quick"])
 
 
 def test_bad_arguments_are_refused(tmp_path, trained):
@@ -97,5 +141,17 @@ def test_bad_arguments_are_refused(tmp_path, trained):
     with pytest.raises(SystemExit, match="--train-only needs --store"):
         curves.main(["--train-only", "--methods", "dr"])
     with pytest.raises(SystemExit, match="not among the methods"):
-        curves.main(["--methods", "dr", "--set", "tdm.epochs=1", "--store", str(tmp_path / "d.duckdb"),
-                     "--data-dir", str(tmp / "data"), "--dataset", "ml-latest-small"])
+        curves.main(
+            [
+                "--methods",
+                "dr",
+                "--set",
+                "tdm.epochs=1",
+                "--store",
+                str(tmp_path / "d.duckdb"),
+                "--data-dir",
+                str(tmp / "data"),
+                "--dataset",
+                "ml-latest-small",
+            ]
+        )

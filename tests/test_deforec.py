@@ -1,4 +1,5 @@
 """DeFoRec: sampled-softmax loss, softmax tree learning, the forest of every round."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,7 @@ from models.tree_builders import category_tree
 
 
 def _config(**kw):
-    base = dict(arity=2, negatives=8, gap=2, dim=8, epochs=3, batch_size=64, lr=1e-2,
-                tree_samples=2000, device="cpu")
+    base = dict(arity=2, negatives=8, gap=2, dim=8, epochs=3, batch_size=64, lr=1e-2, tree_samples=2000, device="cpu")
     base.update(kw)
     return DeFoRecConfig(**base)
 

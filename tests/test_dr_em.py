@@ -1,4 +1,5 @@
 """Deep Retrieval end to end on planted clusters: train, E-step, M-step, retrieve."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,21 +42,48 @@ def clustered_split(n_items=48, n_clusters=4, n_users=160, length=10, seed=0) ->
 
     train_users = range(2 * n_held, n_users)
     windows = [(seqs[u][:t], seqs[u][t], u) for u in train_users for t in range(2, length)]
-    train = TrainingSamples.from_windows(pad_histories([w[0] for w in windows]), np.array([w[1] for w in windows], np.int32),
-                            np.array([w[2] for w in windows], np.int32))
+    train = TrainingSamples.from_windows(
+        pad_histories([w[0] for w in windows]),
+        np.array([w[1] for w in windows], np.int32),
+        np.array([w[2] for w in windows], np.int32),
+    )
     to, ti = _csr([seqs[u] for u in train_users])
-    return SplitData("synthetic", "default", n_items, cluster.astype(np.int32),
-                     np.bincount(train.targets, minlength=n_items), train, to, ti,
-                     held(range(n_held)), held(range(n_held, 2 * n_held)))
+    return SplitData(
+        "synthetic",
+        "default",
+        n_items,
+        cluster.astype(np.int32),
+        np.bincount(train.targets, minlength=n_items),
+        train,
+        to,
+        ti,
+        held(range(n_held)),
+        held(range(n_held, 2 * n_held)),
+    )
 
 
 def recall(items: torch.Tensor, held: HeldOutUsers) -> float:
-    return float(np.mean([len(set(r.tolist()) & set(g.tolist())) / len(g)
-                          for r, g in zip(items.numpy(), held.truth())]))
+    return float(
+        np.mean([len(set(r.tolist()) & set(g.tolist())) / len(g) for r, g in zip(items.numpy(), held.truth())])
+    )
 
 
-CFG = DRConfig(arity=4, depth=2, n_paths=1, dim=16, hidden=16, epochs=3, joint_epochs=2, batch_size=64,
-               lr=1e-2, alpha=1e-3, estep_beam=4, estep_pool=4, mstep_iters=4, device="cpu")
+CFG = DRConfig(
+    arity=4,
+    depth=2,
+    n_paths=1,
+    dim=16,
+    hidden=16,
+    epochs=3,
+    joint_epochs=2,
+    batch_size=64,
+    lr=1e-2,
+    alpha=1e-3,
+    estep_beam=4,
+    estep_pool=4,
+    mstep_iters=4,
+    device="cpu",
+)
 
 
 def candidate_recall(cfg: DRConfig, built: Built, data: SplitData, beam: int) -> tuple[float, float]:
@@ -92,8 +120,9 @@ def test_estep_scores_are_sparse_path_probabilities():
     cands = estep_scores(net, data.train, data.n_items, beam=16, pool=16, batch_size=50, device=torch.device("cpu"))
     # beam = K^D keeps every path: an item's scores sum to its number of samples (probabilities sum to 1)
     totals = np.add.reduceat(cands.scores, cands.offsets[:-1])[np.diff(cands.offsets) > 0]
-    np.testing.assert_allclose(totals, np.bincount(data.train.targets, minlength=data.n_items)[np.diff(cands.offsets) > 0],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        totals, np.bincount(data.train.targets, minlength=data.n_items)[np.diff(cands.offsets) > 0], rtol=1e-4
+    )
     small = estep_scores(net, data.train, data.n_items, beam=3, pool=2, batch_size=1000, device=torch.device("cpu"))
     assert (np.diff(small.offsets) <= 2).all()
     for v in range(data.n_items):  # the two best of the pool are the two best of the full table

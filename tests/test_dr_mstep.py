@@ -1,4 +1,5 @@
 """Deep Retrieval M-step (appendix Algorithm 2) and initial assignment, on hand-made score tables."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,13 +45,14 @@ def test_overfull_path_loses_weakest_items_as_alpha_grows(alpha, kept):
 
 def test_size_penalty_is_marginal_quartic():
     s = np.arange(6)
-    np.testing.assert_allclose(size_penalty(s, 2.0), 2.0 * ((s + 1) ** 4 - s ** 4) / 4)
+    np.testing.assert_allclose(size_penalty(s, 2.0), 2.0 * ((s + 1) ** 4 - s**4) / 4)
 
 
 def test_without_penalty_picks_top_j_scores():
     rng = np.random.default_rng(1)
-    rows = [[(int(p), float(x)) for p, x in zip(rng.choice(64, 6, replace=False), rng.random(6) + 0.1)]
-            for _ in range(30)]
+    rows = [
+        [(int(p), float(x)) for p, x in zip(rng.choice(64, 6, replace=False), rng.random(6) + 0.1)] for _ in range(30)
+    ]
     out = mstep(table(rows), random_codes(30, 3, K, D, seed=1), alpha=0.0, iters=3, seed=0)
     for v, r in enumerate(rows):
         best = sorted(r, key=lambda t: -t[1])[:3]
@@ -60,8 +62,10 @@ def test_without_penalty_picks_top_j_scores():
 
 def test_j_paths_distinct_and_short_items_fall_back_to_previous_paths():
     rng = np.random.default_rng(2)
-    rows = [[(int(p), float(rng.random() + 0.1)) for p in rng.choice(64, rng.integers(0, 5), replace=False)]
-            for _ in range(40)]  # 0..4 candidates per item, J = 3
+    rows = [
+        [(int(p), float(rng.random() + 0.1)) for p in rng.choice(64, rng.integers(0, 5), replace=False)]
+        for _ in range(40)
+    ]  # 0..4 candidates per item, J = 3
     prev = random_codes(40, 3, K, D, seed=3)
     out = mstep(table(rows), prev, alpha=1e-3, iters=4, seed=0)
     assert out.codes.shape == (40, 3, D) and out.arity == K

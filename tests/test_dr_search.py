@@ -1,4 +1,5 @@
 """Deep Retrieval search: exact beam search on known models, the inverted index, the searcher."""
+
 from __future__ import annotations
 
 import itertools
@@ -149,7 +150,7 @@ def test_full_beam_search_equals_exhaustive():
     cfg, built = trained_searcher()
     s = DRMethod().searcher(cfg, built)
     h = histories()
-    sc, it = s.search(h, k=10, beam=3 ** 2)
+    sc, it = s.search(h, k=10, beam=3**2)
     ex_sc, ex_it = s.exhaustive(h, k=10)
     assert torch.equal(it, ex_it)
     torch.testing.assert_close(sc, ex_sc)

@@ -1,4 +1,5 @@
 """evaluate() / fidelity() on deterministic searchers with hand-computed metrics."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Every Prefect flow runs once under a real (test-harness) Prefect server on a real DuckDB store;
 each step writes a new version whose parent is the previous one."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,7 @@ import pytest
 from indexstore.store import Store
 
 # small enough to train in seconds on a 2-core CPU (the paper-sized defaults take minutes)
-TINY_TDM = {"epochs": 1, "batch_size": 256, "dim": 8, "hidden": [16, 8], "max_samples": 1500,
-            "neg_base": 1.0}
+TINY_TDM = {"epochs": 1, "batch_size": 256, "dim": 8, "hidden": [16, 8], "max_samples": 1500, "neg_base": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,9 @@ def test_construct_train_relearn_evaluate_flows(prefect_server, synth_store):
 def test_cycle_flow_writes_a_lineage(prefect_server, synth_store):
     from flows.prefect_flows import cycle_flow
 
-    written = cycle_flow(synth_store, "f-cycle", "tdm", "synth", config=TINY_TDM, rounds=1,
-                         ks=(10,), beams=(10,), max_users=20)
+    written = cycle_flow(
+        synth_store, "f-cycle", "tdm", "synth", config=TINY_TDM, rounds=1, ks=(10,), beams=(10,), max_users=20
+    )
     store = Store.open(synth_store)
     # construct, train, relearn, train
     assert len(written) == 4

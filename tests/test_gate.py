@@ -5,6 +5,7 @@ Also holds `tiny_index`, the small real store the operating tests share (importe
 test_service / test_retrain / test_report): a synthetic dataset and Item-CF versions, the
 fastest method to build on a 2-core CPU. The gate and the service do not depend on the method.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,9 @@ def _registry_fallback() -> None:
         registry._METHODS[METHOD] = ("models.baselines.item_cf", "ItemCFMethod")
 
 
-def tiny_index(url: str, n_versions: int = 2, index: str = "tiny", dataset: str = "syn",
-               n_items: int = 120, n_users: int = 200) -> list[int]:
+def tiny_index(
+    url: str, n_versions: int = 2, index: str = "tiny", dataset: str = "syn", n_items: int = 120, n_users: int = 200
+) -> list[int]:
     """A store at ``url`` with a synthetic dataset and ``n_versions`` trained Item-CF versions
     of ``index`` (construct -> train -> train ...). Returns the trained version ids."""
     from flows import steps
@@ -71,8 +73,13 @@ def test_decide_is_a_floor_with_tolerance():
 
 
 def test_metric_value_picks_the_configured_row_and_the_newest():
-    rows = [recall_row(0.1), recall_row(0.5, beam=None), recall_row(0.7, filtered=True),
-            recall_row(0.2, k=50), recall_row(0.3)]
+    rows = [
+        recall_row(0.1),
+        recall_row(0.5, beam=None),
+        recall_row(0.7, filtered=True),
+        recall_row(0.2, k=50),
+        recall_row(0.3),
+    ]
     assert metric_value(rows, GateConfig()) == 0.3  # newest of (recall, 10, beam 50, kept)
     assert metric_value(rows, GateConfig(beam=None)) == 0.5
     assert metric_value(rows, GateConfig(filtered=True)) == 0.7

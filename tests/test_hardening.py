@@ -8,6 +8,7 @@
    a staging file that `grove versions write-staged` writes later.
 (3, the service, is tests/test_service_limits.py.)
 """
+
 from __future__ import annotations
 
 import os
@@ -28,16 +29,40 @@ from indexstore.store import Store
 @pytest.fixture(scope="module")
 def url(make_synth_store) -> str:
     url = make_synth_store("hard", n_items=300, n_users=400, seed=5)
-    assert main(["--store", url, "build", "--dataset", "synth", "--index", "h", "--method", "tdm",
-                 "--set", "dim=8", "--set", "hidden=[16,8]", "--set", "max_samples=300", "--local"]) == 0
+    assert (
+        main(
+            [
+                "--store",
+                url,
+                "build",
+                "--dataset",
+                "synth",
+                "--index",
+                "h",
+                "--method",
+                "tdm",
+                "--set",
+                "dim=8",
+                "--set",
+                "hidden=[16,8]",
+                "--set",
+                "max_samples=300",
+                "--local",
+            ]
+        )
+        == 0
+    )
     assert main(["--store", url, "train", "h", "--local"]) == 0
     return url
 
 
 def _snapshot(url: str) -> tuple:
     s = Store.open(url)
-    return (tuple(d.name for d in s.list_datasets()), tuple(v.id for v in s.list_versions()),
-            tuple((e.alias, e.to_version) for e in s.alias_history("h")))
+    return (
+        tuple(d.name for d in s.list_datasets()),
+        tuple(v.id for v in s.list_versions()),
+        tuple((e.alias, e.to_version) for e in s.alias_history("h")),
+    )
 
 
 def _one_line_error(capsys) -> str:
@@ -48,20 +73,23 @@ def _one_line_error(capsys) -> str:
 
 
 # ------------------------------------------------------------------------------ 1. grove sql
-@pytest.mark.parametrize("query, says", [
-    ("ATTACH '{other}' AS o (READ_WRITE)", "ATTACH statements are not allowed"),
-    ("COPY (SELECT 1) TO '{other}' (FORMAT csv)", "COPY statements are not allowed"),
-    ("EXPORT DATABASE '{tmp}/exported'", "EXPORT statements are not allowed"),
-    ("SELECT * FROM read_csv('/etc/passwd')", "file system operations are disabled"),
-    ("SELECT * FROM read_text('/etc/passwd')", "file system operations are disabled"),
-    ("SELECT * FROM glob('/root/*')", "file system operations are disabled"),
-    ("LOAD json", "LOAD statements are not allowed"),
-    ("INSTALL httpfs", "LOAD statements are not allowed"),
-    ("SET memory_limit = '1GB'", "SET statements are not allowed"),
-    ("PRAGMA version", "PRAGMA statements are not allowed"),
-    ("CHECKPOINT", "CALL statements are not allowed"),
-    ("SELECT 1; SELECT 2", "one statement per query, got 2"),
-])
+@pytest.mark.parametrize(
+    "query, says",
+    [
+        ("ATTACH '{other}' AS o (READ_WRITE)", "ATTACH statements are not allowed"),
+        ("COPY (SELECT 1) TO '{other}' (FORMAT csv)", "COPY statements are not allowed"),
+        ("EXPORT DATABASE '{tmp}/exported'", "EXPORT statements are not allowed"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "file system operations are disabled"),
+        ("SELECT * FROM read_text('/etc/passwd')", "file system operations are disabled"),
+        ("SELECT * FROM glob('/root/*')", "file system operations are disabled"),
+        ("LOAD json", "LOAD statements are not allowed"),
+        ("INSTALL httpfs", "LOAD statements are not allowed"),
+        ("SET memory_limit = '1GB'", "SET statements are not allowed"),
+        ("PRAGMA version", "PRAGMA statements are not allowed"),
+        ("CHECKPOINT", "CALL statements are not allowed"),
+        ("SELECT 1; SELECT 2", "one statement per query, got 2"),
+    ],
+)
 def test_sql_reaches_this_store_only(url, tmp_path, capsys, query, says):
     other = tmp_path / "other.duckdb"
     con = duckdb.connect(str(other))
@@ -77,31 +105,46 @@ def test_sql_reads_views_describes_and_stops_a_long_query(url, capsys):
     assert main(["--store", url, "sql", "WITH v AS (SELECT * FROM v_versions) SELECT count(*) AS n FROM v"]) == 0
     assert main(["--store", url, "sql", "DESCRIBE versions"]) == 0
     capsys.readouterr()
-    assert main(["--store", url, "sql", "SELECT count(*) FROM range(100000000000) a, range(1000) b",
-                 "--timeout", "1"]) == 2
+    assert (
+        main(["--store", url, "sql", "SELECT count(*) FROM range(100000000000) a, range(1000) b", "--timeout", "1"])
+        == 2
+    )
     assert "stopped after the 1 s timeout" in _one_line_error(capsys)
 
 
 # ------------------------------------------------------------------ 2. bounds and one-line errors
-@pytest.mark.parametrize("argv, says", [
-    (["retrieve", "h", "--history", "1,2", "--k", "1000000000"], "is more than the index's 300 items"),
-    (["retrieve", "h", "--history", "1,2", "--k", "100000000000000000000"], "is more than the index's"),
-    (["retrieve", "h", "--history", "1,2", "--beam", "10000000"], "beam = 10,000,000 is above the maximum"),
-    (["retrieve", "h", "--history", "1,2", "--device", "bogus"], "unknown device 'bogus'"),
-    (["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "arity=1000000000", "--local"],
-     "arity = 1,000,000,000 is more than the dataset's 300 items"),
-    (["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "dim=1000000000000", "--local"],
-     "dim=1000000000000"),
-    (["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", 'device="tpu"', "--local"],
-     "unknown device 'tpu'"),
-    (["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", 'epochs="abc"', "--local"],
-     "TDMConfig.epochs must be an integer, got 'abc'"),
-    (["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--config", "[1,2]", "--local"],
-     "--config must be a JSON object"),
-    (["data", "synth", "--name", "huge", "--items", "1000000000000", "--users", "10"], "--items must be in"),
-    (["data", "synth", "--name", "huge", "--items", "1000000", "--users", "1000000000"], "needs about"),
-    (["eval", "h", "--users", "-1", "--local"], "argument --users: expected a positive integer, got '-1'"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["retrieve", "h", "--history", "1,2", "--k", "1000000000"], "is more than the index's 300 items"),
+        (["retrieve", "h", "--history", "1,2", "--k", "100000000000000000000"], "is more than the index's"),
+        (["retrieve", "h", "--history", "1,2", "--beam", "10000000"], "beam = 10,000,000 is above the maximum"),
+        (["retrieve", "h", "--history", "1,2", "--device", "bogus"], "unknown device 'bogus'"),
+        (
+            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "arity=1000000000", "--local"],
+            "arity = 1,000,000,000 is more than the dataset's 300 items",
+        ),
+        (
+            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "dim=1000000000000", "--local"],
+            "dim=1000000000000",
+        ),
+        (
+            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", 'device="tpu"', "--local"],
+            "unknown device 'tpu'",
+        ),
+        (
+            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", 'epochs="abc"', "--local"],
+            "TDMConfig.epochs must be an integer, got 'abc'",
+        ),
+        (
+            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--config", "[1,2]", "--local"],
+            "--config must be a JSON object",
+        ),
+        (["data", "synth", "--name", "huge", "--items", "1000000000000", "--users", "10"], "--items must be in"),
+        (["data", "synth", "--name", "huge", "--items", "1000000", "--users", "1000000000"], "needs about"),
+        (["eval", "h", "--users", "-1", "--local"], "argument --users: expected a positive integer, got '-1'"),
+    ],
+)
 def test_bad_sizes_and_values_are_one_line_and_change_nothing(url, capsys, argv, says):
     before = _snapshot(url)
     assert main(["--store", url, *argv]) == 2
@@ -109,15 +152,32 @@ def test_bad_sizes_and_values_are_one_line_and_change_nothing(url, capsys, argv,
     assert _snapshot(url) == before
 
 
-_VALUES = st.one_of(st.integers(-10, 10 ** 12).map(str), st.sampled_from(["", "x", "1.5", "-", "nan", "1e400",
-                                                                         "[1,2]", '{"a":1}', "\x00", "é"]))
-_OPTIONS = st.sampled_from(["--k", "--beam", "--users", "--version", "--history", "--device", "--role",
-                            "--alias", "--exhaustive-users", "--set", "--config"])
+_VALUES = st.one_of(
+    st.integers(-10, 10**12).map(str),
+    st.sampled_from(["", "x", "1.5", "-", "nan", "1e400", "[1,2]", '{"a":1}', "\x00", "é"]),
+)
+_OPTIONS = st.sampled_from(
+    [
+        "--k",
+        "--beam",
+        "--users",
+        "--version",
+        "--history",
+        "--device",
+        "--role",
+        "--alias",
+        "--exhaustive-users",
+        "--set",
+        "--config",
+    ]
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(command=st.sampled_from(["retrieve", "eval", "versions show", "alias log", "rollback", "sql", "data show"]),
-       opts=st.lists(st.tuples(_OPTIONS, _VALUES), max_size=4))
+@given(
+    command=st.sampled_from(["retrieve", "eval", "versions show", "alias log", "rollback", "sql", "data show"]),
+    opts=st.lists(st.tuples(_OPTIONS, _VALUES), max_size=4),
+)
 def test_any_arguments_exit_0_1_or_2_with_one_line_and_no_change(url, capsys, command, opts):
     before = _snapshot(url)
     argv = ["--store", url, *command.split(), "h", *[x for pair in opts for x in pair]]
@@ -134,11 +194,15 @@ def test_any_arguments_exit_0_1_or_2_with_one_line_and_no_change(url, capsys, co
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.one_of(st.binary(max_size=300),
-                      st.lists(st.lists(st.sampled_from(["1", "2", "x", "", "1e400", "2020-01-01", "-3", "\"q"]),
-                                        min_size=1, max_size=5), max_size=6)
-                      .map(lambda rows: ("user,item,rating,timestamp\n" + "\n".join(",".join(r) for r in rows))
-                           .encode())))
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.lists(
+            st.lists(st.sampled_from(["1", "2", "x", "", "1e400", "2020-01-01", "-3", '"q']), min_size=1, max_size=5),
+            max_size=6,
+        ).map(lambda rows: ("user,item,rating,timestamp\n" + "\n".join(",".join(r) for r in rows)).encode()),
+    )
+)
 def test_any_file_imports_or_fails_with_one_line(url, tmp_path_factory, capsys, body):
     path = tmp_path_factory.mktemp("prop") / "ratings.csv"
     path.write_bytes(body)
@@ -171,8 +235,9 @@ def test_a_result_survives_a_store_held_longer_than_the_wait(url, monkeypatch, c
     loaded = lifecycle.load(store, base.id)
     data = lifecycle.split_data(store, loaded.dataset, loaded.split, loaded.recipe.config)
     built, recipe = lifecycle.advance(loaded.recipe, loaded.built, data, "train")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, url[len("duckdb:///"):], "30"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, url[len("duckdb:///") :], "30"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setenv("GROVE_WRITE_WAIT", "1")
@@ -203,9 +268,21 @@ def test_a_long_sql_reader_delays_a_write_without_losing_it(url, monkeypatch):
     loaded = lifecycle.load(store, base.id)
     data = lifecycle.split_data(store, loaded.dataset, loaded.split, loaded.recipe.config)
     built, recipe = lifecycle.advance(loaded.recipe, loaded.built, data, "train")
-    reader = subprocess.Popen([sys.executable, "-m", "flows.cli", "--store", url, "sql",
-                               "SELECT count(*) FROM range(100000000000) a, range(1000) b", "--timeout", "4"],
-                              stderr=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "--store",
+            url,
+            "sql",
+            "SELECT count(*) FROM range(100000000000) a, range(1000) b",
+            "--timeout",
+            "4",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1.5)  # the query is running and holds the file
         assert reader.poll() is None

@@ -1,4 +1,5 @@
 """Balanced k-means: exact cluster sizes, determinism, batched sets, clustering quality, misuse."""
+
 import numpy as np
 import pytest
 import torch
@@ -59,7 +60,7 @@ def test_batched_sets_with_padding_and_uneven_caps():
     for c in range(3):
         got = torch.bincount(labels[c, : sizes[c]], minlength=3)
         assert got.tolist() == caps[c].tolist()
-        assert (labels[c, sizes[c]:] == -1).all()
+        assert (labels[c, sizes[c] :] == -1).all()
 
 
 def test_misuse_raises():

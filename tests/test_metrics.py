@@ -1,4 +1,5 @@
 """Metric values on hand-made cases (exact numbers), PROTOCOL.md §5-6."""
+
 from __future__ import annotations
 
 import math

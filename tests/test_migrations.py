@@ -1,4 +1,5 @@
 """Alembic revisions: upgrade from empty, downgrade to base and back, schema-behind refused."""
+
 from __future__ import annotations
 
 import duckdb
@@ -8,11 +9,34 @@ import migrations
 from indexstore.errors import SchemaError
 from indexstore.store import Store
 
-TABLES = {"datasets", "interactions", "user_ids", "item_ids", "items", "item_categories", "splits",
-          "split_users", "indexes", "versions", "nodes", "item_paths", "artifacts", "metrics",
-          "aliases", "alias_events"}
-VIEWS = {"v_level_stats", "v_leaf_occupancy", "v_multi_leaf_items", "v_path_sizes", "v_path_summary",
-         "v_lineage", "v_versions", "v_alias_log"}
+TABLES = {
+    "datasets",
+    "interactions",
+    "user_ids",
+    "item_ids",
+    "items",
+    "item_categories",
+    "splits",
+    "split_users",
+    "indexes",
+    "versions",
+    "nodes",
+    "item_paths",
+    "artifacts",
+    "metrics",
+    "aliases",
+    "alias_events",
+}
+VIEWS = {
+    "v_level_stats",
+    "v_leaf_occupancy",
+    "v_multi_leaf_items",
+    "v_path_sizes",
+    "v_path_summary",
+    "v_lineage",
+    "v_versions",
+    "v_alias_log",
+}
 
 
 def _objects(url: str) -> tuple[set, set]:

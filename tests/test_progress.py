@@ -1,4 +1,5 @@
 """Progress lines (models.progress): the final line, the parallel workers' tag and interval floor, quiet."""
+
 from __future__ import annotations
 
 from models.progress import Progress

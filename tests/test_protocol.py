@@ -1,6 +1,7 @@
 """Protocol (PROTOCOL.md): positives, user-disjoint split, training windows nearest first,
 first/second half of held-out users; checked on a hand-made example and against a per-user
 reference on random data."""
+
 from __future__ import annotations
 
 import time
@@ -20,9 +21,15 @@ def _inter(user, item, ts, rating=None, n_users=None, n_items=None):
     item = np.asarray(item, np.int32)
     n_users = n_users or int(user.max()) + 1
     n_items = n_items or int(item.max()) + 1
-    return Interactions(user, item, np.asarray(ts, np.int64),
-                        None if rating is None else np.asarray(rating, np.float32), None,
-                        np.arange(n_users).astype(str), np.arange(n_items).astype(str))
+    return Interactions(
+        user,
+        item,
+        np.asarray(ts, np.int64),
+        None if rating is None else np.asarray(rating, np.float32),
+        None,
+        np.arange(n_users).astype(str),
+        np.arange(n_items).astype(str),
+    )
 
 
 def _hand_made():
@@ -30,9 +37,21 @@ def _hand_made():
     # file order: item 12 before item 22); a rating-2 interaction is not a positive.
     # user 1 (valid): 5 positives -> history 2, truth 3.  user 2 (test): 4 positives.
     rows = [
-        (0, 13, 40, 5), (0, 10, 10, 4), (0, 12, 30, 5), (0, 22, 30, 4), (0, 99, 20, 2), (0, 11, 20, 4),
-        (1, 1, 1, 5), (1, 2, 2, 5), (1, 3, 3, 5), (1, 4, 4, 5), (1, 5, 5, 5),
-        (2, 7, 9, 4), (2, 6, 8, 4), (2, 8, 10, 4), (2, 9, 11, 4),
+        (0, 13, 40, 5),
+        (0, 10, 10, 4),
+        (0, 12, 30, 5),
+        (0, 22, 30, 4),
+        (0, 99, 20, 2),
+        (0, 11, 20, 4),
+        (1, 1, 1, 5),
+        (1, 2, 2, 5),
+        (1, 3, 3, 5),
+        (1, 4, 4, 5),
+        (1, 5, 5, 5),
+        (2, 7, 9, 4),
+        (2, 6, 8, 4),
+        (2, 8, 10, 4),
+        (2, 9, 11, 4),
     ]
     u, i, t, r = zip(*rows)
     inter = _inter(u, i, t, r, n_items=100)
@@ -48,8 +67,9 @@ def test_windows_on_hand_made_example():
     np.testing.assert_array_equal(data.train.users, [0, 0, 0, 0])
     b = data.train.take(np.arange(len(data.train)))
     assert b.shape == (4, MAX_BEHAVIOURS) and b.dtype == np.int32
-    np.testing.assert_array_equal(b[:, :5], [[10, PAD, PAD, PAD, PAD], [11, 10, PAD, PAD, PAD],
-                                             [12, 11, 10, PAD, PAD], [22, 12, 11, 10, PAD]])
+    np.testing.assert_array_equal(
+        b[:, :5], [[10, PAD, PAD, PAD, PAD], [11, 10, PAD, PAD, PAD], [12, 11, 10, PAD, PAD], [22, 12, 11, 10, PAD]]
+    )
     assert (b[:, 5:] == PAD).all()
     np.testing.assert_array_equal(data.train_offsets, [0, 5])
     np.testing.assert_array_equal(data.train_items, [10, 11, 12, 22, 13])
@@ -88,7 +108,7 @@ def _reference(inter, assign, positive_rating, min_behaviours):
     for u in assign.role_users("train"):
         s = seqs[int(u)]
         for k in range(min_behaviours, len(s)):
-            w = s[max(0, k - MAX_BEHAVIOURS):k][::-1]
+            w = s[max(0, k - MAX_BEHAVIOURS) : k][::-1]
             windows.append(w + [PAD] * (MAX_BEHAVIOURS - len(w)))
             targets.append(s[k])
     return seqs, np.array(windows).reshape(-1, MAX_BEHAVIOURS), np.array(targets)
@@ -97,11 +117,16 @@ def _reference(inter, assign, positive_rating, min_behaviours):
 def test_matches_per_user_reference_on_random_data():
     rng = np.random.default_rng(3)
     n = 6000
-    inter = _inter(rng.integers(0, 60, n), rng.integers(0, 300, n), rng.integers(0, 50, n),
-                   rng.integers(1, 6, n), n_users=60, n_items=300)
+    inter = _inter(
+        rng.integers(0, 60, n),
+        rng.integers(0, 300, n),
+        rng.integers(0, 50, n),
+        rng.integers(1, 6, n),
+        n_users=60,
+        n_items=300,
+    )
     assign = split_users(inter, min_positives=5, seed=1)
-    data = build_split_data(inter, assign, 300, np.arange(300, dtype=np.int32) % 7, "r", "s",
-                            min_behaviours=3)
+    data = build_split_data(inter, assign, 300, np.arange(300, dtype=np.int32) % 7, "r", "s", min_behaviours=3)
     seqs, windows, targets = _reference(inter, assign, 4.0, 3)
     np.testing.assert_array_equal(data.train.take(np.arange(len(data.train))), windows)
     np.testing.assert_array_equal(data.train.targets, targets)
@@ -109,10 +134,10 @@ def test_matches_per_user_reference_on_random_data():
         for row, u in enumerate(held.users):
             s = seqs[int(u)]
             np.testing.assert_array_equal(held.seen()[row], s[: len(s) // 2])
-            np.testing.assert_array_equal(held.truth()[row], s[len(s) // 2:])
+            np.testing.assert_array_equal(held.truth()[row], s[len(s) // 2 :])
             h = s[: len(s) // 2][-MAX_BEHAVIOURS:][::-1]
             np.testing.assert_array_equal(held.histories[row, : len(h)], h)
-            assert (held.histories[row, len(h):] == PAD).all()
+            assert (held.histories[row, len(h) :] == PAD).all()
     train_pos = np.concatenate([seqs[int(u)] for u in assign.role_users("train")])
     np.testing.assert_array_equal(data.item_popularity, np.bincount(train_pos, minlength=300))
 
@@ -120,8 +145,9 @@ def test_matches_per_user_reference_on_random_data():
 def test_split_invariants_and_seed():
     rng = np.random.default_rng(0)
     n = 20000
-    inter = _inter(rng.integers(0, 400, n), rng.integers(0, 500, n), rng.integers(0, 10**6, n),
-                   rng.integers(1, 6, n), n_users=400)
+    inter = _inter(
+        rng.integers(0, 400, n), rng.integers(0, 500, n), rng.integers(0, 10**6, n), rng.integers(1, 6, n), n_users=400
+    )
     a = split_users(inter, min_positives=20, seed=5)
     pos_per_user = np.bincount(inter.user[inter.rating >= 4], minlength=400)
     np.testing.assert_array_equal(a.users, np.flatnonzero(pos_per_user >= 20))
@@ -161,12 +187,26 @@ def test_ml_1m_subset_counts(shared_datasets):
     t = time.perf_counter()
     data = build_split_data(inter, assign, inter.n_items, None, "ml-1m-subset", "default")
     elapsed = time.perf_counter() - t
-    n_pos = data.train_offsets[-1] + data.valid.seen_offsets[-1] + data.valid.truth_offsets[-1] \
-        + data.test.seen_offsets[-1] + data.test.truth_offsets[-1]
+    n_pos = (
+        data.train_offsets[-1]
+        + data.valid.seen_offsets[-1]
+        + data.valid.truth_offsets[-1]
+        + data.test.seen_offsets[-1]
+        + data.test.truth_offsets[-1]
+    )
     assert n_pos == assign.config["n_positives"] == 278_865
     assert len(assign.users) == 2_966
-    items = np.unique(np.concatenate([data.train_items, data.valid.seen_items, data.valid.truth_items,
-                                      data.test.seen_items, data.test.truth_items]))
+    items = np.unique(
+        np.concatenate(
+            [
+                data.train_items,
+                data.valid.seen_items,
+                data.valid.truth_items,
+                data.test.seen_items,
+                data.test.truth_items,
+            ]
+        )
+    )
     assert len(items) == 3_395
     assert len(data.train) == data.train_offsets[-1] - assign.counts()["train"]
     assert elapsed < 5.0  # ~0.3 s measured; slack for a loaded 2-core machine
@@ -176,6 +216,7 @@ def test_ml_1m_subset_counts(shared_datasets):
 def test_ten_million_positives_fit():
     """Scale check (issue 2): 10^7 interactions -> windows in int32, vectorised."""
     from indexstore.synth import synthesize
+
     inter, _ = synthesize(10**6, 250_000, seed=0)
     assign = split_users(inter)
     t = time.perf_counter()

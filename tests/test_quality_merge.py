@@ -1,5 +1,6 @@
 """benchmarks.quality --merge (seeds run apart join into one table; runs that differ are refused), --combine
 (runs of other methods or budgets make one table) and the per-item training signal it records."""
+
 from __future__ import annotations
 
 import json
@@ -11,18 +12,39 @@ from benchmarks import quality
 
 
 def _result(seeds, recall, configs=None, beams=(20, 50, 100)):
-    rows = [{"model": "Item-CF", "method": "itemcf", "seed": s, "recall@10/exact": r, "precision@10/exact": r / 2}
-            for s, r in zip(seeds, recall)]
-    return {"dataset": "ml-1m-subset", "dataset_label": "ML-1M subset", "command": f"run {seeds}", "quick": False,
-            "machine": {"gpu": None, "cpu_count": 2, "cpu_model": "x", "torch": "2"}, "complete": True,
-            "settings": {"overrides": [], "tag": "", "seeds": seeds, "seeds_done": seeds, "beams": list(beams),
-                         "ks": [10, 20, 50], "test_users": "all", "methods": ["itemcf"], "device": "cpu",
-                         "cpu_threads": 2, "speed_repeats": 3},
-            "configs": configs or {"itemcf": {"neighbours": 100}}, "lifecycle": {},
-            "data": {"train_windows": 10, "test_users": 3, "n_items": 5},
-            "per_seed_data": [{"seed": s} for s in seeds],
-            "seconds": {"per_seed": {str(s): {"total": 1.0} for s in seeds}}, "errors": [],
-            "aggregate": quality.aggregate(rows), "rows": rows}
+    rows = [
+        {"model": "Item-CF", "method": "itemcf", "seed": s, "recall@10/exact": r, "precision@10/exact": r / 2}
+        for s, r in zip(seeds, recall)
+    ]
+    return {
+        "dataset": "ml-1m-subset",
+        "dataset_label": "ML-1M subset",
+        "command": f"run {seeds}",
+        "quick": False,
+        "machine": {"gpu": None, "cpu_count": 2, "cpu_model": "x", "torch": "2"},
+        "complete": True,
+        "settings": {
+            "overrides": [],
+            "tag": "",
+            "seeds": seeds,
+            "seeds_done": seeds,
+            "beams": list(beams),
+            "ks": [10, 20, 50],
+            "test_users": "all",
+            "methods": ["itemcf"],
+            "device": "cpu",
+            "cpu_threads": 2,
+            "speed_repeats": 3,
+        },
+        "configs": configs or {"itemcf": {"neighbours": 100}},
+        "lifecycle": {},
+        "data": {"train_windows": 10, "test_users": 3, "n_items": 5},
+        "per_seed_data": [{"seed": s} for s in seeds],
+        "seconds": {"per_seed": {str(s): {"total": 1.0} for s in seeds}},
+        "errors": [],
+        "aggregate": quality.aggregate(rows),
+        "rows": rows,
+    }
 
 
 def _write(tmp_path, name, result):
@@ -52,11 +74,14 @@ def test_merge_of_a_run_cut_short_is_complete_only_when_its_seeds_are_done(tmp_p
     assert not quality.merge_results([a, c])["complete"]
 
 
-@pytest.mark.parametrize("other, what", [
-    (_result([0], [0.3]), "seed comes twice"),
-    (_result([2], [0.3], configs={"itemcf": {"neighbours": 50}}), "configs differs"),
-    (_result([2], [0.3], beams=(50,)), "settings.beams"),
-])
+@pytest.mark.parametrize(
+    "other, what",
+    [
+        (_result([0], [0.3]), "seed comes twice"),
+        (_result([2], [0.3], configs={"itemcf": {"neighbours": 50}}), "configs differs"),
+        (_result([2], [0.3], beams=(50,)), "settings.beams"),
+    ],
+)
 def test_merge_refuses_runs_that_differ(tmp_path, capsys, other, what):
     a = _write(tmp_path, "a.json", _result([0, 1], [0.1, 0.2]))
     b = _write(tmp_path, "b.json", other)
@@ -79,8 +104,10 @@ def _run(seeds, method, model, recall, overrides=(), lifecycle=None, configs=Non
 
 def _with_baseline(run, recall):
     """The run also measured Item-CF on its seeds (as every quality run does)."""
-    extra = [{"model": "Item-CF", "method": "itemcf", "seed": s, "recall@10/exact": v, "precision@10/exact": v / 2}
-             for s, v in zip(run["settings"]["seeds_done"], recall)]
+    extra = [
+        {"model": "Item-CF", "method": "itemcf", "seed": s, "recall@10/exact": v, "precision@10/exact": v / 2}
+        for s, v in zip(run["settings"]["seeds_done"], recall)
+    ]
     run["rows"] += extra
     run["configs"]["itemcf"] = {"neighbours": 100}
     run["aggregate"] = quality.aggregate(run["rows"])
@@ -89,30 +116,61 @@ def _with_baseline(run, recall):
 
 def test_combine_makes_one_table_of_methods_and_budgets_run_apart(tmp_path):
     dr = _write(tmp_path, "dr.json", _with_baseline(_run([0, 1, 2], "dr", "DR J=1", [0.2, 0.3, 0.4]), [0.1, 0.2, 0.3]))
-    tdm_small = _write(tmp_path, "t12k.json", _with_baseline(
-        _run([0], "tdm", "TDM initial tree", [0.05], overrides=["tdm.max_samples=12000"],
-             configs={"tdm": {"max_samples": 12000}}), [0.1]))
-    tdm_big = _write(tmp_path, "t60k.json", _run([0, 1], "tdm", "TDM initial tree", [0.07, 0.09],
-                                                   overrides=["tdm.max_samples=60000"], configs={"tdm": {"max_samples": 60000}}))
-    out = quality.main(["--combine", str(dr), str(tdm_small), str(tdm_big), "--tag", "all",
-                        "--out-dir", str(tmp_path)])["ml-1m-subset"]
+    tdm_small = _write(
+        tmp_path,
+        "t12k.json",
+        _with_baseline(
+            _run(
+                [0],
+                "tdm",
+                "TDM initial tree",
+                [0.05],
+                overrides=["tdm.max_samples=12000"],
+                configs={"tdm": {"max_samples": 12000}},
+            ),
+            [0.1],
+        ),
+    )
+    tdm_big = _write(
+        tmp_path,
+        "t60k.json",
+        _run(
+            [0, 1],
+            "tdm",
+            "TDM initial tree",
+            [0.07, 0.09],
+            overrides=["tdm.max_samples=60000"],
+            configs={"tdm": {"max_samples": 60000}},
+        ),
+    )
+    out = quality.main(
+        ["--combine", str(dr), str(tdm_small), str(tdm_big), "--tag", "all", "--out-dir", str(tmp_path)]
+    )["ml-1m-subset"]
     by_model = {a["model"]: a for a in out["aggregate"]}
     # one label under two configs is told apart by the overrides; the baseline repeated on seed 0 is kept once
-    assert set(by_model) == {"DR J=1", "Item-CF", "TDM initial tree [max_samples=12000]",
-                             "TDM initial tree [max_samples=60000]"}
+    assert set(by_model) == {
+        "DR J=1",
+        "Item-CF",
+        "TDM initial tree [max_samples=12000]",
+        "TDM initial tree [max_samples=60000]",
+    }
     assert by_model["Item-CF"]["seeds"] == [0, 1, 2] and by_model["Item-CF"]["recall@10/exact"]["n"] == 3
     assert by_model["TDM initial tree [max_samples=60000]"]["recall@10/exact"]["mean"] == pytest.approx(0.08)
-    assert out["repeats"] == [{"model": "Item-CF", "seed": 0, "file": str(tdm_small),
-                               "abs_diff": {"recall@10/exact": 0.0}}]
+    assert out["repeats"] == [
+        {"model": "Item-CF", "seed": 0, "file": str(tdm_small), "abs_diff": {"recall@10/exact": 0.0}}
+    ]
     md = (tmp_path / "quality_ml-1m-subset_all.md").read_text()
     assert "| TDM initial tree [max_samples=60000] | 0,1 | " in md and "`t60k.json`: tdm, seeds [0, 1]" in md
 
 
-@pytest.mark.parametrize("change, what", [
-    (lambda r: r["settings"].update(beams=[50]), "settings.beams"),
-    (lambda r: r.update(dataset="ml-latest-small"), "dataset"),
-    (lambda r: r["per_seed_data"][0].update(train_windows=11), "seed 0's split"),
-])
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        (lambda r: r["settings"].update(beams=[50]), "settings.beams"),
+        (lambda r: r.update(dataset="ml-latest-small"), "dataset"),
+        (lambda r: r["per_seed_data"][0].update(train_windows=11), "seed 0's split"),
+    ],
+)
 def test_combine_refuses_runs_of_another_protocol(tmp_path, capsys, change, what):
     a = _write(tmp_path, "a.json", _run([0], "dr", "DR J=1", [0.2]))
     other = _run([0], "tdm", "TDM initial tree", [0.1])
@@ -132,19 +190,34 @@ def test_target_coverage_counts_the_training_signal_per_item():
         train, n_items = _Train(), 4  # item 3 is nobody's target; items 1, 2 fewer than 5 times
 
     cov = quality.target_coverage(_Data())
-    assert cov == {"windows_per_item": 2.0, "median_targets_per_item": 1.5, "items_never_target": 0.25,
-                   "items_under_5_targets": 0.75}
+    assert cov == {
+        "windows_per_item": 2.0,
+        "median_targets_per_item": 1.5,
+        "items_never_target": 0.25,
+        "items_under_5_targets": 0.75,
+    }
 
 
-@pytest.mark.parametrize("overrides, says, never", [
-    ([], [], ["overrides"]),
-    (["tdm.epochs=1"], ["Config overrides (a budgeted run): `tdm.epochs=1`."], ["Lifecycle"]),
-    (["life.recforest_trees=[4]"], ["Lifecycle overrides: `life.recforest_trees=[4]` (every config at its "
-                                    "`CONFIGS` size)."], ["budgeted"]),
-    (["recforest.epochs=1", "life.recforest_trees=[4]"],
-     ["Config overrides (a budgeted run): `recforest.epochs=1`.", "Lifecycle overrides: `life.recforest_trees=[4]`."],
-     ["CONFIGS` size"]),
-])
+@pytest.mark.parametrize(
+    "overrides, says, never",
+    [
+        ([], [], ["overrides"]),
+        (["tdm.epochs=1"], ["Config overrides (a budgeted run): `tdm.epochs=1`."], ["Lifecycle"]),
+        (
+            ["life.recforest_trees=[4]"],
+            ["Lifecycle overrides: `life.recforest_trees=[4]` (every config at its `CONFIGS` size)."],
+            ["budgeted"],
+        ),
+        (
+            ["recforest.epochs=1", "life.recforest_trees=[4]"],
+            [
+                "Config overrides (a budgeted run): `recforest.epochs=1`.",
+                "Lifecycle overrides: `life.recforest_trees=[4]`.",
+            ],
+            ["CONFIGS` size"],
+        ),
+    ],
+)
 def test_table_header_calls_a_run_budgeted_only_for_config_overrides(overrides, says, never):
     """A lifecycle override (which steps run) leaves the configs at full size: the header must not
     call such a run budgeted; a config override must be called budgeted."""

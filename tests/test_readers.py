@@ -1,5 +1,6 @@
 """Readers: every supported format round-trips to the same dense arrays; bad input raises
 InputError naming file, line, column and value."""
+
 from __future__ import annotations
 
 import gzip
@@ -28,8 +29,9 @@ def _expect_standard(inter):
     assert inter.user.dtype == np.int32 and inter.item.dtype == np.int32
     assert inter.ts.dtype == np.int64 and inter.rating.dtype == np.float32
     # raw ids map back to the file's values
-    assert [(inter.user_raw[u], inter.item_raw[i]) for u, i in zip(inter.user, inter.item)] == \
-        [(r[0], r[1]) for r in ROWS]
+    assert [(inter.user_raw[u], inter.item_raw[i]) for u, i in zip(inter.user, inter.item)] == [
+        (r[0], r[1]) for r in ROWS
+    ]
 
 
 def test_csv_with_header(tmp_path):
@@ -65,18 +67,36 @@ def test_ml_100k_tab_separated(tmp_path):
 def test_parquet(tmp_path):
     p = tmp_path / "r.parquet"
     cols = list(zip(*ROWS))
-    pq.write_table(pa.table({"user": pa.array([int(x) for x in cols[0]]), "item": list(cols[1]),
-                             "rating": list(cols[2]), "ts": list(cols[3])}), p)
+    pq.write_table(
+        pa.table(
+            {
+                "user": pa.array([int(x) for x in cols[0]]),
+                "item": list(cols[1]),
+                "rating": list(cols[2]),
+                "ts": list(cols[3]),
+            }
+        ),
+        p,
+    )
     _expect_standard(read_interactions(p))
 
 
 def test_parquet_temporal_columns(tmp_path):
     import datetime as dt
+
     p = tmp_path / "t.parquet"
     stamps = [dt.datetime(2020, 1, 2, 0, 0, 1, 500000), dt.datetime(2020, 1, 2)]
-    pq.write_table(pa.table({"user": ["u1", "u2"], "item": [3, 4],
-                             "ts": pa.array(stamps, pa.timestamp("us")),
-                             "day": pa.array([dt.date(2020, 1, 2)] * 2)}), p)
+    pq.write_table(
+        pa.table(
+            {
+                "user": ["u1", "u2"],
+                "item": [3, 4],
+                "ts": pa.array(stamps, pa.timestamp("us")),
+                "day": pa.array([dt.date(2020, 1, 2)] * 2),
+            }
+        ),
+        p,
+    )
     np.testing.assert_array_equal(read_interactions(p).ts, [1577923201, 1577923200])
     np.testing.assert_array_equal(read_interactions(p, time_col="day").ts, [1577923200] * 2)
 
@@ -91,10 +111,12 @@ def test_latin1_and_byte_order_mark(tmp_path):
 
 def test_named_columns_strings_dates_behaviour(tmp_path):
     p = tmp_path / "events.tsv"
-    p.write_text("who\twhat\twhen\tkind\n"
-                 "bob\t007\t2020-01-02\tclick\n"
-                 "alice\t7\t2020-01-02T00:00:10\tbuy\n"
-                 "bob\t7\t2020-01-02 00:01:00\tclick\n")
+    p.write_text(
+        "who\twhat\twhen\tkind\n"
+        "bob\t007\t2020-01-02\tclick\n"
+        "alice\t7\t2020-01-02T00:00:10\tbuy\n"
+        "bob\t7\t2020-01-02 00:01:00\tclick\n"
+    )
     inter = read_interactions(p, user_col="who", item_col="what", time_col="when", behavior_col="kind")
     assert list(inter.user_raw) == ["alice", "bob"]  # not all numeric: lexicographic
     assert list(inter.item_raw) == ["7", "007"] or list(inter.item_raw) == ["007", "7"]
@@ -120,6 +142,7 @@ def test_semicolon_and_case_insensitive_names(tmp_path):
 
 
 # ------------------------------------------------------------------------------ bad input
+
 
 def _raises(path, match, **kw):
     with pytest.raises(InputError, match=match) as err:
@@ -182,12 +205,15 @@ def test_missing_id(tmp_path):
 
 # ------------------------------------------------------------------------------ categories
 
+
 def test_movies_dat_latin1_and_random_keep(tmp_path):
     p = tmp_path / "movies.dat"
-    p.write_bytes("1::Toy Story (1995)::Animation|Children's|Comedy\n"
-                  "2::Caf\xe9 (1999)::Drama\n"
-                  "3::Unseen::Horror\n"
-                  "4::Nothing::(no genres listed)\n".encode("latin-1"))
+    p.write_bytes(
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n"
+        "2::Caf\xe9 (1999)::Drama\n"
+        "3::Unseen::Horror\n"
+        "4::Nothing::(no genres listed)\n".encode("latin-1")
+    )
     item_raw = np.array(["1", "2", "4", "9"])
     cats = read_item_categories(p, item_raw, seed=0)
     assert cats.kept[0] in ("Animation", "Children's", "Comedy")
@@ -202,8 +228,9 @@ def test_movies_dat_latin1_and_random_keep(tmp_path):
 
 def test_movies_csv_quoted_titles_and_generic_csv(tmp_path):
     p = tmp_path / "movies.csv"
-    p.write_text('movieId,title,genres\n1,"American President, The (1995)",Comedy|Drama|Romance\n'
-                 '2,Heat (1995),Action\n')
+    p.write_text(
+        'movieId,title,genres\n1,"American President, The (1995)",Comedy|Drama|Romance\n2,Heat (1995),Action\n'
+    )
     cats = read_item_categories(p, np.array(["1", "2", "3"]), seed=1)
     assert cats.kept[0] in ("Comedy", "Drama", "Romance") and cats.kept[1] == "Action"
     assert cats.kept[2] is None and len(cats.pair_item) == 4
@@ -228,6 +255,7 @@ def test_category_bad_input(tmp_path):
 
 
 # ------------------------------------------------------------------------------ shared data
+
 
 @pytest.mark.dataset
 def test_ml_1m_subset(shared_datasets):

@@ -1,5 +1,6 @@
 """The README's promises: exactly two set-up commands (the second is what CI runs), the main
 job runs (small, in-process), and the five SQL queries it shows run on the store it builds."""
+
 from __future__ import annotations
 
 import pathlib
@@ -13,8 +14,22 @@ from indexstore.store import Store
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
-SMALL_DEMO = ["demo", "--synth-items", "300", "--synth-users", "400", "--users", "40", "--local",
-              "--set", "dim=8", "--set", "hidden=[16,8]", "--set", "max_samples=1500"]
+SMALL_DEMO = [
+    "demo",
+    "--synth-items",
+    "300",
+    "--synth-users",
+    "400",
+    "--users",
+    "40",
+    "--local",
+    "--set",
+    "dim=8",
+    "--set",
+    "hidden=[16,8]",
+    "--set",
+    "max_samples=1500",
+]
 
 
 def setup_commands() -> list[str]:

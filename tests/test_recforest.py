@@ -1,4 +1,5 @@
 """RecForest: the decoder's cached beam search, the forest tables, training and retrieval."""
+
 from __future__ import annotations
 
 import copy
@@ -43,19 +44,35 @@ def planted_split(n_items=60, n_groups=6, n_users=240, seq=12, seed=0) -> SplitD
             so.append(len(si))
             ti.extend(items[4:])
             to.append(len(ti))
-        return HeldOutUsers(np.arange(base, base + n, dtype=np.int32), pad_histories(h), np.array(so),
-                            np.array(si), np.array(to), np.array(ti))
+        return HeldOutUsers(
+            np.arange(base, base + n, dtype=np.int32),
+            pad_histories(h),
+            np.array(so),
+            np.array(si),
+            np.array(to),
+            np.array(ti),
+        )
 
     pop = np.bincount(np.array(flat), minlength=n_items)
-    return SplitData("synthetic", "default", n_items, group.astype(np.int32), pop, train,
-                     np.array(offsets), np.array(flat), held(30, n_users), held(30, n_users + 30))
+    return SplitData(
+        "synthetic",
+        "default",
+        n_items,
+        group.astype(np.int32),
+        pop,
+        train,
+        np.array(offsets),
+        np.array(flat),
+        held(30, n_users),
+        held(30, n_users + 30),
+    )
 
 
 def complete_tree(n_items: int, arity: int, seed: int, order=None) -> Tree:
     """Items (in ``order``, default random) laid over a complete K-ary tree, duplicates random."""
     rng = np.random.default_rng(seed)
     depth = int(np.ceil(np.log(n_items) / np.log(arity) - 1e-9))
-    n_leaves = arity ** depth
+    n_leaves = arity**depth
     order = rng.permutation(n_items) if order is None else np.asarray(order)
     dups = rng.choice(n_items, n_leaves - n_items)
     pos = np.empty(n_items)
@@ -151,8 +168,21 @@ def test_incomplete_tree_is_refused():
 
 
 def _config(**kw):
-    base = dict(arity=3, trees=2, hidden=32, heads=4, encoder_layers=1, decoder_layers=1, ff=64,
-                dropout=0.0, epochs=3, batch_size=128, lr=3e-3, embeddings="svd", device="cpu")
+    base = dict(
+        arity=3,
+        trees=2,
+        hidden=32,
+        heads=4,
+        encoder_layers=1,
+        decoder_layers=1,
+        ff=64,
+        dropout=0.0,
+        epochs=3,
+        batch_size=128,
+        lr=3e-3,
+        embeddings="svd",
+        device="cpu",
+    )
     base.update(kw)
     return RecForestConfig(**base)
 
@@ -266,14 +296,17 @@ def test_gradients_are_bitwise_reproducible_on_several_threads():
             net.zero_grad()
             net.loss(hist, codes).backward()
             # the item table's gradient is sparse: compare what SparseAdam applies (coalesced)
-            return {k: (p.grad.coalesce().to_dense() if p.grad.is_sparse else p.grad).clone()
-                    for k, p in net.named_parameters()}
+            return {
+                k: (p.grad.coalesce().to_dense() if p.grad.is_sparse else p.grad).clone()
+                for k, p in net.named_parameters()
+            }
 
         first = grads()
         for _ in range(3):
             again = grads()
-            assert all(torch.equal(first[k], again[k]) for k in first), \
-                [k for k in first if not torch.equal(first[k], again[k])]
+            assert all(torch.equal(first[k], again[k]) for k in first), [
+                k for k in first if not torch.equal(first[k], again[k])
+            ]
     finally:
         torch.set_num_threads(old)
 

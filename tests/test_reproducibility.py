@@ -1,5 +1,6 @@
 """benchmarks.reproducibility: its comparison finds every difference a rerun can make and none
 that only timings make, and a method run twice through its verbs compares bitwise equal."""
+
 import math
 
 import torch
@@ -11,8 +12,12 @@ from models.method import Built, state_to_bytes
 
 
 def _state(shift: float = 0.0, seconds: float = 1.0) -> dict:
-    return {"state": {"w": torch.arange(6.0).reshape(2, 3) + shift, "b": torch.zeros(3)},
-            "stats": {"seconds": seconds, "steps": 4}, "depths": [3, 3], "codes": torch.arange(4)}
+    return {
+        "state": {"w": torch.arange(6.0).reshape(2, 3) + shift, "b": torch.zeros(3)},
+        "stats": {"seconds": seconds, "steps": 4},
+        "depths": [3, 3],
+        "codes": torch.arange(4),
+    }
 
 
 def test_largest_difference_sees_weights_and_layout_but_not_timings():
@@ -45,7 +50,20 @@ def test_compare_needs_equal_structure_and_weights_for_bitwise():
 
 def test_recforest_run_twice_through_its_verbs_is_bitwise_equal():
     data = planted_split(n_users=48)
-    values = dict(arity=3, trees=2, hidden=32, heads=4, encoder_layers=1, decoder_layers=1, ff=64,
-                  dropout=0.1, epochs=1, batch_size=64, embeddings="svd", device="cpu", seed=3)
+    values = dict(
+        arity=3,
+        trees=2,
+        hidden=32,
+        heads=4,
+        encoder_layers=1,
+        decoder_layers=1,
+        ff=64,
+        dropout=0.1,
+        epochs=1,
+        batch_size=64,
+        embeddings="svd",
+        device="cpu",
+        seed=3,
+    )
     result = compare(run_verbs("recforest", values, data), run_verbs("recforest", values, data))
     assert result["bitwise"], result

@@ -1,6 +1,7 @@
 """The retrieval service (issue 6): answers, refuses bad requests (and keeps serving), batches
 concurrent requests, and switches versions under concurrent load without a failed request when
 the alias moves (promotion, then rollback)."""
+
 from __future__ import annotations
 
 import threading
@@ -51,7 +52,7 @@ def test_answers_like_the_retriever(served):
     for got, want, scores, want_s in zip(body["items"], expect.items, body["scores"], expect.scores):
         want = [w for w in want if w is not None]
         assert got == want
-        np.testing.assert_allclose(scores, want_s[:len(want)], rtol=1e-5)
+        np.testing.assert_allclose(scores, want_s[: len(want)], rtol=1e-5)
     assert health["version"] == v1 and health["alias"] == "production"
     assert health["load_seconds"] > 0 and isinstance(health["metrics"], list)
 

@@ -1,6 +1,7 @@
 """The service's limits (issue 25.3): a cost budget and a body limit (413), a bearer token (401,
 /health open), one error shape for every 4xx, Prometheus /metrics, and fair slicing: a large
 request is answered slice by slice, interleaved with requests that arrive while it runs."""
+
 from __future__ import annotations
 
 import time
@@ -43,9 +44,12 @@ def test_cost_and_body_limits_answer_413(url):
 def test_every_4xx_has_one_error_shape(url):
     client = TestClient(create_app(_service(url)))
     with client:
-        answers = [client.get("/no-such-route"), client.get("/retrieve"),
-                   client.post("/retrieve", content=b"{", headers={"content-type": "application/json"}),
-                   client.post("/retrieve", json={"histories": "x"})]
+        answers = [
+            client.get("/no-such-route"),
+            client.get("/retrieve"),
+            client.post("/retrieve", content=b"{", headers={"content-type": "application/json"}),
+            client.post("/retrieve", json={"histories": "x"}),
+        ]
     assert [a.status_code for a in answers] == [404, 405, 400, 422]
     for a in answers:
         assert set(a.json()) == {"error"} and a.json()["error"]

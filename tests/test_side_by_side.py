@@ -1,5 +1,6 @@
 """benchmarks.side_by_side: specs parsed or refused by name, rounds alternate the versions, ratios
 are taken within a round, and a real store's versions are timed end to end."""
+
 import json
 
 import pytest
@@ -18,8 +19,12 @@ def test_specs_name_file_index_version_or_alias(tmp_path):
     assert parse_spec(f"{f}:movies") == (str(f), "movies", None, None)
     assert parse_spec(f"{f}:movies@7") == (str(f), "movies", 7, None)
     assert parse_spec(f"{f}:movies:production") == (str(f), "movies", None, "production")
-    for bad, words in ((f"{f}", "expected FILE:INDEX"), (f"{f}:movies@x", "must be a number"),
-                       (f"{f}:movies:", "empty index or alias"), (f"{tmp_path}/none.duckdb:movies", "no such file")):
+    for bad, words in (
+        (f"{f}", "expected FILE:INDEX"),
+        (f"{f}:movies@x", "must be a number"),
+        (f"{f}:movies:", "empty index or alias"),
+        (f"{tmp_path}/none.duckdb:movies", "no such file"),
+    ):
         with pytest.raises(SystemExit, match=words):
             parse_spec(bad)
 
@@ -43,7 +48,7 @@ def test_rounds_rotate_the_order_and_every_version_runs_once_per_round():
     assert rows.shape[0] == 8
     speeds = time_side_by_side(searchers, rows, k=2, beam=1, batch=4, rounds=3)
     assert len(speeds) == 3 and all(len(r) == 3 and min(r) > 0 for r in speeds)
-    timed = log[3 * 2:]  # after one warm-up pass (2 batches) of each
+    timed = log[3 * 2 :]  # after one warm-up pass (2 batches) of each
     firsts = [timed[r * 6] for r in range(3)]  # the first searcher of each round
     assert firsts == ["a", "b", "c"]
 
@@ -63,8 +68,23 @@ def test_two_versions_of_a_store_side_by_side(make_synth_store, tmp_path):
     v1 = steps.train(url, steps.construct(url, "t", "tdm", TDM, "synth").version_id).version_id
     v2 = steps.train(url, steps.relearn(url, v1).version_id).version_id
     file = url.removeprefix("duckdb:///")
-    result = side_by_side.main([f"{file}:t@{v1}", f"{file}:t", "--beams", "2", "5", "--rounds", "2",
-                                "--threads", "1", "--out-dir", str(tmp_path), "--tag", "t"])
+    result = side_by_side.main(
+        [
+            f"{file}:t@{v1}",
+            f"{file}:t",
+            "--beams",
+            "2",
+            "5",
+            "--rounds",
+            "2",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+            "--tag",
+            "t",
+        ]
+    )
     assert [v["version"] for v in result["versions"]] == [v1, v2]
     saved = json.loads((tmp_path / "side_by_side_t.json").read_text())
     for beam in ("2", "5"):

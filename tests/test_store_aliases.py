@@ -1,4 +1,5 @@
 """Aliases: moves are logged, rollback walks back through the alias's history."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """A process killed with SIGKILL in the middle of writing a large version leaves no trace of it."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ def test_sigkill_during_write_leaves_no_trace(store_url):
     small = Tree.from_paths(np.array([[0, 0], [0, 1], [1, 0]]), np.array([2, 0, 1]), 3, 2)
     before = store.write_version("small", "tdm", small, {"n": 1}, artifacts={"w": b"123"})
     env = dict(os.environ, GROVE_QUIET="1")
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, store_url], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, store_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "writing"
         time.sleep(2.5)  # several writes in: the kill lands inside one of them
@@ -53,12 +55,12 @@ def test_sigkill_during_write_leaves_no_trace(store_url):
     store = Store.open(store_url)  # opens (WAL replayed), schema intact
     big = [v for v in store.list_versions() if v.index_name == "big"]
     # every reported write is there; at most one more (committed, killed before its print)
-    assert [v.id for v in big][:len(reported)] == reported and len(big) - len(reported) in (0, 1)
+    assert [v.id for v in big][: len(reported)] == reported and len(big) - len(reported) in (0, 1)
     info, tree, arts = store.read_version(before.id)
     assert tree.equals(small) and arts == {"w": b"123"} and info.config == {"n": 1}
-    n_big = (2 ** 21 - 1)  # nodes of one complete binary tree of depth 20
+    n_big = 2**21 - 1  # nodes of one complete binary tree of depth 20
     _, rows = store.query("SELECT (SELECT count(*) FROM nodes), (SELECT count(*) FROM item_paths)")
     # nothing of the interrupted write: only whole versions' rows
-    assert rows[0] == (small.n_nodes + len(big) * n_big, small.leaves.size + len(big) * 2 ** 20)
+    assert rows[0] == (small.n_nodes + len(big) * n_big, small.leaves.size + len(big) * 2**20)
     again = store.write_version("small", "tdm", small, {"n": 2}, parent_id=before.id)
     assert store.read_structure(again.id).equals(small)

@@ -1,4 +1,5 @@
 """Datasets and splits in the store: exact round trips, immutability, load_split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,15 @@ def small_interactions(seed: int = 0, n_users: int = 40, n_items: int = 30, per_
     ts = np.tile(np.arange(per_user, dtype=np.int64) * 60, n_users) + 1_000_000
     rating = rng.choice(np.array([3.0, 4.0, 5.0], np.float32), user.size)
     behavior = np.where(rng.random(user.size) < 0.5, "click", "buy").astype(object)
-    inter = Interactions(user, item, ts, rating, behavior, np.array([f"u{i}" for i in range(n_users)]),
-                         np.array([f"i{i}" for i in range(n_items)]))
+    inter = Interactions(
+        user,
+        item,
+        ts,
+        rating,
+        behavior,
+        np.array([f"u{i}" for i in range(n_users)]),
+        np.array([f"i{i}" for i in range(n_items)]),
+    )
     kept = np.array([None if i % 7 == 0 else f"cat{i % 3}" for i in range(n_items)], dtype=object)
     pair_item = np.array([i for i in range(n_items) if kept[i] is not None], dtype=np.int32)
     cats = ItemCategories(kept, pair_item, kept[pair_item])

@@ -1,4 +1,5 @@
 """Versions in the store: exact round trips, integrity checks, resolve, metrics."""
+
 from __future__ import annotations
 
 import duckdb
@@ -45,7 +46,7 @@ def ragged_tree(n: int, seed: int) -> Tree:
 def complete_tree(n: int, k: int, depth: int, seed: int) -> Tree:
     """Complete K-ary tree of K^depth leaves over n items (items duplicated to fill it)."""
     rng = np.random.default_rng(seed)
-    leaves = k ** depth
+    leaves = k**depth
     items = np.concatenate([rng.permutation(n), rng.integers(0, n, leaves - n)])
     digits = (np.arange(leaves)[:, None] // k ** np.arange(depth - 1, -1, -1)) % k
     return Tree.from_paths(digits, items, n, k)
@@ -53,8 +54,9 @@ def complete_tree(n: int, k: int, depth: int, seed: int) -> Tree:
 
 def test_tree_round_trip_exact(store):
     tree = ragged_tree(200, 0)
-    info = store.write_version("t", "tdm", tree, {"method": "tdm", "config": {"epochs": 2}},
-                               artifacts={"weights.pt": b"\x00\x01" * 100})
+    info = store.write_version(
+        "t", "tdm", tree, {"method": "tdm", "config": {"epochs": 2}}, artifacts={"weights.pt": b"\x00\x01" * 100}
+    )
     got, back, arts = store.read_version(info.id)
     assert back.equals(tree) and np.array_equal(back.level, tree.level)
     assert arts == {"weights.pt": b"\x00\x01" * 100}
@@ -77,7 +79,7 @@ def test_forest_round_trip_with_duplicated_items(store):
 
 def test_codes_round_trip_exact(store):
     rng = np.random.default_rng(0)
-    ids = np.stack([rng.choice(7 ** 3, 3, replace=False) for _ in range(100)])
+    ids = np.stack([rng.choice(7**3, 3, replace=False) for _ in range(100)])
     codes = (ids[:, :, None] // 7 ** np.arange(2, -1, -1)) % 7
     pc = PathCodes(codes, rng.standard_normal((100, 3)).astype(np.float32), 7)
     info = store.write_version("dr", "dr", pc, {"J": 3})
@@ -138,9 +140,13 @@ def test_resolve_and_metrics(store):
         store.resolve("t", alias="staging")
     with pytest.raises(NotFoundError):
         store.resolve("nope")
-    store.record_metrics(b.id, [MetricRow("valid", "recall", 10, 0.25, 50, True),
-                                {"role": "valid", "name": "precision", "k": 10, "value": 0.5,
-                                 "beam": 50, "filtered": True}])
+    store.record_metrics(
+        b.id,
+        [
+            MetricRow("valid", "recall", 10, 0.25, 50, True),
+            {"role": "valid", "name": "precision", "k": 10, "value": 0.5, "beam": 50, "filtered": True},
+        ],
+    )
     got = store.metrics(b.id)
     assert {(m.name, m.value) for m in got} == {("recall", 0.25), ("precision", 0.5)}
     assert [v.id for v in store.lineage(b.id)] == [b.id, a.id]

@@ -1,4 +1,5 @@
 """Invariants of Tree, Forest and PathCodes: validation on build, derived arrays, exports."""
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from indexstore.structures import Forest, PathCodes, Tree, kind_of
 
 
 def complete_tree(depth: int, k: int, n_items: int | None = None) -> Tree:
-    leaves = k ** depth
+    leaves = k**depth
     paths = np.stack(np.unravel_index(np.arange(leaves), (k,) * depth), axis=1)
     n = n_items or leaves
     return Tree.from_paths(paths, np.arange(leaves) % n, n, k)
@@ -40,15 +41,18 @@ def test_from_parents_renumbers_any_order_and_keeps_structure():
     assert nx.is_arborescence(g) and g.number_of_nodes() == 5
 
 
-@pytest.mark.parametrize("parent,item,message", [
-    ([-1, 2, 1], [-1, 0, 1], "breadth-first"),            # cycle between 1 and 2
-    ([-1, -1, 0], [-1, 0, 1], "second root"),              # two roots
-    ([-1, 0, 5], [-1, 0, 1], "parent 5"),                  # orphan: parent out of range
-    ([-1, 0, 1, 0], [-1, -1, 0, 1], "breadth-first"),      # not breadth-first
-    ([-1, 0, 0], [-1, 0, 0], "item 1 is not reachable"),   # an item without a leaf
-    ([-1, 0, 0], [3, 0, 1], "internal node 0"),            # item on an internal node
-    ([-1, 0, 0], [-1, 0, -1], "leaf node 2"),              # leaf without item
-])
+@pytest.mark.parametrize(
+    "parent,item,message",
+    [
+        ([-1, 2, 1], [-1, 0, 1], "breadth-first"),  # cycle between 1 and 2
+        ([-1, -1, 0], [-1, 0, 1], "second root"),  # two roots
+        ([-1, 0, 5], [-1, 0, 1], "parent 5"),  # orphan: parent out of range
+        ([-1, 0, 1, 0], [-1, -1, 0, 1], "breadth-first"),  # not breadth-first
+        ([-1, 0, 0], [-1, 0, 0], "item 1 is not reachable"),  # an item without a leaf
+        ([-1, 0, 0], [3, 0, 1], "internal node 0"),  # item on an internal node
+        ([-1, 0, 0], [-1, 0, -1], "leaf node 2"),  # leaf without item
+    ],
+)
 def test_broken_trees_are_refused(parent, item, message):
     with pytest.raises(StructureError, match=message):
         Tree(np.array(parent), np.array(item), n_items=2, arity=2)

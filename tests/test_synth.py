@@ -1,5 +1,6 @@
 """Synthetic generator: deterministic, well-formed, and with the planted structure visible in the
 positives (consecutive items share clusters far more often than chance)."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """TDM scorer (models.node_scorer) and its trainer (models.tree_training)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -137,8 +138,9 @@ def test_training_learns_planted_groups():
     t = binary_tree(32, 5, perm=np.random.default_rng(1).permutation(32))
     beh, tgt, _ = planted(n=1200)
     s = TDMScorer(t, dim=8, hidden=(32, 16))
-    stats = train_scorer(s, t, samples_of(beh, tgt), TrainOptions(epochs=6, batch_size=100, lr=1e-2, seed=0),
-                         torch.device("cpu"))
+    stats = train_scorer(
+        s, t, samples_of(beh, tgt), TrainOptions(epochs=6, batch_size=100, lr=1e-2, seed=0), torch.device("cpu")
+    )
     assert stats["samples_per_s"] > 0 and stats["steps"] == 6 * 12
     hb, ht, group = planted(n=200, seed=9)
     leaves = torch.as_tensor(t.leaves.copy()).expand(200, -1)
@@ -216,12 +218,16 @@ def test_chunked_training_forward_gives_the_same_logits_and_gradients(hierarchic
     grads = []
     for chunk in (1 << 30, 9 * 69 * 36 * 2):  # one piece; chunks of 2 users (4 chunks, last of 1)
         torch.manual_seed(0)
-        s = (HierarchicalScorer(t, dim=6, hidden=(8, 4)) if hierarchical else TDMScorer(t, dim=6, hidden=(8, 4)))
+        s = HierarchicalScorer(t, dim=6, hidden=(8, 4)) if hierarchical else TDMScorer(t, dim=6, hidden=(8, 4))
         s.train_chunk_elements = chunk
         logits = s(hist, nodes)
         logits.pow(2).sum().backward()
-        grads.append((logits.detach(), {k: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
-                                        for k, p in s.named_parameters()}))
+        grads.append(
+            (
+                logits.detach(),
+                {k: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone() for k, p in s.named_parameters()},
+            )
+        )
     (l0, g0), (l1, g1) = grads
     assert torch.allclose(l0, l1, atol=1e-6)
     assert g0.keys() == g1.keys()

@@ -1,4 +1,5 @@
 """Tree builders: category tree, balanced k-means tree, RecForest complete tree, tree tensors."""
+
 import numpy as np
 import pytest
 import torch
@@ -94,8 +95,8 @@ def test_recforest_tree_complete(n, k):
     x = np.random.default_rng(n).standard_normal((n, 6)).astype(np.float32)
     tree = recforest_tree(x, k, seed=0, random_ratio=0.2, iters=4)
     h = tree.depth
-    assert k ** (h - 1) < n <= k ** h
-    assert tree.leaves.size == k ** h and set(tree.level[tree.leaves]) == {h}
+    assert k ** (h - 1) < n <= k**h
+    assert tree.leaves.size == k**h and set(tree.level[tree.leaves]) == {h}
     inner = ~tree.is_leaf
     assert ((tree.children[inner] >= 0).sum(1) == k).all()  # every internal node has K children
     assert np.array_equal(np.unique(tree.item[tree.leaves]), np.arange(n))  # every item >= 1 leaf
@@ -134,7 +135,7 @@ def test_tightest_arity_is_the_least_that_fits_and_matches_the_built_tree():
     for n in range(1, 2000):
         for depth in (1, 2, 3, 4):
             k = tightest_arity(n, depth)
-            assert k ** depth >= n and (k == 2 or (k - 1) ** depth < n), (n, depth, k)
+            assert k**depth >= n and (k == 2 or (k - 1) ** depth < n), (n, depth, k)
     assert (tightest_arity(9724, 3), tightest_arity(9724, 4), complete_depth(9724, 18)) == (22, 10, 4)
     tree = recforest_tree(np.random.default_rng(0).normal(size=(90, 4)).astype(np.float32), 10, seed=0)
     assert tree.depth == complete_depth(90, 10) == 2 and int(tree.is_leaf.sum()) == 100

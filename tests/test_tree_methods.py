@@ -3,6 +3,7 @@
 Invariants: the relearnt tree is valid (every item at exactly one leaf; k-means siblings
 balanced; JTM's leaves all at depth ceil(log_K n)), relearning is repeatable (same model, same
 seed, same tree), and the trained indexes reach a recall floor far above random."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,16 @@ from models.tdm.method import TDMConfig
 
 N_ITEMS = 256
 # small and fast on 2 CPU cores; batch 64 and lr 1e-2 give enough steps to learn in seconds
-TINY = {"epochs": 2, "dim": 8, "hidden": [16, 8], "max_samples": 2000, "neg_base": 1.0, "lr": 1e-2,
-        "batch_size": 64, "device": "cpu"}
+TINY = {
+    "epochs": 2,
+    "dim": 8,
+    "hidden": [16, 8],
+    "max_samples": 2000,
+    "neg_base": 1.0,
+    "lr": 1e-2,
+    "batch_size": 64,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +42,15 @@ def one_leaf_per_item(tree) -> bool:
     return sorted(items.tolist()) == list(range(tree.n_items))
 
 
-@pytest.mark.parametrize("name,extra", [
-    ("tdm", {}),
-    # JTM's tree learning scores every node d levels down for each pair: minutes on 2 cores;
-    # its fast invariants are in tests/test_jtm.py
-    pytest.param("jtm", {"tree_samples": 1500}, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("tdm", {}),
+        # JTM's tree learning scores every node d levels down for each pair: minutes on 2 cores;
+        # its fast invariants are in tests/test_jtm.py
+        pytest.param("jtm", {"tree_samples": 1500}, marks=pytest.mark.slow),
+    ],
+)
 def test_cycle_learns_and_relearns_a_valid_tree(data, name, extra):
     method = get_method(name)
     config = config_from_dict(method.config_cls, {**TINY, **extra})

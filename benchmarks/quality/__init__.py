@@ -43,6 +43,7 @@ epochs and 3 EM rounds of 2 further epochs each.
 Outputs ``benchmarks/results/quality_<dataset>.json`` (every seed's raw metrics, the
 aggregates mean/std, configs, machine) and ``quality_<dataset>.md`` (tables, mean ± std).
 """
+
 from __future__ import annotations
 
 from benchmarks.quality.cli import apply_override, main
@@ -51,6 +52,23 @@ from benchmarks.quality.merge import aggregate, combine_results, merge_results
 from benchmarks.quality.report import markdown
 from benchmarks.quality.settings import CONFIGS, DATASETS, KS, LIFECYCLE, METHODS, QUICK, QUICK_LIFECYCLE, RESULTS, ROOT
 
-__all__ = ["CONFIGS", "DATASETS", "KS", "LIFECYCLE", "METHODS", "QUICK", "QUICK_LIFECYCLE", "RESULTS", "ROOT",
-           "aggregate", "apply_override", "combine_results", "find_data_dir", "load_data", "main", "markdown",
-           "merge_results", "target_coverage"]
+__all__ = [
+    "CONFIGS",
+    "DATASETS",
+    "KS",
+    "LIFECYCLE",
+    "METHODS",
+    "QUICK",
+    "QUICK_LIFECYCLE",
+    "RESULTS",
+    "ROOT",
+    "aggregate",
+    "apply_override",
+    "combine_results",
+    "find_data_dir",
+    "load_data",
+    "main",
+    "markdown",
+    "merge_results",
+    "target_coverage",
+]

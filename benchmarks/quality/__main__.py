@@ -1,4 +1,5 @@
 """``python -m benchmarks.quality``."""
+
 from benchmarks.quality.cli import main
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The benchmark's data: a MovieLens dataset imported into a DuckDB store and split with one seed
 (or, without the store's packages, read and split directly), loaded as `SplitData`."""
+
 from __future__ import annotations
 
 import pathlib
@@ -22,13 +23,15 @@ def target_coverage(data) -> dict:
     that are the target of no window, or of fewer than 5. An item that is rarely a target keeps a
     near-random leaf embedding, which a k-means relearn then clusters (see benchmarks/README.md)."""
     counts = np.bincount(np.asarray(data.train.targets), minlength=data.n_items)
-    return {"windows_per_item": float(counts.sum() / max(1, data.n_items)),
-            "median_targets_per_item": float(np.median(counts)),
-            "items_never_target": float((counts == 0).mean()), "items_under_5_targets": float((counts < 5).mean())}
+    return {
+        "windows_per_item": float(counts.sum() / max(1, data.n_items)),
+        "median_targets_per_item": float(np.median(counts)),
+        "items_never_target": float((counts == 0).mean()),
+        "items_under_5_targets": float((counts < 5).mean()),
+    }
 
 
-def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str, url: str | None = None
-              ) -> tuple[object, dict]:
+def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str, url: str | None = None) -> tuple[object, dict]:
     """SplitData of ``name`` split with ``seed`` (split ``seed<seed>``): through a DuckDB store
     (``url``, else a new one in ``workdir``; the dataset and split are reused when the store has
     them) when its packages are importable, else through the same readers and protocol functions."""
@@ -48,8 +51,7 @@ def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str, url: str
         names = sorted({c for c in kept if c is not None})
         code = {c: i for i, c in enumerate(names)}
         codes = np.array([code.get(c, -1) if c is not None else -1 for c in kept], dtype=np.int32)
-        data = build_split_data(inter, split_users(inter, seed=seed), len(inter.item_raw), codes, name,
-                                f"seed{seed}")
+        data = build_split_data(inter, split_users(inter, seed=seed), len(inter.item_raw), codes, name, f"seed{seed}")
         return data, {"data_path": note}
     url = url or f"duckdb:///{workdir}/quality_{name}.duckdb"
     Store.init(url)

@@ -1,5 +1,6 @@
 """Joining quality results: the aggregate over seeds, `merge_results` (one run's seeds that ran
 apart) and `combine_results` (runs of different methods or budgets in one table)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
             vals = [r[k] for r in g if isinstance(r.get(k), (int, float)) and r.get(k) is not None]
             if not vals:
                 continue
-            agg[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                      "n": len(vals)}
+            agg[k] = {
+                "mean": float(np.mean(vals)),
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                "n": len(vals),
+            }
         out.append(agg)
     return out
 
@@ -53,8 +57,10 @@ def read_matching(paths: list[pathlib.Path], keys: tuple, settings_keys: tuple) 
                 raise ValueError(f"{path}: {key} differs from {paths[0]} ({r.get(key)!r} against {first.get(key)!r})")
         for key in settings_keys:
             if r["settings"].get(key) != first["settings"].get(key):
-                raise ValueError(f"{path}: settings.{key} {r['settings'].get(key)!r} differs from "
-                                 f"{first['settings'].get(key)!r} in {paths[0]}")
+                raise ValueError(
+                    f"{path}: settings.{key} {r['settings'].get(key)!r} differs from "
+                    f"{first['settings'].get(key)!r} in {paths[0]}"
+                )
     return res
 
 
@@ -71,12 +77,19 @@ def merge_results(paths: list[pathlib.Path]) -> dict:
         raise ValueError(f"a seed comes twice among {[str(p) for p in paths]}: seeds {seeds}")
     rows = [row for r in res for row in r["rows"]]
     asked = {s for r in res for s in r["settings"]["seeds"]}  # complete: every seed any run asked for is done
-    return {**first, "command": " ; ".join(r["command"] for r in res), "complete": asked <= set(seeds),
-            "merged_from": [str(p) for p in paths], "machines": [r["machine"] for r in res],
-            "settings": {**first["settings"], "seeds": seeds, "seeds_done": seeds},
-            "per_seed_data": [d for r in res for d in r["per_seed_data"]],
-            "seconds": {"per_seed": {k: v for r in res for k, v in r["seconds"]["per_seed"].items()}},
-            "errors": [e for r in res for e in r["errors"]], "aggregate": aggregate(rows), "rows": rows}
+    return {
+        **first,
+        "command": " ; ".join(r["command"] for r in res),
+        "complete": asked <= set(seeds),
+        "merged_from": [str(p) for p in paths],
+        "machines": [r["machine"] for r in res],
+        "settings": {**first["settings"], "seeds": seeds, "seeds_done": seeds},
+        "per_seed_data": [d for r in res for d in r["per_seed_data"]],
+        "seconds": {"per_seed": {k: v for r in res for k, v in r["seconds"]["per_seed"].items()}},
+        "errors": [e for r in res for e in r["errors"]],
+        "aggregate": aggregate(rows),
+        "rows": rows,
+    }
 
 
 COMBINE_MUST_MATCH = ("dataset", "quick")
@@ -127,8 +140,11 @@ def combine_results(paths: list[pathlib.Path]) -> dict:
             key = key_of(r, row)
             if (key, row["seed"]) in where:
                 kept = where[(key, row["seed"])]
-                diff = {k: abs(row[k] - kept[k]) for k in ("recall@10/exact", "recall@50/exact")
-                        if isinstance(row.get(k), (int, float)) and isinstance(kept.get(k), (int, float))}
+                diff = {
+                    k: abs(row[k] - kept[k])
+                    for k in ("recall@10/exact", "recall@50/exact")
+                    if isinstance(row.get(k), (int, float)) and isinstance(kept.get(k), (int, float))
+                }
                 repeats.append({"model": row["model"], "seed": row["seed"], "file": str(path), "abs_diff": diff})
                 continue
             out = dict(row)
@@ -136,23 +152,47 @@ def combine_results(paths: list[pathlib.Path]) -> dict:
             if budget or len(labels[row["model"]]) > 1:
                 out["model"] = f"{row['model']} [{budget or 'full size'}]"
             if told.setdefault(out["model"], key) != key:
-                raise ValueError(f"{path}: rows {out['model']!r} come under two configs or lifecycles "
-                                 f"that the same overrides name; combine those runs apart")
+                raise ValueError(
+                    f"{path}: rows {out['model']!r} come under two configs or lifecycles "
+                    f"that the same overrides name; combine those runs apart"
+                )
             where[(key, row["seed"])] = out
             rows.append(out)
     seeds = sorted({row["seed"] for row in rows})
-    return {**first, "command": "python -m benchmarks.quality --combine " + " ".join(map(str, paths)),
-            "complete": all(r.get("complete") for r in res), "combined_from": [str(p) for p in paths],
-            "machines": [r["machine"] for r in res],
-            "runs": [{"file": str(p), "command": r["command"], "methods": r["settings"].get("methods"),
-                      "seeds": r["settings"].get("seeds_done", r["settings"].get("seeds")),
-                      "complete": r.get("complete", True), "overrides": r["settings"].get("overrides"),
-                      "configs": r.get("configs"), "lifecycle": r.get("lifecycle"), "speed_runs": speed_runs(r)}
-                     for p, r in zip(paths, res)],
-            "configs": None, "lifecycle": None,  # per run: see "runs"
-            "settings": {**first["settings"], "seeds": seeds, "seeds_done": seeds, "overrides": [],
-                         "methods": sorted({row["method"] for row in rows}), "tag": "combined"},
-            "per_seed_data": [{"seed": s, **splits[s][1]} for s in sorted(splits)],
-            "seconds": {"per_run": [r.get("seconds") for r in res]},
-            "errors": [e for r in res for e in r["errors"]], "repeats": repeats,
-            "aggregate": aggregate(rows), "rows": rows}
+    return {
+        **first,
+        "command": "python -m benchmarks.quality --combine " + " ".join(map(str, paths)),
+        "complete": all(r.get("complete") for r in res),
+        "combined_from": [str(p) for p in paths],
+        "machines": [r["machine"] for r in res],
+        "runs": [
+            {
+                "file": str(p),
+                "command": r["command"],
+                "methods": r["settings"].get("methods"),
+                "seeds": r["settings"].get("seeds_done", r["settings"].get("seeds")),
+                "complete": r.get("complete", True),
+                "overrides": r["settings"].get("overrides"),
+                "configs": r.get("configs"),
+                "lifecycle": r.get("lifecycle"),
+                "speed_runs": speed_runs(r),
+            }
+            for p, r in zip(paths, res)
+        ],
+        "configs": None,
+        "lifecycle": None,  # per run: see "runs"
+        "settings": {
+            **first["settings"],
+            "seeds": seeds,
+            "seeds_done": seeds,
+            "overrides": [],
+            "methods": sorted({row["method"] for row in rows}),
+            "tag": "combined",
+        },
+        "per_seed_data": [{"seed": s, **splits[s][1]} for s in sorted(splits)],
+        "seconds": {"per_run": [r.get("seconds") for r in res]},
+        "errors": [e for r in res for e in r["errors"]],
+        "repeats": repeats,
+        "aggregate": aggregate(rows),
+        "rows": rows,
+    }

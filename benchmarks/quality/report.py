@@ -1,5 +1,6 @@
 """The Markdown of a quality result: the main table (seen items kept), seen items filtered,
 fidelity, speed."""
+
 from __future__ import annotations
 
 import pathlib
@@ -20,7 +21,7 @@ def speed_caption(result: dict) -> str:
     runs = result.get("runs")
     counts = {tuple(c) for c in ([r.get("speed_runs") for r in runs] if runs else [speed_runs(result)]) if c}
     if len(counts) == 1:
-        (n, exact), = counts
+        ((n, exact),) = counts
         return f"median of {n} runs after a warm-up (exact: {exact})"
     if not counts:  # --no-speed everywhere (or a combined file from before the per-run record)
         return "median of timed runs after a warm-up (no run here records its count)"
@@ -56,9 +57,11 @@ def overrides_sentence(overrides: list[str]) -> str:
     ``CONFIGS`` sizes unless a config override says otherwise."""
     cfg = [o for o in overrides if not o.startswith("life.")]
     life = [o for o in overrides if o.startswith("life.")]
-    return ((f" Config overrides (a budgeted run): `{' '.join(cfg)}`." if cfg else "")
-            + (f" Lifecycle overrides: `{' '.join(life)}`"
-               + ("" if cfg else " (every config at its `CONFIGS` size)") + "." if life else ""))
+    return (f" Config overrides (a budgeted run): `{' '.join(cfg)}`." if cfg else "") + (
+        f" Lifecycle overrides: `{' '.join(life)}`" + ("" if cfg else " (every config at its `CONFIGS` size)") + "."
+        if life
+        else ""
+    )
 
 
 def markdown(result: dict) -> str:
@@ -66,60 +69,99 @@ def markdown(result: dict) -> str:
     hb = max(beams)
     m = result["machine"]
     combined = bool(result.get("combined_from"))
-    lines = [f"# Quality on {result['dataset_label']}",
-             "",
-             f"{result['data']['train_windows']:,} training windows, {result['data']['test_users']} test users, "
-             f"{result['data']['n_items']:,} items"
-             + (f" ({result['data']['windows_per_item']:.1f} training windows per item; "
-                f"{100 * result['data']['items_never_target']:.0f}% of the items are the target of no window, "
-                f"{100 * result['data']['items_under_5_targets']:.0f}% of fewer than 5)"
-                if "windows_per_item" in result["data"] else "")
-             + f"; seeds{' (all rows)' if combined else ''} "
-             f"{result['settings'].get('seeds_done', result['settings']['seeds'])} (split and model)"
-             + ("" if result.get("complete", True) else " (a run below was cut short: its finished seeds only)"
-                if combined else " (run not finished: seeds done so far)") + "; "
-             f"mean ± std over seeds, percent. Machine: {m['gpu'] or 'no GPU'}, {m['cpu_count']} CPU cores "
-             f"({m['cpu_model']}), torch {m['torch']}. Command: `{result['command']}`."
-             + overrides_sentence(result["settings"].get("overrides", [])),
-             "",
-             f"## Test users, seen items kept; indexes at beam {hb}, baselines exact",
-             ""]
+    lines = [
+        f"# Quality on {result['dataset_label']}",
+        "",
+        f"{result['data']['train_windows']:,} training windows, {result['data']['test_users']} test users, "
+        f"{result['data']['n_items']:,} items"
+        + (
+            f" ({result['data']['windows_per_item']:.1f} training windows per item; "
+            f"{100 * result['data']['items_never_target']:.0f}% of the items are the target of no window, "
+            f"{100 * result['data']['items_under_5_targets']:.0f}% of fewer than 5)"
+            if "windows_per_item" in result["data"]
+            else ""
+        )
+        + f"; seeds{' (all rows)' if combined else ''} "
+        f"{result['settings'].get('seeds_done', result['settings']['seeds'])} (split and model)"
+        + (
+            ""
+            if result.get("complete", True)
+            else " (a run below was cut short: its finished seeds only)"
+            if combined
+            else " (run not finished: seeds done so far)"
+        )
+        + "; "
+        f"mean ± std over seeds, percent. Machine: {m['gpu'] or 'no GPU'}, {m['cpu_count']} CPU cores "
+        f"({m['cpu_model']}), torch {m['torch']}. Command: `{result['command']}`."
+        + overrides_sentence(result["settings"].get("overrides", [])),
+        "",
+        f"## Test users, seen items kept; indexes at beam {hb}, baselines exact",
+        "",
+    ]
     if combined:  # rows of several runs: each row says its seeds; the runs' budgets below the table
-        lines += ["| model | seeds | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| model | seeds | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     else:
-        lines += ["| model | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| model | P@10 | R@10 | F@10 | NDCG@10 | P@50 | R@50 | F@50 | NDCG@50 | NDCG@20 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for a in agg:
         t = headline(a, hb)
         cells = [_pm(a, f"{n}@{k}/{t}") for k in (10, 50) for n in ("precision", "recall", "f1", "ndcg")]
         seeds = [",".join(map(str, a["seeds"]))] if combined else []
-        lines.append(f"| {a['model']} | " + " | ".join(seeds + cells + [_pm(a, f'ndcg@20/{t}')]) + " |")
+        lines.append(f"| {a['model']} | " + " | ".join(seeds + cells + [_pm(a, f"ndcg@20/{t}")]) + " |")
     if combined:
         lines += ["", "Runs combined (each method's overrides; none = the `CONFIGS` sizes):", ""]
-        lines += [f"- `{pathlib.Path(r['file']).name}`: {', '.join(r['methods'] or [])}, seeds {r['seeds']}"
-                  + ("" if r.get("complete", True) else " (cut short)")
-                  + (f", `{' '.join(r['overrides'])}`" if r["overrides"] else "")
-                  + (f"; CPU speed: median of {r['speed_runs'][0]} runs (exact: {r['speed_runs'][1]})"
-                     if r.get("speed_runs") else "") for r in result["runs"]]
+        lines += [
+            f"- `{pathlib.Path(r['file']).name}`: {', '.join(r['methods'] or [])}, seeds {r['seeds']}"
+            + ("" if r.get("complete", True) else " (cut short)")
+            + (f", `{' '.join(r['overrides'])}`" if r["overrides"] else "")
+            + (
+                f"; CPU speed: median of {r['speed_runs'][0]} runs (exact: {r['speed_runs'][1]})"
+                if r.get("speed_runs")
+                else ""
+            )
+            for r in result["runs"]
+        ]
         reps = result.get("repeats", [])
         if reps:
             worst = max((v for rep in reps for v in rep["abs_diff"].values()), default=0.0)
             again = sorted({rep["model"] for rep in reps})
-            lines += ["", f"{len(reps)} (row, seed) pairs were measured again by a later run (rows: "
-                      f"{', '.join(again)}); the first run's row is kept, and the repeats' exhaustive R@10/R@50 "
-                      f"differ from it by at most {100 * worst:.2f} points."]
-    lines += ["", "## Seen items filtered (TDM Table 2 style), same beams", "",
-              "| model | P@10 | R@10 | P@50 | R@50 | NDCG@20 | Novelty@10 (kept) |", "|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"{len(reps)} (row, seed) pairs were measured again by a later run (rows: "
+                f"{', '.join(again)}); the first run's row is kept, and the repeats' exhaustive R@10/R@50 "
+                f"differ from it by at most {100 * worst:.2f} points.",
+            ]
+    lines += [
+        "",
+        "## Seen items filtered (TDM Table 2 style), same beams",
+        "",
+        "| model | P@10 | R@10 | P@50 | R@50 | NDCG@20 | Novelty@10 (kept) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for a in agg:
         t = headline(a, hb)
         cells = [_pm(a, f"{n}@{k}/filtered/{t}") for k in (10, 50) for n in ("precision", "recall")]
-        lines.append(f"| {a['model']} | " + " | ".join(cells + [_pm(a, f'ndcg@20/filtered/{t}'),
-                                                                _pm(a, f'novelty@10/{t}')]) + " |")
-    lines += ["", "## Fidelity: recall(beam) / recall(same model, every item); the model's exhaustive recall",
-              "", "| model | R@10 exact | R@50 exact | " + " | ".join(
-                  f"fid@10 b{b} | fid@50 b{b}" for b in beams) + " | cand./user b" + str(hb) + " |",
-              "|---|---|---|" + "---|---|" * len(beams) + "---|"]
+        lines.append(
+            f"| {a['model']} | "
+            + " | ".join(cells + [_pm(a, f"ndcg@20/filtered/{t}"), _pm(a, f"novelty@10/{t}")])
+            + " |"
+        )
+    lines += [
+        "",
+        "## Fidelity: recall(beam) / recall(same model, every item); the model's exhaustive recall",
+        "",
+        "| model | R@10 exact | R@50 exact | "
+        + " | ".join(f"fid@10 b{b} | fid@50 b{b}" for b in beams)
+        + " | cand./user b"
+        + str(hb)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(beams) + "---|",
+    ]
     for a in agg:
         if headline(a, hb) == "exact":
             continue
@@ -128,15 +170,21 @@ def markdown(result: dict) -> str:
         cells.append(_num(a, f"candidates/b{hb}"))
         lines.append(f"| {a['model']} | " + " | ".join(cells) + " |")
     dev = "cuda" if m["gpu"] else "cpu"
-    lines += ["", f"## Speed: training samples/s ({result['settings']['device']}), search users/s",
-              "",
-              f"CPU columns: batch 256, {result['settings']['cpu_threads']} threads, {speed_caption(result)}, "
-              "first seed, final model of each lifecycle. "
-              f"'eval {dev.upper()}' columns: the whole test-set evaluation in batches of 256 on {dev.upper()}.",
-              "",
-              "| model | train samples/s | " + " | ".join(f"CPU b{b}" for b in beams) + " | CPU exact | "
-              + " | ".join(f"eval {dev.upper()} b{b}" for b in beams) + f" | eval {dev.upper()} exact |",
-              "|---|---|" + "---|" * (2 * len(beams) + 2)]
+    lines += [
+        "",
+        f"## Speed: training samples/s ({result['settings']['device']}), search users/s",
+        "",
+        f"CPU columns: batch 256, {result['settings']['cpu_threads']} threads, {speed_caption(result)}, "
+        "first seed, final model of each lifecycle. "
+        f"'eval {dev.upper()}' columns: the whole test-set evaluation in batches of 256 on {dev.upper()}.",
+        "",
+        "| model | train samples/s | "
+        + " | ".join(f"CPU b{b}" for b in beams)
+        + " | CPU exact | "
+        + " | ".join(f"eval {dev.upper()} b{b}" for b in beams)
+        + f" | eval {dev.upper()} exact |",
+        "|---|---|" + "---|" * (2 * len(beams) + 2),
+    ]
     for a in agg:
         cells = [_num(a, "train_samples_per_s")] + [_num(a, f"users_per_s_cpu256/b{b}") for b in beams]
         cells += [_num(a, "users_per_s_cpu256/exact")] + [_num(a, f"users_per_s_{dev}/b{b}") for b in beams]

@@ -1,6 +1,7 @@
 """One (dataset, seed): every method's lifecycle in memory through `models.lifecycle` (the seeds
 the flows use), each trained model evaluated with `models.evaluation.evaluate_version` (flat
 ``metric@k[/filtered]/tag`` keys), and the CPU speed of each lifecycle's final model."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,9 @@ def evaluate_model(searcher, held, beams, brute_force: bool) -> dict:
     users/s as ``users_per_s_<device>/tag`` and candidates as ``candidates/tag``."""
     from models.evaluation import evaluate_version
 
-    rows = evaluate_version(searcher, held, role="test", ks=KS, beams=() if brute_force else tuple(beams),
-                            exhaustive=True)
+    rows = evaluate_version(
+        searcher, held, role="test", ks=KS, beams=() if brute_force else tuple(beams), exhaustive=True
+    )
     out: dict = {}
     dev = searcher.device.type
     for r in rows:
@@ -49,8 +51,9 @@ def evaluate_model(searcher, held, beams, brute_force: bool) -> dict:
     return out
 
 
-def cpu_speed(make_searcher, held, beams, brute_force: bool, threads: int, repeats: int,
-              batch: int = 256, k: int = 50) -> dict:
+def cpu_speed(
+    make_searcher, held, beams, brute_force: bool, threads: int, repeats: int, batch: int = 256, k: int = 50
+) -> dict:
     """Users/s on the CPU at batch ``batch``: median of ``repeats`` timed searches after a warm-up,
     for every beam and for exhaustive scoring (an index's exhaustive runs are warmed up by its beam
     runs)."""
@@ -87,8 +90,19 @@ def n_train_samples(cfg, n: int) -> int:
 class Runner:
     """One (dataset, seed): runs every lifecycle, evaluates, returns rows."""
 
-    def __init__(self, data, seed: int, device: str, beams, speed: bool, threads: int, repeats: int,
-                 configs: dict, lifecycle: dict, test_users: int | None):
+    def __init__(
+        self,
+        data,
+        seed: int,
+        device: str,
+        beams,
+        speed: bool,
+        threads: int,
+        repeats: int,
+        configs: dict,
+        lifecycle: dict,
+        test_users: int | None,
+    ):
         self.data, self.seed, self.device, self.beams = data, seed, device, tuple(beams)
         self.speed, self.threads, self.repeats = speed, threads, repeats
         self.configs, self.life = configs, lifecycle
@@ -108,15 +122,26 @@ class Runner:
 
     def train(self, recipe: Recipe, built: Built) -> tuple[Built, Recipe, dict]:
         (trained, nxt), sec = self.timed(advance, recipe, built, self.data, "train")
-        return trained, nxt, {"train_seconds": sec,
-                              "train_samples_per_s": n_train_samples(nxt.config, len(self.data.train)) / sec}
+        return (
+            trained,
+            nxt,
+            {"train_seconds": sec, "train_samples_per_s": n_train_samples(nxt.config, len(self.data.train)) / sec},
+        )
 
     def relearn(self, recipe: Recipe, built: Built) -> tuple[Built, Recipe, float]:
         (relearnt, nxt), sec = self.timed(advance, recipe, built, self.data, "relearn")
         return relearnt, nxt, sec
 
-    def record(self, label: str, recipe: Recipe, built: Built, brute_force: bool = False,
-               speed: bool = False, searcher_of=None, **info):
+    def record(
+        self,
+        label: str,
+        recipe: Recipe,
+        built: Built,
+        brute_force: bool = False,
+        speed: bool = False,
+        searcher_of=None,
+        **info,
+    ):
         """Evaluate (and with ``speed`` time on the CPU) the index ``built`` by ``recipe``;
         ``searcher_of(searcher)`` narrows its searcher (DeFoRec's last tree alone)."""
         method = get_method(recipe.method)
@@ -126,16 +151,23 @@ class Runner:
             return searcher_of(searcher) if searcher_of else searcher
 
         t = time.perf_counter()
-        row = {"model": label, "method": recipe.method, "seed": self.seed, **info,
-               **evaluate_model(make_searcher(self.device), self.held, self.beams, brute_force)}
+        row = {
+            "model": label,
+            "method": recipe.method,
+            "seed": self.seed,
+            **info,
+            **evaluate_model(make_searcher(self.device), self.held, self.beams, brute_force),
+        }
         if self.speed and speed:  # final model of each lifecycle (speed depends on size, not round)
             row.update(cpu_speed(make_searcher, self.held, self.beams, brute_force, self.threads, self.repeats))
         row["eval_seconds"] = time.perf_counter() - t
         self.rows.append(row)
         hb = max(self.beams)
         r = {k: row.get(k) for k in ("recall@10/exact", "recall@50/exact", f"recall@10/b{hb}", f"recall@50/b{hb}")}
-        print(f"[seed {self.seed}] {label}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if v is not None),
-              flush=True)
+        print(
+            f"[seed {self.seed}] {label}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items() if v is not None),
+            flush=True,
+        )
 
     # ----------------------------------------------------------------------- methods
     def tdm_like(self, name: str, relearns: int, label: str, relearn_label: str):
@@ -145,8 +177,9 @@ class Runner:
         for r in range(1, relearns + 1):
             built, recipe, sec = self.relearn(recipe, built)
             built, recipe, info = self.train(recipe, built)
-            self.record(f"{label} {relearn_label} x{r}", recipe, built, speed=r == relearns,
-                        relearn_seconds=sec, **info)
+            self.record(
+                f"{label} {relearn_label} x{r}", recipe, built, speed=r == relearns, relearn_seconds=sec, **info
+            )
 
     def run_tdm(self):
         self.tdm_like("tdm", 1, "TDM", "k-means relearn")
@@ -162,8 +195,9 @@ class Runner:
         for r in range(1, rounds):
             built, recipe, sec = self.relearn(recipe, built)
             built, recipe, info = self.train(recipe, built)
-            self.record(f"DeFoRec forest of {r + 1} trees", recipe, built, speed=r == rounds - 1,
-                        relearn_seconds=sec, **info)
+            self.record(
+                f"DeFoRec forest of {r + 1} trees", recipe, built, speed=r == rounds - 1, relearn_seconds=sec, **info
+            )
 
         def last_tree(f):
             return type(f)(f.trees[-1:], f.scorers[-1:], f.discriminate, f.n_items, f.device)
@@ -177,16 +211,23 @@ class Runner:
         for t in trees:
             recipe = self.recipe("recforest", trees=t)
             built, recipe, info = self.train(recipe, Built(Forest(full.structure.trees[:t]), full.artifacts))
-            self.record(f"RecForest {t} tree{'s' if t > 1 else ''}", recipe, built, speed=t in (1, max(trees)),
-                        construct_seconds_all_trees=sec_c, **info)
+            self.record(
+                f"RecForest {t} tree{'s' if t > 1 else ''}",
+                recipe,
+                built,
+                speed=t in (1, max(trees)),
+                construct_seconds_all_trees=sec_c,
+                **info,
+            )
 
     def run_dr(self):
         for j in self.life["dr_paths"]:
             recipe = self.recipe("dr", n_paths=j)
             built, recipe, info = self.train(recipe, build(recipe, self.data))
             # the EM rounds train with their own epochs: the same recipe with that config
-            recipe = dataclasses.replace(recipe, config=self.recipe("dr", n_paths=j,
-                                                                    epochs=self.life["dr_em_epochs"]).config)
+            recipe = dataclasses.replace(
+                recipe, config=self.recipe("dr", n_paths=j, epochs=self.life["dr_em_epochs"]).config
+            )
             relearn_s = 0.0
             for _ in range(self.life["dr_em_rounds"]):
                 built, recipe, sec = self.relearn(recipe, built)
@@ -216,10 +257,26 @@ def run_one(job: dict) -> dict:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data, info = load_data(job["dataset"], pathlib.Path(job["folder"]), job["seed"], tmp)
-    info.update(n_items=int(data.n_items), train_windows=len(data.train), test_users=len(data.test),
-                valid_users=len(data.valid), train_users=int(len(data.train_offsets) - 1), **target_coverage(data))
-    runner = Runner(data, job["seed"], job["device"], job["beams"], job["speed"], job["cpu_threads"],
-                    job["repeats"], job["configs"], job["lifecycle"], job["test_users"])
+    info.update(
+        n_items=int(data.n_items),
+        train_windows=len(data.train),
+        test_users=len(data.test),
+        valid_users=len(data.valid),
+        train_users=int(len(data.train_offsets) - 1),
+        **target_coverage(data),
+    )
+    runner = Runner(
+        data,
+        job["seed"],
+        job["device"],
+        job["beams"],
+        job["speed"],
+        job["cpu_threads"],
+        job["repeats"],
+        job["configs"],
+        job["lifecycle"],
+        job["test_users"],
+    )
     errors, seconds = [], {}
     for name in job["methods"]:
         t = time.perf_counter()
@@ -230,5 +287,12 @@ def run_one(job: dict) -> dict:
             errors.append({"method": name, "seed": job["seed"], "error": f"{type(exc).__name__}: {exc}"})
         seconds[name] = time.perf_counter() - t
         print(f"[{job['dataset']} seed {job['seed']}] {name} done in {seconds[name]:.1f}s", flush=True)
-    return {"dataset": job["dataset"], "seed": job["seed"], "rows": runner.rows, "errors": errors,
-            "method_seconds": seconds, "seconds": time.perf_counter() - start, "data": info}
+    return {
+        "dataset": job["dataset"],
+        "seed": job["seed"],
+        "rows": runner.rows,
+        "errors": errors,
+        "method_seconds": seconds,
+        "seconds": time.perf_counter() - start,
+        "data": info,
+    }

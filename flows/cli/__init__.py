@@ -5,9 +5,10 @@
 `flows.cli.store`, learning commands in `flows.cli.learning`, the demo in `flows.cli.demo`,
 operating commands (schedule, promote, serve, report) in `flows.cli.operations`; each registers
 its subcommands and sets ``func(args) -> int``; what they share is `flows.cli.common`. Every
-`GroveError` is printed as one line ``error: ...`` on stderr with exit status 2; every command but ``init`` (and ``demo``, which runs it) refuses a
-store whose schema is missing or behind.
+`GroveError` is printed as one line ``error: ...`` on stderr with exit status 2; every command
+but ``init`` (and ``demo``, which runs it) refuses a store whose schema is missing or behind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli import demo, learning, operations, store
 
     parser = OneLineParser(prog="grove", description="learned retrieval indexes as versioned data")
-    parser.add_argument("--store", default=None,
-                        help="SQLAlchemy URL of the store (default: $GROVE_STORE or duckdb:///grove.duckdb)")
+    parser.add_argument(
+        "--store", default=None, help="SQLAlchemy URL of the store (default: $GROVE_STORE or duckdb:///grove.duckdb)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     store.register(sub)
     learning.register(sub)

@@ -1,4 +1,5 @@
 """``python -m flows.cli`` = ``grove``."""
+
 from flows.cli import run
 
 run()

@@ -2,6 +2,7 @@
 
 Every command module imports these from here (no private imports across command modules).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,8 +91,10 @@ def format_table(columns: list[str], rows: list) -> str:
     """Columns aligned with two spaces; numbers right-aligned."""
     cells = [[cell(v) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r[i], (int, float, np.integer, np.floating)) or r[i] is None for r in rows)
-               and rows for i in range(len(columns))]
+    numeric = [
+        all(isinstance(r[i], (int, float, np.integer, np.floating)) or r[i] is None for r in rows) and rows
+        for i in range(len(columns))
+    ]
 
     def fmt(vals) -> str:
         return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, numeric)).rstrip()

@@ -10,6 +10,7 @@
 
 Re-running appends new versions to the same index; nothing is overwritten.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -24,8 +25,7 @@ DEMO_SPLIT = "default"
 # (the paper's 256 / 1e-3 learns far less in the same time).
 DEMO_CONFIG = {
     "tdm": {"epochs": 1, "max_samples": 12000, "neg_base": 1.0, "batch_size": 64, "lr": 3e-3},
-    "jtm": {"epochs": 1, "max_samples": 12000, "neg_base": 1.0, "batch_size": 64, "lr": 3e-3,
-            "tree_samples": 12000},
+    "jtm": {"epochs": 1, "max_samples": 12000, "neg_base": 1.0, "batch_size": 64, "lr": 3e-3, "tree_samples": 12000},
 }
 
 
@@ -61,14 +61,12 @@ def _ensure_dataset(store, args) -> str:
             info = import_file(store, args.data, name, items=args.items, seed=args.seed)
         else:
             info = synth_dataset(store, name, args.synth_items, args.synth_users, args.seed)
-        print(f"dataset {name!r}: {info.n_interactions:,} interactions, "
-              f"{info.n_users:,} users, {info.n_items:,} items")
+        print(f"dataset {name!r}: {info.n_interactions:,} interactions, {info.n_users:,} users, {info.n_items:,} items")
     else:
         print(f"dataset {name!r} already in the store; reusing it")
     if DEMO_SPLIT not in {s.name for s in store.list_splits(name)}:
         split = split_dataset(store, name, DEMO_SPLIT, seed=args.seed)
-        print(f"split {DEMO_SPLIT!r}: {split.n_train:,} train / {split.n_valid:,} valid / "
-              f"{split.n_test:,} test users")
+        print(f"split {DEMO_SPLIT!r}: {split.n_train:,} train / {split.n_valid:,} valid / {split.n_test:,} test users")
     return name
 
 
@@ -84,8 +82,19 @@ def cmd_demo(args) -> int:
     config = dict(DEMO_CONFIG.get(args.method, {}))
     config.update(parse_settings(args.config, args.set))
     index = f"{dataset}-{args.method}"
-    versions = run_cycle(url, index, args.method, dataset, DEMO_SPLIT, config, args.rounds,
-                         args.k, args.beam, args.users, local=is_local(args))
+    versions = run_cycle(
+        url,
+        index,
+        args.method,
+        dataset,
+        DEMO_SPLIT,
+        config,
+        args.rounds,
+        args.k,
+        args.beam,
+        args.users,
+        local=is_local(args),
+    )
     print(f"\nindex {index!r}: wrote versions {', '.join(map(str, versions))}\n")
     print("the store holds:")
     for v in store.list_versions(index):
@@ -102,6 +111,5 @@ def cmd_demo(args) -> int:
     decision = run_gate(store, index, versions[-1], gate, publish=False)
     print(f"\ngate: {decision.reason}")
     print(f"aliases of {index!r}: {store.aliases(index)}")
-    print(f"\ninspect: grove versions list --index {index}; "
-          f"grove retrieve {index} --history <ids> --k 10")
+    print(f"\ninspect: grove versions list --index {index}; grove retrieve {index} --history <ids> --k 10")
     return 0

@@ -4,6 +4,7 @@ Learning commands run as Prefect flows (a temporary local Prefect server starts 
 PREFECT_API_URL is set); ``--local`` (or GROVE_LOCAL=1) runs the very same steps in-process
 without Prefect. Every command prints the version(s) it wrote.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,10 @@ def register(sub) -> None:
     p.add_argument("--local", action="store_true", help="run without Prefect")
     p.set_defaults(func=cmd_build)
 
-    for name, helptext, fn in (("train", "train the model of a version -> new version", cmd_train),
-                               ("relearn", "relearn the index from a trained version -> new version",
-                                cmd_relearn)):
+    for name, helptext, fn in (
+        ("train", "train the model of a version -> new version", cmd_train),
+        ("relearn", "relearn the index from a trained version -> new version", cmd_relearn),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("index")
         p.add_argument("--version", type=int, help="default: the newest version of the index")
@@ -51,11 +53,20 @@ def register(sub) -> None:
     p.add_argument("--version", type=int)
     p.add_argument("--role", choices=("valid", "test"), default="valid")
     _add_eval_opts(p)
-    p.add_argument("--exhaustive", action=argparse.BooleanOptionalAction, default=None,
-                   help="also score every item with the same model (the fidelity reference); default: "
-                        f"on for catalogues of at most {EXHAUSTIVE_MAX_ITEMS:,} items, off above")
-    p.add_argument("--exhaustive-users", type=positive, default=None, metavar="N",
-                   help="run the exhaustive reference on the first N evaluated users only (default: all)")
+    p.add_argument(
+        "--exhaustive",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also score every item with the same model (the fidelity reference); default: "
+        f"on for catalogues of at most {EXHAUSTIVE_MAX_ITEMS:,} items, off above",
+    )
+    p.add_argument(
+        "--exhaustive-users",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="run the exhaustive reference on the first N evaluated users only (default: all)",
+    )
     p.add_argument("--local", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -80,7 +91,6 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_retrieve)
-
 
 
 # ------------------------------------------------------------------------------ handlers
@@ -131,13 +141,22 @@ def cmd_eval(args) -> int:
     store = open_store(args)
     vid = newest_version(store, args.index, args.version)
     if is_local(args):
-        rows = steps.evaluate(store.url, vid, args.role, args.k, args.beam, args.users,
-                              exhaustive=args.exhaustive, exhaustive_users=args.exhaustive_users)
+        rows = steps.evaluate(
+            store.url,
+            vid,
+            args.role,
+            args.k,
+            args.beam,
+            args.users,
+            exhaustive=args.exhaustive,
+            exhaustive_users=args.exhaustive_users,
+        )
     else:
         from flows.prefect_flows import evaluate_flow
 
-        rows = evaluate_flow(store.url, vid, args.role, args.k, args.beam, args.users,
-                             args.exhaustive, args.exhaustive_users)
+        rows = evaluate_flow(
+            store.url, vid, args.role, args.k, args.beam, args.users, args.exhaustive, args.exhaustive_users
+        )
     print(f"version {vid} on the {args.role} users:")
     print(metrics_table(rows))
     return 0
@@ -151,8 +170,20 @@ def cmd_cycle(args) -> int:
     if not is_local(args):  # refuse a bad config or split before a Prefect server starts
         Recipe.new(args.method, config)
         store.split(args.dataset, args.split)
-    versions = run_cycle(store.url, args.index, args.method, args.dataset, args.split, config,
-                         args.rounds, args.k, args.beam, args.users, local=is_local(args), store=store)
+    versions = run_cycle(
+        store.url,
+        args.index,
+        args.method,
+        args.dataset,
+        args.split,
+        config,
+        args.rounds,
+        args.k,
+        args.beam,
+        args.users,
+        local=is_local(args),
+        store=store,
+    )
     print(f"wrote versions {', '.join(map(str, versions))} of index {args.index!r}")
     return 0
 
@@ -168,8 +199,16 @@ def cmd_retrieve(args) -> int:
         print(f"warning: {res.unknown} unknown item id(s) ignored", file=sys.stderr)
     pairs = [(i, float(s)) for i, s in zip(res.items[0], res.scores[0]) if i is not None]
     if args.json:
-        print(json.dumps({"version": retriever.version.id, "items": [p[0] for p in pairs],
-                          "scores": [p[1] for p in pairs], "unknown": res.unknown}))
+        print(
+            json.dumps(
+                {
+                    "version": retriever.version.id,
+                    "items": [p[0] for p in pairs],
+                    "scores": [p[1] for p in pairs],
+                    "unknown": res.unknown,
+                }
+            )
+        )
     else:
         print(f"index {args.index!r} version {retriever.version.id}, k={args.k}, beam={args.beam}")
         for rank, (item, score) in enumerate(pairs, 1):

@@ -15,6 +15,7 @@ now (``--local`` / GROVE_LOCAL=1: the same steps in-process, without Prefect). `
 the promotion gate for one version (exit 0 promoted, 1 rejected). Prefect is imported only by
 the commands that need it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ def _gate_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gate-beam", type=_beam, default=50, help="beam of the metric, or 'exhaustive'")
     g.add_argument("--gate-role", default="valid")
     g.add_argument("--gate-filtered", action="store_true", help="use the seen-items-filtered metric")
-    g.add_argument("--tolerance", type=float, default=0.0,
-                   help="promote when candidate >= production - tolerance (absolute)")
+    g.add_argument(
+        "--tolerance", type=float, default=0.0, help="promote when candidate >= production - tolerance (absolute)"
+    )
     p.add_argument("--users", type=int, default=None, help="evaluate on the first N held-out users")
 
 
@@ -54,14 +56,24 @@ def gate_settings(args) -> dict:
 
     from flows.gate import GateConfig
 
-    return asdict(GateConfig(metric=args.gate_metric, k=args.gate_k, beam=args.gate_beam,
-                             filtered=args.gate_filtered, role=args.gate_role, tolerance=args.tolerance))
+    return asdict(
+        GateConfig(
+            metric=args.gate_metric,
+            k=args.gate_k,
+            beam=args.gate_beam,
+            filtered=args.gate_filtered,
+            role=args.gate_role,
+            tolerance=args.tolerance,
+        )
+    )
 
 
 def _print_retrain(result: dict) -> None:
     verdict = "promoted to production" if result["promoted"] else "rejected (kept as candidate)"
-    print(f"retrain of {result['index']!r} from v{result['base']}: wrote versions "
-          f"{', '.join(map(str, result['versions']))} on dataset {result['dataset']!r}")
+    print(
+        f"retrain of {result['index']!r} from v{result['base']}: wrote versions "
+        f"{', '.join(map(str, result['versions']))} on dataset {result['dataset']!r}"
+    )
     print(f"v{result['candidate']} {verdict}: {result['reason']}")
 
 
@@ -73,8 +85,10 @@ def cmd_schedule(args) -> int:
 
         cron = check_cron(args.cron)  # refuse a bad line before anything starts
         if is_local(args):
-            raise GroveError("--local cannot schedule: a cron schedule needs a Prefect server "
-                             "(use --once --local to run now without Prefect)")
+            raise GroveError(
+                "--local cannot schedule: a cron schedule needs a Prefect server "
+                "(use --once --local to run now without Prefect)"
+            )
     if args.rounds < 0:
         raise GroveError(f"--rounds must be >= 0, got {args.rounds}")
     if args.data is not None and not os.path.isfile(args.data):
@@ -83,11 +97,9 @@ def cmd_schedule(args) -> int:
     store = open_store(args)
     base = store.resolve(args.index)  # production, else the newest (NotFoundError: unknown index)
     if args.method is not None and args.method != base.method:
-        raise GroveError(f"index {args.index!r} holds {base.method} versions; --method {args.method} "
-                         "does not match")
+        raise GroveError(f"index {args.index!r} holds {base.method} versions; --method {args.method} does not match")
     data = os.path.abspath(args.data) if args.data else None
-    params = {"rounds": args.rounds, "method": args.method, "data": data, "gate": gate,
-              "max_users": args.users}
+    params = {"rounds": args.rounds, "method": args.method, "data": data, "gate": gate, "max_users": args.users}
     if cron is not None:
         return _serve_schedule(store.url, args, cron, params)
     if is_local(args):
@@ -95,8 +107,7 @@ def cmd_schedule(args) -> int:
 
         from flows.retrain import retrain_local
 
-        result = asdict(retrain_local(store.url, args.index, args.rounds, args.method, data, gate,
-                                      args.users))
+        result = asdict(retrain_local(store.url, args.index, args.rounds, args.method, data, gate, args.users))
     else:
         from flows.prefect_flows import retrain_flow
 
@@ -110,8 +121,10 @@ def _serve_schedule(url: str, args, cron: str, params: dict) -> int:
 
     api = prefect_api_url()  # GroveError when no server answers
     name = args.name or deployment_name(args.index)
-    print(f"serving deployment 'retrain/{name}' of index {args.index!r} on cron {cron!r} "
-          f"against {api} (Ctrl-C stops it)", flush=True)
+    print(
+        f"serving deployment 'retrain/{name}' of index {args.index!r} on cron {cron!r} against {api} (Ctrl-C stops it)",
+        flush=True,
+    )
     serve_retrain(url, args.index, cron, params, name=name)
     return 0
 
@@ -139,8 +152,10 @@ def cmd_promote(args) -> int:
     if decision.promoted:
         print(f"v{decision.candidate} promoted: {cfg.alias} {decision.current} -> {decision.candidate}")
     else:
-        print(f"v{decision.candidate} rejected: {cfg.alias} stays {decision.current}, "
-              f"{cfg.candidate_alias} -> {decision.candidate}")
+        print(
+            f"v{decision.candidate} rejected: {cfg.alias} stays {decision.current}, "
+            f"{cfg.candidate_alias} -> {decision.candidate}"
+        )
     print(f"  {decision.reason}")
     return 0 if decision.promoted else 1
 
@@ -149,17 +164,31 @@ def cmd_promote(args) -> int:
 def cmd_serve(args) -> int:
     from flows.service import ServiceConfig, serve
 
-    config = ServiceConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_request=args.max_request,
-                           max_cost=args.max_cost, slice_cost=args.slice_cost, max_body_bytes=args.max_body_bytes,
-                           poll_seconds=args.poll_seconds)
+    config = ServiceConfig(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_request=args.max_request,
+        max_cost=args.max_cost,
+        slice_cost=args.slice_cost,
+        max_body_bytes=args.max_body_bytes,
+        poll_seconds=args.poll_seconds,
+    )
     if args.threads < 0:
         raise GroveError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    serve(args.store, args.index, alias=args.alias, host=args.host, port=args.port,
-          device=args.device, config=config, access_log=args.access_log)
+    serve(
+        args.store,
+        args.index,
+        alias=args.alias,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        config=config,
+        access_log=args.access_log,
+    )
     return 0
 
 
@@ -204,15 +233,27 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=256, help="histories per micro-batch")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits for more")
     p.add_argument("--max-request", type=int, default=1024, help="histories per request (more: 413)")
-    p.add_argument("--max-cost", type=int, default=1024 * 4096 * 1000,
-                   help="largest request cost, histories x beam x k (more: 413)")
-    p.add_argument("--slice-cost", type=int, default=1 << 22,
-                   help="cost of a slice: larger requests are served in slices interleaved with others")
+    p.add_argument(
+        "--max-cost",
+        type=int,
+        default=1024 * 4096 * 1000,
+        help="largest request cost, histories x beam x k (more: 413)",
+    )
+    p.add_argument(
+        "--slice-cost",
+        type=int,
+        default=1 << 22,
+        help="cost of a slice: larger requests are served in slices interleaved with others",
+    )
     p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body (more: 413)")
     p.add_argument("--poll-seconds", type=float, default=2.0, help="alias poll period")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default; 1 is often fastest on a small shared machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default; 1 is often fastest on a small shared machine)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="HTML or Markdown report: lineage, metrics, curve, aliases")

@@ -13,6 +13,7 @@
 Handlers open the store with `Store.open` (which refuses a schema that is behind) and print
 plain aligned tables.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,22 @@ def cmd_init(args) -> int:
 def cmd_data_import(args) -> int:
     from flows.datasets import import_file
 
-    info = import_file(open_store(args), args.path, args.name, fmt=args.format, items=args.items,
-                       seed=args.seed, user_col=args.user_col, item_col=args.item_col,
-                       time_col=args.time_col, rating_col=args.rating_col, behavior_col=args.behavior_col)
-    print(f"dataset {info.name!r}: {info.n_interactions:,} interactions, {info.n_users:,} users, "
-          f"{info.n_items:,} items")
+    info = import_file(
+        open_store(args),
+        args.path,
+        args.name,
+        fmt=args.format,
+        items=args.items,
+        seed=args.seed,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        rating_col=args.rating_col,
+        behavior_col=args.behavior_col,
+    )
+    print(
+        f"dataset {info.name!r}: {info.n_interactions:,} interactions, {info.n_users:,} users, {info.n_items:,} items"
+    )
     return 0
 
 
@@ -48,8 +60,9 @@ def cmd_data_synth(args) -> int:
     from flows.datasets import synth_dataset
 
     info = synth_dataset(open_store(args), args.name, args.items, args.users, args.seed)
-    print(f"dataset {info.name!r}: {info.n_interactions:,} interactions, {info.n_users:,} users, "
-          f"{info.n_items:,} items")
+    print(
+        f"dataset {info.name!r}: {info.n_interactions:,} interactions, {info.n_users:,} users, {info.n_items:,} items"
+    )
     return 0
 
 
@@ -57,18 +70,37 @@ def cmd_data_split(args) -> int:
     from flows.datasets import split_dataset
 
     positive = None if args.positive_rating < 0 else args.positive_rating
-    info = split_dataset(open_store(args), args.name, args.split, seed=args.seed, min_positives=args.min_positives,
-                         valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
-                         positive_rating=positive)
-    print(f"split {info.name!r} of {info.dataset!r}: {info.n_train:,} train / {info.n_valid:,} valid / "
-          f"{info.n_test:,} test users")
+    info = split_dataset(
+        open_store(args),
+        args.name,
+        args.split,
+        seed=args.seed,
+        min_positives=args.min_positives,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        positive_rating=positive,
+    )
+    print(
+        f"split {info.name!r} of {info.dataset!r}: {info.n_train:,} train / {info.n_valid:,} valid / "
+        f"{info.n_test:,} test users"
+    )
     return 0
 
 
 def cmd_data_list(args) -> int:
     store = open_store(args)
-    rows = [(d.name, d.source, d.n_users, d.n_items, d.n_interactions,
-             ", ".join(s.name for s in store.list_splits(d.name)), d.created_at) for d in store.list_datasets()]
+    rows = [
+        (
+            d.name,
+            d.source,
+            d.n_users,
+            d.n_items,
+            d.n_interactions,
+            ", ".join(s.name for s in store.list_splits(d.name)),
+            d.created_at,
+        )
+        for d in store.list_datasets()
+    ]
     print(format_table(["name", "source", "users", "items", "interactions", "splits", "created"], rows))
     return 0
 
@@ -98,12 +130,18 @@ def cmd_data_show(args) -> int:
     if names.size:
         per = np.bincount(codes[codes >= 0], minlength=names.size)
         order = np.argsort(-per, kind="stable")[:10]
-        print(f"  {names.size} categories ({int((codes < 0).sum())} items without); top: "
-              + ", ".join(f"{names[i]}: {per[i]:,}" for i in order))
+        print(
+            f"  {names.size} categories ({int((codes < 0).sum())} items without); top: "
+            + ", ".join(f"{names[i]}: {per[i]:,}" for i in order)
+        )
     splits = store.list_splits(args.name)
     if splits:
-        print(format_table(["split", "train", "valid", "test", "config"],
-                           [(s.name, s.n_train, s.n_valid, s.n_test, json.dumps(s.config)) for s in splits]))
+        print(
+            format_table(
+                ["split", "train", "valid", "test", "config"],
+                [(s.name, s.n_train, s.n_valid, s.n_test, json.dumps(s.config)) for s in splits],
+            )
+        )
     return 0
 
 
@@ -113,11 +151,42 @@ def cmd_versions_list(args) -> int:
     for name, *_ in store.list_indexes():
         for alias, vid in store.aliases(name).items():
             alias_of.setdefault(vid, []).append(alias)
-    rows = [(v.id, v.index_name, v.method, v.kind, v.parent_id, v.dataset, v.split, v.shape.get("n_items"),
-             v.shape.get("total_nodes"), ", ".join(sorted(alias_of.get(v.id, []))), v.created_at, v.note)
-            for v in store.list_versions(args.index)]
-    print(format_table(["id", "index", "method", "kind", "parent", "dataset", "split", "items", "nodes",
-                        "aliases", "created", "note"], rows))
+    rows = [
+        (
+            v.id,
+            v.index_name,
+            v.method,
+            v.kind,
+            v.parent_id,
+            v.dataset,
+            v.split,
+            v.shape.get("n_items"),
+            v.shape.get("total_nodes"),
+            ", ".join(sorted(alias_of.get(v.id, []))),
+            v.created_at,
+            v.note,
+        )
+        for v in store.list_versions(args.index)
+    ]
+    print(
+        format_table(
+            [
+                "id",
+                "index",
+                "method",
+                "kind",
+                "parent",
+                "dataset",
+                "split",
+                "items",
+                "nodes",
+                "aliases",
+                "created",
+                "note",
+            ],
+            rows,
+        )
+    )
     return 0
 
 
@@ -127,9 +196,19 @@ def _level_rows(structure) -> tuple[list[str], list]:
     if isinstance(structure, PathCodes):
         used = np.unique(structure.path_ids()).size
         sizes = np.bincount(np.unique(structure.path_ids(), return_inverse=True)[1].ravel())
-        return (["J", "D", "K", "used paths", "empty share", "top path size"],
-                [(structure.n_paths, structure.depth, structure.arity, used,
-                  1 - used / float(structure.arity) ** structure.depth, int(sizes.max()))])
+        return (
+            ["J", "D", "K", "used paths", "empty share", "top path size"],
+            [
+                (
+                    structure.n_paths,
+                    structure.depth,
+                    structure.arity,
+                    used,
+                    1 - used / float(structure.arity) ** structure.depth,
+                    int(sizes.max()),
+                )
+            ],
+        )
     trees = structure.trees if isinstance(structure, Forest) else (structure,)
     rows = []
     for t, tree in enumerate(trees):
@@ -142,8 +221,10 @@ def _level_rows(structure) -> tuple[list[str], list]:
 def cmd_versions_show(args) -> int:
     store = open_store(args)
     info, structure, artifacts = store.read_version(args.version)
-    print(f"version {info.id} of index {info.index_name!r}: {info.method} {info.kind}, status {info.status}, "
-          f"created {cell(info.created_at)}")
+    print(
+        f"version {info.id} of index {info.index_name!r}: {info.method} {info.kind}, status {info.status}, "
+        f"created {cell(info.created_at)}"
+    )
     print(f"  dataset {info.dataset} split {info.split} parent {info.parent_id} note {info.note or ''}")
     print(f"  config: {json.dumps(info.config, sort_keys=True)}")
     print(f"  shape: {json.dumps(info.shape)}")
@@ -152,16 +233,22 @@ def cmd_versions_show(args) -> int:
     print(format_table(*_level_rows(structure)))
     metrics = store.metrics(info.id)
     if metrics:
-        print(format_table(["role", "name", "k", "value", "beam", "filtered", "recorded"],
-                           [(m.role, m.name, m.k, m.value, m.beam, m.filtered, m.recorded_at) for m in metrics]))
+        print(
+            format_table(
+                ["role", "name", "k", "value", "beam", "filtered", "recorded"],
+                [(m.role, m.name, m.k, m.value, m.beam, m.filtered, m.recorded_at) for m in metrics],
+            )
+        )
     return 0
 
 
 def cmd_versions_diff(args) -> int:
     d = open_store(args).diff(args.v1, args.v2)
     print(f"diff of version {d.v1} -> {d.v2} ({d.kind})")
-    rows = [(p.part, p.n_items, p.n_moved, " ".join(f"{a:.3f}" for a in p.agreement),
-             " ".join(map(str, p.sample))) for p in d.parts]
+    rows = [
+        (p.part, p.n_items, p.n_moved, " ".join(f"{a:.3f}" for a in p.agreement), " ".join(map(str, p.sample)))
+        for p in d.parts
+    ]
     print(format_table(["part", "items", "moved", "agreement per level (0..D)", "sample moved"], rows))
     return 0
 
@@ -174,8 +261,12 @@ def cmd_alias_set(args) -> int:
 
 def cmd_alias_log(args) -> int:
     events = open_store(args).alias_history(args.index, args.alias)
-    print(format_table(["id", "at", "alias", "action", "from", "to", "reason"],
-                       [(e.id, e.at, e.alias, e.action, e.from_version, e.to_version, e.reason) for e in events]))
+    print(
+        format_table(
+            ["id", "at", "alias", "action", "from", "to", "reason"],
+            [(e.id, e.at, e.alias, e.action, e.from_version, e.to_version, e.reason) for e in events],
+        )
+    )
     return 0
 
 
@@ -204,10 +295,13 @@ def cmd_sql(args) -> int:
 def _data_parsers(sub) -> None:
     data = sub.add_parser("data", help="import, synthesise, split and inspect datasets")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    p = dsub.add_parser("import", help="stream an interactions file into a new dataset",
-                        description="Stream an interactions file into a new dataset through DuckDB; "
-                        "its memory is capped by $GROVE_IMPORT_MEMORY (default 2GB), beyond which "
-                        "it spills to <store file>.tmp.")
+    p = dsub.add_parser(
+        "import",
+        help="stream an interactions file into a new dataset",
+        description="Stream an interactions file into a new dataset through DuckDB; "
+        "its memory is capped by $GROVE_IMPORT_MEMORY (default 2GB), beyond which "
+        "it spills to <store file>.tmp.",
+    )
     p.add_argument("path")
     p.add_argument("--name", required=True)
     p.add_argument("--format", default="auto", choices=FORMATS)
@@ -223,8 +317,12 @@ def _data_parsers(sub) -> None:
     p.add_argument("--min-positives", type=int, default=10)
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--positive-rating", type=float, default=4.0,
-                   help="rating of a positive (negative: every interaction is positive)")
+    p.add_argument(
+        "--positive-rating",
+        type=float,
+        default=4.0,
+        help="rating of a positive (negative: every interaction is positive)",
+    )
     p.set_defaults(func=cmd_data_split)
     p = dsub.add_parser("synth", help="generate interactions with a planted hierarchy of interests")
     p.add_argument("--name", required=True)

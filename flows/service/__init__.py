@@ -32,11 +32,23 @@ them (`flows.service.service`) and the HTTP app (`flows.service.app`):
   writer (`StoreBusyError`, "Conflicting lock") or any failed poll backs off exponentially
   (to ``max_backoff``) and tries again; the old version keeps serving meanwhile.
 """
+
 from __future__ import annotations
 
 from flows.service.app import RetrieveRequest, check_port_free, create_app, serve
 from flows.service.served import Answer, Query, ServedIndex, answer_batch, load_served
 from flows.service.service import RetrievalService, ServiceConfig
 
-__all__ = ["Answer", "Query", "RetrievalService", "RetrieveRequest", "ServedIndex", "ServiceConfig",
-           "answer_batch", "check_port_free", "create_app", "load_served", "serve"]
+__all__ = [
+    "Answer",
+    "Query",
+    "RetrievalService",
+    "RetrieveRequest",
+    "ServedIndex",
+    "ServiceConfig",
+    "answer_batch",
+    "check_port_free",
+    "create_app",
+    "load_served",
+    "serve",
+]

@@ -7,6 +7,7 @@ wrong bearer token 401 (when ``GROVE_API_TOKEN`` is set; /health stays open), un
 x k) is over ``max_cost`` or that holds more than ``max_request`` histories 413, wrong field
 types or values 422.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -46,8 +47,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _send_error(send, 413, f"the request body holds {int(length):,} bytes, "
-                                                f"more than the limit of {self.limit:,}")
+            return await _send_error(
+                send, 413, f"the request body holds {int(length):,} bytes, more than the limit of {self.limit:,}"
+            )
         seen = 0
 
         async def counted():
@@ -72,8 +74,13 @@ async def _send_error(send, status: int, message: str) -> None:
     import json
 
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -177,8 +184,10 @@ def _refusal(req: RetrieveRequest, cfg: ServiceConfig) -> tuple[int, str] | None
         return 413, f"a request holds at most {cfg.max_request} histories, got {len(req.histories)}"
     cost = len(req.histories) * req.beam * req.k
     if cost > cfg.max_cost:
-        return 413, (f"the request's cost (histories x beam x k = {cost:,}) is over the service's "
-                     f"budget of {cfg.max_cost:,}: split it or lower beam or k")
+        return 413, (
+            f"the request's cost (histories x beam x k = {cost:,}) is over the service's "
+            f"budget of {cfg.max_cost:,}: split it or lower beam or k"
+        )
     return None
 
 
@@ -196,15 +205,26 @@ def check_port_free(host: str, port: int) -> None:
             raise GroveError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def serve(url: str | None, index: str, alias: str = "production", host: str = "127.0.0.1",
-          port: int = 8000, device: str = "auto", config: ServiceConfig | None = None,
-          log_level: str = "warning", access_log: bool = False) -> None:
+def serve(
+    url: str | None,
+    index: str,
+    alias: str = "production",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    config: ServiceConfig | None = None,
+    log_level: str = "warning",
+    access_log: bool = False,
+) -> None:
     """Load the alias's version, then serve HTTP until interrupted (blocks)."""
     import uvicorn
 
     check_port_free(host, port)
     service = RetrievalService.open(url, index, alias, device, config)  # errors before binding
-    print(f"serving index {index!r} alias {alias!r} (version {service.current.version}, "
-          f"{service.current.retriever.device}) on http://{host}:{port}"
-          + (" (bearer token required)" if os.environ.get(TOKEN_ENV) else ""), flush=True)
+    print(
+        f"serving index {index!r} alias {alias!r} (version {service.current.version}, "
+        f"{service.current.retriever.device}) on http://{host}:{port}"
+        + (" (bearer token required)" if os.environ.get(TOKEN_ENV) else ""),
+        flush=True,
+    )
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=access_log)

@@ -8,6 +8,7 @@ arrived meanwhile, and a small request waits for at most one slice of a large on
 it. The slices of one request are all served by the version its first slice saw (an alias move
 in between does not mix versions in one answer).
 """
+
 from __future__ import annotations
 
 import queue
@@ -33,7 +34,7 @@ class _Job:
         """The next slice as a query of its own (histories next .. next + per_slice)."""
         q = self.query
         lo, self.next = self.next, min(self.next + self.per_slice, len(q.histories))
-        return Query(q.histories[lo:self.next], q.k, q.beam, q.exclude_seen)
+        return Query(q.histories[lo : self.next], q.k, q.beam, q.exclude_seen)
 
     @property
     def done(self) -> bool:
@@ -42,15 +43,20 @@ class _Job:
     def answer(self) -> Answer:
         """The parts joined, in order."""
         version = self.parts[0].version if self.parts else (self.served.version if self.served else -1)
-        return Answer(version, [r for p in self.parts for r in p.items], [r for p in self.parts for r in p.scores],
-                      sum(p.unknown for p in self.parts))
+        return Answer(
+            version,
+            [r for p in self.parts for r in p.items],
+            [r for p in self.parts for r in p.scores],
+            sum(p.unknown for p in self.parts),
+        )
 
 
 class MicroBatcher:
     """Queue of request slices served in micro-batches by one worker thread (module docstring)."""
 
-    def __init__(self, current: Callable[[], ServedIndex], max_batch: int, max_wait_ms: float,
-                 slice_cost: int = 1 << 22):
+    def __init__(
+        self, current: Callable[[], ServedIndex], max_batch: int, max_wait_ms: float, slice_cost: int = 1 << 22
+    ):
         self._current = current  # callable -> the ServedIndex a new request is served by
         self._max_batch, self._max_wait_ms, self._slice_cost = max_batch, max_wait_ms, slice_cost
         self._queue: queue.Queue = queue.Queue()  # (job, slice query) pairs, or None to stop
@@ -89,8 +95,11 @@ class MicroBatcher:
         deadline = time.monotonic() + self._max_wait_ms / 1000.0
         while n < self._max_batch:
             try:
-                nxt = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0)) \
-                    if deadline > time.monotonic() else self._queue.get_nowait()
+                nxt = (
+                    self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+                    if deadline > time.monotonic()
+                    else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
             if nxt is None:

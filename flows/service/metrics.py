@@ -1,6 +1,7 @@
 """Prometheus metrics of the retrieval service (``GET /metrics``, prometheus-client): requests by
 route and status, request latency, the version served, micro-batch sizes. One registry per app,
 so that several services in one process (tests) do not share counters."""
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -14,13 +15,14 @@ class ServiceMetrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("grove_requests_total", "HTTP requests", ["route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("grove_request_seconds", "HTTP request latency", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter("grove_requests_total", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "grove_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
         self.version = Gauge("grove_served_version", "version served", ["index", "alias"], registry=self.registry)
-        self.batch = Histogram("grove_batch_histories", "histories per micro-batch", buckets=BATCH_BUCKETS,
-                               registry=self.registry)
+        self.batch = Histogram(
+            "grove_batch_histories", "histories per micro-batch", buckets=BATCH_BUCKETS, registry=self.registry
+        )
         self._batches_seen = 0
 
     def observe_batches(self, batcher) -> None:

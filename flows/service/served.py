@@ -1,6 +1,7 @@
 """The served version: one immutable `ServedIndex` (a loaded `Retriever` and what /health
 reports), and how a micro-batch of queries is answered on it (one raw-id lookup, one retrieve
 per (beam, exclude_seen) group)."""
+
 from __future__ import annotations
 
 import time
@@ -27,8 +28,9 @@ class ServedIndex:
         return int(self.retriever.version.id)
 
 
-def load_served(url: str, index: str, version: int | None = None, alias: str | None = None,
-                device: str = "auto") -> ServedIndex:
+def load_served(
+    url: str, index: str, version: int | None = None, alias: str | None = None, device: str = "auto"
+) -> ServedIndex:
     """Load a version (explicit, or the one ``alias`` points to) with its metrics."""
     store = Store.open(url, check=False)
     retriever = Retriever.load(store, index, version=version, alias=alias, device=device)
@@ -37,8 +39,14 @@ def load_served(url: str, index: str, version: int | None = None, alias: str | N
 
 
 def _metric_dict(r) -> dict:
-    return {"role": r.role, "name": r.name, "k": r.k, "beam": r.beam, "filtered": bool(r.filtered),
-            "value": float(r.value)}
+    return {
+        "role": r.role,
+        "name": r.name,
+        "k": r.k,
+        "beam": r.beam,
+        "filtered": bool(r.filtered),
+        "value": float(r.value),
+    }
 
 
 # ------------------------------------------------------------------------------ batching
@@ -69,7 +77,7 @@ def answer_batch(served: ServedIndex, batch: list[Query]) -> list[Answer]:
     rows = np.split(dense, ends[:-1]) if lengths else []  # one array per history
     per_query_rows, start = [], 0
     for q in batch:
-        per_query_rows.append(rows[start:start + len(q.histories)])
+        per_query_rows.append(rows[start : start + len(q.histories)])
         start += len(q.histories)
     results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(batch)
     groups: dict[tuple[int, bool], list[int]] = {}
@@ -82,7 +90,7 @@ def answer_batch(served: ServedIndex, batch: list[Query]) -> list[Answer]:
         at = 0
         for i in members:
             n = len(batch[i].histories)
-            results[i] = (scores[at:at + n, :batch[i].k], items[at:at + n, :batch[i].k])
+            results[i] = (scores[at : at + n, : batch[i].k], items[at : at + n, : batch[i].k])
             at += n
     out = []
     for qrows, (scores, items) in zip(per_query_rows, results):
@@ -93,8 +101,10 @@ def answer_batch(served: ServedIndex, batch: list[Query]) -> list[Answer]:
 
 def _retrieve_chunked(retriever: Retriever, hist: list, k: int, beam: int, seen: bool):
     """`Retriever.retrieve` in chunks of at most its MAX_BATCH histories -> (B, k) arrays."""
-    parts = [retriever.retrieve(hist[lo:lo + MAX_BATCH], k, beam, exclude_seen=seen)
-             for lo in range(0, len(hist), MAX_BATCH)]
+    parts = [
+        retriever.retrieve(hist[lo : lo + MAX_BATCH], k, beam, exclude_seen=seen)
+        for lo in range(0, len(hist), MAX_BATCH)
+    ]
     if not parts:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -105,5 +115,7 @@ def _to_json_lists(served: ServedIndex, scores: np.ndarray, items: np.ndarray):
     valid = items >= 0  # (B, k); padding is always at the end of a row
     names = served.retriever.item_ids.raw_of(items)
     counts = valid.sum(axis=1).tolist()
-    return ([row[:c] for row, c in zip(names.tolist(), counts)],
-            [row[:c] for row, c in zip(scores.astype(float).tolist(), counts)])
+    return (
+        [row[:c] for row, c in zip(names.tolist(), counts)],
+        [row[:c] for row, c in zip(scores.astype(float).tolist(), counts)],
+    )

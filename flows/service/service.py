@@ -1,5 +1,6 @@
 """The retrieval service: the served version, its micro-batcher and its alias watcher, and the
 knobs of all three (`ServiceConfig`)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,11 +36,19 @@ class ServiceConfig:
     max_backoff: float = 30.0  # longest wait after failed polls
 
     def __post_init__(self):
-        sizes = (self.max_batch, self.max_request, self.max_k, self.max_beam, self.max_cost, self.slice_cost,
-                 self.max_body_bytes)
+        sizes = (
+            self.max_batch,
+            self.max_request,
+            self.max_k,
+            self.max_beam,
+            self.max_cost,
+            self.slice_cost,
+            self.max_body_bytes,
+        )
         if min(sizes) <= 0:
-            raise GroveError("max_batch, max_request, max_k, max_beam, max_cost, slice_cost and "
-                             "max_body_bytes must be positive")
+            raise GroveError(
+                "max_batch, max_request, max_k, max_beam, max_cost, slice_cost and max_body_bytes must be positive"
+            )
         if self.max_wait_ms < 0 or self.poll_seconds <= 0 or self.max_backoff <= 0:
             raise GroveError("max_wait_ms must be >= 0, poll_seconds and max_backoff > 0")
 
@@ -47,20 +56,26 @@ class ServiceConfig:
 class RetrievalService:
     """The served index, its batcher and its alias watcher. `open` loads before any port binds."""
 
-    def __init__(self, url: str, index: str, alias: str, device: str, served: ServedIndex,
-                 config: ServiceConfig):
+    def __init__(self, url: str, index: str, alias: str, device: str, served: ServedIndex, config: ServiceConfig):
         self.url, self.index, self.alias, self.device = url, index, alias, device
         self.config = config
         self._served = served
         self._swap_lock = threading.Lock()
         self.swaps = 0
         self.batcher = MicroBatcher(lambda: self._served, config.max_batch, config.max_wait_ms, config.slice_cost)
-        self.watcher = AliasWatcher(Watched(url, index, alias, device, lambda: self._served, self.swap,
-                                            config.poll_seconds, config.max_backoff))
+        self.watcher = AliasWatcher(
+            Watched(url, index, alias, device, lambda: self._served, self.swap, config.poll_seconds, config.max_backoff)
+        )
 
     @classmethod
-    def open(cls, url: str | None, index: str, alias: str = "production", device: str = "auto",
-             config: ServiceConfig | None = None) -> RetrievalService:
+    def open(
+        cls,
+        url: str | None,
+        index: str,
+        alias: str = "production",
+        device: str = "auto",
+        config: ServiceConfig | None = None,
+    ) -> RetrievalService:
         """Resolve and load the alias's version now (NotFoundError for an unknown index/alias)."""
         store = Store.open(url)  # schema checked once here
         store.resolve(index, alias=alias)
@@ -87,15 +102,25 @@ class RetrievalService:
         self.watcher.stop() if self.watcher._thread.is_alive() else None
         self.batcher.stop()
 
-    async def retrieve(self, histories: list[list[str]], k: int, beam: int,
-                       exclude_seen: bool) -> Answer:
+    async def retrieve(self, histories: list[list[str]], k: int, beam: int, exclude_seen: bool) -> Answer:
         return await asyncio.wrap_future(self.batcher.submit(Query(histories, k, beam, exclude_seen)))
 
     def health(self) -> dict:
         s = self._served
-        return {"status": "ok", "index": self.index, "alias": self.alias, "version": s.version,
-                "method": s.retriever.version.method, "dataset": s.retriever.version.dataset,
-                "device": str(s.retriever.device), "n_items": s.retriever.n_items,
-                "load_seconds": round(s.retriever.load_seconds, 4), "loaded_at": s.loaded_at,
-                "metrics": s.metrics, "swaps": self.swaps, "batches": self.batcher.batches,
-                "last_poll": self.watcher.last_poll, "last_poll_error": self.watcher.last_error}
+        return {
+            "status": "ok",
+            "index": self.index,
+            "alias": self.alias,
+            "version": s.version,
+            "method": s.retriever.version.method,
+            "dataset": s.retriever.version.dataset,
+            "device": str(s.retriever.device),
+            "n_items": s.retriever.n_items,
+            "load_seconds": round(s.retriever.load_seconds, 4),
+            "loaded_at": s.loaded_at,
+            "metrics": s.metrics,
+            "swaps": self.swaps,
+            "batches": self.batcher.batches,
+            "last_poll": self.watcher.last_poll,
+            "last_poll_error": self.watcher.last_error,
+        }

@@ -1,5 +1,6 @@
 """The alias watcher: a thread polls the alias on a short read-only connection and, when it
 moved, loads the new version in the background and swaps it in; failed polls back off."""
+
 from __future__ import annotations
 
 import logging
@@ -75,6 +76,6 @@ class AliasWatcher:
             except Exception as exc:  # lock held by a writer, store gone, load failed: back off
                 self.failures += 1
                 self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                delay = min(cfg.poll_seconds * 2 ** self.failures, cfg.max_backoff)
+                delay = min(cfg.poll_seconds * 2**self.failures, cfg.max_backoff)
                 delay *= 0.75 + 0.5 * np.random.default_rng().random()  # jitter: no lockstep
                 log.warning("alias poll failed (%s); retrying in %.1f s", self.last_error, delay)

@@ -7,6 +7,7 @@ in code. Primary keys only on small tables that are looked up by key.
 Revision ID: 0001
 Revises:
 """
+
 from alembic import op
 
 revision = "0001"

@@ -8,6 +8,7 @@ DuckDB even though the table has a primary key.
 Revision ID: 0002
 Revises: 0001
 """
+
 from alembic import op
 
 revision = "0002"

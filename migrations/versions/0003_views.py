@@ -28,6 +28,7 @@ Example: ``SELECT count(*) FROM item_moves(3, 4) WHERE tree = 0``.
 Revision ID: 0003
 Revises: 0002
 """
+
 from alembic import op
 
 revision = "0003"

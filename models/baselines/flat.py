@@ -8,6 +8,7 @@ behind the same `Method` contract as the tree methods (the store, flows, `Retrie
 The methods themselves live in `models.baselines.two_tower` (YouTube product-DNN, `TwoTowerMethod`) and
 `models.baselines.item_cf` (`ItemCFMethod`).
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -43,8 +44,9 @@ def check_query(histories: torch.Tensor, k: int, beam: int | None = None) -> Non
     if beam is not None and int(beam) <= 0:
         raise InputError(f"beam must be a positive integer, got {beam}")
     if histories.dim() != 2 or histories.dtype.is_floating_point:
-        raise InputError(f"histories must be a (batch, length) integer tensor, got "
-                         f"{tuple(histories.shape)} {histories.dtype}")
+        raise InputError(
+            f"histories must be a (batch, length) integer tensor, got {tuple(histories.shape)} {histories.dtype}"
+        )
 
 
 def behaviour_mask(histories: torch.Tensor, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,5 +116,7 @@ class FlatMethod(Method[FC]):
     def check_data(self, built: Built, data: SplitData) -> None:
         """The version's item count must match the data's."""
         if built.structure.n_items != data.n_items:
-            raise GroveError(f"this {self.name} index holds {built.structure.n_items} items but the "
-                             f"split {data.dataset}/{data.split} has {data.n_items}")
+            raise GroveError(
+                f"this {self.name} index holds {built.structure.n_items} items but the "
+                f"split {data.dataset}/{data.split} has {data.n_items}"
+            )

@@ -19,6 +19,7 @@ block are counted with one `bincount` into a dense (block, n_items) matrix and r
 top-M at once. Total work is Σ_u |items(u)|², memory bounded by ``pair_budget`` and
 ``dense_budget``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,8 +82,7 @@ def _blocks(load: np.ndarray, n_items: int, pair_budget: int, dense_budget: int)
     return out
 
 
-def build_neighbours(data: SplitData, config: ItemCFConfig,
-                     device: str | torch.device | None = None) -> NeighbourTable:
+def build_neighbours(data: SplitData, config: ItemCFConfig, device: str | torch.device | None = None) -> NeighbourTable:
     """The top-M cosine neighbour table of every item from the training users (see module doc)."""
     dev = resolve_device(config.device if device is None else device)
     n = int(data.n_items)
@@ -104,7 +104,7 @@ def build_neighbours(data: SplitData, config: ItemCFConfig,
     blocks = _blocks(load, n, config.pair_budget, config.dense_budget)
     with Progress("item-cf neighbours", total=n, unit="item") as progress:
         for lo, hi in blocks:
-            sel = t_by_item[int(item_off[lo]):int(item_off[hi])]  # interactions with item in block
+            sel = t_by_item[int(item_off[lo]) : int(item_off[hi])]  # interactions with item in block
             first, owner = t_items[sel], t_users[sel]  # (T,)
             reps = t_len[owner]  # partners per interaction
             row = torch.repeat_interleave(torch.arange(sel.shape[0], device=dev), reps)  # (P,)
@@ -167,12 +167,10 @@ class ItemCFMethod(FlatMethod[ItemCFConfig]):
         """Build the neighbour table (deterministic; ``seed`` unused). Artifact ``neighbours.pt``."""
         self.check_data(built, data)
         table = build_neighbours(data, config)
-        state = {"neighbours": table.neighbours, "similarity": table.similarity,
-                 "popularity": table.popularity}
+        state = {"neighbours": table.neighbours, "similarity": table.similarity, "popularity": table.popularity}
         return Built(built.structure, {"neighbours.pt": state_to_bytes(state)})
 
-    def searcher(self, config: ItemCFConfig, built: Built,
-                 device: str | torch.device = "cpu") -> ItemCFSearcher:
+    def searcher(self, config: ItemCFConfig, built: Built, device: str | torch.device = "cpu") -> ItemCFSearcher:
         dev = resolve_device(device)
         state = bytes_to_state(require_artifact(built, "neighbours.pt", self.name), dev)
         table = NeighbourTable(state["neighbours"], state["similarity"], state["popularity"])

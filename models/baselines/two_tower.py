@@ -21,6 +21,7 @@ Choices (the papers leave them open):
   the embedding tables take sparse updates (`models.optim.EmbeddingAdam`), so a step's cost
   does not grow with the catalogue.
 """
+
 from __future__ import annotations
 
 import math
@@ -152,8 +153,9 @@ class NegativeSampler:
         return self.by_rank[rank.to(self.device)]
 
 
-def sampled_softmax_loss(user: torch.Tensor, items: nn.Embedding, targets: torch.Tensor,
-                         negatives: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+def sampled_softmax_loss(
+    user: torch.Tensor, items: nn.Embedding, targets: torch.Tensor, negatives: torch.Tensor, log_q: torch.Tensor
+) -> torch.Tensor:
     """Mean sampled-softmax cross entropy.
 
     user (B, d); items the (n_items, d) item table (looked up, so its gradient is sparse);
@@ -167,8 +169,9 @@ def sampled_softmax_loss(user: torch.Tensor, items: nn.Embedding, targets: torch
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
-def train_two_tower(data: SplitData, config: TwoTowerConfig,
-                    device: str | torch.device | None = None) -> tuple[TwoTowerModel, np.ndarray]:
+def train_two_tower(
+    data: SplitData, config: TwoTowerConfig, device: str | torch.device | None = None
+) -> tuple[TwoTowerModel, np.ndarray]:
     """Train the two-tower model on ``data.train`` (behaviours -> target).
 
     Parameters
@@ -198,9 +201,14 @@ def train_two_tower(data: SplitData, config: TwoTowerConfig,
         while step < total:
             order = torch.randperm(n, generator=gen).to(dev)
             for lo in range(0, n, config.batch_size):
-                idx = order[lo:lo + config.batch_size]
-                loss = sampled_softmax_loss(model.user(windows.behaviours(idx)), model.item_emb,
-                                            windows.targets[idx], sampler.draw(gen), sampler.log_q)
+                idx = order[lo : lo + config.batch_size]
+                loss = sampled_softmax_loss(
+                    model.user(windows.behaviours(idx)),
+                    model.item_emb,
+                    windows.targets[idx],
+                    sampler.draw(gen),
+                    sampler.log_q,
+                )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -247,8 +255,7 @@ class TwoTowerMethod(FlatMethod[TwoTowerConfig]):
         state = {"model": {k: v.cpu() for k, v in model.state_dict().items()}}
         return Built(built.structure, {"weights.pt": state_to_bytes(state)})
 
-    def searcher(self, config: TwoTowerConfig, built: Built,
-                 device: str | torch.device = "cpu") -> TwoTowerSearcher:
+    def searcher(self, config: TwoTowerConfig, built: Built, device: str | torch.device = "cpu") -> TwoTowerSearcher:
         dev = resolve_device(device)
         state = bytes_to_state(require_artifact(built, "weights.pt", self.name), dev)
         model = TwoTowerModel(built.structure.n_items, config)

@@ -16,6 +16,7 @@ Lifecycle (`models.method.Method`):
 Choice: the scorer is the plain TDM attention DNN (no JTM hierarchical behaviours), which keeps a
 user's behaviour embeddings shared by all scored nodes.
 """
+
 from __future__ import annotations
 
 import re
@@ -70,8 +71,9 @@ class DeFoRecConfig(MethodConfig):
 
     def __post_init__(self):
         if self.arity < 2 or self.negatives < 1 or self.gap < 1 or self.negatives_total < 0:
-            raise ValueError(f"need arity >= 2, negatives >= 1, gap >= 1; got {self.arity}, "
-                             f"{self.negatives}, {self.gap}")
+            raise ValueError(
+                f"need arity >= 2, negatives >= 1, gap >= 1; got {self.arity}, {self.negatives}, {self.gap}"
+            )
         if self.discriminator not in DISCRIMINATORS:
             raise ValueError(f"discriminator must be one of {DISCRIMINATORS}, got {self.discriminator!r}")
 
@@ -162,11 +164,16 @@ class DeFoRecMethod(Method[DeFoRecConfig]):
         round (the estimate counts the first round's: later rounds are checked as they come)."""
         from models.tdm.method import TDMConfig, TDMMethod
 
-        tdm = TDMConfig(arity=config.arity, dim=config.dim, batch_size=config.batch_size,
-                        neg_total=config.negatives_total or config.negatives * 64, device=config.device)
-        return TDMMethod().memory_bytes(tdm, n_items, verb if verb != "relearn" else "search") + \
-            (4 * min(n_items, config.tree_samples or n_items) * config.arity ** config.gap * 4
-             if verb == "relearn" else 0)
+        tdm = TDMConfig(
+            arity=config.arity,
+            dim=config.dim,
+            batch_size=config.batch_size,
+            neg_total=config.negatives_total or config.negatives * 64,
+            device=config.device,
+        )
+        return TDMMethod().memory_bytes(tdm, n_items, verb if verb != "relearn" else "search") + (
+            4 * min(n_items, config.tree_samples or n_items) * config.arity**config.gap * 4 if verb == "relearn" else 0
+        )
 
     def construct(self, config: DeFoRecConfig, data: SplitData, seed: int) -> Built:
         tree = category_tree(data.item_category, arity=config.arity, seed=seed)
@@ -176,8 +183,9 @@ class DeFoRecMethod(Method[DeFoRecConfig]):
 
             tt = TwoTowerConfig(seed=seed, dim=config.dim, device=config.device)
             model, _ = train_two_tower(data, tt, resolve_device(config.device))
-            artifacts["two_tower.pt"] = state_to_bytes({"state": {k: v.cpu() for k, v in model.state_dict().items()},
-                                                        "config": tt.to_dict()})
+            artifacts["two_tower.pt"] = state_to_bytes(
+                {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "config": tt.to_dict()}
+            )
         return Built(Forest((tree,)), artifacts)
 
     def train(self, config: DeFoRecConfig, built: Built, data: SplitData, seed: int) -> Built:
@@ -190,10 +198,17 @@ class DeFoRecMethod(Method[DeFoRecConfig]):
         if r > 0 and _weights_name(r - 1) in built.artifacts:
             old = bytes_to_state(built.artifacts[_weights_name(r - 1)], "cpu")
             transfer_weights(scorer, old, forest.trees[r - 1], tree, keep_nodes_by_path=True)
-        opts = TrainOptions(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                            lr_decay=config.lr_decay, max_samples=config.max_samples or None, seed=seed)
-        train_softmax_scorer(scorer, tree, data.train, config.negatives, opts, device, config.max_steps,
-                             config.negatives_total)
+        opts = TrainOptions(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            lr_decay=config.lr_decay,
+            max_samples=config.max_samples or None,
+            seed=seed,
+        )
+        train_softmax_scorer(
+            scorer, tree, data.train, config.negatives, opts, device, config.max_steps, config.negatives_total
+        )
         state = {k: v.cpu() for k, v in scorer.state_dict().items()}
         return Built(forest, {**built.artifacts, _weights_name(r): state_to_bytes(state)})
 
@@ -202,22 +217,34 @@ class DeFoRecMethod(Method[DeFoRecConfig]):
         r = len(forest) - 1
         device = resolve_device(config.device)
         scorer = load_scorer(config, forest.trees[r], require_artifact(built, _weights_name(r), self.name), device)
-        new = learn_tree_softmax(scorer, forest.trees[r], data.train, gap=config.gap,
-                                 max_samples=config.tree_samples or None, seed=seed, device=device)
+        new = learn_tree_softmax(
+            scorer,
+            forest.trees[r],
+            data.train,
+            gap=config.gap,
+            max_samples=config.tree_samples or None,
+            seed=seed,
+            device=device,
+        )
         return Built(Forest(forest.trees + (new,)), dict(built.artifacts))
 
     def searcher(self, config: DeFoRecConfig, built: Built, device="cpu") -> Searcher:
         forest = _forest(built)
         device = resolve_device(device)
-        rounds = sorted(int(m.group(1)) for m in map(re.compile(r"weights_round(\d+)\.pt$").match, built.artifacts) if m)
+        rounds = sorted(
+            int(m.group(1)) for m in map(re.compile(r"weights_round(\d+)\.pt$").match, built.artifacts) if m
+        )
         if not rounds:
             require_artifact(built, _weights_name(len(forest) - 1), self.name)
         # an untrained last tree (relearnt, not yet trained) is left out of the search
         usable = [r for r in range(len(forest)) if r in rounds]
         scorers = [load_scorer(config, forest.trees[r], built.artifacts[_weights_name(r)], device) for r in usable]
         trees = [forest.trees[r] for r in usable]
-        disc = (_two_tower_discriminator(built, forest.n_items, device) if config.discriminator == "two_tower"
-                else _scorer_discriminator(scorers[-1], trees[-1]))
+        disc = (
+            _two_tower_discriminator(built, forest.n_items, device)
+            if config.discriminator == "two_tower"
+            else _scorer_discriminator(scorers[-1], trees[-1])
+        )
         return DeFoRecSearcher(trees, scorers, disc, forest.n_items, device)
 
 

@@ -16,6 +16,7 @@ tree of 10^6 items: 657 columns); ``m_total`` caps their sum by lowering the dee
 evenly (`level_negatives`; DeFoRec's default 480 keeps m = 40 on every level of trees up to
 depth 14, and 28 per deep level at depth 20).
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,12 @@ class SoftmaxLevels:
         n_neg = level_negatives(sizes, m, total)  # (depth+1,)
         self.sampler = LevelSampler(tree, n_neg, device)
         # correction ln(m_l * q_l) = ln(m_l / (c(l) - 1)) on negative columns, 0 on positives
-        corr = [np.concatenate([[0.0], np.full(n_neg[lv], math.log(n_neg[lv] / max(sizes[lv] - 1, 1))
-                                               if n_neg[lv] else 0.0)]) for lv in range(1, tree.depth + 1)]
+        corr = [
+            np.concatenate(
+                [[0.0], np.full(n_neg[lv], math.log(n_neg[lv] / max(sizes[lv] - 1, 1)) if n_neg[lv] else 0.0)]
+            )
+            for lv in range(1, tree.depth + 1)
+        ]
         self.correction = torch.as_tensor(np.concatenate(corr), dtype=torch.float32, device=device)
         self.bounds = np.concatenate([[0], np.cumsum(1 + n_neg[1:])])  # column range per level
 
@@ -70,8 +75,16 @@ class SoftmaxLevels:
         return total.mean()
 
 
-def train_softmax_scorer(scorer: TDMScorer, tree: Tree, samples: TrainingSamples, m: int, opts: TrainOptions,
-                         device: torch.device, max_steps: int = 0, m_total: int = 0) -> dict:
+def train_softmax_scorer(
+    scorer: TDMScorer,
+    tree: Tree,
+    samples: TrainingSamples,
+    m: int,
+    opts: TrainOptions,
+    device: torch.device,
+    max_steps: int = 0,
+    m_total: int = 0,
+) -> dict:
     """Train ``scorer`` (built for ``tree``) in place with layer-wise sampled softmax, ``m``
     negatives per level and at most ``m_total`` per sample (`level_negatives`).
 
@@ -94,7 +107,7 @@ def train_softmax_scorer(scorer: TDMScorer, tree: Tree, samples: TrainingSamples
             for b in range(per_epoch):
                 if steps >= total:
                     break
-                idx = order[b * opts.batch_size:(b + 1) * opts.batch_size]
+                idx = order[b * opts.batch_size : (b + 1) * opts.batch_size]
                 loss = softmax_step(scorer, optim, levels, data.behaviours(idx), data.targets[idx], gen)
                 steps, done, batches = steps + 1, done + idx.numel(), batches + 1
                 loss_sum += float(loss)
@@ -102,12 +115,17 @@ def train_softmax_scorer(scorer: TDMScorer, tree: Tree, samples: TrainingSamples
             optim.decay(opts.lr_decay)
     scorer.eval()
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return {"loss": loss_sum / max(batches, 1), "samples_per_s": done / elapsed, "steps": steps,
-            "samples": done}
+    return {"loss": loss_sum / max(batches, 1), "samples_per_s": done / elapsed, "steps": steps, "samples": done}
 
 
-def softmax_step(scorer: TDMScorer, optim: EmbeddingAdam, levels: SoftmaxLevels, hist: torch.Tensor,
-                 tgt: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def softmax_step(
+    scorer: TDMScorer,
+    optim: EmbeddingAdam,
+    levels: SoftmaxLevels,
+    hist: torch.Tensor,
+    tgt: torch.Tensor,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """One Adam step on a batch, hist (N, L) and tgt (N,): Eq. 9 over freshly drawn negatives.
     Returns the (detached) loss."""
     nodes, _, mask = levels.sampler.sample(tgt, gen)  # (N, C)

@@ -5,6 +5,7 @@ weight for a candidate node n_j at level l = min(l0 + d, depth) under its curren
 ``sum over its training pairs of log softmax_j(o_u^j)`` over the c candidates (Eq. 10), then
 `models.tree_learning.assign_with_capacity` (capacity = leaves under the node; JTM's rebalance).
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,9 +17,16 @@ from models.progress import Progress
 from models.tree_learning import PairChunks, layout_depth, learn_top_down, position_maps
 
 
-def learn_tree_softmax(scorer: TDMScorer, tree: Tree, samples: TrainingSamples, gap: int = 7,
-                       max_samples: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
-                       max_elements: int | None = None) -> Tree:
+def learn_tree_softmax(
+    scorer: TDMScorer,
+    tree: Tree,
+    samples: TrainingSamples,
+    gap: int = 7,
+    max_samples: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    max_elements: int | None = None,
+) -> Tree:
     """A new tree from the trained ``scorer`` by the softmax matching score (Eq. 10).
 
     Parameters
@@ -39,13 +47,20 @@ def learn_tree_softmax(scorer: TDMScorer, tree: Tree, samples: TrainingSamples, 
     scorer = scorer.to(device).eval()
 
     def weights(l0: int, g: int, cur: torch.Tensor, prog: Progress) -> torch.Tensor:
-        return _softmax_weights(scorer, maps[l0 + g], tree.arity ** g, cur, pairs, max_elements, prog)
+        return _softmax_weights(scorer, maps[l0 + g], tree.arity**g, cur, pairs, max_elements, prog)
 
     return learn_top_down(tree, pairs, gap, weights, "deforec tree learning")
 
 
-def _softmax_weights(scorer: TDMScorer, level_map: torch.Tensor, width: int, cur: torch.Tensor,
-                     pairs: PairChunks, max_elements: int, prog: Progress) -> torch.Tensor:
+def _softmax_weights(
+    scorer: TDMScorer,
+    level_map: torch.Tensor,
+    width: int,
+    cur: torch.Tensor,
+    pairs: PairChunks,
+    max_elements: int,
+    prog: Progress,
+) -> torch.Tensor:
     """(m, width): sum over each item's pairs of log softmax over the ``width`` candidate
     positions under the item's current node (positions -> old-tree nodes by ``level_map``)."""
     out = torch.zeros(pairs.items.shape[0], width, device=cur.device)

@@ -19,6 +19,7 @@ Sequential dependence: an item's choice changes the path sizes the next item see
 are visited one at a time (a seeded random order per iteration, so low ids get no advantage); the
 work per item is a few numpy operations over its <= pool candidates: O(iters * V * J * S).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,8 +61,9 @@ def _merge(keys: list[np.ndarray], vals: list[np.ndarray]) -> tuple[np.ndarray, 
 
 
 @torch.no_grad()
-def estep_scores(net: DRNet, samples: TrainingSamples, n_items: int, beam: int, pool: int,
-                 batch_size: int, device: torch.device) -> CandidateScores:
+def estep_scores(
+    net: DRNet, samples: TrainingSamples, n_items: int, beam: int, pool: int, batch_size: int, device: torch.device
+) -> CandidateScores:
     """Accumulate s[v, c] over training samples with a width-``beam`` search per sample.
 
     Parameters
@@ -74,8 +76,8 @@ def estep_scores(net: DRNet, samples: TrainingSamples, n_items: int, beam: int, 
     CandidateScores over ``n_items`` items (items without samples have no candidates).
     """
     st = net.structure
-    n_space = st.arity ** st.depth
-    if n_items * n_space >= 2 ** 62:
+    n_space = st.arity**st.depth
+    if n_items * n_space >= 2**62:
         raise GroveError(f"n_items * K^D = {n_items} * {n_space} is too large for 64-bit path keys")
     net.eval()
     keys, vals, pending = [], [], 0
@@ -86,7 +88,7 @@ def estep_scores(net: DRNet, samples: TrainingSamples, n_items: int, beam: int, 
             paths, logp = beam_search(st, net.encode(hist), beam)  # (b, S, D), (b, S)
             ok = torch.isfinite(logp)
             pid = path_ids_of(paths, st.arity)  # (b, S)
-            tgt = torch.tensor(samples.targets[lo:lo + batch_size], dtype=torch.long, device=device)
+            tgt = torch.tensor(samples.targets[lo : lo + batch_size], dtype=torch.long, device=device)
             key = tgt[:, None] * n_space + pid
             keys.append(key[ok].cpu().numpy())
             vals.append(logp[ok].exp().double().cpu().numpy())
@@ -101,8 +103,7 @@ def estep_scores(net: DRNet, samples: TrainingSamples, n_items: int, beam: int, 
     return _top_per_item(key // n_space, key % n_space, val, n_items, pool)
 
 
-def _top_per_item(item: np.ndarray, pid: np.ndarray, val: np.ndarray, n_items: int,
-                  pool: int) -> CandidateScores:
+def _top_per_item(item: np.ndarray, pid: np.ndarray, val: np.ndarray, n_items: int, pool: int) -> CandidateScores:
     """Keep the ``pool`` best paths of every item, best first, as CSR."""
     order = np.lexsort((-val, item))
     item, pid, val = item[order], pid[order], val[order]
@@ -153,10 +154,12 @@ def pool_warning(cov: PoolCoverage, n_items: int) -> str | None:
     floor = cov.least_top_path
     if floor <= max(CROWDED_SHARE * n_items, CROWDED_MIN):
         return None
-    return (f"DR E-step: the candidate pools of {cov.items} items hold only {cov.paths} distinct "
-            f"paths, so every assignment puts >= {floor} items on some path "
-            f"({100 * floor / n_items:.1f}% of {n_items}); train the structure model longer before "
-            f"relearning, or raise estep_beam / estep_pool")
+    return (
+        f"DR E-step: the candidate pools of {cov.items} items hold only {cov.paths} distinct "
+        f"paths, so every assignment puts >= {floor} items on some path "
+        f"({100 * floor / n_items:.1f}% of {n_items}); train the structure model longer before "
+        f"relearning, or raise estep_beam / estep_pool"
+    )
 
 
 def _with_fallback(cands: CandidateScores, prev: PathCodes) -> CandidateScores:
@@ -182,7 +185,7 @@ def _with_fallback(cands: CandidateScores, prev: PathCodes) -> CandidateScores:
 def size_penalty(size: np.ndarray, alpha: float) -> np.ndarray:
     """alpha * (f(s+1) - f(s)) with f(s) = s^4/4: the cost of adding one item to a path of size s."""
     s = size.astype(np.float64)
-    return alpha * ((s + 1.0) ** 4 - s ** 4) / 4.0
+    return alpha * ((s + 1.0) ** 4 - s**4) / 4.0
 
 
 def mstep(cands: CandidateScores, prev: PathCodes, alpha: float, iters: int, seed: int) -> PathCodes:
@@ -237,7 +240,7 @@ def _decode(path_ids: np.ndarray, arity: int, depth: int) -> np.ndarray:
 
 def random_codes(n_items: int, n_paths: int, arity: int, depth: int, seed: int) -> PathCodes:
     """Initial assignment: J distinct uniformly random paths per item (seeded)."""
-    n_space = arity ** depth
+    n_space = arity**depth
     if n_paths > n_space:
         raise GroveError(f"J={n_paths} paths per item need K^D >= J, but K^D = {n_space}")
     rng = np.random.default_rng(seed)

@@ -13,6 +13,7 @@ Verbs (see `models.method`):
 Artifacts: ``{"weights.pt": state_to_bytes({"model": state_dict, "epochs_done": int,
 "n_items": int})}``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -85,20 +86,30 @@ class DRConfig(MethodConfig):
     device: str = "auto"
 
     def __post_init__(self):
-        checks = [("arity", self.arity >= 2), ("depth", self.depth >= 1), ("n_paths", self.n_paths >= 1),
-                  ("dim", self.dim >= 1), ("hidden", self.hidden >= 1), ("epochs", self.epochs >= 0),
-                  ("joint_epochs", self.joint_epochs >= 0), ("batch_size", self.batch_size >= 1),
-                  ("lr", self.lr > 0),
-                  ("softmax_samples", self.softmax_samples is None or self.softmax_samples >= 0),
-                  ("alpha", self.alpha >= 0), ("estep_beam", self.estep_beam >= 1),
-                  ("estep_pool", self.estep_pool >= self.n_paths), ("mstep_iters", self.mstep_iters >= 1),
-                  ("max_samples", self.max_samples >= 0)]
+        checks = [
+            ("arity", self.arity >= 2),
+            ("depth", self.depth >= 1),
+            ("n_paths", self.n_paths >= 1),
+            ("dim", self.dim >= 1),
+            ("hidden", self.hidden >= 1),
+            ("epochs", self.epochs >= 0),
+            ("joint_epochs", self.joint_epochs >= 0),
+            ("batch_size", self.batch_size >= 1),
+            ("lr", self.lr > 0),
+            ("softmax_samples", self.softmax_samples is None or self.softmax_samples >= 0),
+            ("alpha", self.alpha >= 0),
+            ("estep_beam", self.estep_beam >= 1),
+            ("estep_pool", self.estep_pool >= self.n_paths),
+            ("mstep_iters", self.mstep_iters >= 1),
+            ("max_samples", self.max_samples >= 0),
+        ]
         for name, ok in checks:
             if not ok:
                 raise GroveError(f"DRConfig.{name} = {getattr(self, name)!r} is out of range")
-        if self.n_paths > self.arity ** self.depth:
-            raise GroveError(f"DRConfig.n_paths = {self.n_paths} exceeds the K^D = "
-                             f"{self.arity ** self.depth} paths of the grid")
+        if self.n_paths > self.arity**self.depth:
+            raise GroveError(
+                f"DRConfig.n_paths = {self.n_paths} exceeds the K^D = {self.arity**self.depth} paths of the grid"
+            )
 
 
 # the full softmax's cost per sample grows with the catalogue: above this many items the default
@@ -115,8 +126,14 @@ def softmax_samples(config: DRConfig, n_items: int) -> int:
 
 
 def new_net(config: DRConfig, n_items: int) -> DRNet:
-    return DRNet(n_items, config.arity, config.depth, config.dim, config.hidden,
-                 sparse_softmax=softmax_samples(config, n_items) > 0)
+    return DRNet(
+        n_items,
+        config.arity,
+        config.depth,
+        config.dim,
+        config.hidden,
+        sparse_softmax=softmax_samples(config, n_items) > 0,
+    )
 
 
 def load_net(config: DRConfig, built: Built, device: torch.device) -> tuple[DRNet, int]:
@@ -132,8 +149,10 @@ def _check(config: DRConfig, structure, n_items: int | None = None) -> PathCodes
         raise StructureError(f"Deep Retrieval needs a PathCodes structure, got {type(structure).__name__}")
     want = (config.n_paths, config.depth)
     if structure.arity != config.arity or structure.codes.shape[1:] != want:
-        raise StructureError(f"codes have K={structure.arity}, (J, D)={structure.codes.shape[1:]} but the "
-                             f"config says K={config.arity}, (J, D)={want}")
+        raise StructureError(
+            f"codes have K={structure.arity}, (J, D)={structure.codes.shape[1:]} but the "
+            f"config says K={config.arity}, (J, D)={want}"
+        )
     if n_items is not None and structure.n_items != n_items:
         raise StructureError(f"codes cover {structure.n_items} items but the data has {n_items}")
     return structure
@@ -179,20 +198,39 @@ class DRMethod(Method[DRConfig]):
             net, done = load_net(config, built, device)
         else:
             net, done = new_net(config, data.n_items).to(device), 0
-        train_epochs(net, codes, _samples(config, data, seed), epochs=config.epochs,
-                     joint_epochs=config.joint_epochs, epochs_done=done, batch_size=config.batch_size,
-                     lr=config.lr, softmax_samples=softmax_samples(config, data.n_items), seed=seed,
-                     device=device)
-        state = {"model": {k: v.cpu() for k, v in net.state_dict().items()},
-                 "epochs_done": done + config.epochs, "n_items": data.n_items}
+        train_epochs(
+            net,
+            codes,
+            _samples(config, data, seed),
+            epochs=config.epochs,
+            joint_epochs=config.joint_epochs,
+            epochs_done=done,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            softmax_samples=softmax_samples(config, data.n_items),
+            seed=seed,
+            device=device,
+        )
+        state = {
+            "model": {k: v.cpu() for k, v in net.state_dict().items()},
+            "epochs_done": done + config.epochs,
+            "n_items": data.n_items,
+        }
         return Built(codes, {**built.artifacts, WEIGHTS: state_to_bytes(state)})
 
     def relearn(self, config: DRConfig, built: Built, data: SplitData, seed: int) -> Built:
         codes = _check(config, built.structure, data.n_items)
         device = resolve_device(config.device)
         net, _ = load_net(config, built, device)
-        cands = estep_scores(net, _samples(config, data, seed), data.n_items, config.estep_beam,
-                             config.estep_pool, max(config.batch_size, 512), device)
+        cands = estep_scores(
+            net,
+            _samples(config, data, seed),
+            data.n_items,
+            config.estep_beam,
+            config.estep_pool,
+            max(config.batch_size, 512),
+            device,
+        )
         message = pool_warning(pool_coverage(cands, config.n_paths), data.n_items)
         if message:
             warnings.warn(message, stacklevel=2)
@@ -237,8 +275,8 @@ class DRSearcher(Searcher):
         chunk = max(1, self.RERANK_BUDGET // max(cands.shape[1] * u.shape[1], 1))
         scores = torch.empty(cands.shape, device=self.device)
         for lo in range(0, u.shape[0], chunk):  # chunks of users bound the (b, C, dim) gather
-            c = cands[lo:lo + chunk]
-            scores[lo:lo + chunk] = self.net.softmax.score_items(u[lo:lo + chunk], c.clamp_min(0))
+            c = cands[lo : lo + chunk]
+            scores[lo : lo + chunk] = self.net.softmax.score_items(u[lo : lo + chunk], c.clamp_min(0))
         return ranked(scores, cands, k)
 
     @torch.no_grad()

@@ -12,6 +12,7 @@
 * `SoftmaxHead` -- logits over all items, ``W u · E_v + b_v``; it reranks retrieved items and
   gives DR's brute-force reference (§4.2).
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,7 +101,7 @@ class StructureModel(nn.Module):
         total = torch.zeros(codes.shape[:2], device=u.device, dtype=u.dtype)
         for d in range(self.depth):  # D is small (3): one batched MLP call per layer
             logp = self.layer_log_probs(uj, codes[..., :d])  # (B, J, K)
-            total = total + logp.gather(-1, codes[..., d:d + 1]).squeeze(-1)
+            total = total + logp.gather(-1, codes[..., d : d + 1]).squeeze(-1)
         return total
 
     def multipath_loss(self, u: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,7 @@ class SoftmaxHead(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.item_emb = nn.Embedding(n_items, dim, sparse=sparse)
         self.bias = nn.Parameter(torch.zeros(n_items))
-        nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
+        nn.init.normal_(self.item_emb.weight, std=dim**-0.5)
 
     def query(self, u: torch.Tensor) -> torch.Tensor:
         return self.proj(u)  # (B, dim)
@@ -134,8 +135,9 @@ class SoftmaxHead(nn.Module):
         q = self.query(u)
         return torch.einsum("bd,bcd->bc", q, self.item_emb(items)) + self.bias[items]
 
-    def loss(self, u: torch.Tensor, target: torch.Tensor, n_samples: int = 0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self, u: torch.Tensor, target: torch.Tensor, n_samples: int = 0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Cross-entropy of the target item.
 
         n_samples 0: full softmax over all items. n_samples > 0: sampled softmax with
@@ -156,8 +158,7 @@ class SoftmaxHead(nn.Module):
 class DRNet(nn.Module):
     """Encoder + structure model + softmax head (shared user embedding, §3.3)."""
 
-    def __init__(self, n_items: int, arity: int, depth: int, dim: int, hidden: int,
-                 sparse_softmax: bool = False):
+    def __init__(self, n_items: int, arity: int, depth: int, dim: int, hidden: int, sparse_softmax: bool = False):
         super().__init__()
         self.n_items = n_items
         self.encoder = GRUEncoder(n_items, dim)

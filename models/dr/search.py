@@ -5,6 +5,7 @@ Everything is vectorised over users: one ``topk`` per layer over a (batch, B*K) 
 cumulative log-probabilities, one ``searchsorted`` to find the B paths in the index, one
 ``repeat_interleave`` gather for their items.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,8 +49,9 @@ def beam_search(structure: StructureModel, u: torch.Tensor, beam: int) -> tuple[
         keep = min(beam, width * k)
         cum, idx = torch.topk(cand, keep, dim=1)  # (B, keep)
         parent, code = idx // k, idx % k
-        prefix = torch.cat([torch.gather(prefix, 1, parent[:, :, None].expand(-1, -1, prefix.shape[2])),
-                            code[:, :, None]], dim=2)  # (B, keep, d+1)
+        prefix = torch.cat(
+            [torch.gather(prefix, 1, parent[:, :, None].expand(-1, -1, prefix.shape[2])), code[:, :, None]], dim=2
+        )  # (B, keep, d+1)
     if prefix.shape[1] < beam:  # fewer than `beam` paths exist (K^D < beam)
         pad = beam - prefix.shape[1]
         prefix = torch.cat([prefix, prefix.new_full((n, pad, depth), -1)], dim=1)
@@ -128,5 +130,3 @@ def dedup_rows(items: torch.Tensor) -> torch.Tensor:
     s = torch.where(dup | (s == big), torch.full_like(s, big), s)
     s, _ = torch.sort(s, dim=1)
     return torch.where(s == big, torch.full_like(s, -1), s)
-
-

@@ -11,6 +11,7 @@ is frozen afterwards. We keep the softmax loss after freezing, so its gradient s
 shared encoder: otherwise the encoder would drift under the structure loss alone and the frozen
 reranker would score a user embedding it was never trained on.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,20 @@ from models.progress import Progress
 from models.windows import DeviceWindows
 
 
-def train_epochs(net: DRNet, codes: PathCodes, samples: TrainingSamples, *, epochs: int, joint_epochs: int, epochs_done: int, batch_size: int, lr: float,
-                 softmax_samples: int, seed: int, device: torch.device) -> list[dict[str, float]]:
+def train_epochs(
+    net: DRNet,
+    codes: PathCodes,
+    samples: TrainingSamples,
+    *,
+    epochs: int,
+    joint_epochs: int,
+    epochs_done: int,
+    batch_size: int,
+    lr: float,
+    softmax_samples: int,
+    seed: int,
+    device: torch.device,
+) -> list[dict[str, float]]:
     """Train ``net`` in place for ``epochs`` epochs over the samples.
 
     Parameters
@@ -51,7 +64,7 @@ def train_epochs(net: DRNet, codes: PathCodes, samples: TrainingSamples, *, epoc
             order = torch.randperm(n, generator=gen).to(device)
             sums = torch.zeros(2, device=device)  # summed on device: no sync per step
             for lo in range(0, n, batch_size):
-                idx = order[lo:lo + batch_size]
+                idx = order[lo : lo + batch_size]
                 u = net.encode(data.behaviours(idx))  # (b, dim)
                 y = data.targets[idx]
                 l_str = net.structure.multipath_loss(u, item_codes[y])

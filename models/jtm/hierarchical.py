@@ -1,6 +1,7 @@
 """JTM's hierarchical user preference representation (supplement B): to score a node at level
 l, every behaviour item c is replaced by ``b_l(pi(c))``, its ancestor at level l
 (`HierarchicalScorer`). A behaviour whose leaf sits above level l keeps its leaf."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,11 +31,11 @@ class HierarchicalScorer(TDMScorer):
 
     def behaviour_rows(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """(U, L) rows when all nodes share a level (beam search), else (U, C, L)."""
-        level = self.node_level[nodes.clamp(min=0)]                 # (U, C)
-        ok = (histories >= 0) & (histories < self.n_items)          # (U, L)
+        level = self.node_level[nodes.clamp(min=0)]  # (U, C)
+        ok = (histories >= 0) & (histories < self.n_items)  # (U, L)
         items = torch.where(ok, histories, torch.zeros_like(histories))
         if bool((level == level.reshape(-1)[0]).all()):
-            anc = self.ancestor[level.reshape(-1)[0], items]        # (U, L) nodes
+            anc = self.ancestor[level.reshape(-1)[0], items]  # (U, L) nodes
             return torch.where(ok, self.node_row[anc], torch.full_like(anc, self.pad_row))
         anc = self.ancestor[level.unsqueeze(-1), items.unsqueeze(1)]  # (U, C, L) nodes
         return torch.where(ok.unsqueeze(1), self.node_row[anc], torch.full_like(anc, self.pad_row))

@@ -1,6 +1,7 @@
 """JTM (NeurIPS 2019): the TDM lifecycle (`models.tree_method`) with the hierarchical user
 preference representation (`models.jtm.hierarchical`) and joint tree learning, Algorithm 2
 (`models.jtm.tree_learning`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ class JTMMethod(TreeMethod[JTMConfig]):
         """The position maps of the complete layout and the (items with pairs, K**gap) weights."""
         layout = 2 * config.arity ** complete_depth(n_items, config.arity) * 8
         pairs = min(n_items, config.tree_samples or n_items)
-        return layout + 4 * pairs * config.arity ** config.gap * FLOAT
+        return layout + 4 * pairs * config.arity**config.gap * FLOAT
 
     def learn(self, config: JTMConfig, scorer, tree, data, seed, device) -> Tree:
-        return learn_tree(scorer, tree, data.train, gap=config.gap, max_samples=config.tree_samples or None,
-                          seed=seed, device=device)
+        return learn_tree(
+            scorer, tree, data.train, gap=config.gap, max_samples=config.tree_samples or None, seed=seed, device=device
+        )

@@ -1,7 +1,8 @@
 """JTM (NeurIPS 2019) tree learning, paper Algorithm 2 (supplement B).
 
 Items are re-assigned to the positions of a complete K-ary tree of depth ``D = ceil(log_K
-n_items)``, top down, ``gap`` (d) levels at a time (`models.tree_learning.learn_top_down`). At step l0 -> l = min(l0 + d, D) every item, already under a node n_i of level l0, picks one of
+n_items)``, top down, ``gap`` (d) levels at a time (`models.tree_learning.learn_top_down`). At
+step l0 -> l = min(l0 + d, D) every item, already under a node n_i of level l0, picks one of
 n_i's K**(l - l0) descendants at level l by the weight
 
     L_c(child) = sum over training pairs (u, c) with target c of
@@ -29,6 +30,7 @@ Choices where the paper is silent
   are scored shortest history first, in chunks cut to their longest one
   (`models.tree_learning.PairChunks`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,9 +42,16 @@ from models.progress import Progress
 from models.tree_learning import PairChunks, layout_depth, learn_top_down, position_maps
 
 
-def learn_tree(scorer: TDMScorer, tree: Tree, samples: TrainingSamples, gap: int = 7,
-               max_samples: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
-               max_elements: int | None = None) -> Tree:
+def learn_tree(
+    scorer: TDMScorer,
+    tree: Tree,
+    samples: TrainingSamples,
+    gap: int = 7,
+    max_samples: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    max_elements: int | None = None,
+) -> Tree:
     """JTM Algorithm 2: a new tree over ``tree.n_items`` items from the trained ``scorer``.
 
     Parameters
@@ -69,27 +78,36 @@ def learn_tree(scorer: TDMScorer, tree: Tree, samples: TrainingSamples, gap: int
     return learn_top_down(tree, pairs, gap, weights, "jtm tree learning")
 
 
-def _step_weights(scorer: TDMScorer, maps: list[torch.Tensor], l0: int, g: int, k: int, cur: torch.Tensor,
-                  pairs: PairChunks, max_elements: int, prog: Progress) -> torch.Tensor:
+def _step_weights(
+    scorer: TDMScorer,
+    maps: list[torch.Tensor],
+    l0: int,
+    g: int,
+    k: int,
+    cur: torch.Tensor,
+    pairs: PairChunks,
+    max_elements: int,
+    prog: Progress,
+) -> torch.Tensor:
     """(m, K**g) summed log-likelihood of the items with pairs for every child position.
 
     For a pair, the nodes of each level l0+j (j = 1..g) under its target's current position are
     scored in one call per level (all of one level: the scorer maps the behaviours to that level
     once per user); a child r at level l0+g sums the log-likelihoods of its ancestors, column
     r // K**(g-j) of level j."""
-    width = k ** g
-    offsets = [torch.arange(k ** j, device=cur.device) for j in range(1, g + 1)]
+    width = k**g
+    offsets = [torch.arange(k**j, device=cur.device) for j in range(1, g + 1)]
     out = torch.zeros(pairs.items.shape[0], width, device=cur.device)
-    cols = sum(k ** j for j in range(1, g + 1))
+    cols = sum(k**j for j in range(1, g + 1))
     per_column = max(scorer.act_in.out_features, scorer.dim)
     with torch.inference_mode():
         for sl, hist in pairs.chunks(per_column, cols, max_elements):
-            base = cur[pairs.targets[sl]].unsqueeze(1)                 # (b, 1) position at level l0
+            base = cur[pairs.targets[sl]].unsqueeze(1)  # (b, 1) position at level l0
             total = torch.zeros(hist.shape[0], width, device=cur.device)
             for j in range(1, g + 1):
-                nodes = maps[l0 + j][base * k ** j + offsets[j - 1]]   # (b, K**j) old-tree nodes
+                nodes = maps[l0 + j][base * k**j + offsets[j - 1]]  # (b, K**j) old-tree nodes
                 logp = torch.nn.functional.logsigmoid(scorer(hist, nodes))
-                total += logp.repeat_interleave(k ** (g - j), dim=1)   # (b, K**g)
+                total += logp.repeat_interleave(k ** (g - j), dim=1)  # (b, K**g)
             out.index_add_(0, pairs.row[sl], total)
             prog.update(hist.shape[0])
     return out

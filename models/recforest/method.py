@@ -14,6 +14,7 @@ Training uses Adam with exponential learning-rate decay per epoch (appendix E.2)
 several leaves in a tree gets, at every sample, one of its leaves drawn uniformly as the target
 (see `models.recforest.search` for why and how retrieval then scores it).
 """
+
 from __future__ import annotations
 
 import time
@@ -91,8 +92,10 @@ class RecForestConfig(MethodConfig):
 
     def __post_init__(self):
         if self.arity < 2 or self.trees < 1 or self.hidden % self.heads:
-            raise ValueError(f"need arity >= 2, trees >= 1, hidden % heads == 0; got arity={self.arity}, "
-                             f"trees={self.trees}, hidden={self.hidden}, heads={self.heads}")
+            raise ValueError(
+                f"need arity >= 2, trees >= 1, hidden % heads == 0; got arity={self.arity}, "
+                f"trees={self.trees}, hidden={self.hidden}, heads={self.heads}"
+            )
         if self.embeddings not in EMBEDDINGS:
             raise ValueError(f"embeddings must be one of {EMBEDDINGS}, got {self.embeddings!r}")
 
@@ -103,8 +106,9 @@ def svd_item_embeddings(data: SplitData, dim: int, seed: int) -> np.ndarray:
     n_users = len(data.train_offsets) - 1
     rows = np.repeat(np.arange(n_users), np.diff(data.train_offsets))
     idx = torch.as_tensor(np.stack([rows, data.train_items]), dtype=torch.long)
-    mat = torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1]), (n_users, data.n_items),
-                                  check_invariants=True).coalesce()
+    mat = torch.sparse_coo_tensor(
+        idx, torch.ones(idx.shape[1]), (n_users, data.n_items), check_invariants=True
+    ).coalesce()
     q = min(dim, n_users, data.n_items)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -120,8 +124,13 @@ def pretrained_embeddings(config: RecForestConfig, data: SplitData, seed: int, d
         return svd_item_embeddings(data, config.embedding_dim, seed)
     from models.baselines.two_tower import TwoTowerConfig, train_two_tower
 
-    tt = TwoTowerConfig(seed=seed, dim=config.embedding_dim, epochs=config.pretrain_epochs,
-                        max_steps=config.pretrain_max_steps, device=str(device))
+    tt = TwoTowerConfig(
+        seed=seed,
+        dim=config.embedding_dim,
+        epochs=config.pretrain_epochs,
+        max_steps=config.pretrain_max_steps,
+        device=str(device),
+    )
     _, item_emb = train_two_tower(data, tt, device)
     return np.asarray(item_emb, dtype=np.float32)
 
@@ -131,30 +140,43 @@ def duplicate_leaves_warning(n_items: int, arity: int) -> str | None:
     ``MANY_LEAVES_PER_ITEM`` leaves per item, naming the arities that fit the corpus at the same
     depth and one level shallower; None otherwise."""
     depth = complete_depth(n_items, arity)
-    leaves = arity ** depth
+    leaves = arity**depth
     if leaves <= MANY_LEAVES_PER_ITEM * n_items:
         return None
     fits = [(tightest_arity(n_items, h), h) for h in (depth - 1, depth) if h >= 1]
-    options = " or ".join(f"{k} (depth {h}, {k ** h / n_items:.2f} leaves per item)" for k, h in fits)
-    return (f"RecForest: a complete {arity}-ary tree over {n_items:,} items has depth {depth} and "
-            f"{leaves:,} leaves, {leaves / n_items:.1f} per item; Algorithm 2 fills the extra leaves with "
-            f"copies of items, so a beam of B leaves holds far fewer than B distinct items and recall "
-            f"suffers (benchmarks/README.md, ml-latest-small). An arity that fits this corpus: {options}")
+    options = " or ".join(f"{k} (depth {h}, {k**h / n_items:.2f} leaves per item)" for k, h in fits)
+    return (
+        f"RecForest: a complete {arity}-ary tree over {n_items:,} items has depth {depth} and "
+        f"{leaves:,} leaves, {leaves / n_items:.1f} per item; Algorithm 2 fills the extra leaves with "
+        f"copies of items, so a beam of B leaves holds far fewer than B distinct items and recall "
+        f"suffers (benchmarks/README.md, ml-latest-small). An arity that fits this corpus: {options}"
+    )
 
 
 def build_forest(embeddings: np.ndarray, arity: int, trees: int, seed: int, random_ratio: float = 0.1) -> Forest:
     """T trees of appendix Algorithm 2 over the same embeddings, seeds seed*1000 + t."""
-    return Forest(tuple(recforest_tree(embeddings, arity, seed=seed * 1000 + t, random_ratio=random_ratio)
-                        for t in range(trees)))
+    return Forest(
+        tuple(recforest_tree(embeddings, arity, seed=seed * 1000 + t, random_ratio=random_ratio) for t in range(trees))
+    )
 
 
 def make_net(config: RecForestConfig, n_items: int, depths: list[int]) -> RecForestNet:
-    return RecForestNet(n_items, config.arity, depths, config.hidden, config.heads, config.encoder_layers,
-                        config.decoder_layers, config.ff, config.dropout)
+    return RecForestNet(
+        n_items,
+        config.arity,
+        depths,
+        config.hidden,
+        config.heads,
+        config.encoder_layers,
+        config.decoder_layers,
+        config.ff,
+        config.dropout,
+    )
 
 
-def train_net(config: RecForestConfig, forest: Forest, data: SplitData, seed: int,
-              device: torch.device) -> tuple[RecForestNet, dict]:
+def train_net(
+    config: RecForestConfig, forest: Forest, data: SplitData, seed: int, device: torch.device
+) -> tuple[RecForestNet, dict]:
     """Algorithm 3 over the training windows; returns the net (eval mode) and stats."""
     torch.manual_seed(seed)
     tables = ForestTables.from_forest(forest, device)
@@ -177,7 +199,7 @@ def train_net(config: RecForestConfig, forest: Forest, data: SplitData, seed: in
             for b in range(0, n, config.batch_size):
                 if step >= total:
                     break
-                idx = perm[b:b + config.batch_size]
+                idx = perm[b : b + config.batch_size]
                 h, y = windows.behaviours(idx).to(device), windows.targets[idx].to(device)
                 codes = [tables.sample_codes(y, t, gen) for t in range(len(forest))]
                 loss = net.loss(h, codes)
@@ -190,8 +212,7 @@ def train_net(config: RecForestConfig, forest: Forest, data: SplitData, seed: in
                 prog.update(1, postfix=f"loss {loss.item():.3f}")
             opt.decay(config.lr_decay)
     seconds = time.perf_counter() - start
-    stats = {"steps": step, "samples": seen, "seconds": seconds,
-             "mean_loss": loss_sum / max(step, 1)}
+    stats = {"steps": step, "samples": seen, "seconds": seconds, "mean_loss": loss_sum / max(step, 1)}
     return net.eval(), stats
 
 
@@ -227,8 +248,13 @@ class RecForestMethod(Method[RecForestConfig]):
     def train(self, config: RecForestConfig, built: Built, data: SplitData, seed: int) -> Built:
         forest = _forest(built)
         net, stats = train_net(config, forest, data, seed, resolve_device(config.device))
-        weights = state_to_bytes({"state": {k: v.cpu() for k, v in net.state_dict().items()},
-                                  "depths": [t.depth for t in forest.trees], "stats": stats})
+        weights = state_to_bytes(
+            {
+                "state": {k: v.cpu() for k, v in net.state_dict().items()},
+                "depths": [t.depth for t in forest.trees],
+                "stats": stats,
+            }
+        )
         return Built(forest, {**built.artifacts, "weights.pt": weights})
 
     def relearn(self, config: RecForestConfig, built: Built, data: SplitData, seed: int) -> Built:

@@ -19,6 +19,7 @@ Choices where the appendix is silent
 * Cross-attention folds the P paths of a user into the query length, so the encoder output is
   never copied per beam; self-attention keeps a per-path cache of keys/values.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,8 +94,12 @@ class DecoderLayer(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=3), torch.cat([past[1], v], dim=3)
         sk = k.shape[3]
-        a = F.scaled_dot_product_attention(q.reshape(u * p, nh, s, dh), k.reshape(u * p, nh, sk, dh),
-                                           v.reshape(u * p, nh, sk, dh), is_causal=past is None and s > 1)
+        a = F.scaled_dot_product_attention(
+            q.reshape(u * p, nh, s, dh),
+            k.reshape(u * p, nh, sk, dh),
+            v.reshape(u * p, nh, sk, dh),
+            is_causal=past is None and s > 1,
+        )
         x = x + self.drop(self.out1(a.view(u, p, nh, s, dh).permute(0, 1, 3, 2, 4).reshape(u, p, s, h)))
         # cross-attention: the P*S queries of a user share the user's encoder output
         q2 = self.q2(self.ln2(x)).view(u, p * s, nh, dh).transpose(1, 2)  # (U, nh, P*S, dh)
@@ -107,8 +112,7 @@ class DecoderLayer(nn.Module):
 class PathDecoder(nn.Module):
     """One tree's decoder: from a start token, the K-way code of each of the H levels."""
 
-    def __init__(self, arity: int, depth: int, hidden: int, heads: int, layers: int, ff: int,
-                 dropout: float):
+    def __init__(self, arity: int, depth: int, hidden: int, heads: int, layers: int, ff: int, dropout: float):
         super().__init__()
         self.arity, self.depth = arity, depth
         self.start = nn.Parameter(torch.randn(hidden) * 0.02)
@@ -146,8 +150,8 @@ class PathDecoder(nn.Module):
     def _logits(self, x: torch.Tensor, level0: int) -> torch.Tensor:
         """States (U, P, S, h) of steps level0.. -> log-probabilities (U, P, S, K)."""
         s = x.shape[2]
-        w = self.code[level0:level0 + s]  # (S, K, h)
-        logits = torch.einsum("upsh,skh->upsk", self.norm(x), w) + self.code_bias[level0:level0 + s]
+        w = self.code[level0 : level0 + s]  # (S, K, h)
+        logits = torch.einsum("upsh,skh->upsk", self.norm(x), w) + self.code_bias[level0 : level0 + s]
         return torch.log_softmax(logits, dim=-1)
 
     def level_log_probs(self, mem, codes: torch.Tensor) -> torch.Tensor:
@@ -194,8 +198,9 @@ class PathDecoder(nn.Module):
             if level + 1 < self.depth:
                 p = scores.shape[1]
                 last = (torch.arange(p, device=dev) % self.arity).expand(u, p)
-                cache = [(k.repeat_interleave(self.arity, dim=1), v.repeat_interleave(self.arity, dim=1))
-                         for k, v in cache]
+                cache = [
+                    (k.repeat_interleave(self.arity, dim=1), v.repeat_interleave(self.arity, dim=1)) for k, v in cache
+                ]
         return scores
 
     def beam_search(self, mem, beam: int, use_cache: bool = True):
@@ -228,14 +233,23 @@ class PathDecoder(nn.Module):
 class RecForestNet(nn.Module):
     """The shared encoder and T decoders (one per tree, each with its own depth)."""
 
-    def __init__(self, n_items: int, arity: int, depths: list[int], hidden: int = 96, heads: int = 4,
-                 encoder_layers: int = 2, decoder_layers: int = 2, ff: int = 192, dropout: float = 0.1):
+    def __init__(
+        self,
+        n_items: int,
+        arity: int,
+        depths: list[int],
+        hidden: int = 96,
+        heads: int = 4,
+        encoder_layers: int = 2,
+        decoder_layers: int = 2,
+        ff: int = 192,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
         self.encoder = HistoryEncoder(n_items, hidden, heads, encoder_layers, ff, dropout)
-        self.decoders = nn.ModuleList(PathDecoder(arity, d, hidden, heads, decoder_layers, ff, dropout)
-                                      for d in depths)
+        self.decoders = nn.ModuleList(PathDecoder(arity, d, hidden, heads, decoder_layers, ff, dropout) for d in depths)
 
     def decoder_list(self) -> list[PathDecoder]:
         """The decoders, one per tree, typed (a ModuleList holds plain Modules)."""

@@ -11,6 +11,7 @@ copies sit on sibling leaves), compacted to a fixed-width batch -- or, when that
 decoder token steps (distinct parents x H) than expanding the whole tree with the cache (one step
 per internal node), by that expansion: deep trees whose items sit on many leaves.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,11 +34,13 @@ def tree_code_tables(tree: Tree, index: int) -> tuple[np.ndarray, np.ndarray]:
     the leaf codes of every item padded -1). A leaf code is its path read as a base-K int."""
     k, depth = tree.arity, tree.depth
     leaves, items, paths = tree.leaf_paths()
-    if depth == 0 or (tree.level[leaves] != depth).any() or leaves.size != k ** depth:
-        raise StructureError(f"RecForest tree {index} is not a complete {k}-ary tree "
-                             f"({leaves.size} leaves at depth {depth}, need {k}^{depth})")
+    if depth == 0 or (tree.level[leaves] != depth).any() or leaves.size != k**depth:
+        raise StructureError(
+            f"RecForest tree {index} is not a complete {k}-ary tree "
+            f"({leaves.size} leaves at depth {depth}, need {k}^{depth})"
+        )
     code = paths @ (k ** np.arange(depth - 1, -1, -1, dtype=np.int64))
-    leaf_item = np.empty(k ** depth, dtype=np.int64)
+    leaf_item = np.empty(k**depth, dtype=np.int64)
     leaf_item[code] = items
     order = np.lexsort((code, items))  # leaves grouped by item
     counts = np.bincount(items, minlength=tree.n_items)
@@ -98,11 +101,11 @@ def sibling_groups(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sp, order = parents.sort(dim=1)
     new = torch.ones_like(sp, dtype=torch.bool)
     new[:, 1:] = sp[:, 1:] != sp[:, :-1]
-    rank = new.long().cumsum(1) - 1                                     # (U, P) group, sorted order
+    rank = new.long().cumsum(1) - 1  # (U, P) group, sorted order
     width = int(rank[:, -1].max().item()) + 1 if p else 0
     rep = torch.zeros(u, width, dtype=torch.long, device=parents.device)
-    rep.scatter_(1, rank, order)               # any path of the group will do: they share the parent
-    slot = torch.empty_like(rank).scatter_(1, order, rank)              # (U, P) path -> its group
+    rep.scatter_(1, rank, order)  # any path of the group will do: they share the parent
+    slot = torch.empty_like(rank).scatter_(1, order, rank)  # (U, P) path -> its group
     return slot, rep
 
 
@@ -122,16 +125,17 @@ def score_paths(dec, mem, digits: torch.Tensor, groups=None) -> torch.Tensor:
     slot, rep = groups
     if not rep.shape[1]:
         return digits.new_zeros(u, p, dtype=torch.float32)
-    reps = digits.gather(1, rep[..., None].expand(-1, -1, h))           # (U, W, H)
+    reps = digits.gather(1, rep[..., None].expand(-1, -1, h))  # (U, W, H)
     step = max(1, PATH_CHUNK // max(u, 1))
     head, last = [], []
     for i in range(0, reps.shape[1], step):
-        logp = dec.level_log_probs(mem, reps[:, i:i + step])            # (U, w, H, K)
-        head.append(logp[:, :, :-1].gather(-1, reps[:, i:i + step, :-1, None]).squeeze(-1).sum(-1))
-        last.append(logp[:, :, -1])                                     # (U, w, K)
+        logp = dec.level_log_probs(mem, reps[:, i : i + step])  # (U, w, H, K)
+        head.append(logp[:, :, :-1].gather(-1, reps[:, i : i + step, :-1, None]).squeeze(-1).sum(-1))
+        last.append(logp[:, :, -1])  # (U, w, K)
     heads, lasts = torch.cat(head, dim=1), torch.cat(last, dim=1)
     return heads.gather(1, slot) + lasts.gather(1, slot[..., None].expand(-1, -1, k)).gather(
-        2, digits[..., -1:]).squeeze(-1)
+        2, digits[..., -1:]
+    ).squeeze(-1)
 
 
 class RecForestSearcher(Searcher):
@@ -166,7 +170,9 @@ class RecForestSearcher(Searcher):
         sorted_codes, order = beam_codes.sort(dim=1)
         pos = torch.searchsorted(sorted_codes, leaves).clamp(max=sorted_codes.shape[1] - 1)
         hit = (sorted_codes.gather(1, pos) == leaves) & (leaves >= 0)
-        lp = torch.where(hit, beam_lp.gather(1, order.gather(1, pos)), torch.full_like(leaves, 0.0, dtype=beam_lp.dtype))
+        lp = torch.where(
+            hit, beam_lp.gather(1, order.gather(1, pos)), torch.full_like(leaves, 0.0, dtype=beam_lp.dtype)
+        )
         lp = lp.masked_fill(leaves < 0, float("-inf"))
         missing = (leaves >= 0) & ~hit
         width = int(missing.sum(1).max().item()) if missing.numel() else 0
@@ -179,8 +185,11 @@ class RecForestSearcher(Searcher):
         # (EXPAND_MARGIN; `benchmarks.recforest_leaves` measures both)
         groups = sibling_groups(sub.clamp(min=0) // tab.arity)  # leaf code // K = its parent's code
         teacher_tokens = groups[1].shape[1] * tab.depths[t]
-        expand = (self.leaf_scoring == "expand" or self.leaf_scoring == "auto"
-                  and teacher_tokens > EXPAND_MARGIN * _expansion_steps(tab.arity, tab.depths[t]))
+        expand = (
+            self.leaf_scoring == "expand"
+            or self.leaf_scoring == "auto"
+            and teacher_tokens > EXPAND_MARGIN * _expansion_steps(tab.arity, tab.depths[t])
+        )
         if expand:
             # teacher forcing would cost more decoder token steps than expanding the whole tree
             # (deep trees whose items sit on many leaves): take every leaf's log-prob instead
@@ -228,12 +237,10 @@ class RecForestSearcher(Searcher):
 
 def _expansion_steps(arity: int, depth: int) -> int:
     """Decoder steps to expand a complete tree: one per internal node, 1 + K + ... + K^(H-1)."""
-    return (arity ** depth - 1) // (arity - 1)
+    return (arity**depth - 1) // (arity - 1)
 
 
 def _user_slice(mem, lo: int, hi: int):
     """Users lo..hi of a decoder memory ([(k, v) per layer], bias), all batch-first."""
     kvs, bias = mem
     return [(k[lo:hi], v[lo:hi]) for k, v in kvs], bias[lo:hi]
-
-

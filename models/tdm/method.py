@@ -1,5 +1,6 @@
 """TDM (KDD 2018): category tree -> attention-DNN node scorer -> balanced k-means tree over the
 learnt leaf embeddings (§3.5) -> train ... (the shared verbs: `models.tree_method`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
