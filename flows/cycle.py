@@ -1,10 +1,13 @@
 """`run_cycle`: the learning cycle of `models.lifecycle.Plan.cycle` (construct -> train ->
-evaluate -> rounds x (relearn -> train -> evaluate)) as a Prefect flow run (default) or
-in-process (``local=True``) for machines without a Prefect server and for fast tests."""
+evaluate -> rounds x (relearn -> train -> evaluate)) as a Prefect flow run (default), with its
+steps on a task runner (``runner``: threads, Ray or Dask, `flows.runners`), or in-process
+(``local=True``) for machines without a Prefect server and for fast tests."""
 
 from __future__ import annotations
 
 from flows.ops import Target, local_ops
+from flows.runners import RunnerSpec
+from indexstore.errors import GroveError
 from indexstore.store import Store
 from models.lifecycle import Plan, run_plan
 
@@ -22,13 +25,21 @@ def run_cycle(
     max_users: int | None = None,
     local: bool = False,
     store: Store | None = None,
+    runner: RunnerSpec | None = None,
 ) -> list[int]:
     """Returns the ids of every version written, in order. ``store``: the open store of ``url``
-    (in-process runs reuse it)."""
+    (in-process runs reuse it). ``runner``: the flow's task runner; independent steps (an
+    evaluation and the next step, the beams of an evaluation, a RecForest's trees) run at once."""
     plan = Plan.cycle(method, rounds)  # rounds checked before anything starts
+    if local and runner is not None:
+        raise GroveError("a task runner runs Prefect tasks; --local runs the steps without Prefect")
     if not local:
         from flows.prefect_flows import cycle_flow
+        from flows.runners import with_task_runner
 
-        return cycle_flow(url, index, method, dataset, split, config, rounds, tuple(ks), tuple(beams), max_users)
+        flow = with_task_runner(cycle_flow, runner)  # the runner's package checked before the flow starts
+        return flow(
+            url, index, method, dataset, split, config, rounds, tuple(ks), tuple(beams), max_users, runner is not None
+        )
     target = Target(url, index, method, dataset, split, config, ks=tuple(ks), beams=tuple(beams), max_users=max_users)
     return run_plan(plan, local_ops(target, store))

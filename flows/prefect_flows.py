@@ -3,6 +3,12 @@
 
 Flows only sequence tasks (`flows.tasks`); every step writes a new version whose parent is the
 previous one. ``cycle`` runs `models.lifecycle.Plan.cycle` through `flows.ops.prefect_ops`.
+
+``concurrent=True`` (construct, evaluate, cycle, retrain, retrain-indexes) submits the steps to
+the flow's task runner instead of calling them one after the other (`flows.ops.submitted_ops`;
+the runner is set with `flows.runners.with_task_runner`, e.g. Ray or Dask): independent steps run
+at once, the versions and metric rows written are the same. ``retrain-indexes`` retrains
+several indexes in one flow run, each index's chain beside the others' when concurrent.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.gate import GateConfig, GateDecision, run_gate, slug
-from flows.ops import Target, prefect_ops
+from flows.ops import Target, prefect_ops, resolve, submit_construct, submit_evaluate, submitted_ops
 from flows.retrain import eval_settings, prepare, retrain_result, retrain_target, rollback_index
+from flows.runners import absolute_url
 from flows.tasks import construct_task, evaluate_task, relearn_task, train_task
+from indexstore.errors import GroveError
 from indexstore.store import Store
-from models.lifecycle import Plan, run_plan
+from models.lifecycle import Plan, Recipe, run_plan
 
 DEFAULT_KS = (10, 50)
 DEFAULT_BEAMS = (50,)
@@ -25,19 +33,31 @@ DEFAULT_BEAMS = (50,)
 
 @flow(name="construct", flow_run_name="construct {index}")
 def construct_flow(
-    url: str, index: str, method: str, dataset: str, split: str = "default", config: dict | None = None
+    url: str,
+    index: str,
+    method: str,
+    dataset: str,
+    split: str = "default",
+    config: dict | None = None,
+    concurrent: bool = False,
 ) -> int:
-    return construct_task(url, index, method, config, dataset, split)
+    """``concurrent``: the construct submitted to the task runner (a RecForest's trees at once)."""
+    if not concurrent:
+        return construct_task(url, index, method, config, dataset, split)
+    futures: list = []
+    target = Target(absolute_url(url), index, method, dataset, split, config)
+    version = submit_construct(target, Recipe.new(method, config), futures)
+    return resolve(futures, [version])[0]
 
 
 @flow(name="train", flow_run_name="train v{version_id}")
-def train_flow(url: str, version_id: int) -> int:
-    return train_task(url, version_id)
+def train_flow(url: str, version_id: int, nproc: int = 1) -> int:
+    return train_task(url, version_id, nproc)
 
 
 @flow(name="relearn", flow_run_name="relearn v{version_id}")
-def relearn_flow(url: str, version_id: int) -> int:
-    return relearn_task(url, version_id)
+def relearn_flow(url: str, version_id: int, nproc: int = 1) -> int:
+    return relearn_task(url, version_id, nproc)
 
 
 @flow(name="evaluate", flow_run_name="evaluate v{version_id}")
@@ -50,8 +70,15 @@ def evaluate_flow(
     max_users: int | None = None,
     exhaustive: bool | None = None,
     exhaustive_users: int | None = None,
+    concurrent: bool = False,
 ) -> list[dict]:
-    return evaluate_task(url, version_id, role, tuple(ks), tuple(beams), max_users, exhaustive, exhaustive_users)
+    """``concurrent``: every beam and the exhaustive reference a task, at once (same rows)."""
+    if not concurrent:
+        return evaluate_task(url, version_id, role, tuple(ks), tuple(beams), max_users, exhaustive, exhaustive_users)
+    futures: list = []
+    target = Target(absolute_url(url), "", "", role=role, ks=tuple(ks), beams=tuple(beams), max_users=max_users)
+    record = submit_evaluate(target, version_id, futures, exhaustive, exhaustive_users)
+    return resolve(futures, [record])[0]
 
 
 @flow(name="cycle", flow_run_name="cycle {index} ({method}, {rounds} rounds)")
@@ -66,10 +93,18 @@ def cycle_flow(
     ks: tuple[int, ...] = DEFAULT_KS,
     beams: tuple[int, ...] = DEFAULT_BEAMS,
     max_users: int | None = None,
+    concurrent: bool = False,
 ) -> list[int]:
-    """Returns the ids of every version written, in order."""
+    """Returns the ids of every version written, in order. ``concurrent``: the steps submitted
+    to the task runner (each evaluation beside the next step, its beams at once)."""
+    if concurrent:
+        url = absolute_url(url)
     target = Target(url, index, method, dataset, split, config, ks=tuple(ks), beams=tuple(beams), max_users=max_users)
-    return run_plan(Plan.cycle(method, rounds), prefect_ops(target))
+    if not concurrent:
+        return run_plan(Plan.cycle(method, rounds), prefect_ops(target))
+    futures: list = []
+    written = run_plan(Plan.cycle(method, rounds), submitted_ops(target, futures))
+    return resolve(futures, written)
 
 
 @task(name="gate", task_run_name="gate {index} v{candidate}")
@@ -85,7 +120,7 @@ def gate_task(url: str, index: str, candidate: int, gate: dict | None, max_users
 
 
 @task(name="prepare", task_run_name="prepare retrain {index}")
-def prepare_task(url: str, index: str, method: str | None, data: str | None, rounds: int):
+def prepare_task(url: str, index: str, method: str | None, data: str | None, rounds: int) -> tuple:
     return prepare(url, index, method, data, rounds)
 
 
@@ -98,14 +133,71 @@ def retrain_flow(
     data: str | None = None,
     gate: dict | None = None,
     max_users: int | None = None,
+    concurrent: bool = False,
 ) -> dict:
     """Retrain ``index`` from production (or on new ``data``), evaluate, gate. Returns the
-    `RetrainResult` as a dict (versions written, candidate, promoted, reason)."""
+    `RetrainResult` as a dict (versions written, candidate, promoted, reason). ``concurrent``:
+    the steps submitted to the task runner."""
+    return _retrain(url, index, rounds, method, data, gate, max_users, concurrent)()
+
+
+@flow(name="retrain-indexes", flow_run_name="retrain {indexes}")
+def retrain_indexes_flow(
+    url: str,
+    indexes: list[str],
+    rounds: int = 1,
+    method: str | None = None,
+    data: str | None = None,
+    gate: dict | None = None,
+    max_users: int | None = None,
+    concurrent: bool = False,
+) -> list[dict]:
+    """`retrain_flow` of each of ``indexes`` in one flow run: one result per index, in order.
+    ``concurrent``: every index's chain submitted to the task runner at once. Each chain runs to
+    its end (its versions and gate decision stand); then the first failure, if any, is raised."""
+    if len(set(indexes)) != len(indexes) or not indexes:
+        raise GroveError(f"retrain-indexes needs distinct index names, got {list(indexes)!r}")
+    finishers, errors = [], []
+    for index in indexes:  # every chain is submitted before any is waited for
+        try:
+            finishers.append(_retrain(url, index, rounds, method, data, gate, max_users, concurrent))
+        except Exception as exc:  # raised below, after the other indexes ran
+            errors.append(exc)
+    results = []
+    for finish in finishers:
+        try:
+            results.append(finish())
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _retrain(url, index, rounds, method, data, gate, max_users, concurrent: bool):
+    """Start the retrain of ``index``: called one after the other, or (``concurrent``)
+    submitted. Returns a function that waits for it and gives its `RetrainResult` dict."""
     base, fresh = prepare_task(url, index, method, data, rounds)
-    ops = prefect_ops(retrain_target(url, index, base, fresh, GateConfig.from_dict(gate), max_users))
-    written = run_plan(Plan.retrain(base.method, rounds, fresh is not None), ops, start=base.id)
-    decision = GateDecision.from_dict(gate_task(url, index, written[-1], gate, max_users))
-    return asdict(retrain_result(index, base.id, written, decision, fresh, base.dataset))
+    plan = Plan.retrain(base.method, rounds, fresh is not None)
+    if concurrent:
+        url = absolute_url(url)
+    target = retrain_target(url, index, base, fresh, GateConfig.from_dict(gate), max_users)
+    if not concurrent:
+        written = run_plan(plan, prefect_ops(target), start=base.id)
+        decision = gate_task(url, index, written[-1], gate, max_users)
+        result = asdict(retrain_result(index, base.id, written, GateDecision.from_dict(decision), fresh, base.dataset))
+        return lambda: result
+    futures: list = []
+    submitted = run_plan(plan, submitted_ops(target, futures), start=base.id)
+    # the gate reads the candidate's metrics: it waits for the whole chain (its evaluation too)
+    decided = gate_task.submit(url, index, submitted[-1], gate, max_users, wait_for=list(futures))  # type: ignore[call-overload]
+
+    def finish() -> dict:
+        written = resolve([*futures, decided], submitted)
+        decision = GateDecision.from_dict(decided.result())
+        return asdict(retrain_result(index, base.id, written, decision, fresh, base.dataset))
+
+    return finish
 
 
 @flow(name="rollback", flow_run_name="rollback {index} {alias}")

@@ -1,15 +1,20 @@
 """``grove schedule``: the `retrain` flow served as a Prefect deployment on a cron schedule.
 
-`serve_retrain` serves `flows.prefect_flows.retrain_flow` on a real Prefect server
-(PREFECT_API_URL must point at ``prefect server start``); `check_cron` refuses an invalid cron
-line and `prefect_api_url` an absent server before anything starts.
+`serve_retrain` serves `flows.prefect_flows.retrain_flow` (several indexes:
+``retrain_indexes_flow``) on a real Prefect server (PREFECT_API_URL must point at ``prefect
+server start``), with a task runner when one is given (`flows.runners`: every scheduled run
+submits its steps to it); `check_cron` refuses an invalid cron line and `prefect_api_url` an
+absent server before anything starts.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
+from flows.runners import RunnerSpec, absolute_url, with_task_runner
 from indexstore.errors import GroveError
 
 
@@ -51,26 +56,42 @@ def prefect_api_url() -> str:
     return api
 
 
-def absolute_url(url: str) -> str:
-    """A store URL whose DuckDB path is absolute (a served flow may run in another directory)."""
-    if url.startswith("duckdb:///") and not url.startswith("duckdb:////"):
-        path = url[len("duckdb:///") :]
-        if path and path != ":memory:" and not os.path.isabs(path):
-            return "duckdb:///" + os.path.abspath(path)
-    return url
+def deployment_name(index: str | Sequence[str]) -> str:
+    """``retrain-INDEX``; several indexes: ``retrain-A+B``."""
+    return "retrain-" + (index if isinstance(index, str) else "+".join(index))
 
 
-def deployment_name(index: str) -> str:
-    return f"retrain-{index}"
+def retrain_deployment(
+    url: str, index: str | Sequence[str], parameters: dict, runner: RunnerSpec | None = None
+) -> tuple[Any, dict]:
+    """The flow a retrain deployment serves and its parameters: `retrain_flow` for one index,
+    ``retrain_indexes_flow`` for several; with ``runner``, its task runner and concurrent steps."""
+    from flows.prefect_flows import retrain_flow, retrain_indexes_flow
+
+    indexes = [index] if isinstance(index, str) else list(index)
+    params: dict[str, Any] = {"url": absolute_url(url), **parameters}
+    if runner is not None:
+        params["concurrent"] = True
+    if len(indexes) == 1:
+        return with_task_runner(retrain_flow, runner), {**params, "index": indexes[0]}
+    return with_task_runner(retrain_indexes_flow, runner), {**params, "indexes": indexes}
 
 
-def serve_retrain(url: str, index: str, cron: str, parameters: dict, name: str | None = None) -> None:
-    """Serve `retrain_flow` for ``index`` on ``cron`` (blocks until interrupted)."""
-    from flows.prefect_flows import retrain_flow
-
-    retrain_flow.serve(
+def serve_retrain(
+    url: str,
+    index: str | Sequence[str],
+    cron: str,
+    parameters: dict,
+    name: str | None = None,
+    runner: RunnerSpec | None = None,
+) -> None:
+    """Serve the retrain of ``index`` (or of several) on ``cron`` (blocks until interrupted)."""
+    flow, params = retrain_deployment(url, index, parameters, runner)
+    what = f"index {index!r}" if isinstance(index, str) else f"indexes {', '.join(index)}"
+    on = f" on a {runner.describe()} task runner" if runner is not None else ""
+    flow.serve(
         name=name or deployment_name(index),
         cron=check_cron(cron),
-        parameters={"url": absolute_url(url), "index": index, **parameters},
-        description=f"scheduled retraining of index {index!r}",
+        parameters=params,
+        description=f"scheduled retraining of {what}{on}",
     )

@@ -191,6 +191,11 @@ def item_raw_ids(conn: sa.Connection, name: str) -> np.ndarray:
     return _raw(native(conn), "item_ids", "item_id", name)
 
 
+def user_raw_ids(conn: sa.Connection, name: str) -> np.ndarray:
+    get_dataset(conn, name)
+    return _raw(native(conn), "user_ids", "user_id", name)
+
+
 def item_category_codes(conn: sa.Connection, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(codes (n_items,) int32 with -1 for none, names (C,) str sorted) of the kept categories."""
     info = get_dataset(conn, name)

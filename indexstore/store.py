@@ -139,6 +139,11 @@ class Store:
         with self._tx() as conn:
             return datasets_io.item_raw_ids(conn, dataset)
 
+    def user_raw_ids(self, dataset: str) -> np.ndarray:
+        """(n_users,) str: raw id of every dense user."""
+        with self._tx() as conn:
+            return datasets_io.user_raw_ids(conn, dataset)
+
     def item_ids(self, dataset: str) -> ItemIds:
         """The raw <-> dense item id mapper of a dataset."""
         return ItemIds(self.item_raw_ids(dataset))

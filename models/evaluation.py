@@ -12,30 +12,19 @@ precision counts the padding as misses. Pass a beam at least as large as that if
 
 Timing covers the searcher's calls only (with a CUDA synchronise), not the metric arithmetic.
 
-A version's evaluation (`evaluate_version`)
--------------------------------------------
-The metrics a version gets when it is evaluated: for every beam, P/R/F/NDCG/Novelty @k with
-seen items kept and filtered (one search serves both), users per second; and, where the
-catalogue allows, the exhaustive (brute-force) scores of the same model and fidelity =
-recall(beam) / recall(exhaustive) per k and beam.
-
-The exhaustive reference scores every item for every user: O(items) per user, seconds per user
-at 10^6 items on a CPU (benchmarks/README.md, scale). It runs by default only up to
-``EXHAUSTIVE_MAX_ITEMS`` items; above, ask for it (``exhaustive=True``) and give it a sample of
-users (``exhaustive_users``): fidelity then compares the beam's and the exhaustive recall on the
-same sampled users. Every search (beam or exhaustive) gives its list as found and with the
-user's seen items filtered out, and its users/s.
+A version's evaluation (every beam, the exhaustive reference, fidelity) is assembled from
+these searches in `models.evaluation_passes`.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from indexstore.entities import MetricRow
 from indexstore.errors import InputError
 from indexstore.samples import HeldOutUsers
 from models.method import Searcher
@@ -113,7 +102,7 @@ class FidelityResult:
         return [MetricValue(r.role, "fidelity", k, v, r.beam, r.filtered) for k, v in sorted(self.ratios.items())]
 
 
-def _check_args(held_out: HeldOutUsers, ks, beam: int, batch_size: int) -> tuple[int, ...]:
+def check_args(held_out: HeldOutUsers, ks, beam: int, batch_size: int) -> tuple[int, ...]:
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) <= 0:
         raise InputError(f"every k must be a positive integer, got ks={ks}")
@@ -151,6 +140,80 @@ def _fix_width(items: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([items, pad], axis=1)
 
 
+class Lists(NamedTuple):
+    """What one search over held-out users gives (`search_lists`, `search_chunk`).
+
+    kept : (U, k) int64 ranked lists as found, -1 padded.
+    filtered : (U, k) int64 with each user's seen items removed, or None when not asked for.
+    seconds : time spent inside the searcher.
+    mean_candidates : user-weighted mean of ``searcher.last_candidates()``, or None.
+    """
+
+    kept: np.ndarray
+    filtered: np.ndarray | None
+    seconds: float
+    mean_candidates: float | None
+
+
+def search_chunk(
+    searcher: Searcher,
+    held_out: HeldOutUsers,
+    lo: int,
+    hi: int,
+    k: int,
+    beam: int | None,
+    filtered: bool = True,
+    device: str | torch.device | None = None,
+) -> Lists:
+    """One batch of `search_lists`: the held-out users ``[lo, hi)`` in ONE search call; lists
+    (hi - lo, k). A distributed evaluation runs the same batches through this function on its
+    workers (`flows.batch_retrieve`), so its lists are those of `search_lists`, bit for bit."""
+    dev = torch.device(device) if device is not None else searcher.device
+    offs = np.asarray(held_out.seen_offsets[lo : hi + 1], dtype=np.int64)  # (b+1,)
+    want = k
+    if filtered:
+        want = int(min(k + np.diff(offs).max(initial=0), max(searcher.n_items, k)))
+    batch = torch.as_tensor(np.asarray(held_out.histories[lo:hi]), dtype=torch.int64).to(dev)  # (b, 69)
+    start = time.perf_counter()
+    if beam is None:
+        _, found = searcher.exhaustive(batch, want)
+    else:
+        _, found = searcher.search(batch, want, beam)
+    if found.is_cuda:
+        torch.cuda.synchronize(found.device)
+    seconds = time.perf_counter() - start
+    lists = found.detach().cpu().numpy().astype(np.int64)  # (b, want)
+    out = None
+    if filtered:
+        out = drop_seen(lists, offs - offs[0], held_out.seen_items[offs[0] : offs[-1]], k)
+    return Lists(_fix_width(lists, k), out, seconds, searcher.last_candidates())
+
+
+class ListsBuilder:
+    """The lists of every user, put together from batches (`search_chunk` results) in any order;
+    the candidates' mean is weighted by users, summed in the order of ``add`` calls."""
+
+    def __init__(self, n_users: int, k: int, filtered: bool):
+        self.kept = np.full((n_users, k), -1, dtype=np.int64)
+        self.filtered = np.full((n_users, k), -1, dtype=np.int64) if filtered else None
+        self.seconds, self._cand_sum, self._cand_users = 0.0, 0.0, 0
+
+    def add(self, lo: int, part: Lists) -> None:
+        hi = lo + part.kept.shape[0]
+        self.kept[lo:hi] = part.kept
+        if self.filtered is not None and part.filtered is not None:
+            self.filtered[lo:hi] = part.filtered
+        self.seconds += part.seconds
+        if part.mean_candidates is not None:
+            self._cand_sum += part.mean_candidates * (hi - lo)
+            self._cand_users += hi - lo
+
+    def result(self, seconds: float | None = None) -> Lists:
+        """The lists; ``seconds`` replaces the summed searcher time (a pool of workers)."""
+        cand = self._cand_sum / self._cand_users if self._cand_users else None
+        return Lists(self.kept, self.filtered, self.seconds if seconds is None else seconds, cand)
+
+
 def search_lists(
     searcher: Searcher,
     held_out: HeldOutUsers,
@@ -160,8 +223,8 @@ def search_lists(
     batch_size: int = 256,
     device: str | torch.device | None = None,
     desc: str | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, float, float | None]:
-    """Run the searcher over every held-out user in batches, one search per batch.
+) -> Lists:
+    """Run the searcher over every held-out user in batches, one search per batch (`search_chunk`).
 
     With ``filtered`` each batch asks for ``k + max |S(u)|`` items (capped at n_items), so the
     same ranked list gives both the list as found (its first k) and the list with each user's
@@ -175,45 +238,17 @@ def search_lists(
 
     Returns
     -------
-    kept : (U, k) int64 ranked lists as found, -1 padded.
-    filtered : (U, k) int64 with seen items removed, or None when not ``filtered``.
-    seconds : time spent inside the searcher.
-    mean_candidates : user-weighted mean of ``searcher.last_candidates()``, or None.
+    `Lists` (kept (U, k), filtered (U, k) or None, seconds, mean_candidates).
     """
-    dev = torch.device(device) if device is not None else searcher.device
     n_users = len(held_out)
-    histories = torch.as_tensor(np.asarray(held_out.histories), dtype=torch.int64)  # (U, 69)
-    seen_offsets = np.asarray(held_out.seen_offsets, dtype=np.int64)
-    seen_counts = np.diff(seen_offsets)
-    kept = np.full((n_users, k), -1, dtype=np.int64)
-    out = np.full((n_users, k), -1, dtype=np.int64) if filtered else None
-    seconds, cand_sum, cand_users = 0.0, 0.0, 0
+    lists = ListsBuilder(n_users, k, filtered)
     label = desc or ("evaluate exhaustive" if beam is None else f"evaluate beam {beam}")
     with Progress(label, total=n_users, unit="user") as progress:
         for lo in range(0, n_users, batch_size):
             hi = min(lo + batch_size, n_users)
-            want = k
-            if filtered:
-                want = int(min(k + seen_counts[lo:hi].max(initial=0), max(searcher.n_items, k)))
-            batch = histories[lo:hi].to(dev)
-            start = time.perf_counter()
-            if beam is None:
-                _, found = searcher.exhaustive(batch, want)
-            else:
-                _, found = searcher.search(batch, want, beam)
-            if found.is_cuda:
-                torch.cuda.synchronize(found.device)
-            seconds += time.perf_counter() - start
-            lists = found.detach().cpu().numpy().astype(np.int64)  # (b, want)
-            kept[lo:hi] = _fix_width(lists, k)
-            if out is not None:
-                offs = seen_offsets[lo : hi + 1]
-                out[lo:hi] = drop_seen(lists, offs - offs[0], held_out.seen_items[offs[0] : offs[-1]], k)
-            cand = searcher.last_candidates()
-            if cand is not None:
-                cand_sum, cand_users = cand_sum + cand * (hi - lo), cand_users + (hi - lo)
+            lists.add(lo, search_chunk(searcher, held_out, lo, hi, k, beam, filtered, device))
             progress.update(hi - lo)
-    return kept, out, seconds, (cand_sum / cand_users if cand_users else None)
+    return lists.result()
 
 
 def retrieve_all(
@@ -289,7 +324,7 @@ def evaluate(
     -------
     EvalResult with len(ks) * 5 rows.
     """
-    ks = _check_args(held_out, ks, 1 if exhaustive else beam, batch_size)
+    ks = check_args(held_out, ks, 1 if exhaustive else beam, batch_size)
     used_beam = None if exhaustive else int(beam)
     items, seconds, cand = retrieve_all(searcher, held_out, max(ks), used_beam, filter_seen, batch_size, device)
     rows, _ = metric_rows(items, held_out, ks, role, used_beam, filter_seen)
@@ -309,8 +344,17 @@ def evaluate_both(
     """`evaluate` with seen items kept and filtered from ONE search per batch (beam None:
     exhaustive). Returns (kept, filtered, per-user recall {k: (U,)} of the kept lists).
     The speed of both results is that of the one search (at k + the most seen items)."""
-    ks = _check_args(held_out, ks, 1 if beam is None else beam, batch_size)
-    kept, filtered, seconds, cand = search_lists(searcher, held_out, max(ks), beam, True, batch_size, device)
+    ks = check_args(held_out, ks, 1 if beam is None else beam, batch_size)
+    return both_results(
+        search_lists(searcher, held_out, max(ks), beam, True, batch_size, device), held_out, ks, beam, role
+    )
+
+
+def both_results(
+    lists: Lists, held_out: HeldOutUsers, ks: tuple[int, ...], beam: int | None, role: str
+) -> tuple[EvalResult, EvalResult, dict[int, np.ndarray]]:
+    """`evaluate_both`'s results from the lists of its one search."""
+    kept, filtered, seconds, cand = lists
     assert filtered is not None  # asked for
     n, speed = len(held_out), len(held_out) / max(seconds, 1e-9)
     kept_rows, recall = metric_rows(kept, held_out, ks, role, beam, False)
@@ -350,64 +394,6 @@ def fidelity(
 EXHAUSTIVE_MAX_ITEMS = 100_000
 
 
-def _row(v: MetricValue, note: str | None = None) -> MetricRow:
-    return MetricRow(
-        role=v.role, name=v.name, k=v.k, value=v.value, beam=v.beam, filtered=v.filtered, note=note or v.note
-    )
-
-
-def wants_exhaustive(searcher: Searcher, exhaustive: bool | None) -> bool:
+def wants_exhaustive(n_items: int, exhaustive: bool | None) -> bool:
     """``exhaustive`` if given, else whether the catalogue has at most EXHAUSTIVE_MAX_ITEMS."""
-    return exhaustive if exhaustive is not None else searcher.n_items <= EXHAUSTIVE_MAX_ITEMS
-
-
-def evaluate_version(
-    searcher: Searcher,
-    held_out: HeldOutUsers,
-    role: str = "valid",
-    ks: tuple[int, ...] = (10, 50),
-    beams: tuple[int, ...] = (50,),
-    exhaustive: bool | None = None,
-    exhaustive_users: int | None = None,
-) -> list[MetricRow]:
-    """Every metric row of one evaluation, ready for `Store.record_metrics`.
-
-    Parameters
-    ----------
-    exhaustive : compute the exhaustive reference and fidelity; None: when the catalogue has at
-        most EXHAUSTIVE_MAX_ITEMS items.
-    exhaustive_users : run the reference on the first N users only (None: all of ``held_out``);
-        its rows then carry the note "N users".
-    """
-    rows: list[MetricRow] = []
-    full, sample = None, len(held_out)
-    kmax = max(ks)
-    if wants_exhaustive(searcher, exhaustive):
-        sample = min(len(held_out), exhaustive_users or len(held_out))
-        full, full_filtered, _ = evaluate_both(searcher, held_out.subset(sample), ks, None, role=role)
-        note = f"{sample} users" if sample < len(held_out) else None
-        rows += [_row(v, note) for v in full.rows + full_filtered.rows]
-        rows.append(
-            MetricRow(role, "users_per_second", kmax, full.users_per_second, None, False, note=f"{full.n_users} users")
-        )
-    for beam in beams:
-        kept, filtered, recall = evaluate_both(searcher, held_out, ks, beam, role=role)
-        rows += [_row(v) for v in kept.rows + filtered.rows]
-        rows.append(
-            MetricRow(role, "users_per_second", kmax, kept.users_per_second, beam, False, note=f"{kept.n_users} users")
-        )
-        if kept.mean_candidates is not None:
-            rows.append(MetricRow(role, "candidates", kmax, kept.mean_candidates, beam, False))
-        if full is not None:
-            rows += [
-                MetricRow(
-                    role,
-                    "fidelity",
-                    k,
-                    fidelity_ratio(float(recall[k][:sample].mean()), full.value("recall", k)),
-                    beam,
-                    False,
-                )
-                for k in sorted(set(ks))
-            ]
-    return rows
+    return exhaustive if exhaustive is not None else n_items <= EXHAUSTIVE_MAX_ITEMS

@@ -12,6 +12,8 @@ Recipe (``versions.config`` in the store)::
 
     {"method": "tdm", "config": {...the method's frozen config...}, "step": "train", "round": 1}
 
+plus ``"workers": N`` for a step run by N data-parallel workers (`models.distributed`).
+
 Seeds: ``construct`` uses the config's seed; ``train`` at round r uses seed + r; ``relearn``
 into round r uses seed + 1000 r (`Recipe.seed`; 1000 keeps the two streams apart). `build` and
 `advance` are the same verbs in memory (the quality benchmark runs whole lifecycles so).
@@ -33,6 +35,7 @@ from indexstore.errors import GroveError, StateError, StoreBusyError
 from indexstore.samples import SplitData
 from indexstore.staging import DEFAULT_WRITE_WAIT, WRITE_WAIT_ENV
 from indexstore.store import Store
+from models.distributed import world
 from models.method import Built, Method, MethodConfig, Searcher, check_memory, config_from_dict, resolve_device
 from models.registry import get_method
 
@@ -47,6 +50,7 @@ class Recipe:
     config: MethodConfig
     step: str = "construct"
     round: int = 0
+    workers: int = 1  # data-parallel workers of the step (weights differ from one worker's)
 
     @classmethod
     def new(cls, method: str, values: dict[str, Any] | None = None) -> Recipe:
@@ -63,10 +67,12 @@ class Recipe:
             config_from_dict(get_method(data["method"]).config_cls, data.get("config", {})),
             str(data.get("step", "construct")),
             int(data.get("round", 0)),
+            int(data.get("workers", 1)),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "config": self.config.to_dict(), "step": self.step, "round": self.round}
+        out = {"method": self.method, "config": self.config.to_dict(), "step": self.step, "round": self.round}
+        return out | ({"workers": self.workers} if self.workers > 1 else {})
 
     @property
     def seed(self) -> int:
@@ -80,7 +86,7 @@ class Recipe:
         """The recipe of the version ``step`` makes from this one (relearning starts a round)."""
         if step not in STEPS[1:]:
             raise GroveError(f"a version can be followed by {' or '.join(STEPS[1:])}, not {step!r}")
-        return dataclasses.replace(self, step=step, round=self.round + (step == "relearn"))
+        return dataclasses.replace(self, step=step, round=self.round + (step == "relearn"), workers=world()[1])
 
     @property
     def device(self) -> torch.device:
@@ -198,17 +204,24 @@ def construct(
     return write(store, index, recipe, build(recipe, data), dataset, split, None, flow_run_id)
 
 
-def _advance(store: Store, version_id: int, step: str, flow_run_id: str | None) -> VersionInfo:
-    old = load(store, version_id)
+def step_result(store: Store, old: Loaded, step: str) -> tuple[Built, Recipe]:
+    """``step`` ('train' or 'relearn') of the stored version ``old``, computed but not written:
+    the new index and its recipe. Data-parallel workers (`flows.distributed_train`) all run
+    this; rank 0 alone then `write`s."""
     config = old.recipe.then(step).config
     if step == "relearn":
         if not old.method.relearns:
             raise GroveError(f"method {old.recipe.method!r} has no index to relearn")
         if not old.built.artifacts:
-            raise StateError(f"version {version_id} has no weights: train it before relearning")
+            raise StateError(f"version {old.info.id} has no weights: train it before relearning")
     check_memory(old.method, config, old.built.structure.n_items, (step,), old.recipe.device)
     data = split_data(store, old.dataset, old.split, config)
-    built, recipe = advance(old.recipe, old.built, data, step)
+    return advance(old.recipe, old.built, data, step)
+
+
+def _advance(store: Store, version_id: int, step: str, flow_run_id: str | None) -> VersionInfo:
+    old = load(store, version_id)
+    built, recipe = step_result(store, old, step)
     return write(store, old.info.index_name, recipe, built, old.dataset, old.split, old.info.id, flow_run_id)
 
 
@@ -233,9 +246,9 @@ def evaluate(
     exhaustive: bool | None = None,
     exhaustive_users: int | None = None,
 ) -> list[MetricRow]:
-    """Metrics of a trained version on held-out users (`models.evaluation.evaluate_version`),
+    """Metrics of a trained version on held-out users (`models.evaluation_passes.evaluate_version`),
     appended to the store (never in place). Returns the rows."""
-    from models.evaluation import evaluate_version  # heavy import only when evaluating
+    from models.evaluation_passes import evaluate_version  # heavy import only when evaluating
 
     loaded = load(store, version_id)
     held_out = split_data(store, loaded.dataset, loaded.split, loaded.recipe.config).held_out(role)

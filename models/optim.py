@@ -9,13 +9,16 @@ and the embedding optimisers of recommender systems do) and every other paramete
 `torch.optim.Adam`. Both share the learning rate and its decay.
 
 The moment buffers of the tables stay dense (2 x N x d floats): memory O(N), time per step
-O(rows touched).
+O(rows touched). Among several data-parallel workers, `step` first averages the gradients over
+them (`models.distributed.average_gradients`), so every worker takes the same step.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from models.distributed import average_gradients
 
 
 def sparse_tables(module: nn.Module) -> list[torch.Tensor]:
@@ -36,6 +39,7 @@ class EmbeddingAdam:
         tables = sparse_tables(params_of)
         ids = {id(p) for p in tables}
         dense = [p for p in params_of.parameters() if id(p) not in ids]
+        self.dense, self.tables = dense, tables
         self.optimizers: list[torch.optim.Optimizer] = []
         if dense:
             self.optimizers.append(torch.optim.Adam(dense, lr=lr))
@@ -47,6 +51,7 @@ class EmbeddingAdam:
             opt.zero_grad(set_to_none=True)
 
     def step(self) -> None:
+        average_gradients(self.dense, self.tables)
         for opt in self.optimizers:
             opt.step()
 

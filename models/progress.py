@@ -2,13 +2,15 @@
 every ``interval`` seconds, with the rate and an estimate of the time left. Quiet when
 GROVE_QUIET=1. Parallel workers set GROVE_PROGRESS_PREFIX (a tag in front of every line, e.g.
 "[ml-1m-subset seed 1] ") and GROVE_PROGRESS_INTERVAL (seconds, a floor on ``interval``) so that
-their interleaved lines stay readable."""
+their interleaved lines stay readable. Among data-parallel workers only rank 0 reports."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+
+from models.distributed import is_main
 
 
 class Progress:
@@ -20,7 +22,7 @@ class Progress:
         self.prefix = os.environ.get("GROVE_PROGRESS_PREFIX", "")
         self.done = 0
         self.start = self.last = time.perf_counter()
-        self.quiet = os.environ.get("GROVE_QUIET") == "1"
+        self.quiet = os.environ.get("GROVE_QUIET") == "1" or not is_main()  # one line per run
         self.postfix = ""
 
     def __enter__(self) -> Progress:

@@ -24,6 +24,7 @@ import torch
 
 from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
+from models.distributed import all_reduce_sum_, mine, world
 from models.node_scorer import position_keys
 from models.progress import Progress
 from models.tree_training import subsample
@@ -100,15 +101,19 @@ class PairChunks:
     def chunks(self, per_column: int, columns: int, max_elements: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield (pairs, histories (b, width)): consecutive pairs whose (b, columns, width,
         per_column) activations hold about ``max_elements`` floats; width = the chunk's longest
-        history, so the padding columns of shorter ones are never scored."""
-        n, lo = len(self), 0
+        history, so the padding columns of shorter ones are never scored. Among data-parallel
+        workers each gets every N-th chunk (`models.distributed.mine`; the cuts are the same on
+        all of them)."""
+        n, lo, i = len(self), 0, -1
         while lo < n:
             width = int(self.lengths[min(n - 1, lo)])
             step = max(1, max_elements // (columns * per_column * width))
             hi = min(n, lo + step)
             width = int(self.lengths[hi - 1])  # the longest of the chunk (ascending order)
-            idx = torch.arange(lo, hi, device=self.targets.device)
-            yield slice(lo, hi), self.windows.behaviours(idx)[:, :width]
+            i += 1
+            if mine(i):
+                idx = torch.arange(lo, hi, device=self.targets.device)
+                yield slice(lo, hi), self.windows.behaviours(idx)[:, :width]
             lo = hi
 
 
@@ -120,8 +125,10 @@ def learn_top_down(tree: Tree, pairs: PairChunks, gap: int, weights: WeightFn, d
 
     ``weights(l0, g, cur, progress)`` returns the (m, K**g) summed weight of every item of
     ``pairs.items`` (the m items with training pairs) for each of the K**g descendants, g levels
-    down, of its position ``cur[item]`` at level l0 (``cur``: (n_items,)), and advances
-    ``progress`` by the pairs it scored.
+    down, of its position ``cur[item]`` at level l0 (``cur``: (n_items,)), over the pairs of the
+    chunks it is given (`PairChunks.chunks`), and advances ``progress`` by the pairs it scored.
+    Among data-parallel workers the sums are added up over the workers, and every worker then
+    makes the same (deterministic) assignment.
 
     Returns a Tree of arity ``tree.arity`` with all leaves at depth ceil(log_K n_items).
     """
@@ -132,11 +139,11 @@ def learn_top_down(tree: Tree, pairs: PairChunks, gap: int, weights: WeightFn, d
     device = pairs.targets.device
     old_leaf = torch.as_tensor(old_leaf_positions(tree, depth), device=device)
     cur = torch.zeros(n, dtype=torch.int64, device=device)  # position at level l0
-    steps = -(-depth // gap)
-    with Progress(desc, total=steps * len(pairs), unit="pair") as prog:
+    steps, workers = -(-depth // gap), world()[1]
+    with Progress(desc, total=steps * -(-len(pairs) // workers), unit="pair") as prog:  # rank 0's share
         for l0 in range(0, depth, gap):
             g = min(gap, depth - l0)
-            w = weights(l0, g, cur, prog)  # (n, K**g)
+            w = all_reduce_sum_(weights(l0, g, cur, prog))  # (m, K**g)
             old_child = old_leaf // k ** (depth - l0 - g) - cur * k**g
             old_child = torch.where((old_child >= 0) & (old_child < k**g), old_child, -1)
             child = assign_with_capacity(w, pairs.items, pairs.counts, cur, old_child, capacity=k ** (depth - l0 - g))

@@ -23,6 +23,7 @@ from torch import nn
 
 from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
+from models.distributed import batches, epoch_order, mean_over_workers, worker_generator
 from models.optim import EmbeddingAdam
 from models.progress import Progress
 from models.windows import DeviceWindows
@@ -186,27 +187,25 @@ def train_scorer(
         negatives_per_level(tree.level_counts(), opts.neg_base, opts.neg_growth, tuple(opts.negatives), opts.neg_total),
         device,
     )
-    gen = torch.Generator(device=device).manual_seed(opts.seed)
+    gen = worker_generator(opts.seed, device)
     scorer.to(device).train()
     optim = EmbeddingAdam(scorer, lr=opts.lr)
     steps_per_epoch = math.ceil(n / opts.batch_size)
     steps, done, start = 0, 0, time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     with Progress(desc, total=opts.epochs * steps_per_epoch, unit="batch") as prog:
-        for _ in range(opts.epochs):
-            order = torch.randperm(n, generator=gen, device=device)
+        for epoch in range(opts.epochs):
             loss_sum = torch.zeros((), device=device)
-            for b in range(steps_per_epoch):
-                idx = order[b * opts.batch_size : (b + 1) * opts.batch_size]
+            for b, idx in enumerate(batches(epoch_order(n, opts.seed, epoch, device), opts.batch_size)):
                 loss = bce_step(scorer, optim, sampler, data.behaviours(idx), data.targets[idx], gen)
                 loss_sum += loss
-                steps, done = steps + 1, done + idx.numel()
+                steps, done = steps + 1, min(n, (b + 1) * opts.batch_size) + epoch * n
                 prog.update(1, postfix=f"{done / max(time.perf_counter() - start, 1e-9):,.0f} samples/s")
             optim.decay(opts.lr_decay)
     elapsed = max(time.perf_counter() - start, 1e-9)
     scorer.eval()
     return {
-        "loss": float(loss_sum) / steps_per_epoch,
+        "loss": mean_over_workers(float(loss_sum) / steps_per_epoch),
         "samples_per_s": opts.epochs * n / elapsed,
         "steps": steps,
         "samples": int(n),

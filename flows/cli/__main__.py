@@ -2,4 +2,5 @@
 
 from flows.cli import run
 
-run()
+if __name__ == "__main__":  # not when a spawned worker (torch.distributed launcher) re-imports it
+    run()

@@ -100,3 +100,38 @@ def format_table(columns: list[str], rows: list) -> str:
         return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, numeric)).rstrip()
 
     return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
+
+
+def add_runner_opts(p: argparse.ArgumentParser) -> None:
+    """``--task-runner thread|ray|dask [--runner-address ADDR] [--workers N]`` (`flows.runners`)."""
+    from flows.runners import RUNNERS
+
+    g = p.add_argument_group("task runner (independent steps at once; Prefect runs only)")
+    g.add_argument(
+        "--task-runner",
+        choices=RUNNERS,
+        default=None,
+        help="run the flow's tasks on threads, Ray (prefect-ray) or Dask (prefect-dask); default: one after the other",
+    )
+    g.add_argument(
+        "--runner-address",
+        default=None,
+        metavar="ADDR",
+        help="an existing cluster: ray://HEAD:10001 (or auto), tcp://SCHEDULER:8786; default: start a local one",
+    )
+    g.add_argument("--workers", type=positive, default=None, help="size of the local Ray / Dask cluster or thread pool")
+
+
+def runner_spec(args):
+    """The `flows.runners.RunnerSpec` of the options, or None; a GroveError for options that
+    contradict each other (a runner with --local, an address without a runner...)."""
+    from flows.runners import RunnerSpec
+
+    kind = getattr(args, "task_runner", None)
+    if kind is None:
+        if getattr(args, "runner_address", None) is not None or getattr(args, "workers", None) is not None:
+            raise GroveError("--runner-address and --workers need --task-runner")
+        return None
+    if is_local(args):
+        raise GroveError(f"--task-runner {kind} runs Prefect tasks; --local runs the steps without Prefect")
+    return RunnerSpec(kind, args.runner_address, args.workers)

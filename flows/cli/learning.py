@@ -2,7 +2,10 @@
 
 Learning commands run as Prefect flows (a temporary local Prefect server starts when no
 PREFECT_API_URL is set); ``--local`` (or GROVE_LOCAL=1) runs the very same steps in-process
-without Prefect. Every command prints the version(s) it wrote.
+without Prefect. ``build``, ``eval`` and ``cycle`` take ``--task-runner thread|ray|dask``
+(`flows.runners`): independent steps (an evaluation beside the next step, the beams of an
+evaluation, a RecForest's trees) then run at once on that runner. Every command prints the
+version(s) it wrote.
 """
 
 from __future__ import annotations
@@ -11,7 +14,17 @@ import argparse
 import json
 import sys
 
-from flows.cli.common import ints, is_local, newest_version, open_store, parse_settings, positive
+from flows.cli import batch
+from flows.cli.common import (
+    add_runner_opts,
+    ints,
+    is_local,
+    newest_version,
+    open_store,
+    parse_settings,
+    positive,
+    runner_spec,
+)
 from models.evaluation import EXHAUSTIVE_MAX_ITEMS
 from models.lifecycle import Recipe
 from models.registry import method_names
@@ -36,6 +49,7 @@ def register(sub) -> None:
     p.add_argument("--index", required=True)
     _add_method_opts(p)
     p.add_argument("--local", action="store_true", help="run without Prefect")
+    add_runner_opts(p)
     p.set_defaults(func=cmd_build)
 
     for name, helptext, fn in (
@@ -46,6 +60,14 @@ def register(sub) -> None:
         p.add_argument("index")
         p.add_argument("--version", type=int, help="default: the newest version of the index")
         p.add_argument("--local", action="store_true", help="run without Prefect")
+        p.add_argument(
+            "--nproc",
+            type=positive,
+            default=1,
+            metavar="N",
+            help="data-parallel workers on this machine (torch.distributed: gloo on CPU, NCCL on "
+            "CUDA); for several machines run the command under torchrun instead",
+        )
         p.set_defaults(func=fn)
 
     p = sub.add_parser("eval", help="evaluate a version on held-out users; metrics stored")
@@ -68,6 +90,8 @@ def register(sub) -> None:
         help="run the exhaustive reference on the first N evaluated users only (default: all)",
     )
     p.add_argument("--local", action="store_true")
+    add_runner_opts(p)
+    batch.add_ray_opts(p.add_argument_group("the searches on a Ray actor pool (no Prefect)"))
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("cycle", help="construct -> train -> evaluate -> N x (relearn, train, evaluate)")
@@ -77,9 +101,10 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=1)
     _add_eval_opts(p)
     p.add_argument("--local", action="store_true")
+    add_runner_opts(p)
     p.set_defaults(func=cmd_cycle)
 
-    p = sub.add_parser("retrieve", help="top-k items for one history")
+    p = sub.add_parser("retrieve", help="top-k items for one history, or for many users into a parquet file")
     p.add_argument("index")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--version", type=int)
@@ -90,6 +115,7 @@ def register(sub) -> None:
     p.add_argument("--exclude-seen", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
+    batch.add_retrieve_opts(p)
     p.set_defaults(func=cmd_retrieve)
 
 
@@ -97,6 +123,7 @@ def register(sub) -> None:
 def cmd_build(args) -> int:
     from flows import steps
 
+    runner = runner_spec(args)
     store = open_store(args)
     config = parse_settings(args.config, args.set)
     Recipe.new(args.method, config)  # refuse unknown fields before any flow starts
@@ -105,23 +132,32 @@ def cmd_build(args) -> int:
         vid = steps.construct(store.url, args.index, args.method, config, args.dataset, args.split).version_id
     else:
         from flows.prefect_flows import construct_flow
+        from flows.runners import with_task_runner
 
-        vid = construct_flow(store.url, args.index, args.method, args.dataset, args.split, config)
+        flow = with_task_runner(construct_flow, runner)
+        vid = flow(store.url, args.index, args.method, args.dataset, args.split, config, runner is not None)
     print(f"wrote version {vid} of index {args.index!r} ({args.method}, construct)")
     return 0
 
 
 def _step_cmd(args, step: str) -> int:
     from flows import steps
+    from models import distributed
 
     store = open_store(args)
     vid = newest_version(store, args.index, args.version)
-    if is_local(args):
-        new = getattr(steps, step)(store.url, vid).version_id
+    if distributed.launched():  # one worker of a torchrun job: no Prefect, rank 0 writes and reports
+        from flows.distributed_train import work
+
+        new = work(store.url, vid, step)
+        if new is None:
+            return 0
+    elif is_local(args):
+        new = getattr(steps, step)(store.url, vid, nproc=args.nproc).version_id
     else:
         from flows import prefect_flows as fl
 
-        new = getattr(fl, f"{step}_flow")(store.url, vid)
+        new = getattr(fl, f"{step}_flow")(store.url, vid, args.nproc)
     print(f"wrote version {new} of index {args.index!r} ({step} of version {vid})")
     return 0
 
@@ -138,6 +174,9 @@ def cmd_eval(args) -> int:
     from flows import steps
     from flows.report_table import metrics_table
 
+    if args.ray is not None or args.actors is not None or args.threads is not None:
+        return batch.cmd_eval_ray(args)
+    runner = runner_spec(args)
     store = open_store(args)
     vid = newest_version(store, args.index, args.version)
     if is_local(args):
@@ -153,9 +192,18 @@ def cmd_eval(args) -> int:
         )
     else:
         from flows.prefect_flows import evaluate_flow
+        from flows.runners import with_task_runner
 
-        rows = evaluate_flow(
-            store.url, vid, args.role, args.k, args.beam, args.users, args.exhaustive, args.exhaustive_users
+        rows = with_task_runner(evaluate_flow, runner)(
+            store.url,
+            vid,
+            args.role,
+            args.k,
+            args.beam,
+            args.users,
+            args.exhaustive,
+            args.exhaustive_users,
+            runner is not None,
         )
     print(f"version {vid} on the {args.role} users:")
     print(metrics_table(rows))
@@ -165,6 +213,7 @@ def cmd_eval(args) -> int:
 def cmd_cycle(args) -> int:
     from flows.cycle import run_cycle
 
+    runner = runner_spec(args)
     store = open_store(args)
     config = parse_settings(args.config, args.set)
     if not is_local(args):  # refuse a bad config or split before a Prefect server starts
@@ -183,6 +232,7 @@ def cmd_cycle(args) -> int:
         args.users,
         local=is_local(args),
         store=store,
+        runner=runner,
     )
     print(f"wrote versions {', '.join(map(str, versions))} of index {args.index!r}")
     return 0
@@ -191,6 +241,8 @@ def cmd_cycle(args) -> int:
 def cmd_retrieve(args) -> int:
     from models.retriever import Retriever
 
+    if batch.is_batch(args):
+        return batch.cmd_batch_retrieve(args)
     store = open_store(args)
     history = [h.strip() for h in args.history.split(",") if h.strip()]
     retriever = Retriever.load(store, args.index, version=args.version, alias=args.alias, device=args.device)

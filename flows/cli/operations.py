@@ -1,7 +1,8 @@
 """Operating commands of ``grove``: schedule, promote, serve, report (issue 6).
 
-    grove schedule INDEX --cron "0 3 * * *" [--method M --rounds N --data FILE --gate-... ]
-    grove schedule INDEX --once [--local] [same options]
+    grove schedule INDEX [INDEX ...] --cron "0 3 * * *" [--method M --rounds N --data FILE --gate-... ]
+    grove schedule INDEX [INDEX ...] --once [--local] [same options]
+    (either with [--task-runner thread|ray|dask [--runner-address ADDR] [--workers N]])
     grove promote INDEX VERSION [--gate-metric recall --gate-k 10 --gate-beam 50 --tolerance T]
     grove serve INDEX [--alias production] [--host 127.0.0.1] [--port 8000] [--device auto]
     grove report INDEX [--out PATH] [--format html|md]
@@ -11,7 +12,9 @@
 ``schedule --cron`` serves the `retrain` deployment (`flows.schedule.serve_retrain`) against the
 Prefect server at PREFECT_API_URL and blocks until interrupted; the cron line, the index, the
 method and the data file are checked before anything starts. ``--once`` runs the retrain flow
-now (``--local`` / GROVE_LOCAL=1: the same steps in-process, without Prefect). ``promote`` runs
+now (``--local`` / GROVE_LOCAL=1: the same steps in-process, without Prefect). Several indexes
+are retrained in one flow run (``retrain-indexes``), each index's chain beside the others' on a
+task runner (`flows.runners`). ``promote`` runs
 the promotion gate for one version (exit 0 promoted, 1 rejected). Prefect is imported only by
 the commands that need it.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from flows.cli.common import is_local, open_store
+from flows.cli.common import add_runner_opts, is_local, open_store, runner_spec
 from indexstore.errors import GroveError, InputError
 
 
@@ -93,39 +96,66 @@ def cmd_schedule(args) -> int:
         raise GroveError(f"--rounds must be >= 0, got {args.rounds}")
     if args.data is not None and not os.path.isfile(args.data):
         raise InputError(f"{args.data}: no such file")
+    if len(set(args.index)) != len(args.index):
+        raise GroveError(f"an index is named twice: {' '.join(args.index)}")
+    runner = runner_spec(args)
     gate = gate_settings(args)
     store = open_store(args)
-    base = store.resolve(args.index)  # production, else the newest (NotFoundError: unknown index)
-    if args.method is not None and args.method != base.method:
-        raise GroveError(f"index {args.index!r} holds {base.method} versions; --method {args.method} does not match")
+    for index in args.index:
+        base = store.resolve(index)  # production, else the newest (NotFoundError: unknown index)
+        if args.method is not None and args.method != base.method:
+            raise GroveError(f"index {index!r} holds {base.method} versions; --method {args.method} does not match")
     data = os.path.abspath(args.data) if args.data else None
     params = {"rounds": args.rounds, "method": args.method, "data": data, "gate": gate, "max_users": args.users}
     if cron is not None:
-        return _serve_schedule(store.url, args, cron, params)
+        return _serve_schedule(store.url, args, cron, params, runner)
     if is_local(args):
-        from dataclasses import asdict
+        return _retrain_local(store.url, args, data, gate)
+    from flows.schedule import retrain_deployment
 
-        from flows.retrain import retrain_local
-
-        result = asdict(retrain_local(store.url, args.index, args.rounds, args.method, data, gate, args.users))
-    else:
-        from flows.prefect_flows import retrain_flow
-
-        result = retrain_flow(store.url, args.index, **params)
-    _print_retrain(result)
+    flow, flow_params = retrain_deployment(store.url, _indexes(args), params, runner)
+    result = flow(**flow_params)
+    for one in result if isinstance(result, list) else [result]:
+        _print_retrain(one)
     return 0
 
 
-def _serve_schedule(url: str, args, cron: str, params: dict) -> int:
+def _indexes(args) -> str | list[str]:
+    """One index as a name (the single-index `retrain` flow), several as a list."""
+    return args.index[0] if len(args.index) == 1 else list(args.index)
+
+
+def _retrain_local(url: str, args, data: str | None, gate: dict) -> int:
+    """Each index in turn, in-process; every one runs, then the first failure is raised."""
+    from dataclasses import asdict
+
+    from flows.retrain import retrain_local
+
+    errors = []
+    for index in args.index:
+        try:
+            _print_retrain(asdict(retrain_local(url, index, args.rounds, args.method, data, gate, args.users)))
+        except GroveError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return 0
+
+
+def _serve_schedule(url: str, args, cron: str, params: dict, runner) -> int:
     from flows.schedule import deployment_name, prefect_api_url, serve_retrain
 
     api = prefect_api_url()  # GroveError when no server answers
-    name = args.name or deployment_name(args.index)
+    indexes = _indexes(args)
+    name = args.name or deployment_name(indexes)
+    what = f"index {indexes!r}" if isinstance(indexes, str) else f"indexes {', '.join(indexes)}"
+    on = f" on a {runner.describe()} task runner" if runner is not None else ""
     print(
-        f"serving deployment 'retrain/{name}' of index {args.index!r} on cron {cron!r} against {api} (Ctrl-C stops it)",
+        f"serving deployment '{'retrain' if isinstance(indexes, str) else 'retrain-indexes'}/{name}' of {what}"
+        f"{on} on cron {cron!r} against {api} (Ctrl-C stops it)",
         flush=True,
     )
-    serve_retrain(url, args.index, cron, params, name=name)
+    serve_retrain(url, indexes, cron, params, name=name, runner=runner)
     return 0
 
 
@@ -204,17 +234,18 @@ def cmd_report(args) -> int:
 # ------------------------------------------------------------------------------ register
 def register(sub) -> None:
     """Add the operating commands to the ``grove`` subparsers."""
-    p = sub.add_parser("schedule", help="retrain an index on a cron schedule (Prefect) or once now")
-    p.add_argument("index")
+    p = sub.add_parser("schedule", help="retrain indexes on a cron schedule (Prefect) or once now")
+    p.add_argument("index", nargs="+", metavar="INDEX", help="one index, or several retrained in one flow run")
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help='5-field cron line, e.g. "0 3 * * *" (needs PREFECT_API_URL)')
     when.add_argument("--once", action="store_true", help="run the retrain flow now")
     p.add_argument("--method", default=None, help="must match the index's method (a safety check)")
     p.add_argument("--rounds", type=int, default=1, help="relearn+train rounds after the first train")
     p.add_argument("--data", default=None, help="interactions file; retrains from scratch when it changed")
-    p.add_argument("--name", default=None, help="deployment name (default retrain-INDEX)")
+    p.add_argument("--name", default=None, help="deployment name (default retrain-INDEX, retrain-A+B)")
     _gate_opts(p)
     p.add_argument("--local", action="store_true", help="with --once: run without Prefect")
+    add_runner_opts(p)
     p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("promote", help="run the promotion gate for one version (exit 1: rejected)")

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from indexstore.errors import GroveError
 from indexstore.samples import MAX_BEHAVIOURS, SplitData
 from models.baselines.flat import BruteForceSearcher, FlatMethod, behaviour_mask
+from models.distributed import batches, epoch_order, worker_generator
 from models.memory import FLOAT, adam_table
 from models.method import Built, MethodConfig, bytes_to_state, require_artifact, resolve_device, state_to_bytes
 from models.optim import EmbeddingAdam
@@ -187,7 +188,7 @@ def train_two_tower(
     if len(data.train) == 0:
         raise GroveError(f"split {data.dataset}/{data.split} has no training samples")
     torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)  # CPU generator: shuffles and negatives
+    gen = worker_generator(config.seed, "cpu")  # this worker's negatives
     model = TwoTowerModel(int(data.n_items), config).to(dev)
     opt = EmbeddingAdam(model, lr=config.lr)
     sampler = NegativeSampler(np.asarray(data.item_popularity), config.sampler, config.negatives, dev)
@@ -198,10 +199,9 @@ def train_two_tower(
     model.train()
     step = 0
     with Progress("two-tower training", total=total, unit="batch") as progress:
+        epoch = 0
         while step < total:
-            order = torch.randperm(n, generator=gen).to(dev)
-            for lo in range(0, n, config.batch_size):
-                idx = order[lo : lo + config.batch_size]
+            for idx in batches(epoch_order(n, config.seed, epoch, dev), config.batch_size):
                 loss = sampled_softmax_loss(
                     model.user(windows.behaviours(idx)),
                     model.item_emb,
@@ -216,6 +216,7 @@ def train_two_tower(
                 progress.update(1, postfix=f"loss {loss.item():.3f}" if step % 50 == 0 else "")
                 if step >= total:
                     break
+            epoch += 1
     model.eval()
     return model, model.item_matrix().detach().cpu().numpy().astype(np.float32)
 

@@ -27,6 +27,7 @@ import torch
 
 from indexstore.samples import TrainingSamples
 from indexstore.structures import Tree
+from models.distributed import batches, epoch_order, mean_over_workers, worker_generator
 from models.node_scorer import TDMScorer
 from models.optim import EmbeddingAdam
 from models.progress import Progress
@@ -94,28 +95,30 @@ def train_softmax_scorer(
     data = DeviceWindows(samples, device, subsample(len(samples), opts.max_samples, opts.seed))
     n = len(data)
     levels = SoftmaxLevels(tree, m, device, m_total)
-    gen = torch.Generator(device=device).manual_seed(opts.seed)
+    gen = worker_generator(opts.seed, device)
     scorer.to(device).train()
     optim = EmbeddingAdam(scorer, lr=opts.lr)
     per_epoch = math.ceil(n / opts.batch_size)
     total = per_epoch * opts.epochs if max_steps <= 0 else min(per_epoch * opts.epochs, max_steps)
-    steps, done, loss_sum, batches, start = 0, 0, 0.0, 0, time.perf_counter()
+    steps, done, loss_sum, n_batches, start = 0, 0, 0.0, 0, time.perf_counter()
     with Progress("deforec training", total=total, unit="batch") as prog:
+        epoch = 0
         while steps < total:
-            order = torch.randperm(n, generator=gen, device=device)
-            loss_sum, batches = 0.0, 0
-            for b in range(per_epoch):
+            loss_sum, n_batches = 0.0, 0
+            for b, idx in enumerate(batches(epoch_order(n, opts.seed, epoch, device), opts.batch_size)):
                 if steps >= total:
                     break
-                idx = order[b * opts.batch_size : (b + 1) * opts.batch_size]
                 loss = softmax_step(scorer, optim, levels, data.behaviours(idx), data.targets[idx], gen)
-                steps, done, batches = steps + 1, done + idx.numel(), batches + 1
+                steps, n_batches = steps + 1, n_batches + 1
+                done += min(opts.batch_size, n - b * opts.batch_size)  # the global batch's samples
                 loss_sum += float(loss)
-                prog.update(1, postfix=f"loss {loss_sum / batches:.3f}")
+                prog.update(1, postfix=f"loss {loss_sum / n_batches:.3f}")
             optim.decay(opts.lr_decay)
+            epoch += 1
     scorer.eval()
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return {"loss": loss_sum / max(batches, 1), "samples_per_s": done / elapsed, "steps": steps, "samples": done}
+    mean_loss = mean_over_workers(loss_sum / max(n_batches, 1))
+    return {"loss": mean_loss, "samples_per_s": done / elapsed, "steps": steps, "samples": done}
 
 
 def softmax_step(

@@ -30,6 +30,7 @@ import torch
 from indexstore.errors import GroveError
 from indexstore.samples import TrainingSamples
 from indexstore.structures import PathCodes
+from models.distributed import gather, mine, world
 from models.dr.network import DRNet
 from models.dr.search import beam_search, path_ids_of
 from models.progress import Progress
@@ -74,6 +75,9 @@ def estep_scores(
     Returns
     -------
     CandidateScores over ``n_items`` items (items without samples have no candidates).
+
+    Among data-parallel workers each searches every N-th batch (`models.distributed.mine`);
+    their summed (item, path) tables are gathered, so every worker returns the same scores.
     """
     st = net.structure
     n_space = st.arity**st.depth
@@ -81,9 +85,11 @@ def estep_scores(
         raise GroveError(f"n_items * K^D = {n_items} * {n_space} is too large for 64-bit path keys")
     net.eval()
     keys, vals, pending = [], [], 0
-    n = len(samples)
-    with Progress("dr e-step", total=n, unit="sample") as prog:
-        for lo in range(0, n, batch_size):
+    n, workers = len(samples), world()[1]
+    with Progress("dr e-step", total=-(-n // workers), unit="sample") as prog:  # rank 0's share
+        for i, lo in enumerate(range(0, n, batch_size)):
+            if not mine(i):
+                continue
             hist = torch.tensor(samples.take(slice(lo, lo + batch_size)), dtype=torch.long, device=device)
             paths, logp = beam_search(st, net.encode(hist), beam)  # (b, S, D), (b, S)
             ok = torch.isfinite(logp)
@@ -97,9 +103,11 @@ def estep_scores(
                 k, v = _merge(keys, vals)
                 keys, vals, pending = [k], [v], k.shape[0]
             prog.update(hist.shape[0])
-    if not keys:
+    key, val = _merge(keys, vals) if keys else (np.zeros(0, np.int64), np.zeros(0))
+    if workers > 1:  # every worker's table, summed again
+        key, val = _merge([gather(torch.from_numpy(key)).numpy()], [gather(torch.from_numpy(val)).numpy()])
+    if key.shape[0] == 0:
         return CandidateScores(np.zeros(n_items + 1, np.int64), np.zeros(0, np.int64), np.zeros(0))
-    key, val = _merge(keys, vals)
     return _top_per_item(key // n_space, key % n_space, val, n_items, pool)
 
 

@@ -18,6 +18,7 @@ import torch
 
 from indexstore.samples import TrainingSamples
 from indexstore.structures import PathCodes
+from models.distributed import all_reduce_sum_, batches, epoch_order, worker_generator
 from models.dr.network import DRNet
 from models.optim import EmbeddingAdam
 from models.progress import Progress
@@ -49,8 +50,7 @@ def train_epochs(
     -------
     One dict per epoch: mean structure loss ``str``, mean softmax loss ``softmax``, ``frozen``.
     """
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    dev_gen = torch.Generator(device=device).manual_seed(seed) if softmax_samples > 0 else None
+    dev_gen = worker_generator(seed, device) if softmax_samples > 0 else None
     item_codes = torch.tensor(codes.codes, dtype=torch.long, device=device)  # (V, J, D)
     data = DeviceWindows(samples, device)
     opt = EmbeddingAdam(net, lr=lr)
@@ -61,10 +61,8 @@ def train_epochs(
         for epoch in range(epochs):
             frozen = epochs_done + epoch >= joint_epochs
             net.softmax.requires_grad_(not frozen)
-            order = torch.randperm(n, generator=gen).to(device)
             sums = torch.zeros(2, device=device)  # summed on device: no sync per step
-            for lo in range(0, n, batch_size):
-                idx = order[lo : lo + batch_size]
+            for idx in batches(epoch_order(n, seed, epochs_done + epoch, device), batch_size):
                 u = net.encode(data.behaviours(idx))  # (b, dim)
                 y = data.targets[idx]
                 l_str = net.structure.multipath_loss(u, item_codes[y])
@@ -74,7 +72,7 @@ def train_epochs(
                 opt.step()
                 sums += torch.stack([l_str.detach(), l_sm.detach()]) * idx.shape[0]
                 prog.update(1)
-            mean = (sums / max(n, 1)).tolist()
+            mean = (all_reduce_sum_(sums) / max(n, 1)).tolist()  # every worker's part of the epoch
             history.append({"str": mean[0], "softmax": mean[1], "frozen": frozen})
     net.softmax.requires_grad_(True)
     net.eval()

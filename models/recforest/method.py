@@ -27,6 +27,7 @@ import torch
 from indexstore.errors import GroveError
 from indexstore.samples import MAX_BEHAVIOURS, SplitData
 from indexstore.structures import Forest
+from models.distributed import batches, epoch_order, mean_over_workers, worker_generator
 from models.memory import FLOAT, adam_table, tree_nodes
 from models.method import (
     Built,
@@ -186,7 +187,7 @@ def train_net(
     n = len(windows)
     if n == 0:
         raise GroveError(f"split {data.dataset}/{data.split} has no training samples")
-    gen = torch.Generator().manual_seed(seed)
+    gen = worker_generator(seed, "cpu")  # this worker's draws of codes
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * config.epochs
     if config.max_steps > 0:
@@ -194,12 +195,11 @@ def train_net(
     step, seen, loss_sum, start = 0, 0, 0.0, time.perf_counter()
     net.train()
     with Progress("recforest training", total=total, unit="batch") as prog:
+        epoch = 0
         while step < total:
-            perm = torch.randperm(n, generator=gen)
-            for b in range(0, n, config.batch_size):
+            for b, idx in enumerate(batches(epoch_order(n, seed, epoch, "cpu"), config.batch_size)):
                 if step >= total:
                     break
-                idx = perm[b : b + config.batch_size]
                 h, y = windows.behaviours(idx).to(device), windows.targets[idx].to(device)
                 codes = [tables.sample_codes(y, t, gen) for t in range(len(forest))]
                 loss = net.loss(h, codes)
@@ -207,12 +207,14 @@ def train_net(
                 loss.backward()
                 opt.step()
                 step += 1
-                seen += len(idx)
+                seen += min(config.batch_size, n - b * config.batch_size)  # the global batch's samples
                 loss_sum += float(loss.item())
                 prog.update(1, postfix=f"loss {loss.item():.3f}")
             opt.decay(config.lr_decay)
+            epoch += 1
     seconds = time.perf_counter() - start
-    stats = {"steps": step, "samples": seen, "seconds": seconds, "mean_loss": loss_sum / max(step, 1)}
+    mean_loss = mean_over_workers(loss_sum / max(step, 1))
+    stats = {"steps": step, "samples": seen, "seconds": seconds, "mean_loss": mean_loss}
     return net.eval(), stats
 
 
