@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from benchmarks.machine import machine_info
@@ -82,19 +81,9 @@ def timed_step(url: str, version_id: int) -> tuple[float, int]:
 
 
 def _launch_timed(url: str, version_id: int, nproc: int) -> float:
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from flows.distributed_train import launch
 
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=f"bench-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=0,
-        monitor_interval=0.5,
-    )
-    return elastic_launch(config, timed_step)(url, version_id)[0][0]
+    return launch(timed_step, nproc, url, version_id)[0][0]
 
 
 def speed(url: str, dataset: str, method: str, samples: int, repeats: int) -> dict:

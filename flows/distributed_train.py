@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -29,6 +31,7 @@ from indexstore.store import Store
 from models import distributed, lifecycle
 
 STEPS = ("train", "relearn")
+T = TypeVar("T")
 
 
 @record
@@ -55,22 +58,11 @@ def run(url: str, version_id: int, step: str, nproc: int, flow_run_id: str | Non
     written. Raises GroveError naming the failed worker(s) when one dies or fails."""
     if nproc < 1:
         raise GroveError(f"--nproc must be >= 1, got {nproc}")
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=nproc,
-        run_id=f"grove-{uuid.uuid4().hex[:12]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",  # a free port, like torchrun --standalone
-        max_restarts=0,
-        monitor_interval=0.5,
-        start_method="spawn",
-    )
     threads = os.environ.get("OMP_NUM_THREADS")
     # the launcher logs a failed worker's traceback; the GroveError below says it in one line
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
-        results = elastic_launch(config, work)(url, version_id, step, flow_run_id)
+        results = launch(work, nproc, url, version_id, step, flow_run_id)
     except ChildFailedError as exc:
         raise GroveError(
             f"{step} of version {version_id} on {nproc} workers failed, no version written: {_why(exc)}"
@@ -81,6 +73,24 @@ def run(url: str, version_id: int, step: str, nproc: int, flow_run_id: str | Non
     if written is None:
         raise GroveError(f"{step} of version {version_id}: rank 0 returned no version")
     return int(written)
+
+
+def launch(fn: Callable[..., T], nproc: int, *args: Any) -> dict[int, T]:
+    """``fn(*args)`` in ``nproc`` local workers (spawned; ``fn`` importable at module level),
+    joined by a c10d rendezvous on a free local port, as ``torchrun --standalone`` does, with
+    no restarts -> {rank: return value}. Raises ChildFailedError when a worker fails."""
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"grove-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+        start_method="spawn",
+    )
+    return elastic_launch(config, fn)(*args)
 
 
 def _why(exc: ChildFailedError) -> str:

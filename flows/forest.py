@@ -3,7 +3,8 @@ submitted to its task runner (`flows.ops.submit_construct`):
 
     embeddings (one task) -> tree 0 .. tree T-1 (a task each) -> write (one task: one version)
 
-The parts are `models.recforest.trees` (their assembly is the version `lifecycle.construct`
+The parts are `models.recforest.method`'s (`construct_embeddings`, `forest_tree`,
+`assemble_forest`: their assembly is the version `lifecycle.construct`
 writes, byte for byte); the version is written by `models.lifecycle.write`. The embeddings
 (n_items x d floats) and the trees go from task to task by value, through the runner (Ray's
 object store, Dask's workers), not through the store. Training stays one task: the trees'
@@ -20,37 +21,22 @@ from prefect.runtime import flow_run
 from flows.tasks import seeded
 from indexstore.store import Store
 from models import lifecycle
-from models.method import check_memory
-from models.recforest import trees
-from models.recforest.method import RecForestConfig
-from models.registry import get_method
-
-
-def _checked_split(store: Store, recipe: lifecycle.Recipe, dataset: str, split: str):
-    """What `lifecycle.construct` refuses before building (unknown split, sizes, memory), then
-    the split's arrays. (These lines repeat `lifecycle.construct`'s first lines: the lifecycle
-    has no public "checks" verb yet.)"""
-    store.split(dataset, split)
-    n_items = store.dataset(dataset).n_items
-    method = get_method(recipe.method)
-    method.check_sizes(recipe.config, n_items)
-    check_memory(method, recipe.config, n_items, ("construct", "train"), recipe.device)
-    return lifecycle.split_data(store, dataset, split, recipe.config)
+from models.recforest.method import RecForestConfig, assemble_forest, construct_embeddings, forest_tree
 
 
 @task(name="forest embeddings", task_run_name="forest embeddings {dataset}", cache_policy=NONE)
 def forest_embeddings_task(url: str, method: str, config: dict | None, dataset: str, split: str) -> np.ndarray:
     recipe = lifecycle.Recipe.new(method, config)
     with seeded():  # the two-tower pretraining seeds torch's global generator
-        data = _checked_split(Store.open(url), recipe, dataset, split)
-        return trees.embeddings(_config(recipe), data, recipe.seed)
+        data = lifecycle.construct_data(Store.open(url), recipe, dataset, split)
+        return construct_embeddings(_config(recipe), data, recipe.seed)
 
 
 @task(name="forest tree", task_run_name="forest tree {t}", cache_policy=NONE)
 def forest_tree_task(method: str, config: dict | None, embeddings, t: int):
     """Tree ``t`` of the forest; ``embeddings`` (n_items, d) as `forest_embeddings_task` made them."""
     recipe = lifecycle.Recipe.new(method, config)
-    return trees.tree(_config(recipe), np.array(embeddings), recipe.seed, t)  # a writable copy
+    return forest_tree(_config(recipe), np.array(embeddings), recipe.seed, t)  # a writable copy
 
 
 @task(name="forest write", task_run_name="write {index} (construct)", cache_policy=NONE)
@@ -58,7 +44,7 @@ def forest_write_task(
     url: str, index: str, method: str, config: dict | None, dataset: str, split: str, embeddings, forest_trees: list
 ) -> int:
     recipe = lifecycle.Recipe.new(method, config)
-    built = trees.assemble(np.asarray(embeddings), list(forest_trees))
+    built = assemble_forest(np.asarray(embeddings), list(forest_trees))
     return lifecycle.write(Store.open(url), index, recipe, built, dataset, split, None, _run_id()).id
 
 

@@ -195,13 +195,20 @@ def construct(
 ) -> VersionInfo:
     """The initial index of ``recipe`` on ``dataset``/``split`` -> a new version (no parent).
     Refuses, before building anything, a version that could never be trained on its device."""
+    data = construct_data(store, recipe, dataset, split)
+    return write(store, index, recipe, build(recipe, data), dataset, split, None, flow_run_id)
+
+
+def construct_data(store: Store, recipe: Recipe, dataset: str, split: str) -> SplitData:
+    """The split a construct builds on, after what `construct` refuses before any work: an
+    unknown dataset or split, sizes the method cannot take, a version that could never be
+    trained on its device. (A construct in parts, `flows.forest`, starts here too.)"""
     method = get_method(recipe.method)
     store.split(dataset, split)  # NotFoundError before any work
     n_items = store.dataset(dataset).n_items
     method.check_sizes(recipe.config, n_items)
     check_memory(method, recipe.config, n_items, ("construct", "train"), recipe.device)
-    data = split_data(store, dataset, split, recipe.config)
-    return write(store, index, recipe, build(recipe, data), dataset, split, None, flow_run_id)
+    return split_data(store, dataset, split, recipe.config)
 
 
 def step_result(store: Store, old: Loaded, step: str) -> tuple[Built, Recipe]:

@@ -174,23 +174,29 @@ def test_evaluation_in_passes_gives_the_rows_of_one_evaluation(url):
 
 
 def test_recforest_trees_built_one_by_one_assemble_to_construct():
-    """`models.recforest.trees` gives the forest and artifact bytes of `RecForestMethod.construct`."""
+    """Trees built apart, in any order (as tasks finish), assemble to the forest and artifact
+    bytes of `RecForestMethod.construct`."""
     from test_recforest import planted_split  # tests/ is on sys.path (pytest's prepend import mode)
 
-    from models.recforest import trees
-    from models.recforest.method import RecForestConfig, RecForestMethod
+    from models.recforest.method import (
+        RecForestConfig,
+        RecForestMethod,
+        assemble_forest,
+        construct_embeddings,
+        forest_tree,
+    )
 
     data = planted_split()
     config = RecForestConfig(**{**RECFOREST, "arity": 3, "trees": 3})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         whole = RecForestMethod().construct(config, data, seed=5)
-        emb = trees.embeddings(config, data, 5)
-    parts = trees.assemble(emb, [trees.tree(config, emb, 5, t) for t in reversed(range(3))][::-1])
+        emb = construct_embeddings(config, data, 5)
+    parts = assemble_forest(emb, [forest_tree(config, emb, 5, t) for t in reversed(range(3))][::-1])
     assert parts.structure.equals(whole.structure)
     assert parts.artifacts == whole.artifacts
     with pytest.raises(ValueError, match="outside"):
-        trees.tree(config, emb, 5, 3)
+        forest_tree(config, emb, 5, 3)
 
 
 # ------------------------------------------------------------------ flows on task runners

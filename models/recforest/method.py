@@ -26,7 +26,7 @@ import torch
 
 from indexstore.errors import GroveError
 from indexstore.samples import MAX_BEHAVIOURS, SplitData
-from indexstore.structures import Forest
+from indexstore.structures import Forest, Tree
 from models.distributed import batches, epoch_order, mean_over_workers, worker_generator
 from models.memory import FLOAT, adam_table, tree_nodes
 from models.method import (
@@ -154,11 +154,29 @@ def duplicate_leaves_warning(n_items: int, arity: int) -> str | None:
     )
 
 
-def build_forest(embeddings: np.ndarray, arity: int, trees: int, seed: int, random_ratio: float = 0.1) -> Forest:
-    """T trees of appendix Algorithm 2 over the same embeddings, seeds seed*1000 + t."""
-    return Forest(
-        tuple(recforest_tree(embeddings, arity, seed=seed * 1000 + t, random_ratio=random_ratio) for t in range(trees))
-    )
+# construct in parts, so the trees of a forest can be built at once (one Prefect task each,
+# `flows.forest`); `RecForestMethod.construct` is exactly these parts in one process
+def construct_embeddings(config: RecForestConfig, data: SplitData, seed: int) -> np.ndarray:
+    """(n_items, d) float32: the pretrained item vectors every tree is clustered on (warns when
+    the arity leaves many copies of items)."""
+    message = duplicate_leaves_warning(data.n_items, config.arity)
+    if message:
+        warnings.warn(message, stacklevel=3)
+    return pretrained_embeddings(config, data, seed, resolve_device(config.device))
+
+
+def forest_tree(config: RecForestConfig, item_embeddings: np.ndarray, seed: int, t: int) -> Tree:
+    """Tree ``t`` of the forest (appendix Algorithm 2 over the shared embeddings, seed
+    ``seed * 1000 + t``)."""
+    if not 0 <= t < config.trees:
+        raise ValueError(f"tree index {t} is outside the forest's {config.trees} trees")
+    return recforest_tree(item_embeddings, config.arity, seed=seed * 1000 + t, random_ratio=config.random_ratio)
+
+
+def assemble_forest(item_embeddings: np.ndarray, trees: list[Tree]) -> Built:
+    """The constructed index: the forest of ``trees`` (in order) and the embeddings artifact."""
+    artifact = state_to_bytes({"embeddings": torch.as_tensor(item_embeddings)})
+    return Built(Forest(tuple(trees)), {"item_embeddings.pt": artifact})
 
 
 def make_net(config: RecForestConfig, n_items: int, depths: list[int]) -> RecForestNet:
@@ -239,13 +257,8 @@ class RecForestMethod(Method[RecForestConfig]):
         return trees + adam_table(n_items + 1, config.hidden) + act
 
     def construct(self, config: RecForestConfig, data: SplitData, seed: int) -> Built:
-        device = resolve_device(config.device)
-        message = duplicate_leaves_warning(data.n_items, config.arity)
-        if message:
-            warnings.warn(message, stacklevel=2)
-        emb = pretrained_embeddings(config, data, seed, device)
-        forest = build_forest(emb, config.arity, config.trees, seed, config.random_ratio)
-        return Built(forest, {"item_embeddings.pt": state_to_bytes({"embeddings": torch.as_tensor(emb)})})
+        emb = construct_embeddings(config, data, seed)
+        return assemble_forest(emb, [forest_tree(config, emb, seed, t) for t in range(config.trees)])
 
     def train(self, config: RecForestConfig, built: Built, data: SplitData, seed: int) -> Built:
         forest = _forest(built)
