@@ -1,6 +1,8 @@
 """Opening a store: SQLAlchemy engine, schema check against the Alembic head, transactions.
 
-The store is reached through a SQLAlchemy URL (``duckdb:///path`` by default). DuckDB admits
+The store is reached through a SQLAlchemy URL: ``duckdb:///path`` (the default, an embedded
+file) or ``postgresql+psycopg://user@host/db`` (a team's server; ``postgresql://`` means the same,
+psycopg 3 is the one driver). Any other scheme is refused with one line. DuckDB admits
 one read-write process per file and, while it holds the file, no other process at all
 (STACK.md), so every engine uses `NullPool`: a connection lives only as long as one public
 store call, and the file is free between calls.
@@ -40,24 +42,72 @@ def default_url(url: str | None = None) -> str:
     return url or os.environ.get("GROVE_STORE") or DEFAULT_URL
 
 
-def make_engine(url: str | None = None, read_only: bool = False) -> sa.Engine:
-    """A NullPool engine for ``url``; ``read_only`` opens DuckDB files in read-only mode."""
+SUPPORTED = "grove stores are duckdb:///FILE or postgresql+psycopg://USER@HOST/DB"
+
+
+def parse_url(url: str | None = None) -> sa.engine.URL:
+    """The SQLAlchemy URL of a store (``postgresql://`` and ``postgres://`` mapped to psycopg 3);
+    GroveError for anything grove cannot store in. Messages never show a password."""
     url = default_url(url)
     try:
         parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise GroveError(f"invalid store URL {url!r}: {exc}") from exc
-    connect_args = {}
+    except sa.exc.ArgumentError:
+        raise GroveError(f"invalid store URL {_hide_password(url)!r}: {SUPPORTED}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres"):  # postgres://: Heroku's spelling
+        if driver and driver != "psycopg":  # a bare postgresql:// means psycopg
+            raise GroveError(f"unsupported PostgreSQL driver {driver!r} in {parsed!r}: {SUPPORTED}")
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend != "duckdb":
+        raise GroveError(f"unsupported store URL scheme {parsed.drivername!r} in {parsed!r}: {SUPPORTED}")
+    return parsed
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def backend_name(url_or_engine) -> str:
+    """'duckdb' or 'postgresql' for a store URL or engine."""
+    url = url_or_engine.url if isinstance(url_or_engine, sa.Engine) else parse_url(url_or_engine)
+    return "postgresql" if url.get_backend_name() in ("postgresql", "postgres") else url.get_backend_name()
+
+
+def make_engine(url: str | None = None, read_only: bool = False) -> sa.Engine:
+    """A NullPool engine for ``url``; ``read_only`` opens DuckDB files in read-only mode and
+    PostgreSQL sessions with ``default_transaction_read_only``."""
+    parsed = parse_url(url)
+    connect_args: dict = {}
     if parsed.get_backend_name() == "duckdb":
         db = parsed.database
         if read_only and db and db != ":memory:" and not os.path.exists(db):
             raise SchemaError(f"store {db} does not exist: run `grove init`")
         if read_only:
             connect_args["read_only"] = True
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise GroveError(f"store {parsed!r} needs psycopg 3: pip install 'grove[postgres]'") from None
+        connect_args["connect_timeout"] = int(os.environ.get("GROVE_CONNECT_TIMEOUT", "10"))
+        if read_only:
+            connect_args["options"] = "-c default_transaction_read_only=on"
     try:
         return sa.create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        raise GroveError(f"cannot open store URL {url!r}: {exc}") from exc
+        raise GroveError(f"cannot open store URL {parsed!r}: {exc}") from exc
+
+
+def store_name(engine: sa.Engine) -> str:
+    """How messages name a store: the DuckDB file, or host/database of a server (no password)."""
+    url = engine.url
+    if url.get_backend_name() == "duckdb":
+        return str(url.database)
+    host = url.host or url.query.get("host") or "localhost"
+    if isinstance(host, tuple):
+        host = host[0]
+    port = f":{url.port}" if url.port else ""
+    return f"database {url.database or url.username or 'postgres'!r} on {host}{port}"
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -75,10 +125,16 @@ def connect(engine: sa.Engine, wait: float | None = None) -> sa.Connection:
             return engine.connect()
         except sa.exc.OperationalError as exc:
             if not _is_lock_error(exc):
-                raise GroveError(f"cannot open store {engine.url}: {str(exc.orig).splitlines()[0]}") from exc
+                raise GroveError(f"cannot open store {store_name(engine)}: {_cause(exc)}") from None
             raise _Locked(str(exc.orig)) from exc
 
     return retry_while_locked(attempt, str(engine.url.database), wait)
+
+
+def _cause(exc: sa.exc.DBAPIError) -> str:
+    """The driver's reason in one line (psycopg's starts 'connection failed: ... failed: FATAL: ...')."""
+    text = " ".join(str(exc.orig).split())
+    return re.sub(r"^connection failed: connection to server (at|on) .*? failed: (FATAL: )?", "", text)[:300]
 
 
 class _Locked(Exception):
@@ -142,7 +198,8 @@ def read_only(url: str) -> Iterator[sa.Connection]:
 
 
 def native(conn: sa.Connection):
-    """The DuckDB connection under ``conn`` (shares its transaction), for bulk arrays."""
+    """The driver connection under ``conn`` (shares its transaction): DuckDB's or psycopg's.
+    Bulk arrays go through `indexstore.backends.bulk`, which knows what to do with it."""
     return conn.connection.driver_connection
 
 

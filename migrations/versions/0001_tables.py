@@ -4,9 +4,14 @@ The tables of DESIGN.md. No foreign keys and no secondary indexes (STACK.md: Duc
 TABLE is crippled on tables that have them, and bulk loads slow down); relations are checked
 in code. Primary keys only on small tables that are looked up by key.
 
+PostgreSQL (same history, same head): the same tables with its spelling of two types,
+DOUBLE -> DOUBLE PRECISION and BLOB -> BYTEA (`_columns`); everything else is common SQL.
+
 Revision ID: 0001
 Revises:
 """
+
+import re
 
 from alembic import op
 
@@ -47,11 +52,18 @@ TABLES = {
 SEQUENCES = ("version_id_seq", "alias_event_id_seq")
 
 
+def _columns(columns: str) -> str:
+    """The column list in the dialect of the connection (DuckDB's text unchanged)."""
+    if op.get_bind().dialect.name != "postgresql":
+        return columns
+    return re.sub(r"\bDOUBLE\b", "DOUBLE PRECISION", columns).replace("BLOB", "BYTEA")
+
+
 def upgrade() -> None:
     for seq in SEQUENCES:
         op.execute(f"CREATE SEQUENCE {seq} START 1")
     for name, columns in TABLES.items():
-        op.execute(f"CREATE TABLE {name} ({columns})")
+        op.execute(f"CREATE TABLE {name} ({_columns(columns)})")
 
 
 def downgrade() -> None:
