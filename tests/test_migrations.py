@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import duckdb
 import pytest
+import sqlalchemy as sa
 
 import migrations
-from indexstore.errors import SchemaError
+from indexstore.engine import make_engine
+from indexstore.errors import GroveError, SchemaError
 from indexstore.store import Store
 
 TABLES = {
@@ -40,11 +41,15 @@ VIEWS = {
 
 
 def _objects(url: str) -> tuple[set, set]:
-    con = duckdb.connect(url.removeprefix("duckdb:///"), read_only=True)
-    try:
-        rows = con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall()
-    finally:
-        con.close()
+    engine = make_engine(url, read_only=True)
+    with engine.connect() as con:
+        rows = con.execute(
+            sa.text(
+                "SELECT table_name, table_type FROM information_schema.tables "
+                "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+            )
+        ).all()
+    engine.dispose()
     return {n for n, t in rows if t == "BASE TABLE"}, {n for n, t in rows if t == "VIEW"}
 
 
@@ -73,3 +78,33 @@ def test_init_is_idempotent(store_url):
     Store.init(store_url)
     Store.init(store_url)
     assert Store.open(store_url).check_schema() == migrations.head_revision()
+
+
+def test_views_and_item_moves_run_on_an_empty_store(store_url):
+    """Every view and the item_moves function/macro compile and run on both backends."""
+    Store.init(store_url)
+    store = Store.open(store_url)
+    engine = make_engine(store_url)
+    with engine.connect() as con:
+        for view in sorted(VIEWS):
+            assert con.execute(sa.text(f"SELECT * FROM {view}")).all() == []
+        cols = list(con.execute(sa.text("SELECT * FROM item_moves(1, 2)")).keys())
+    engine.dispose()
+    assert cols == ["tree", "item", "old_leaf", "new_leaf", "old_path", "new_path"]
+    assert store.check_schema() == migrations.head_revision()
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("sqlite:///x.db", "unsupported store URL scheme 'sqlite'"),
+        ("mysql://u:secret@h/db", "unsupported store URL scheme 'mysql'"),
+        ("postgresql+psycopg2://u@h/db", "unsupported PostgreSQL driver 'psycopg2'"),
+        ("not a url", "invalid store URL"),
+    ],
+)
+def test_unsupported_urls_are_refused_in_one_line(url, says):
+    with pytest.raises(GroveError, match=says) as err:
+        Store.open(url)
+    assert "\n" not in str(err.value) and "secret" not in str(err.value)
+    assert "duckdb:///FILE or postgresql+psycopg://" in str(err.value)

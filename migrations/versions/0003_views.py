@@ -25,9 +25,18 @@ Table macro ``item_moves(v1, v2)`` -- items whose leaf or path differs between v
 v2, per tree (slot j for codes), with the first leaf/path of each side (NULL where absent).
 Example: ``SELECT count(*) FROM item_moves(3, 4) WHERE tree = 0``.
 
+PostgreSQL: the same views through `_postgres` (``list`` -> ``array_agg``, the JSON paths
+``shape ->> '$.x'`` -> ``shape::json ->> 'x'``, DOUBLE -> DOUBLE PRECISION, ``round`` on
+numeric, averages as DOUBLE PRECISION as DuckDB gives them) and ``item_moves`` as a SQL function
+returning a table (`ITEM_MOVES_PG`); ``arg_min(path, key)`` becomes ``DISTINCT ON`` ordered by
+the key, which picks the same row (the keys of one (tree, item) never tie: leaves differ, and a
+codes row is unique per (j, item)).
+
 Revision ID: 0003
 Revises: 0002
 """
+
+import re
 
 from alembic import op
 
@@ -117,13 +126,51 @@ FROM a FULL OUTER JOIN b ON a.tree = b.tree AND a.item = b.item
 WHERE a.path IS DISTINCT FROM b.path OR a.leaf IS DISTINCT FROM b.leaf"""
 
 
+ITEM_MOVES_PG = """
+CREATE FUNCTION item_moves(v1 BIGINT, v2 BIGINT)
+RETURNS TABLE (tree INTEGER, item BIGINT, old_leaf BIGINT, new_leaf BIGINT, old_path INTEGER[],
+               new_path INTEGER[])
+LANGUAGE sql STABLE AS $$
+WITH a AS (
+    SELECT DISTINCT ON (p.tree, p.item) p.tree, p.item,
+           min(p.leaf) OVER (PARTITION BY p.tree, p.item) AS leaf, p.path
+    FROM item_paths p WHERE p.version_id = v1 ORDER BY p.tree, p.item, coalesce(p.leaf, 0)),
+b AS (
+    SELECT DISTINCT ON (p.tree, p.item) p.tree, p.item,
+           min(p.leaf) OVER (PARTITION BY p.tree, p.item) AS leaf, p.path
+    FROM item_paths p WHERE p.version_id = v2 ORDER BY p.tree, p.item, coalesce(p.leaf, 0))
+SELECT coalesce(a.tree, b.tree), coalesce(a.item, b.item), a.leaf, b.leaf, a.path, b.path
+FROM a FULL OUTER JOIN b ON a.tree = b.tree AND a.item = b.item
+WHERE a.path IS DISTINCT FROM b.path OR a.leaf IS DISTINCT FROM b.leaf
+$$"""
+
+# DuckDB text -> PostgreSQL text, applied to every view (checked by tests/test_migrations.py)
+_PG_SPELLING = (
+    (r"\blist\(", "array_agg("),
+    (r"(\w+\.)?shape ->> '\$\.(\w+)'", r"(\1shape::json ->> '\2')"),
+    (r"\bAS DOUBLE\)", "AS DOUBLE PRECISION)"),
+    (r"round\(value, 4\)", "CAST(round(CAST(value AS NUMERIC), 4) AS DOUBLE PRECISION)"),
+    (r"\b(avg\([\w.]+\))", r"CAST(\1 AS DOUBLE PRECISION)"),
+)
+
+
+def _postgres(sql: str) -> str:
+    for pattern, replacement in _PG_SPELLING:
+        sql = re.sub(pattern, replacement, sql)
+    return sql
+
+
 def upgrade() -> None:
+    pg = op.get_bind().dialect.name == "postgresql"
     for name, sql in VIEWS.items():
-        op.execute(f"CREATE VIEW {name} AS {sql}")
-    op.execute(ITEM_MOVES)
+        op.execute(f"CREATE VIEW {name} AS {_postgres(sql) if pg else sql}")
+    op.execute(ITEM_MOVES_PG if pg else ITEM_MOVES)
 
 
 def downgrade() -> None:
-    op.execute("DROP MACRO TABLE item_moves")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION item_moves(BIGINT, BIGINT)")
+    else:
+        op.execute("DROP MACRO TABLE item_moves")
     for name in reversed(list(VIEWS)):
         op.execute(f"DROP VIEW {name}")
