@@ -3,10 +3,11 @@
 ``grove [--store URL] COMMAND ...``; the store URL defaults to ``$GROVE_STORE`` or
 ``duckdb:///grove.duckdb`` in the working directory. Store commands live in
 `flows.cli.store`, learning commands in `flows.cli.learning`, the demo in `flows.cli.demo`,
-operating commands (schedule, promote, serve, report) in `flows.cli.operations`; each registers
-its subcommands and sets ``func(args) -> int``; what they share is `flows.cli.common`. Every
-`GroveError` is printed as one line ``error: ...`` on stderr with exit status 2; every command
-but ``init`` (and ``demo``, which runs it) refuses a store whose schema is missing or behind.
+operating commands (schedule, promote, serve, report) in `flows.cli.operations`, ``store copy``
+in `flows.cli.store_copy`; each registers its subcommands and sets ``func(args) -> int``; what
+they share is `flows.cli.common`. Every `GroveError` is printed as one line ``error: ...`` on
+stderr with exit status 2; every command but ``init`` (and ``demo``, which runs it) refuses a
+store whose schema is missing or behind.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flows.cli import demo, learning, operations, store
+    from flows.cli import demo, learning, operations, store, store_copy
 
     parser = OneLineParser(prog="grove", description="learned retrieval indexes as versioned data")
     parser.add_argument(
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     store.register(sub)
+    store_copy.register(sub)
     learning.register(sub)
     demo.register(sub)
     operations.register(sub)
