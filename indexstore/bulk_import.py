@@ -18,6 +18,10 @@ converts and inserts it inside the caller's transaction:
 
 Memory: DuckDB spills to its temporary directory (``<store file>.tmp``) instead of growing past
 ``$GROVE_IMPORT_MEMORY`` (default 2GB), set for the import by `import_settings` and restored after.
+
+A PostgreSQL store: steps 1-3 run unchanged in an in-memory DuckDB (one validation path, the
+same messages), spilling to a temporary folder; step 4's SELECTs stream out of it as record
+batches into the store's COPY (`indexstore.backends.PostgresBulk`): memory stays bounded.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from contextlib import contextmanager
 
 import duckdb
@@ -32,6 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from indexstore import datasets_io
+from indexstore.backends import Bulk, DuckDBBulk, bulk
 from indexstore.categories import read_item_categories
 from indexstore.engine import native
 from indexstore.entities import DatasetInfo
@@ -115,15 +121,34 @@ def import_file(
     datasets_io.refuse_existing(conn, name)
     if items is not None and not os.path.isfile(items):
         raise InputError(f"file not found: {items}")
-    nat = native(conn)
-    nat.execute("SELECT 1").fetchall()  # finish SQLAlchemy's last result on this connection
+    if conn.dialect.name == "duckdb":
+        nat = native(conn)
+        nat.execute("SELECT 1").fetchall()  # finish SQLAlchemy's last result on this connection
+        n = _import(nat, DuckDBBulk(nat), name, source, items, seed)
+    else:  # stage and validate in an in-memory DuckDB, stream the rows into the store
+        with tempfile.TemporaryDirectory(prefix="grove-import-") as spill:
+            nat = duckdb.connect()
+            try:
+                nat.execute("SET temp_directory = ?", [spill])
+                with import_settings(nat):
+                    n = _import(nat, bulk(conn), name, source, items, seed)
+            finally:
+                nat.close()
+    n_rows, n_users, n_items, path = n
+    datasets_io.insert_dataset_row(conn, name, path, n_users, n_items, n_rows, meta)
+    return datasets_io.get_dataset(conn, name)
+
+
+def _import(nat, sink: Bulk, name: str, source: InteractionFile, items: str | None, seed: int):
+    """Steps 1-4 on the DuckDB connection ``nat``, rows written through ``sink`` (the store's bulk
+    channel; on a DuckDB store, ``nat`` itself). Returns (rows, users, items, file path)."""
     layout = sniff_layout(source, lambda path: _parquet_types(nat, path))
     try:
         encoding = _stage(nat, layout)
         n_rows = _validate(nat, layout, encoding)
         n_users, n_items = _dense_ids(nat, "u", USERS), _dense_ids(nat, "i", ITEMS)
-        _insert_rows(nat, name, layout)
-        _insert_items(nat, name, items, seed)
+        _insert_rows(nat, sink, name, layout)
+        _insert_items(nat, sink, name, items, seed)
     except duckdb.OutOfMemoryException as e:
         raise GroveError(
             f"import of {layout.path} ran out of memory ({_first(e)}); raise {MEMORY_ENV} or free disk for spilling"
@@ -134,8 +159,7 @@ def import_file(
         raise InputError(f"{layout.path}: {what} ({_first(e)})") from None
     for table in STAGED_TABLES:
         nat.execute(f"DROP TABLE IF EXISTS {table}")
-    datasets_io.insert_dataset_row(conn, name, layout.path, n_users, n_items, n_rows, meta)
-    return datasets_io.get_dataset(conn, name)
+    return n_rows, n_users, n_items, layout.path
 
 
 def _first(exc: Exception) -> str:
@@ -363,27 +387,42 @@ def _dense_ids(nat, col: str, table: str) -> int:
     return int(nat.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
-def _insert_rows(nat, name: str, layout: Layout) -> None:
+BATCH_ROWS = 250_000  # rows per record batch streamed out of the staging DuckDB
+
+
+def _emit(nat, sink: Bulk, table: str, columns: str, select: str, params: list) -> None:
+    """``INSERT INTO table (columns) <select>`` where ``select`` runs on the DuckDB ``nat``: one
+    statement when the store is that DuckDB, else its rows streamed as record batches to ``sink``."""
+    if isinstance(sink, DuckDBBulk) and sink.nat is nat:
+        nat.execute(f"INSERT INTO {table} ({columns}) {select}", params)
+        return
+    nat.execute("SELECT 1").fetchall()  # .sql() refuses while an execute() result is unfinished
+    reader = nat.sql(select, params=params).to_arrow_reader(BATCH_ROWS)
+    sink.write_batches(table, [c.strip() for c in columns.split(",")], reader)
+
+
+def _insert_rows(nat, sink: Bulk, name: str, layout: Layout) -> None:
     rating = "CAST(s.rating AS DOUBLE)" if layout.cols["rating"] is not None else "NULL"
     behavior = "s.behavior" if layout.cols["behavior"] is not None else "NULL"
-    nat.execute(
-        f"""INSERT INTO interactions (dataset, user_id, item_id, ts, rating, behavior)
-        SELECT $1, u.id, i.id, s.ts, {rating}, {behavior}
+    _emit(
+        nat,
+        sink,
+        "interactions",
+        "dataset, user_id, item_id, ts, rating, behavior",
+        f"""SELECT $1, u.id, i.id, s.ts, {rating}, {behavior}
         FROM {STAGE} s JOIN {USERS} u ON s.u = u.raw JOIN {ITEMS} i ON s.i = i.raw
         ORDER BY s.rowid""",
         [name],
     )
     for table, ids, col in (("user_ids", USERS, "user_id"), ("item_ids", ITEMS, "item_id")):
-        nat.execute(f"INSERT INTO {table} (dataset, {col}, raw) SELECT $1, id, raw FROM {ids} ORDER BY id", [name])
+        _emit(nat, sink, table, f"dataset, {col}, raw", f"SELECT $1, id, raw FROM {ids} ORDER BY id", [name])
 
 
-def _insert_items(nat, name: str, items: str | None, seed: int) -> None:
+def _insert_items(nat, sink: Bulk, name: str, items: str | None, seed: int) -> None:
     """Items without categories in SQL; with ``items``, categories read in Python (I rows)."""
     if items is None:
-        nat.execute(
-            f"INSERT INTO items (dataset, item_id, category) SELECT $1, id, NULL FROM {ITEMS} ORDER BY id", [name]
-        )
+        _emit(nat, sink, "items", "dataset, item_id, category", f"SELECT $1, id, NULL FROM {ITEMS} ORDER BY id", [name])
         return
     raw = nat.execute(f"SELECT raw FROM {ITEMS} ORDER BY id").fetchnumpy()["raw"]
     item_raw = np.asarray(raw, dtype=object).astype(str)  # (I,) raw id of each dense item
-    datasets_io.write_items(nat, name, len(item_raw), read_item_categories(items, item_raw, seed))
+    datasets_io.write_items(sink, name, len(item_raw), read_item_categories(items, item_raw, seed))

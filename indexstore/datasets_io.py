@@ -1,9 +1,9 @@
 """Datasets and splits in the store's tables (interactions, id maps, categories, user roles).
 
-Functions take an open SQLAlchemy connection of the caller's transaction and move arrays with
-the native DuckDB connection underneath (pyarrow in, ``to_arrow_table`` out). Rows keep the
-order they were imported in (DuckDB preserves insertion order on plain scans), so a dataset
-reads back exactly as it was written.
+Functions take an open SQLAlchemy connection of the caller's transaction and move arrays through
+its bulk channel (`indexstore.backends`: pyarrow in, arrow out). Rows keep the order they were
+imported in (DuckDB's plain scans keep insertion order; on PostgreSQL the reads order by ctid),
+so a dataset reads back exactly as it was written.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from indexstore.engine import native
+from indexstore.backends import Bulk, bulk
 from indexstore.entities import DatasetInfo, SplitInfo, utcnow
 from indexstore.errors import GroveError, InputError, NotFoundError
-from indexstore.version_io import _insert, arrow
 
 ROLES = ("train", "valid", "test")
 
@@ -72,46 +71,36 @@ def import_dataset(conn: sa.Connection, name: str, inter, categories, source: st
     """Insert a new dataset (refuses a name already taken: datasets are immutable)."""
     refuse_existing(conn, name)
     _check_interactions(inter, categories)
-    nat = native(conn)
+    io = bulk(conn)
     cols = {
         "user_id": np.asarray(inter.user, np.int32),
         "item_id": np.asarray(inter.item, np.int32),
         "ts": np.asarray(inter.ts, np.int64),
     }
-    select = "$1, user_id, item_id, ts"
-    if inter.rating is not None:
+    if inter.rating is not None:  # absent columns stay NULL
         cols["rating"] = np.asarray(inter.rating, np.float64)
-    select += ", rating" if inter.rating is not None else ", NULL"
     if inter.behavior is not None:
         cols["behavior"] = _strings(inter.behavior)
-    select += ", behavior" if inter.behavior is not None else ", NULL"
-    _insert(nat, "interactions", "dataset, user_id, item_id, ts, rating, behavior", select, pa.table(cols), [name])
+    io.write("interactions", pa.table(cols), {"dataset": name})
     for table, raw in (("user_ids", inter.user_raw), ("item_ids", inter.item_raw)):
-        ids = pa.table({"id": np.arange(len(raw), dtype=np.int32), "raw": _strings(raw)})
         col = "user_id" if table == "user_ids" else "item_id"
-        _insert(nat, table, f"dataset, {col}, raw", "$1, id, raw", ids, [name])
-    write_items(nat, name, len(inter.item_raw), categories)
+        io.write(table, pa.table({col: np.arange(len(raw), dtype=np.int32), "raw": _strings(raw)}), {"dataset": name})
+    write_items(io, name, len(inter.item_raw), categories)
     insert_dataset_row(conn, name, source, len(inter.user_raw), len(inter.item_raw), int(inter.user.shape[0]), meta)
     return get_dataset(conn, name)
 
 
-def write_items(nat, name: str, n_items: int, categories) -> None:
+def write_items(io: Bulk, name: str, n_items: int, categories) -> None:
     """``items`` rows (the kept category per dense item, NULL without ``categories``) and the
     ``item_categories`` pairs of an `ItemCategories` over ``n_items`` items."""
     kept = categories.kept if categories is not None else np.full(n_items, None, object)
-    _insert(
-        nat,
-        "items",
-        "dataset, item_id, category",
-        "$1, id, category",
-        pa.table({"id": np.arange(len(kept), dtype=np.int32), "category": _strings(kept)}),
-        [name],
-    )
+    items = pa.table({"item_id": np.arange(len(kept), dtype=np.int32), "category": _strings(kept)})
+    io.write("items", items, {"dataset": name})
     if categories is not None and len(categories.pair_item):
         pairs = pa.table(
-            {"id": np.asarray(categories.pair_item, np.int32), "category": _strings(categories.pair_category)}
+            {"item_id": np.asarray(categories.pair_item, np.int32), "category": _strings(categories.pair_category)}
         )
-        _insert(nat, "item_categories", "dataset, item_id, category", "$1, id, category", pairs, [name])
+        io.write("item_categories", pairs, {"dataset": name})
 
 
 def insert_dataset_row(
@@ -131,8 +120,8 @@ def insert_dataset_row(
     )
 
 
-def _raw(nat, table: str, col: str, name: str) -> np.ndarray:
-    t = arrow(nat, f"SELECT {col}, raw FROM {table} WHERE dataset = $1", [name])
+def _raw(io: Bulk, table: str, col: str, name: str) -> np.ndarray:
+    t = io.arrow(f"SELECT {col}, raw FROM {table} WHERE dataset = $1", [name])
     ids = np.asarray(t.column(col)).astype(np.int64)
     out = np.empty(ids.shape[0], dtype=object)
     out[ids] = t.column("raw").to_numpy(zero_copy_only=False)
@@ -144,8 +133,11 @@ def load_interactions(conn: sa.Connection, name: str):
     from indexstore.interactions import Interactions
 
     get_dataset(conn, name)
-    nat = native(conn)
-    t = arrow(nat, "SELECT user_id, item_id, ts, rating, behavior FROM interactions WHERE dataset = $1", [name])
+    io = bulk(conn)
+    t = io.arrow(
+        "SELECT user_id, item_id, ts, rating, behavior FROM interactions WHERE dataset = $1" + io.in_insert_order,
+        [name],
+    )
     rating_col, behavior_col = t.column("rating"), t.column("behavior")
     rating = (
         None
@@ -163,8 +155,8 @@ def load_interactions(conn: sa.Connection, name: str):
         np.asarray(t.column("ts")).astype(np.int64),
         rating,
         behavior,
-        _raw(nat, "user_ids", "user_id", name),
-        _raw(nat, "item_ids", "item_id", name),
+        _raw(io, "user_ids", "user_id", name),
+        _raw(io, "item_ids", "item_id", name),
     )
 
 
@@ -174,32 +166,29 @@ def load_positives(conn: sa.Connection, name: str, positive_rating: float | None
     time, import order), sorted by DuckDB: only two int32 columns reach Python, not the whole
     table with its raw ids (`indexstore.protocol.split_data_from_positives`)."""
     get_dataset(conn, name)
-    nat = native(conn)
-    nat.execute("SELECT 1").fetchall()  # finish SQLAlchemy's pending result (see `arrow`)
-    rated = nat.execute("SELECT count(rating) FROM interactions WHERE dataset = $1", [name]).fetchone()[0]
+    rated = conn.execute(sa.text("SELECT count(rating) FROM interactions WHERE dataset = :d"), {"d": name}).scalar()
+    io = bulk(conn)
     where, params = "dataset = $1", [name]
     if rated and positive_rating is not None:  # float32 comparison, as `protocol.positive_mask`
-        where, params = where + " AND CAST(rating AS FLOAT) >= CAST($2 AS FLOAT)", [name, str(positive_rating)]
-    cols = nat.execute(
-        f"SELECT user_id, item_id FROM interactions WHERE {where} ORDER BY user_id, ts, rowid", params
-    ).fetchnumpy()
+        where, params = where + " AND CAST(rating AS REAL) >= CAST($2 AS REAL)", [name, str(positive_rating)]
+    cols = io.numpy(f"SELECT user_id, item_id FROM interactions WHERE {where} ORDER BY user_id, ts, {io.rowid}", params)
     return np.asarray(cols["user_id"], dtype=np.int32), np.asarray(cols["item_id"], dtype=np.int32)
 
 
 def item_raw_ids(conn: sa.Connection, name: str) -> np.ndarray:
     get_dataset(conn, name)
-    return _raw(native(conn), "item_ids", "item_id", name)
+    return _raw(bulk(conn), "item_ids", "item_id", name)
 
 
 def user_raw_ids(conn: sa.Connection, name: str) -> np.ndarray:
     get_dataset(conn, name)
-    return _raw(native(conn), "user_ids", "user_id", name)
+    return _raw(bulk(conn), "user_ids", "user_id", name)
 
 
 def item_category_codes(conn: sa.Connection, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(codes (n_items,) int32 with -1 for none, names (C,) str sorted) of the kept categories."""
     info = get_dataset(conn, name)
-    t = arrow(native(conn), "SELECT item_id, category FROM items WHERE dataset = $1", [name])
+    t = bulk(conn).arrow("SELECT item_id, category FROM items WHERE dataset = $1", [name])
     ids = np.asarray(t.column("item_id")).astype(np.int64)
     cat = t.column("category").combine_chunks()
     has = np.asarray(cat.is_valid())  # (rows,) bool -- items with a category
@@ -253,13 +242,10 @@ def write_split(conn: sa.Connection, dataset: str, name: str, assignment, config
         raise GroveError(f"split role {roles[bad[0]]!r} is not one of {', '.join(ROLES)}")
     if users.size and (users.min() < 0 or users.max() >= info.n_users):
         raise GroveError(f"a split user is outside [0, {info.n_users})")
-    _insert(
-        native(conn),
+    bulk(conn).write(
         "split_users",
-        "dataset, split, user_id, role",
-        "$1, $2, u, r",
-        pa.table({"u": users, "r": pa.array(roles, type=pa.string())}),
-        [dataset, name],
+        pa.table({"user_id": users, "role": pa.array(roles, type=pa.string())}),
+        {"dataset": dataset, "split": name},
     )
     counts = {r: int((roles == r).sum()) for r in ROLES}
     full = {**dict(getattr(assignment, "config", {}) or {}), **(config or {})}
@@ -283,10 +269,8 @@ def load_assignment(conn: sa.Connection, dataset: str, name: str):
     from indexstore.protocol import SplitAssignment
 
     info = get_split(conn, dataset, name)
-    t = arrow(
-        native(conn),
-        "SELECT user_id, role FROM split_users WHERE dataset = $1 AND split = $2 ORDER BY user_id",
-        [dataset, name],
+    t = bulk(conn).arrow(
+        "SELECT user_id, role FROM split_users WHERE dataset = $1 AND split = $2 ORDER BY user_id", [dataset, name]
     )
     users = np.asarray(t.column("user_id")).astype(np.int32)
     roles = np.asarray(t.column("role").to_numpy(zero_copy_only=False)).astype(str)

@@ -21,6 +21,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from indexstore import aliases, bulk_import, datasets_io, metrics_io, staging, version_io
+from indexstore.backends import bulk
 from indexstore.diff import VersionDiff, diff_structures
 from indexstore.engine import check_schema, connect, default_url, make_engine, native, read_only, transaction
 from indexstore.entities import AliasEvent, DatasetInfo, MetricRow, SplitInfo, VersionInfo, utcnow
@@ -116,6 +117,9 @@ class Store:
             raise GroveError(f"import_file takes an InteractionFile, got {source!r}")
         conn = connect(self._engine)
         try:
+            if conn.dialect.name != "duckdb":  # staged in an in-memory DuckDB (`bulk_import`)
+                with conn.begin():
+                    return bulk_import.import_file(conn, name, source, items, seed, meta or {})
             with bulk_import.import_settings(native(conn)):  # outside the transaction: restored after it
                 with conn.begin():
                     return bulk_import.import_file(conn, name, source, items, seed, meta or {})
@@ -266,9 +270,8 @@ class Store:
                 "note": note,
             }
             vid = version_io.insert_version_row(conn, row, structure)
-            nat = native(conn)
-            version_io.write_structure(nat, vid, structure)
-            version_io.write_artifacts(nat, vid, {k: bytes(v) for k, v in artifacts.items()})
+            version_io.write_structure(bulk(conn), vid, structure)
+            version_io.write_artifacts(conn, vid, {k: bytes(v) for k, v in artifacts.items()})
             return self._get_version(conn, vid)
 
     def stage_version(self, version: dict, structure: Structure, artifacts: dict[str, bytes]):
@@ -289,14 +292,13 @@ class Store:
         """The version, its structure (validated) and its artifacts (sha256 verified)."""
         with self._tx() as conn:
             info = self._get_version(conn, version_id)
-            nat = native(conn)
-            structure = version_io.read_structure(nat, info.id, info.kind, info.shape)
-            return info, structure, version_io.read_artifacts(nat, info.id)
+            structure = version_io.read_structure(bulk(conn), info.id, info.kind, info.shape)
+            return info, structure, version_io.read_artifacts(conn, info.id)
 
     def read_structure(self, version_id: int) -> Structure:
         with self._tx() as conn:
             info = self._get_version(conn, version_id)
-            return version_io.read_structure(native(conn), info.id, info.kind, info.shape)
+            return version_io.read_structure(bulk(conn), info.id, info.kind, info.shape)
 
     def version(self, version_id: int) -> VersionInfo:
         with self._tx() as conn:
@@ -307,7 +309,8 @@ class Store:
             if index_name is not None:
                 self._require_index(conn, index_name)
             rows = conn.execute(
-                sa.text("SELECT * FROM versions WHERE :i IS NULL OR index_name = :i ORDER BY id"), {"i": index_name}
+                sa.text("SELECT * FROM versions WHERE CAST(:i AS VARCHAR) IS NULL OR index_name = :i ORDER BY id"),
+                {"i": index_name},
             )
             return [_version_info(r) for r in rows]
 

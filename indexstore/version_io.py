@@ -1,9 +1,9 @@
-"""Moving index structures in and out of the store's tables with DuckDB's bulk paths.
+"""Moving index structures in and out of the store's tables through the bulk paths.
 
-Every function here takes the *native* DuckDB connection of an open transaction
-(`indexstore.engine.native`) so that the caller decides the transaction; arrays travel as
-pyarrow tables registered on the connection (``INSERT INTO t SELECT ... FROM registered``) and
-come back with ``fetchnumpy`` / ``to_arrow_table``, never row by row.
+Every function here takes the bulk channel of an open transaction (`indexstore.backends.bulk`:
+DuckDB's registered arrow tables, or PostgreSQL's COPY) so that the caller decides the
+transaction; arrays travel as pyarrow tables and come back as arrow/numpy, never row by row.
+Artifacts (few rows, bytes) go through the SQLAlchemy connection.
 
 Layout (DESIGN.md):
 
@@ -20,39 +20,16 @@ through its validating constructor, so a broken stored structure raises `Structu
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 
 import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
+from indexstore.backends import Bulk
 from indexstore.entities import utcnow
 from indexstore.errors import IntegrityError, StructureError
 from indexstore.structures import Forest, PathCodes, Structure, Tree
-
-_tmp_names = itertools.count()
-
-
-def arrow(nat, sql: str, params: list) -> pa.Table:
-    """Run a query on the native connection and return a pyarrow Table (no row objects).
-
-    ``con.sql(...).to_arrow_table()`` is ~3x faster than arrow from an ``execute`` result, but
-    refuses to run while SQLAlchemy's last statement has an unfinished result on the same
-    connection: finish that first with a trivial fully-fetched statement.
-    """
-    nat.execute("SELECT 1").fetchall()
-    return nat.sql(sql, params=params).to_arrow_table()
-
-
-def _insert(nat, table: str, columns: str, select: str, data: pa.Table, params: list) -> None:
-    """``INSERT INTO table (columns) SELECT select FROM <data>`` through a registered view."""
-    name = f"_grove_in_{next(_tmp_names)}"
-    nat.register(name, data)
-    try:
-        nat.execute(f"INSERT INTO {table} ({columns}) SELECT {select} FROM {name}", params)
-    finally:
-        nat.unregister(name)
 
 
 # --------------------------------------------------------------------------------- shapes
@@ -121,37 +98,21 @@ def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
 
 
-def write_tree(nat, version_id: int, tree_no: int, tree: Tree) -> None:
+def write_tree(bulk: Bulk, version_id: int, tree_no: int, tree: Tree) -> None:
     """Insert the nodes and leaf paths of one tree."""
     m = tree.n_nodes
     nodes = pa.table(
         {"node": np.arange(m, dtype=np.int64), "level": tree.level, "parent": tree.parent, "item": tree.item}
     )
-    _insert(
-        nat,
-        "nodes",
-        "version_id, tree, node, level, parent, item",
-        "$1, $2, node, level, parent, item",
-        nodes,
-        [version_id, tree_no],
-    )
+    bulk.write("nodes", nodes, {"version_id": version_id, "tree": tree_no})
     leaves, lengths, values = leaf_paths(tree)
     paths = pa.table({"item": tree.item[leaves], "leaf": leaves, "path": _list_array(lengths, values)})
-    _insert(
-        nat,
-        "item_paths",
-        "version_id, tree, item, leaf, path, score",
-        "$1, $2, item, leaf, path, NULL",
-        paths,
-        [version_id, tree_no],
-    )
+    bulk.write("item_paths", paths, {"version_id": version_id, "tree": tree_no})  # score NULL
 
 
-def read_tree(nat, version_id: int, tree_no: int, n_nodes: int, n_items: int, arity: int) -> Tree:
+def read_tree(bulk: Bulk, version_id: int, tree_no: int, n_nodes: int, n_items: int, arity: int) -> Tree:
     """Rebuild one tree from ``nodes`` (validated: a broken structure raises StructureError)."""
-    cols = nat.execute(
-        "SELECT node, parent, item FROM nodes WHERE version_id = $1 AND tree = $2", [version_id, tree_no]
-    ).fetchnumpy()
+    cols = bulk.numpy("SELECT node, parent, item FROM nodes WHERE version_id = $1 AND tree = $2", [version_id, tree_no])
     node = np.asarray(cols["node"], dtype=np.int64)
     if node.shape[0] != n_nodes:
         raise IntegrityError(
@@ -171,7 +132,7 @@ def read_tree(nat, version_id: int, tree_no: int, n_nodes: int, n_items: int, ar
 
 
 # ---------------------------------------------------------------------------------- codes
-def write_codes(nat, version_id: int, codes: PathCodes) -> None:
+def write_codes(bulk: Bulk, version_id: int, codes: PathCodes) -> None:
     """One item_paths row per (item, j): tree = j, D codes, score."""
     n, j, d = codes.codes.shape
     lengths = np.full(n * j, d, dtype=np.int32)
@@ -183,19 +144,12 @@ def write_codes(nat, version_id: int, codes: PathCodes) -> None:
             "score": codes.scores.reshape(-1).astype(np.float64),
         }
     )
-    _insert(
-        nat,
-        "item_paths",
-        "version_id, tree, item, leaf, path, score",
-        "$1, tree, item, NULL, path, score",
-        table,
-        [version_id],
-    )
+    bulk.write("item_paths", table, {"version_id": version_id})  # leaf NULL
 
 
-def read_codes(nat, version_id: int, n_items: int, n_paths: int, depth: int, arity: int) -> PathCodes:
+def read_codes(bulk: Bulk, version_id: int, n_items: int, n_paths: int, depth: int, arity: int) -> PathCodes:
     """Rebuild the PathCodes of a codes version (validated)."""
-    t = arrow(nat, "SELECT tree, item, path, score FROM item_paths WHERE version_id = $1", [version_id])
+    t = bulk.arrow("SELECT tree, item, path, score FROM item_paths WHERE version_id = $1", [version_id])
     rows = n_items * n_paths
     if t.num_rows != rows:
         raise IntegrityError(f"version {version_id} has {t.num_rows} path rows stored, expected {rows}")
@@ -242,41 +196,42 @@ def insert_version_row(conn, row: dict, structure: Structure) -> int:
 
 
 # ------------------------------------------------------------------------------ structure
-def write_structure(nat, version_id: int, structure: Structure) -> None:
+def write_structure(bulk: Bulk, version_id: int, structure: Structure) -> None:
     if isinstance(structure, PathCodes):
-        write_codes(nat, version_id, structure)
+        write_codes(bulk, version_id, structure)
         return
     trees = structure.trees if isinstance(structure, Forest) else (structure,)
     for t, tree in enumerate(trees):
-        write_tree(nat, version_id, t, tree)
+        write_tree(bulk, version_id, t, tree)
 
 
-def read_structure(nat, version_id: int, kind: str, shape: dict) -> Structure:
+def read_structure(bulk: Bulk, version_id: int, kind: str, shape: dict) -> Structure:
     if kind == "codes":
-        return read_codes(nat, version_id, shape["n_items"], shape["n_paths"], shape["depth"], shape["arity"])
+        return read_codes(bulk, version_id, shape["n_items"], shape["n_paths"], shape["depth"], shape["arity"])
     arities = shape.get("arities") or [shape["arity"]] * shape["n_trees"]
     trees = [
-        read_tree(nat, version_id, t, shape["n_nodes"][t], shape["n_items"], arities[t])
+        read_tree(bulk, version_id, t, shape["n_nodes"][t], shape["n_items"], arities[t])
         for t in range(shape["n_trees"])
     ]
     return trees[0] if kind == "tree" else Forest(tuple(trees))
 
 
 # ------------------------------------------------------------------------------ artifacts
-def write_artifacts(nat, version_id: int, artifacts: dict[str, bytes]) -> None:
+def write_artifacts(conn: sa.Connection, version_id: int, artifacts: dict[str, bytes]) -> None:
+    """One row per artifact (BLOB / BYTEA) with its sha256 and size."""
     for name, data in sorted(artifacts.items()):
-        nat.execute(
-            "INSERT INTO artifacts (version_id, name, sha256, size, data) VALUES ($1, $2, $3, $4, $5)",
-            [version_id, name, hashlib.sha256(data).hexdigest(), len(data), bytes(data)],
+        conn.execute(
+            sa.text("INSERT INTO artifacts (version_id, name, sha256, size, data) VALUES (:v, :n, :h, :s, :d)"),
+            {"v": version_id, "n": name, "h": hashlib.sha256(data).hexdigest(), "s": len(data), "d": bytes(data)},
         )
 
 
-def read_artifacts(nat, version_id: int) -> dict[str, bytes]:
+def read_artifacts(conn: sa.Connection, version_id: int) -> dict[str, bytes]:
     """All artifacts of a version; raises IntegrityError when bytes do not match their sha256."""
     out = {}
-    for name, sha, size, data in nat.execute(
-        "SELECT name, sha256, size, data FROM artifacts WHERE version_id = $1 ORDER BY name", [version_id]
-    ).fetchall():
+    for name, sha, size, data in conn.execute(
+        sa.text("SELECT name, sha256, size, data FROM artifacts WHERE version_id = :v ORDER BY name"), {"v": version_id}
+    ).all():
         data = bytes(data) if data is not None else b""
         if hashlib.sha256(data).hexdigest() != sha or len(data) != size:
             raise IntegrityError(

@@ -27,10 +27,10 @@ _names = itertools.count()
 _TABLES = ("datasets", "interactions", "user_ids", "item_ids", "items", "item_categories")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Store:
-    """One store for the module: every test imports under fresh names."""
-    url = f"duckdb:///{tmp_path_factory.mktemp('bulk') / 'grove.duckdb'}"
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def store(new_store_url, request) -> Store:
+    """One store per backend for the module: every test imports under fresh names."""
+    url = new_store_url(request.param, "bulk")
     Store.init(url)
     return Store.open(url)
 
@@ -265,12 +265,12 @@ def test_ml_1m_subset_and_ml_latest_small(store, shared_datasets):
     )
 
 
-def test_cli_import_streams(tmp_path, capsys, monkeypatch):
+def test_cli_import_streams(tmp_path, capsys, monkeypatch, store_url):
     """`grove data import` goes through the streaming path, not read_interactions."""
     import indexstore.readers as readers
 
     monkeypatch.setattr(readers, "read_interactions", lambda *a, **k: pytest.fail("read in memory"))
-    url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    url = store_url
     Store.init(url)
     p = tmp_path / "r.csv"
     p.write_text(_standard_body())
@@ -285,7 +285,10 @@ def _state(store: Store):
     counts = ", ".join(f"(SELECT count(*) FROM {t})" for t in _TABLES)
     return (
         store.query(f"SELECT {counts}")[1],
-        store.query("SELECT table_name FROM duckdb_tables() ORDER BY 1")[1],
+        store.query(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+        )[1],
         [d.name for d in store.list_datasets()],
     )
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
+from indexstore.engine import make_engine
 from indexstore.entities import MetricRow
 from indexstore.errors import GroveError, IntegrityError, NotFoundError, StructureError
 from indexstore.store import Store
@@ -18,8 +19,12 @@ def store(store_url) -> Store:
     return Store.open(store_url)
 
 
-def _path(url: str) -> str:
-    return url.removeprefix("duckdb:///")
+def _tamper(url: str, sql: str, params: dict) -> None:
+    """Change stored rows behind the store's back (either backend)."""
+    engine = make_engine(url)
+    with engine.begin() as con:
+        con.execute(sa.text(sql), params)
+    engine.dispose()
 
 
 def ragged_tree(n: int, seed: int) -> Tree:
@@ -91,18 +96,14 @@ def test_codes_round_trip_exact(store):
 
 def test_tampered_artifact_is_refused(store, store_url):
     info = store.write_version("t", "tdm", ragged_tree(20, 0), {}, artifacts={"w": b"abcdef"})
-    con = duckdb.connect(_path(store_url))
-    con.execute("UPDATE artifacts SET data = 'abcdeX'::BLOB WHERE version_id = ?", [info.id])
-    con.close()
+    _tamper(store_url, "UPDATE artifacts SET data = :d WHERE version_id = :v", {"d": b"abcdeX", "v": info.id})
     with pytest.raises(IntegrityError, match="sha256"):
         store.read_version(info.id)
 
 
 def test_broken_stored_structure_is_refused(store, store_url):
     info = store.write_version("t", "tdm", ragged_tree(20, 0), {})
-    con = duckdb.connect(_path(store_url))
-    con.execute("UPDATE nodes SET parent = node WHERE version_id = ? AND node = 5", [info.id])  # a cycle
-    con.close()
+    _tamper(store_url, "UPDATE nodes SET parent = node WHERE version_id = :v AND node = 5", {"v": info.id})  # cycle
     with pytest.raises(StructureError, match="broken"):
         store.read_structure(info.id)
 

@@ -5,7 +5,9 @@ TABLE is crippled on tables that have them, and bulk loads slow down); relations
 in code. Primary keys only on small tables that are looked up by key.
 
 PostgreSQL (same history, same head): the same tables with its spelling of two types,
-DOUBLE -> DOUBLE PRECISION and BLOB -> BYTEA (`_columns`); everything else is common SQL.
+DOUBLE -> DOUBLE PRECISION and BLOB -> BYTEA (`_columns`), and one more column,
+``interactions.pos BIGINT`` (the row's position in its dataset): a heap reuses the space of
+rolled-back rows, so unlike DuckDB's rowid its physical order is not the insertion order.
 
 Revision ID: 0001
 Revises:
@@ -56,7 +58,8 @@ def _columns(columns: str) -> str:
     """The column list in the dialect of the connection (DuckDB's text unchanged)."""
     if op.get_bind().dialect.name != "postgresql":
         return columns
-    return re.sub(r"\bDOUBLE\b", "DOUBLE PRECISION", columns).replace("BLOB", "BYTEA")
+    columns = re.sub(r"\bDOUBLE\b", "DOUBLE PRECISION", columns).replace("BLOB", "BYTEA")
+    return columns + ", pos BIGINT" if columns.startswith("dataset VARCHAR, user_id") else columns
 
 
 def upgrade() -> None:
