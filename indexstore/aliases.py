@@ -13,6 +13,12 @@ from. Two rollbacks in a row therefore go back two steps instead of toggling. ``
 record a candidate that was not promoted; they do not move the alias.
 
 Functions take an open SQLAlchemy connection (the caller's transaction).
+
+Concurrent moves: DuckDB has one writing process per file, so moves are serial already. On
+PostgreSQL `lock` takes a transaction-scoped advisory lock on (index, alias) before the caller
+reads the alias: a second mover waits, then reads the first one's committed move, so every
+move is logged exactly once with the right ``from_version``. An advisory lock rather than
+``SELECT ... FOR UPDATE`` because the first move of an alias has no row to lock.
 """
 
 from __future__ import annotations
@@ -88,12 +94,21 @@ def _append(
     return _event(row)
 
 
+def lock(conn: sa.Connection, index: str, alias: str) -> None:
+    """Serialise moves of ``alias`` of ``index`` until the transaction ends (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtext('grove alias'), hashtext(:k))"), {"k": f"{index}\x1f{alias}"}
+        )
+
+
 def move(
     conn: sa.Connection, index: str, alias: str, version_id: int, reason: str | None, action: str = "set"
 ) -> AliasEvent:
     """Point ``alias`` at ``version_id`` (or only log a 'reject') and append the event."""
     if action not in ACTIONS:
         raise GroveError(f"unknown alias action {action!r}; expected one of {', '.join(ACTIONS)}")
+    lock(conn, index, alias)  # a no-op when the caller holds it already
     before = current(conn, index, alias)
     if action != "reject":
         conn.execute(

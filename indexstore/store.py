@@ -403,6 +403,7 @@ class Store:
         """Move ``alias`` back (to ``to``, or to the version before the current one); logged."""
         with self._tx() as conn:
             self._require_index(conn, index_name)
+            aliases.lock(conn, index_name, alias)  # the target is read under the lock
             if aliases.current(conn, index_name, alias) is None:
                 raise NotFoundError(f"index {index_name!r} has no alias {alias!r}")
             target = aliases.rollback_target(conn, index_name, alias) if to is None else to

@@ -67,3 +67,32 @@ def test_alias_errors_leave_log_unchanged(store):
     with pytest.raises(GroveError, match="unknown alias action"):
         store.set_alias("idx", "production", a, action="delete")
     assert len(store.alias_history("idx")) == 1
+
+
+def test_concurrent_moves_are_serialised_and_logged_once(pg_server):
+    """Issue 27 (3): movers racing on one alias of a server store each log exactly one event and
+    the log is a chain (every move starts where the previous one left the alias)."""
+    import threading
+
+    url = pg_server.database("alias_race")
+    Store.init(url)
+    store = Store.open(url)
+    versions = [store.write_version("ix", "tdm", _tree(), {}).id for _ in range(4)]
+    start, moves = threading.Barrier(6), 5
+
+    def mover(k: int) -> None:
+        own = Store.open(url)  # its own connections, as another process would have
+        start.wait()
+        for m in range(moves):
+            own.set_alias("ix", "production", versions[(k + m) % 4], reason=f"{k}/{m}")
+
+    threads = [threading.Thread(target=mover, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log = store.alias_history("ix", "production")
+    assert sorted(e.reason for e in log) == sorted(f"{k}/{m}" for k in range(6) for m in range(moves))
+    assert log[0].from_version is None
+    assert all(b.from_version == a.to_version for a, b in zip(log, log[1:]))
+    assert store.aliases("ix")["production"] == log[-1].to_version
