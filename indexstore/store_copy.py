@@ -14,6 +14,10 @@ aliases, alias events, metrics) row for row, and every artifact's SHA-256 recomp
 bytes read back from the destination. Any failure rolls it all back (a DuckDB file the copy
 created is removed), so the destination is as it was.
 
+``interactions`` has one more column on PostgreSQL, ``pos`` (a row's position in its dataset,
+from 0: a heap's order is not the insertion order): a PostgreSQL source is read in that order,
+and positions are counted again, in the source's order, when a DuckDB store is copied there.
+
 The source is read in one read-only transaction (PostgreSQL: repeatable read, a consistent
 snapshot while others write; DuckDB: a read-only open, which keeps writers out meanwhile).
 """
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
@@ -36,6 +41,10 @@ from indexstore.errors import GroveError, IntegrityError
 
 CHUNK_ROWS = 500_000
 SEQUENCES = (("version_id_seq", "versions", "id"), ("alias_event_id_seq", "alias_events", "id"))
+# table -> (its position column on PostgreSQL, the partition positions count in); the one column
+# that may differ between the engines' schemas (left NULL where the engine's writers leave it)
+POSITION = "pos"
+POSITIONED = {"interactions": (POSITION, "dataset")}
 SMALL = ("datasets", "splits", "indexes", "versions", "aliases", "alias_events", "metrics")
 Progress = Callable[[str, int, int], None]  # (table, rows copied so far, rows in the table)
 
@@ -82,17 +91,17 @@ def copy_store(
 
 
 def _copy_all(src: sa.Connection, dst: sa.Connection, progress: Progress | None, chunk_rows: int):
-    tables = _columns(src)
     theirs = _columns(dst)
-    if theirs != tables:
-        raise GroveError("source and destination schemas differ after the upgrade to head; cannot copy")
     rows = {}
-    for table, columns in tables.items():
+    for table, ours in _columns(src).items():
+        columns, order, position = _plan(table, ours, theirs.get(table))
         total = _count(src, table)
         step = 1 if table == "artifacts" else chunk_rows
-        done = 0
-        for chunk in _read_chunks(src, table, columns, step):
-            _append(dst, table, columns, chunk)
+        done, counters = 0, {}
+        for chunk in _read_chunks(src, table, columns, step, order):
+            if position:
+                chunk = _with_positions(chunk, table, counters)
+            _append(dst, table, chunk.column_names, chunk)
             done += chunk.num_rows
             if progress is not None:
                 progress(table, done, total)
@@ -101,6 +110,38 @@ def _copy_all(src: sa.Connection, dst: sa.Connection, progress: Progress | None,
         rows[table] = done
     _advance_sequences(dst)
     return (rows, *_verify(src, dst, rows))
+
+
+def _plan(table: str, ours: list[str], theirs: list[str] | None) -> tuple[list[str], str, bool]:
+    """(columns to copy, ORDER BY of the read, whether to add positions) for one table.
+
+    The schemas are the same but for `POSITIONED` tables: on PostgreSQL their rows carry their
+    position in their dataset (a heap's order is not the insertion order); read from there in
+    that order, and counted again when written there from DuckDB (whose rowid is the order)."""
+    if theirs is None:
+        raise GroveError(f"the destination has no table {table} after the upgrade to head; cannot copy")
+    pos, part = POSITIONED.get(table, (POSITION, ""))
+    if (set(ours) ^ set(theirs)) - {POSITION}:
+        raise GroveError(f"table {table} has other columns in the source and the destination; cannot copy")
+    columns = [c for c in ours if c in theirs]  # a position the other side lacks stays behind
+    if not part:
+        return columns, "", False
+    return columns, f' ORDER BY "{part}", "{pos}"' if pos in ours else "", pos in theirs and pos not in ours
+
+
+def _with_positions(chunk: pa.Table, table: str, counters: dict[str, int]) -> pa.Table:
+    """``chunk`` with its rows' positions in their partition (dataset), from 0, continuing the
+    counts of the chunks before (``counters``, updated)."""
+    pos, part = POSITIONED[table]
+    encoded = chunk.column(part).combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    out = np.empty(chunk.num_rows, dtype=np.int64)
+    for k, name in enumerate(encoded.dictionary.to_pylist()):
+        at = codes == k
+        start = counters.get(name, 0)
+        out[at] = np.arange(start, start + int(at.sum()), dtype=np.int64)
+        counters[name] = start + int(at.sum())
+    return chunk.append_column(pos, pa.array(out))
 
 
 # ------------------------------------------------------------------------------ the stores
@@ -187,19 +228,19 @@ def _select(table: str, columns: list[str]) -> str:
     return f'SELECT {names} FROM "{table}"'
 
 
-def _read_chunks(conn: sa.Connection, table: str, columns: list[str], rows: int) -> Iterator[pa.Table]:
-    """The table's rows in its stored order, ``rows`` at a time, as arrow tables."""
+def _read_chunks(conn: sa.Connection, table: str, columns: list[str], rows: int, order: str = "") -> Iterator[pa.Table]:
+    """The table's rows in its stored order (or ``order``), ``rows`` at a time, as arrow tables."""
     if _backend(conn) == "duckdb":
         nat = native(conn)
         nat.execute("SELECT 1").fetchall()  # a relation refuses to run beside an unfinished result
-        reader = nat.sql(_select(table, columns)).to_arrow_reader(rows)  # streams
+        reader = nat.sql(_select(table, columns) + order).to_arrow_reader(rows)  # streams
         for batch in reader:
             if batch.num_rows:
                 yield pa.Table.from_batches([batch])
         return
     cur = native(conn).cursor(name=f"grove_copy_{table}")  # server-side
     try:
-        cur.execute(_select(table, columns))
+        cur.execute(_select(table, columns) + order)
         while batch := cur.fetchmany(rows):
             yield pa.table({c: pa.array([_plain(r[i]) for r in batch]) for i, c in enumerate(columns)})
     finally:

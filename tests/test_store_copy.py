@@ -125,6 +125,9 @@ def test_copy_round_trips_through_postgresql(src, tmp_path, capsys, pg_server):
     back = f"duckdb:///{tmp_path / 'back.duckdb'}"
     try:
         assert _grove(capsys, "store", "copy", src, server)[0] == 0
+        assert _views(capsys, server) == _views(capsys, src)
+        theirs, ours = Store.open(server).load_interactions("synth"), Store.open(src).load_interactions("synth")
+        assert all(np.array_equal(getattr(theirs, f), getattr(ours, f)) for f in ("user", "item", "ts"))
         assert _grove(capsys, "store", "copy", server, back)[0] == 0
         assert _views(capsys, back) == _views(capsys, src)
         assert _table_rows(back) == _table_rows(src)
