@@ -97,7 +97,7 @@ def _copy_all(src: sa.Connection, dst: sa.Connection, progress: Progress | None,
         columns, order, position = _plan(table, ours, theirs.get(table))
         total = _count(src, table)
         step = 1 if table == "artifacts" else chunk_rows
-        done, counters = 0, {}
+        done, counters = 0, dict[str, int]()
         for chunk in _read_chunks(src, table, columns, step, order):
             if position:
                 chunk = _with_positions(chunk, table, counters)
