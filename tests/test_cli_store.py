@@ -63,10 +63,10 @@ def test_data_and_versions_commands(capsys, store_url, tmp_path):
     store.write_version("dr", "dr", PathCodes(np.array([[[0, 1]], [[1, 1]]]), np.zeros((2, 1)), 2), {})
 
 
-@pytest.fixture(scope="module")
-def shared_store(tmp_path_factory) -> str:
-    """One initialised store for the bad-input cases (each must leave it unchanged)."""
-    url = f"duckdb:///{tmp_path_factory.mktemp('cli') / 'grove.duckdb'}"
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def shared_store(new_store_url, request) -> str:
+    """One initialised store per backend for the bad-input cases (each must leave it unchanged)."""
+    url = new_store_url(request.param, "cli")
     Store.init(url)
     Store.open(url).write_version("idx", "tdm", Tree.from_paths(np.array([[0], [1]]), np.array([0, 1]), 2, 2), {})
     return url

@@ -19,9 +19,9 @@ def prefect_server():
         yield
 
 
-@pytest.fixture(scope="module")
-def synth_store(make_synth_store) -> str:
-    return make_synth_store("flows", n_items=300, n_users=400, seed=1)
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def synth_store(make_synth_store, request) -> str:
+    return make_synth_store("flows", n_items=300, n_users=400, seed=1, backend=request.param)
 
 
 def test_construct_train_relearn_evaluate_flows(prefect_server, synth_store):

@@ -57,9 +57,9 @@ def recall_row(value: float, k: int = 10, beam: int | None = 50, filtered: bool 
     return MetricRow(role="valid", name="recall", k=k, value=value, beam=beam, filtered=filtered)
 
 
-@pytest.fixture(scope="module")
-def gate_store(tmp_path_factory):
-    url = f"duckdb:///{tmp_path_factory.mktemp('gate') / 'g.duckdb'}"
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def gate_store(new_store_url, request):
+    url = new_store_url(request.param, "gate")
     return url, tiny_index(url, n_versions=4)
 
 

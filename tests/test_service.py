@@ -18,9 +18,9 @@ from flows.service import RetrievalService, ServiceConfig, create_app  # noqa: E
 from indexstore.errors import GroveError, NotFoundError  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    url = f"duckdb:///{tmp_path_factory.mktemp('svc') / 's.duckdb'}"
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def served(new_store_url, request):
+    url = new_store_url(request.param, "svc")
     v1, v2 = tiny_index(url, n_versions=2)
     from indexstore.store import Store
 
