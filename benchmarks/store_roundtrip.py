@@ -1,4 +1,4 @@
-"""Write and read back large index versions in a DuckDB store.
+"""Write and read back large index versions in one or more stores, side by side.
 
 Cases (10^6 items by default): one tree with K=2 and one with K=18 (balanced layout: leaf i has
 the base-K digits of i as its path, depth = ceil(log_K n)), a forest of 4 K=18 trees (each a
@@ -7,10 +7,16 @@ J=3, D=3, K=100. For each: median (and all runs) of the time to write the versio
 transaction, including the derived item paths) and to read it back into validated structures,
 after a warm-up that writes and reads a 1,000-item version of the same kind in the same store.
 
-    python -m benchmarks.store_roundtrip [--items 1000000] [--runs 5]
+    python -m benchmarks.store_roundtrip [--items 1000000] [--runs 5] \
+        [--store duckdb] [--store postgresql+psycopg://USER@HOST/EMPTY_DB]
 
-Writes ``benchmarks/results/store_roundtrip.json`` with machine information. Targets
-(issue 2): write <= 10 s, read <= 3 s for one tree of 10^6 items.
+``--store`` (repeatable; default ``duckdb``): ``duckdb`` is a fresh file in a temporary folder,
+anything else a store URL of an EMPTY database (initialised here; PostgreSQL: issue 27's COPY
+paths). Every store runs the same cases in the same run.
+
+Writes ``benchmarks/results/store_roundtrip.json`` with machine information: ``results`` of the
+first store (as before) and ``by_store`` for each. Targets (issues 2 and 27): write <= 10 s,
+read <= 3 s for one tree of 10^6 items, on every backend.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 
 import duckdb
 import numpy as np
+import sqlalchemy as sa
 
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json
@@ -75,6 +82,36 @@ def run_case(store: Store, name: str, structure, runs: int) -> dict:
     }
 
 
+def measure(url: str, n: int, runs: int) -> dict:
+    """Every case on the (empty) store at ``url``: {"results": {case: ...}, "meets_targets"}."""
+    rng = np.random.default_rng(0)
+    Store.init(url)
+    store = Store.open(url)
+    cases = {
+        "tree_k2": lambda m: balanced_tree(m, 2),
+        "tree_k18": lambda m: balanced_tree(m, 18),
+        "forest4_k18": lambda m: Forest(tuple(balanced_tree(m, 18, rng.permutation(m)) for _ in range(4))),
+        "codes_j3_d3_k100": lambda m: random_codes(m, 3, 3, 100, 0),
+    }
+    for name, build in cases.items():  # warm-up: the same code paths once, on small versions
+        run_case(store, f"warmup-{name}", build(1000), 1)
+    results = {}
+    for name, build in cases.items():
+        tb, structure = timed(lambda b=build: b(n))
+        res = run_case(store, name, structure, runs)
+        res["build_s"] = tb
+        res["rows"] = (
+            {"nodes": sum(t.n_nodes for t in structure.trees)}
+            if isinstance(structure, Forest)
+            else {"nodes": structure.n_nodes}
+            if isinstance(structure, Tree)
+            else {"paths": structure.n_items * structure.n_paths}
+        )
+        results[name] = res
+    meets = all(results[k]["write_s"] <= 10 and results[k]["read_s"] <= 3 for k in ("tree_k2", "tree_k18"))
+    return {"results": results, "meets_targets": meets}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -85,57 +122,45 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--runs", type=at_least(1), default=5, help="timed write + read runs per case (median)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument(
+        "--store",
+        action="append",
+        metavar="URL",
+        help="a store to measure (repeatable): 'duckdb' (a temporary file, the default) or an empty database's URL",
+    )
     args = ap.parse_args(argv)
     info = machine_info(duckdb=duckdb.__version__, numpy=np.__version__)  # load average before the run
-    n = args.items
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(prefix="grove-bench-") as tmp:
-        url = f"duckdb:///{tmp}/bench.duckdb"
-        Store.init(url)
-        store = Store.open(url)
-        cases = {
-            "tree_k2": lambda m: balanced_tree(m, 2),
-            "tree_k18": lambda m: balanced_tree(m, 18),
-            "forest4_k18": lambda m: Forest(tuple(balanced_tree(m, 18, rng.permutation(m)) for _ in range(4))),
-            "codes_j3_d3_k100": lambda m: random_codes(m, 3, 3, 100, 0),
-        }
-        for name, build in cases.items():  # warm-up: the same code paths once, on small versions
-            run_case(store, f"warmup-{name}", build(1000), 1)
-        results = {}
-        for name, build in cases.items():
-            tb, structure = timed(lambda b=build: b(n))
-            res = run_case(store, name, structure, args.runs)
-            res["build_s"] = tb
-            res["rows"] = (
-                {"nodes": sum(t.n_nodes for t in structure.trees)}
-                if isinstance(structure, Forest)
-                else {"nodes": structure.n_nodes}
-                if isinstance(structure, Tree)
-                else {"paths": structure.n_items * structure.n_paths}
-            )
-            results[name] = res
-        size = os.path.getsize(f"{tmp}/bench.duckdb")
+    by_store = {}
+    for k, target in enumerate(args.store or ["duckdb"]):
+        label = "duckdb" if target == "duckdb" else sa.engine.make_url(target).drivername.split("+")[0]
+        label = label if label not in by_store else f"{label}_{k}"
+        with tempfile.TemporaryDirectory(prefix="grove-bench-") as tmp:
+            url = f"duckdb:///{tmp}/bench.duckdb" if target == "duckdb" else target
+            print(f"store {label}: {sa.engine.make_url(url)!r}", flush=True)  # password hidden
+            by_store[label] = measure(url, args.items, args.runs)
+            if target == "duckdb":
+                by_store[label]["store_file_bytes"] = os.path.getsize(f"{tmp}/bench.duckdb")
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    first = next(iter(by_store.values()))
     out = {
-        "items": n,
+        "items": args.items,
         "runs": args.runs,
         "warmup": "one write + read of a 1,000-item version of each case first",
         "machine": info,
-        "store_file_bytes": size,
+        "store_file_bytes": first.get("store_file_bytes"),
         "targets": {"tree_write_s": 10.0, "tree_read_s": 3.0},
-        "results": results,
-        "meets_targets": all(
-            results[k]["write_s"] <= 10 and results[k]["read_s"] <= 3 for k in ("tree_k2", "tree_k18")
-        ),
+        "results": first["results"],
+        "meets_targets": all(v["meets_targets"] for v in by_store.values()),
+        "by_store": by_store,
     }
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, out)
-    print(
-        json.dumps(
-            {k: {"write_s": round(v["write_s"], 2), "read_s": round(v["read_s"], 2)} for k, v in results.items()}
-        )
-    )
+    for label, one in by_store.items():
+        medians = {
+            k: {"write_s": round(v["write_s"], 2), "read_s": round(v["read_s"], 2)} for k, v in one["results"].items()
+        }
+        print(label, json.dumps(medians))
     print(f"wrote {path}")
     return 0
 
