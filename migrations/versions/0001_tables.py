@@ -54,19 +54,19 @@ TABLES = {
 SEQUENCES = ("version_id_seq", "alias_event_id_seq")
 
 
-def _columns(columns: str) -> str:
-    """The column list in the dialect of the connection (DuckDB's text unchanged)."""
+def _columns(table: str, columns: str) -> str:
+    """The column list of ``table`` in the dialect of the connection (DuckDB's text unchanged)."""
     if op.get_bind().dialect.name != "postgresql":
         return columns
     columns = re.sub(r"\bDOUBLE\b", "DOUBLE PRECISION", columns).replace("BLOB", "BYTEA")
-    return columns + ", pos BIGINT" if columns.startswith("dataset VARCHAR, user_id") else columns
+    return columns + ", pos BIGINT" if table == "interactions" else columns
 
 
 def upgrade() -> None:
     for seq in SEQUENCES:
         op.execute(f"CREATE SEQUENCE {seq} START 1")
     for name, columns in TABLES.items():
-        op.execute(f"CREATE TABLE {name} ({_columns(columns)})")
+        op.execute(f"CREATE TABLE {name} ({_columns(name, columns)})")
 
 
 def downgrade() -> None:
