@@ -43,7 +43,9 @@ def insert(conn: sa.Connection, values: list[dict]) -> None:
 
 def read(conn: sa.Connection, version_id: int) -> list[MetricRow]:
     rows = conn.execute(
-        sa.text("SELECT * FROM metrics WHERE version_id = :v ORDER BY recorded_at, role, name, k, beam NULLS LAST, filtered"),
+        sa.text(
+            "SELECT * FROM metrics WHERE version_id = :v ORDER BY recorded_at, role, name, k, beam NULLS LAST, filtered"
+        ),
         {"v": int(version_id)},
     )
     return [MetricRow(r.role, r.name, r.k, r.value, r.beam, bool(r.filtered), r.note, r.recorded_at) for r in rows]

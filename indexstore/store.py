@@ -208,7 +208,8 @@ class Store:
 
     def _check_index(self, conn, index_name: str, method: str, kind: str, dataset) -> None:
         if conn.dialect.name == "postgresql":  # two first writers of one index: one creates it
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('grove index'), hashtext(:n))"), {"n": index_name})
+            lock = "SELECT pg_advisory_xact_lock(hashtext('grove index'), hashtext(:n))"
+            conn.execute(sa.text(lock), {"n": index_name})
         row = conn.execute(sa.text("SELECT method, kind FROM indexes WHERE name = :n"), {"n": index_name}).first()
         if row is None:
             conn.execute(
