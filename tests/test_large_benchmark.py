@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import large, train_scale
 
 
+@pytest.mark.slow  # about a minute: the rehearsal runs every lifecycle step in its own process
 def test_large_rehearsal_measures_every_step_and_writes_its_tables(tmp_path):
     out = str(tmp_path / "large")
     result = large.main(
