@@ -110,7 +110,10 @@ def _text_layout(source: InteractionFile, first: bytes, blank_lines: int, is_gzi
         delim = "\t" if fmt == "tsv" else sniff_delimiter(first)
         header, quote = not is_numeric_line(first, delim.encode()), '"'
     if header:
-        fields = next(csv.reader([first.decode("utf-8", "replace")], delimiter=delim))
+        try:
+            fields = next(csv.reader([first.decode("utf-8", "replace")], delimiter=delim))
+        except csv.Error as exc:  # e.g. a lone carriage return inside the header line
+            raise InputError(f"{path}: line {blank_lines + 1}: cannot read the header line: {exc}") from None
         names = tuple(_CONTROL.sub("?", n.strip()) for n in fields)
     else:
         n_fields = len(first.split(delim.encode()))

@@ -19,7 +19,7 @@ import time
 
 import duckdb
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flows.cli import main
@@ -203,6 +203,7 @@ def test_any_arguments_exit_0_1_or_2_with_one_line_and_no_change(url, capsys, co
         ).map(lambda rows: ("user,item,rating,timestamp\n" + "\n".join(",".join(r) for r in rows)).encode()),
     )
 )
+@example(body=b"\r\x01")  # a lone carriage return in the header line (csv.Error before the fix)
 def test_any_file_imports_or_fails_with_one_line(url, tmp_path_factory, capsys, body):
     path = tmp_path_factory.mktemp("prop") / "ratings.csv"
     path.write_bytes(body)
