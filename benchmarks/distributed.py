@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="ml-1m-subset")
-    ap.add_argument("--speed-samples", type=at_least(64), default=6000)
+    ap.add_argument("--speed-samples", type=at_least(0), default=6000, help="0: skip the speed part")
     ap.add_argument("--repeats", type=at_least(1), default=5)
     ap.add_argument("--recall-samples", type=at_least(0), default=40_000, help="0: skip the recall part")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
         "speed": [],
         "recall": [],
     }
-    for method in args.methods:
+    for method in args.methods if args.speed_samples else ():
         result["speed"].append(speed(url, args.dataset, method, args.speed_samples, args.repeats))
     if args.recall_samples:
         for method in args.methods:
