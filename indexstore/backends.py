@@ -135,6 +135,14 @@ class PostgresBulk:
 
     def write_batches(self, table: str, columns: list[str], batches: Iterable[pa.RecordBatch]) -> None:
         """COPY record batches into ``table (columns)`` (columns by position), chunk by chunk."""
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return
+        batches = itertools.chain([first], batches)
+        if any(pa.types.is_binary(f.type) for f in first.schema):
+            self._copy_rows(table, columns, batches)
+            return
         options = pcsv.WriteOptions(include_header=False, quoting_style="needed")  # strings quoted: '' is not NULL
         positioned = table in self.POSITIONED
         columns = [*columns, "pos"] if positioned else list(columns)
@@ -159,6 +167,14 @@ class PostgresBulk:
                 first = " ".join(str(exc).split())[:200]
                 raise InputError(f"PostgreSQL refused a value for table {table}: {first}") from None
             raise
+
+    def _copy_rows(self, table: str, columns: list[str], batches: Iterable[pa.RecordBatch]) -> None:
+        """COPY in text format row by row (psycopg adapts bytes to bytea): for binary columns,
+        which the CSV writer cannot spell. Used for artifact chunks (few, large rows)."""
+        with self.pg.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+            for batch in batches:
+                for row in zip(*(col.to_pylist() for col in batch.columns)):
+                    cp.write_row(row)
 
     # ----------------------------------------------------------------------------- out
     def arrow(self, sql: str, params: list) -> pa.Table:

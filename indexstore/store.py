@@ -273,8 +273,9 @@ class Store:
                 "note": note,
             }
             vid = version_io.insert_version_row(conn, row, structure)
-            version_io.write_structure(bulk(conn), vid, structure)
-            version_io.write_artifacts(conn, vid, {k: bytes(v) for k, v in artifacts.items()})
+            channel = bulk(conn)
+            version_io.write_structure(channel, vid, structure)
+            version_io.write_artifacts(conn, channel, vid, {k: bytes(v) for k, v in artifacts.items()})
             return self._get_version(conn, vid)
 
     def stage_version(self, version: dict, structure: Structure, artifacts: dict[str, bytes]):

@@ -1,8 +1,8 @@
 """Copying a whole store to another URL (``grove store copy SRC DST``): DuckDB file to server and
 back, keeping every id.
 
-Every table of the schema is copied in chunks of at most ``chunk_rows`` rows (an artifact: one
-row at a time), read from the source as arrow and appended to the destination, so memory stays
+Every table of the schema is copied in chunks of at most ``chunk_rows`` rows (artifact bytes:
+`BLOB_ROWS` chunks of 64 KiB at a time), read from the source as arrow and appended to the destination, so memory stays
 bounded whatever the size of ``interactions``. Ids are kept as they are (version ids, alias event
 ids); the destination's sequences are then moved past them, so the next version written there
 gets a new id.
@@ -25,7 +25,6 @@ snapshot while others write; DuckDB: a read-only open, which keeps writers out m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,8 +37,10 @@ import sqlalchemy as sa
 
 from indexstore.engine import check_schema, connect, current_revision, head_revision, make_engine, native, store_name
 from indexstore.errors import GroveError, IntegrityError
+from indexstore.version_io import artifact_bytes
 
 CHUNK_ROWS = 500_000
+BLOB_ROWS = {"artifact_chunks": 256}  # tables of large values -> rows per chunk (16 MiB)
 SEQUENCES = (("version_id_seq", "versions", "id"), ("alias_event_id_seq", "alias_events", "id"))
 # table -> (its position column on PostgreSQL, the partition positions count in); the one column
 # that may differ between the engines' schemas (left NULL where the engine's writers leave it)
@@ -96,7 +97,7 @@ def _copy_all(src: sa.Connection, dst: sa.Connection, progress: Progress | None,
     for table, ours in _columns(src).items():
         columns, order, position = _plan(table, ours, theirs.get(table))
         total = _count(src, table)
-        step = 1 if table == "artifacts" else chunk_rows
+        step = min(chunk_rows, BLOB_ROWS.get(table, chunk_rows))
         done, counters = 0, dict[str, int]()
         for chunk in _read_chunks(src, table, columns, step, order):
             if position:
@@ -311,11 +312,11 @@ def _verify(src: sa.Connection, dst: sa.Connection, rows: dict[str, int]) -> tup
         raise IntegrityError("the artifacts' names or checksums differ between the source and the destination")
     n = size = 0
     for version_id, name, sha, length in _rows(dst, "artifacts", listed):
-        data = dst.execute(
-            sa.text("SELECT data FROM artifacts WHERE version_id = :v AND name = :n"), {"v": version_id, "n": name}
-        ).scalar()
-        data = bytes(data) if data is not None else b""
-        if hashlib.sha256(data).hexdigest() != sha or len(data) != length:
-            raise IntegrityError(f"artifact {name!r} of version {version_id} does not match its sha256 after the copy")
-        n, size = n + 1, size + len(data)
+        try:
+            artifact_bytes(dst, version_id, name, sha, length)
+        except IntegrityError:
+            raise IntegrityError(
+                f"artifact {name!r} of version {version_id} does not match its sha256 after the copy"
+            ) from None
+        n, size = n + 1, size + length
     return n, size

@@ -3,7 +3,7 @@
 Every function here takes the bulk channel of an open transaction (`indexstore.backends.bulk`:
 DuckDB's registered arrow tables, or PostgreSQL's COPY) so that the caller decides the
 transaction; arrays travel as pyarrow tables and come back as arrow/numpy, never row by row.
-Artifacts (few rows, bytes) go through the SQLAlchemy connection.
+Artifacts: one row each in ``artifacts`` (sha256, size), their bytes in ``artifact_chunks``.
 
 Layout (DESIGN.md):
 
@@ -217,26 +217,51 @@ def read_structure(bulk: Bulk, version_id: int, kind: str, shape: dict) -> Struc
 
 
 # ------------------------------------------------------------------------------ artifacts
-def write_artifacts(conn: sa.Connection, version_id: int, artifacts: dict[str, bytes]) -> None:
-    """One row per artifact (BLOB / BYTEA) with its sha256 and size."""
+ARTIFACT_CHUNK = 1 << 16  # bytes per artifact_chunks row (migration 0004 says why)
+CHUNKS_PER_WRITE = 256  # chunks per bulk write: 16 MiB beside the artifact's own bytes
+
+
+def write_artifacts(conn: sa.Connection, bulk: Bulk, version_id: int, artifacts: dict[str, bytes]) -> None:
+    """One ``artifacts`` row per artifact (sha256, size) and its bytes as ``artifact_chunks``
+    rows of `ARTIFACT_CHUNK` bytes, ``seq`` 0, 1, ..."""
+    step = ARTIFACT_CHUNK * CHUNKS_PER_WRITE
     for name, data in sorted(artifacts.items()):
         conn.execute(
-            sa.text("INSERT INTO artifacts (version_id, name, sha256, size, data) VALUES (:v, :n, :h, :s, :d)"),
-            {"v": version_id, "n": name, "h": hashlib.sha256(data).hexdigest(), "s": len(data), "d": bytes(data)},
+            sa.text("INSERT INTO artifacts (version_id, name, sha256, size) VALUES (:v, :n, :h, :s)"),
+            {"v": version_id, "n": name, "h": hashlib.sha256(data).hexdigest(), "s": len(data)},
         )
+        view = memoryview(data)
+        for first in range(0, len(view), step):
+            parts = [
+                bytes(view[at : at + ARTIFACT_CHUNK])
+                for at in range(first, min(len(view), first + step), ARTIFACT_CHUNK)
+            ]
+            seq = first // ARTIFACT_CHUNK
+            chunk = pa.table(
+                {"seq": pa.array(range(seq, seq + len(parts)), pa.int32()), "data": pa.array(parts, pa.binary())}
+            )
+            bulk.write("artifact_chunks", chunk, {"version_id": version_id, "name": name})
+
+
+def artifact_bytes(conn: sa.Connection, version_id: int, name: str, sha256: str, size: int) -> bytes:
+    """The bytes of one artifact, joined from its chunks; `IntegrityError` when they do not
+    match the stored sha256 and size."""
+    parts = conn.execute(
+        sa.text("SELECT data FROM artifact_chunks WHERE version_id = :v AND name = :n ORDER BY seq"),
+        {"v": version_id, "n": name},
+    ).scalars()
+    data = b"".join(bytes(p) for p in parts)
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(
+            f"artifact {name!r} of version {version_id} does not match its "
+            f"sha256 {sha256[:12]}...: the stored bytes were altered"
+        )
+    return data
 
 
 def read_artifacts(conn: sa.Connection, version_id: int) -> dict[str, bytes]:
     """All artifacts of a version; raises IntegrityError when bytes do not match their sha256."""
-    out = {}
-    for name, sha, size, data in conn.execute(
-        sa.text("SELECT name, sha256, size, data FROM artifacts WHERE version_id = :v ORDER BY name"), {"v": version_id}
-    ).all():
-        data = bytes(data) if data is not None else b""
-        if hashlib.sha256(data).hexdigest() != sha or len(data) != size:
-            raise IntegrityError(
-                f"artifact {name!r} of version {version_id} does not match its "
-                f"sha256 {sha[:12]}...: the stored bytes were altered"
-            )
-        out[name] = data
-    return out
+    listed = conn.execute(
+        sa.text("SELECT name, sha256, size FROM artifacts WHERE version_id = :v ORDER BY name"), {"v": version_id}
+    ).all()
+    return {name: artifact_bytes(conn, version_id, name, sha, size) for name, sha, size in listed}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import sqlalchemy as sa
 
 import migrations
+from indexstore import version_io
 from indexstore.engine import make_engine
 from indexstore.errors import GroveError, SchemaError
 from indexstore.store import Store
@@ -24,6 +27,7 @@ TABLES = {
     "nodes",
     "item_paths",
     "artifacts",
+    "artifact_chunks",
     "metrics",
     "aliases",
     "alias_events",
@@ -62,6 +66,32 @@ def test_upgrade_downgrade_upgrade(store_url):
     assert tables == {"alembic_version"} and not views
     migrations.upgrade(store_url)
     assert Store.open(store_url).check_schema() == migrations.head_revision()
+
+
+def test_artifacts_move_into_chunks_and_back(store_url):
+    """0004 moves a 0003 store's artifact bytes into 64 KiB chunks; its downgrade joins them back."""
+    migrations.upgrade(store_url, "0003")
+    big = bytes(range(256)) * 700  # 179,200 bytes: three chunks
+    engine = make_engine(store_url)
+    with engine.begin() as con:
+        for name, data in (("w.pt", big), ("e", b"")):
+            con.execute(
+                sa.text("INSERT INTO artifacts (version_id, name, sha256, size, data) VALUES (7, :n, :h, :s, :d)"),
+                {"n": name, "h": hashlib.sha256(data).hexdigest(), "s": len(data), "d": data},
+            )
+    engine.dispose()
+    migrations.upgrade(store_url, "0004")
+    engine = make_engine(store_url)
+    with engine.connect() as con:
+        assert version_io.read_artifacts(con, 7) == {"w.pt": big, "e": b""}
+        assert con.execute(sa.text("SELECT count(*) FROM artifact_chunks WHERE name = 'w.pt'")).scalar() == 3
+    engine.dispose()
+    migrations.downgrade(store_url, "0003")
+    engine = make_engine(store_url)
+    with engine.connect() as con:
+        back = dict(con.execute(sa.text("SELECT name, data FROM artifacts WHERE version_id = 7")).all())
+    engine.dispose()
+    assert {k: bytes(v or b"") for k, v in back.items()} == {"w.pt": big, "e": b""}
 
 
 def test_schema_behind_or_missing_is_refused(store_url):
