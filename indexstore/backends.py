@@ -70,12 +70,15 @@ class DuckDBBulk:
         finally:
             self.nat.unregister(name)
 
-    def write_batches(self, table: str, columns: list[str], batches: pa.RecordBatchReader) -> None:
-        """``INSERT INTO table (columns)`` the record batches, in order (columns by position)."""
+    def write_batches(
+        self, table: str, columns: list[str], batches: pa.RecordBatchReader, positions: bool = True
+    ) -> None:
+        """``INSERT INTO table (columns)`` the record batches, in order (columns by position);
+        ``positions`` is PostgreSQL's (DuckDB's rowid is the position)."""
         name = f"_grove_in_{next(_tmp_names)}"
         self.nat.register(name, batches)
         try:
-            self.nat.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM {name}")
+            self.nat.execute(f"INSERT INTO {table} ({_names(columns)}) SELECT * FROM {name}")
         finally:
             self.nat.unregister(name)
 
@@ -133,8 +136,12 @@ class PostgresBulk:
             data = data.append_column(name, pa.repeat(pa.scalar(value), n))
         self.write_batches(table, data.column_names, data.to_reader(max_chunksize=CHUNK_ROWS))
 
-    def write_batches(self, table: str, columns: list[str], batches: Iterable[pa.RecordBatch]) -> None:
-        """COPY record batches into ``table (columns)`` (columns by position), chunk by chunk."""
+    def write_batches(
+        self, table: str, columns: list[str], batches: Iterable[pa.RecordBatch], positions: bool = True
+    ) -> None:
+        """COPY record batches into ``table (columns)`` (columns by position), chunk by chunk.
+        ``positions``: count the rows of a `POSITIONED` table from 0 (False: ``columns`` carry
+        them, as in a store copy)."""
         batches = iter(batches)
         first = next(batches, None)
         if first is None:
@@ -144,13 +151,13 @@ class PostgresBulk:
             self._copy_rows(table, columns, batches)
             return
         options = pcsv.WriteOptions(include_header=False, quoting_style="needed")  # strings quoted: '' is not NULL
-        positioned = table in self.POSITIONED
+        positioned = positions and table in self.POSITIONED
         columns = [*columns, "pos"] if positioned else list(columns)
         done = 0
         try:
             with (
                 self.pg.cursor() as cur,
-                cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT csv)") as cp,
+                cur.copy(f"COPY {table} ({_names(columns)}) FROM STDIN (FORMAT csv)") as cp,
             ):
                 for batch in batches:
                     for start in range(0, batch.num_rows, CHUNK_ROWS):
@@ -171,7 +178,7 @@ class PostgresBulk:
     def _copy_rows(self, table: str, columns: list[str], batches: Iterable[pa.RecordBatch]) -> None:
         """COPY in text format row by row (psycopg adapts bytes to bytea): for binary columns,
         which the CSV writer cannot spell. Used for artifact chunks (few, large rows)."""
-        with self.pg.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+        with self.pg.cursor() as cur, cur.copy(f"COPY {table} ({_names(columns)}) FROM STDIN") as cp:
             for batch in batches:
                 for row in zip(*(col.to_pylist() for col in batch.columns)):
                     cp.write_row(row)
@@ -214,6 +221,11 @@ class PostgresBulk:
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _names(columns: list[str]) -> str:
+    """A quoted column list (a store has a column named "at")."""
+    return ", ".join(_quote(c) for c in columns)
 
 
 def _as_text_arrays(batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
+from indexstore.backends import bulk
 from indexstore.engine import check_schema, connect, current_revision, head_revision, make_engine, native, store_name
 from indexstore.errors import GroveError, IntegrityError
 from indexstore.version_io import artifact_bytes
@@ -249,20 +250,9 @@ def _read_chunks(conn: sa.Connection, table: str, columns: list[str], rows: int,
 
 
 def _append(conn: sa.Connection, table: str, columns: list[str], data: pa.Table) -> None:
-    """Append an arrow table's rows (columns in the table's order) to ``table``."""
-    names = ", ".join(f'"{c}"' for c in columns)
-    if _backend(conn) == "duckdb":
-        nat = native(conn)
-        nat.register("_grove_copy_chunk", data)
-        try:
-            nat.execute(f'INSERT INTO "{table}" ({names}) SELECT * FROM _grove_copy_chunk')
-        finally:
-            nat.unregister("_grove_copy_chunk")
-        return
-    cur = native(conn).cursor()
-    with cur.copy(f'COPY "{table}" ({names}) FROM STDIN') as copy:
-        for row in zip(*(col.to_pylist() for col in data.columns)):
-            copy.write_row(row)
+    """Append an arrow table's rows (columns in the table's order) to ``table`` through the bulk
+    channel (DuckDB: a registered arrow reader; PostgreSQL: COPY), positions as given."""
+    bulk(conn).write_batches(table, columns, data.to_reader(), positions=False)
 
 
 def _plain(value):

@@ -22,16 +22,16 @@ INDEX = "ops-tdm"
 TDM = {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 400, "neg_base": 1.0}
 
 
-@pytest.fixture(scope="module")
-def ops(make_synth_store):
-    """A store with versions construct (v0) -> train (v1) -> relearn -> train (v2) of a tiny TDM
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def ops(make_synth_store, request):
+    """On each backend, a store with versions construct (v0) -> train (v1) -> relearn -> train (v2) of a tiny TDM
     index; v1 evaluated at beams 5 and 20, v2 at 5, 20, 50 and exhaustively, on 20 valid users."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: a second thread only fights for the 2 shared cores
     try:
-        return _build(make_synth_store("ops", n_items=300, n_users=400, seed=2))
+        return _build(make_synth_store("ops", n_items=300, n_users=400, seed=2, backend=request.param))
     finally:
         torch.set_num_threads(threads)
 

@@ -140,6 +140,23 @@ def test_copy_round_trips_through_postgresql(src, tmp_path, capsys, pg_server):
         pg_server.drop(server)
 
 
+def test_copy_between_two_postgresql_databases(src, pg_server, capsys):
+    """Server to server (a team's snapshot into a second database): the same views, interactions
+    in the same order, the same artifacts."""
+    first, second = pg_server.database("copyone"), pg_server.database("copytwo")
+    try:
+        assert _grove(capsys, "store", "copy", src, first)[0] == 0
+        code, out, err = _grove(capsys, "store", "copy", first, second)
+        assert code == 0 and "verified by SHA-256" in out, err
+        assert _views(capsys, second) == _views(capsys, src)
+        theirs, ours = Store.open(second).load_interactions("synth"), Store.open(src).load_interactions("synth")
+        assert all(np.array_equal(getattr(theirs, f), getattr(ours, f)) for f in ("user", "item", "ts"))
+        assert _artifacts(second) == _artifacts(src)
+    finally:
+        pg_server.drop(first)
+        pg_server.drop(second)
+
+
 def test_tables_travel_in_bounded_chunks(src, tmp_path, monkeypatch):
     sizes: dict[str, list[int]] = {}
     append = store_copy._append
