@@ -155,10 +155,7 @@ class PostgresBulk:
         columns = [*columns, "pos"] if positioned else list(columns)
         done = 0
         try:
-            with (
-                self.pg.cursor() as cur,
-                cur.copy(f"COPY {table} ({_names(columns)}) FROM STDIN (FORMAT csv)") as cp,
-            ):
+            with self.pg.cursor() as cur, cur.copy(f"COPY {table} ({_names(columns)}) FROM STDIN (FORMAT csv)") as cp:
                 for batch in batches:
                     for start in range(0, batch.num_rows, CHUNK_ROWS):
                         part = _as_text_arrays(batch.slice(start, CHUNK_ROWS))
