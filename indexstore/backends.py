@@ -12,8 +12,8 @@
   per row.
 
 Both take the same calls: ``write(table, data, consts)``, ``write_batches(table, columns,
-batches)``, ``arrow(sql, params)``, ``numpy(sql, params)``; SQL uses DuckDB's ``$1`` parameters
-(rewritten for psycopg). ``rowid`` is the column that orders interactions as they were
+batches)``, ``arrow(sql, params)``, ``numpy(sql, params)``, ``rows(sql, params, batch)``; SQL
+uses DuckDB's ``$1`` parameters (rewritten for psycopg). ``rowid`` is the column that orders interactions as they were
 inserted, ``in_insert_order`` the clause that makes a scan of them return that order: DuckDB's
 rowid and plain scans; on PostgreSQL a heap reuses the space of rolled-back rows, so
 ``interactions`` has a ``pos`` column there (migration 0001) that `PostgresBulk` fills, counting
@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -94,6 +94,12 @@ class DuckDBBulk:
     def numpy(self, sql: str, params: list) -> dict[str, np.ndarray]:
         """The result of ``sql`` as numpy columns."""
         return self.nat.execute(sql, params).fetchnumpy()
+
+    def rows(self, sql: str, params: list, batch: int) -> Iterator[list[tuple]]:
+        """The rows of ``sql``, ``batch`` at a time, streamed (DuckDB keeps one batch)."""
+        self.nat.execute("SELECT 1").fetchall()
+        for part in self.nat.sql(sql, params=params).to_arrow_reader(batch):
+            yield list(zip(*(col.to_pylist() for col in part.columns)))
 
 
 # -------------------------------------------------------------------------------- PostgreSQL
@@ -210,6 +216,14 @@ class PostgresBulk:
             if oid in _ARRAY_OIDS:
                 table = table.set_column(k, n, _split_list(table.column(n).combine_chunks(), _ARRAY_OIDS[oid]))
         return table
+
+    def rows(self, sql: str, params: list, batch: int) -> Iterator[list[tuple]]:
+        """The rows of ``sql``, ``batch`` at a time, through a server-side cursor."""
+        query, named = _psycopg_sql(sql, params)
+        with self.pg.cursor(name=f"grove_rows_{next(_tmp_names)}") as cur:
+            cur.execute(query, named)
+            while part := cur.fetchmany(batch):
+                yield part
 
     def numpy(self, sql: str, params: list) -> dict[str, np.ndarray]:
         t = self.arrow(sql, params)

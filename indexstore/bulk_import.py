@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from indexstore import datasets_io
 from indexstore.backends import Bulk, DuckDBBulk, bulk
 from indexstore.categories import read_item_categories
-from indexstore.engine import native
+from indexstore.engine import MEMORY_RE, native
 from indexstore.entities import DatasetInfo
 from indexstore.errors import GroveError, InputError
 from indexstore.file_layout import InteractionFile, Layout, first_malformed, locate_record, sniff_layout
@@ -48,7 +48,6 @@ MEMORY_ENV, DEFAULT_MEMORY = "GROVE_IMPORT_MEMORY", "2GB"
 STAGE, USERS, ITEMS = "_grove_stage", "_grove_user_ids", "_grove_item_ids"
 REJECTS, REJECT_SCANS = "_grove_rejects", "_grove_reject_scans"
 STAGED_TABLES = (STAGE, USERS, ITEMS, REJECTS, REJECT_SCANS)
-_MEMORY_RE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B)", re.IGNORECASE)
 _WS = "' \t\n\r\x0b\x0c'"  # what pyarrow's utf8_trim_whitespace trims from ids (ASCII part)
 _NAIVE = r"'\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?'"
 _ZONED = r"'\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)'"
@@ -76,7 +75,7 @@ def import_settings(nat):
     Run it OUTSIDE the import's transaction: settings are global and not transactional, and a
     failed statement leaves the transaction unable to run anything until the rollback."""
     cap = os.environ.get(MEMORY_ENV, DEFAULT_MEMORY).strip()
-    if not _MEMORY_RE.fullmatch(cap):
+    if not MEMORY_RE.fullmatch(cap):
         raise GroveError(f"{MEMORY_ENV}={cap!r}: expected a size such as 2GB, 512MB or 4GiB")
     old_memory, old_temp, old_order = nat.execute(
         "SELECT current_setting('memory_limit'), current_setting('temp_directory'), "

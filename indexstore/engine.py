@@ -37,6 +37,22 @@ _LOCK_RE = re.compile(
 )
 
 
+MEMORY_ENV, DEFAULT_MEMORY = "GROVE_DUCKDB_MEMORY", "2GB"
+MEMORY_RE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B)", re.IGNORECASE)
+
+
+def duckdb_memory() -> str:
+    """DuckDB's memory limit for store connections: ``$GROVE_DUCKDB_MEMORY``, default 2GB.
+
+    DuckDB's default (80% of RAM) lets its buffer pool keep every block a process has read or
+    written, so a step's RSS grew with the store (one more version's weights on a store holding
+    many). Under the cap it evicts those blocks and spills sorts and joins to ``<store>.tmp``."""
+    cap = os.environ.get(MEMORY_ENV, DEFAULT_MEMORY).strip()
+    if not MEMORY_RE.fullmatch(cap):
+        raise GroveError(f"{MEMORY_ENV}={cap!r}: expected a size such as 2GB, 512MB or 4GiB")
+    return cap
+
+
 def default_url(url: str | None = None) -> str:
     """``url``, else ``$GROVE_STORE``, else ``duckdb:///grove.duckdb`` (in the working dir)."""
     return url or os.environ.get("GROVE_STORE") or DEFAULT_URL
@@ -84,6 +100,7 @@ def make_engine(url: str | None = None, read_only: bool = False) -> sa.Engine:
             raise SchemaError(f"store {db} does not exist: run `grove init`")
         if read_only:
             connect_args["read_only"] = True
+        connect_args["config"] = {"memory_limit": duckdb_memory()}
     else:
         try:
             import psycopg  # noqa: F401

@@ -25,7 +25,16 @@ from decimal import Decimal
 import duckdb
 import sqlalchemy as sa
 
-from indexstore.engine import backend_name, connect, lock_error, make_engine, native, read_only, retry_while_locked
+from indexstore.engine import (
+    backend_name,
+    connect,
+    duckdb_memory,
+    lock_error,
+    make_engine,
+    native,
+    read_only,
+    retry_while_locked,
+)
 from indexstore.errors import GroveError
 
 ALLOWED = ("SELECT", "EXPLAIN")
@@ -44,6 +53,7 @@ def _connect(path: str) -> duckdb.DuckDBPyConnection:
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "allow_community_extensions": False,
+        "memory_limit": duckdb_memory(),  # the store's other connections' cap (same configuration)
     }
 
     def attempt() -> duckdb.DuckDBPyConnection:

@@ -296,8 +296,9 @@ class Store:
         """The version, its structure (validated) and its artifacts (sha256 verified)."""
         with self._tx() as conn:
             info = self._get_version(conn, version_id)
-            structure = version_io.read_structure(bulk(conn), info.id, info.kind, info.shape)
-            return info, structure, version_io.read_artifacts(conn, info.id)
+            channel = bulk(conn)
+            structure = version_io.read_structure(channel, info.id, info.kind, info.shape)
+            return info, structure, version_io.read_artifacts(conn, channel, info.id)
 
     def read_structure(self, version_id: int) -> Structure:
         with self._tx() as conn:

@@ -303,7 +303,7 @@ def _verify(src: sa.Connection, dst: sa.Connection, rows: dict[str, int]) -> tup
     n = size = 0
     for version_id, name, sha, length in _rows(dst, "artifacts", listed):
         try:
-            artifact_bytes(dst, version_id, name, sha, length)
+            artifact_bytes(bulk(dst), version_id, name, sha, length)
         except IntegrityError:
             raise IntegrityError(
                 f"artifact {name!r} of version {version_id} does not match its sha256 after the copy"

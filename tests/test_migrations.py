@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 import migrations
 from indexstore import version_io
+from indexstore.backends import bulk
 from indexstore.engine import make_engine
 from indexstore.errors import GroveError, SchemaError
 from indexstore.store import Store
@@ -83,7 +84,7 @@ def test_artifacts_move_into_chunks_and_back(store_url):
     migrations.upgrade(store_url, "0004")
     engine = make_engine(store_url)
     with engine.connect() as con:
-        assert version_io.read_artifacts(con, 7) == {"w.pt": big, "e": b""}
+        assert version_io.read_artifacts(con, bulk(con), 7) == {"w.pt": big, "e": b""}
         assert con.execute(sa.text("SELECT count(*) FROM artifact_chunks WHERE name = 'w.pt'")).scalar() == 3
     engine.dispose()
     migrations.downgrade(store_url, "0003")

@@ -77,3 +77,18 @@ def test_store_at_another_revision_is_one_line(capsys, store_url):
     engine.dispose()
     err = _one_line_error(*_grove(capsys, store_url, "data", "list"))
     assert "at 9999" in err
+
+
+def test_duckdb_store_connections_hold_the_memory_cap(duckdb_url, capsys, monkeypatch):
+    """DuckDB's buffer pool is capped (`GROVE_DUCKDB_MEMORY`, default 2GB) so a step's memory
+    does not grow with the store; a malformed cap is one line, exit 2."""
+    from indexstore.engine import transaction
+    from indexstore.store import Store
+
+    Store.init(duckdb_url)
+    monkeypatch.setenv("GROVE_DUCKDB_MEMORY", "512MB")
+    with transaction(make_engine(duckdb_url)) as con:
+        assert con.exec_driver_sql("SELECT current_setting('memory_limit')").scalar() == "488.2 MiB"
+    monkeypatch.setenv("GROVE_DUCKDB_MEMORY", "lots")
+    err = _one_line_error(*_grove(capsys, duckdb_url, "data", "list"))
+    assert "GROVE_DUCKDB_MEMORY='lots'" in err
