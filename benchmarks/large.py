@@ -178,6 +178,9 @@ def main(argv=None) -> dict:
         beams = [50] if method == "two_tower" else args.beams
         ev = run_step({**spec, "version": vid, "beams": beams}, result["steps"])
         budget = "quick" if args.quick else BUDGETS[method][1]
+        changed = {k: v for k, v in config.items() if args.quick or BUDGETS[method][0].get(k) != v}
+        if changed and not args.quick:  # --set overrides: the row names them
+            budget += "; " + ", ".join(f"{k}={json.dumps(v)}" for k, v in changed.items())
         result["methods"][method] = {
             "version": vid,
             "config": config,
