@@ -275,7 +275,7 @@ class Store:
             vid = version_io.insert_version_row(conn, row, structure)
             channel = bulk(conn)
             version_io.write_structure(channel, vid, structure)
-            version_io.write_artifacts(conn, channel, vid, {k: bytes(v) for k, v in artifacts.items()})
+            version_io.write_artifacts(conn, channel, vid, artifacts)  # bytes-like, not copied
             return self._get_version(conn, vid)
 
     def stage_version(self, version: dict, structure: Structure, artifacts: dict[str, bytes]):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import cast
 
 import numpy as np
@@ -222,16 +223,18 @@ ARTIFACT_CHUNK = 1 << 16  # bytes per artifact_chunks row (migration 0004 says w
 CHUNKS_PER_WRITE = 256  # chunks per bulk write: 16 MiB beside the artifact's own bytes
 
 
-def write_artifacts(conn: sa.Connection, bulk: Bulk, version_id: int, artifacts: dict[str, bytes]) -> None:
+def write_artifacts(
+    conn: sa.Connection, bulk: Bulk, version_id: int, artifacts: Mapping[str, bytes | bytearray | memoryview]
+) -> None:
     """One ``artifacts`` row per artifact (sha256, size) and its bytes as ``artifact_chunks``
     rows of `ARTIFACT_CHUNK` bytes, ``seq`` 0, 1, ..."""
     step = ARTIFACT_CHUNK * CHUNKS_PER_WRITE
     for name, data in sorted(artifacts.items()):
+        view = memoryview(data).cast("B")  # bytes, bytearray or a memoryview: counted in bytes
         conn.execute(
             sa.text("INSERT INTO artifacts (version_id, name, sha256, size) VALUES (:v, :n, :h, :s)"),
-            {"v": version_id, "n": name, "h": hashlib.sha256(data).hexdigest(), "s": len(data)},
+            {"v": version_id, "n": name, "h": hashlib.sha256(view).hexdigest(), "s": len(view)},
         )
-        view = memoryview(data)
         for first in range(0, len(view), step):
             parts = [
                 bytes(view[at : at + ARTIFACT_CHUNK])

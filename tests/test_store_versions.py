@@ -101,8 +101,10 @@ def test_artifacts_round_trip_through_chunks(store, store_url):
 
     big = np.random.default_rng(0).bytes(ARTIFACT_CHUNK * (CHUNKS_PER_WRITE + 2) + 123)  # two bulk writes
     arts = {"big.pt": big, "empty": b"", "small": b"abc"}
-    info = store.write_version("t", "tdm", ragged_tree(20, 0), {}, artifacts=arts)
-    assert store.read_version(info.id)[2] == arts
+    ints = np.arange(3, dtype=np.int32)  # any bytes-like value is taken as it is, counted in bytes
+    given = {**arts, "small": bytearray(b"abc"), "view": memoryview(ints)}
+    info = store.write_version("t", "tdm", ragged_tree(20, 0), {}, artifacts=given)
+    assert store.read_version(info.id)[2] == {**arts, "view": ints.tobytes()}
     engine = make_engine(store_url)
     with engine.connect() as con:
         rows = con.execute(
@@ -114,7 +116,11 @@ def test_artifacts_round_trip_through_chunks(store, store_url):
         ).all()
     engine.dispose()
     n_big = -(-len(big) // ARTIFACT_CHUNK)
-    assert [tuple(r) for r in rows] == [("big.pt", n_big, n_big - 1, ARTIFACT_CHUNK), ("small", 1, 0, 3)]
+    assert [tuple(r) for r in rows] == [
+        ("big.pt", n_big, n_big - 1, ARTIFACT_CHUNK),
+        ("small", 1, 0, 3),
+        ("view", 1, 0, 12),
+    ]
 
 
 def test_tampered_artifact_is_refused(store, store_url):
