@@ -15,9 +15,9 @@ from indexstore.store import Store
 from models.retriever import Retriever
 
 
-@pytest.fixture(scope="module")
-def url(make_synth_store) -> str:
-    return make_synth_store("cli", n_items=300, n_users=400, seed=2)
+@pytest.fixture(scope="module", params=["duckdb", "postgres"])
+def url(make_synth_store, request) -> str:
+    return make_synth_store("cli", n_items=300, n_users=400, seed=2, backend=request.param)
 
 
 def grove(url, *args) -> int:
