@@ -2,8 +2,9 @@
 back, keeping every id.
 
 Every table of the schema is copied in chunks of at most ``chunk_rows`` rows (artifact bytes:
-`BLOB_ROWS` chunks of 64 KiB at a time), read from the source as arrow and appended to the destination, so memory stays
-bounded whatever the size of ``interactions``. Ids are kept as they are (version ids, alias event
+`BLOB_ROWS` rows of 64 KiB at a time), read from the source as arrow and appended to the
+destination through the bulk channel, so memory stays bounded whatever the size of
+``interactions``. Ids are kept as they are (version ids, alias event
 ids); the destination's sequences are then moved past them, so the next version written there
 gets a new id.
 
