@@ -252,22 +252,26 @@ def artifact_bytes(bulk: Bulk, version_id: int, name: str, sha256: str, size: in
     (no sort: memory is the artifact plus one batch of chunks); `IntegrityError` when they do not
     match the stored sha256 and size. Returned as the bytearray it was assembled in (bytes-like;
     a copy to ``bytes`` would double the peak for a model's weights)."""
+    altered = IntegrityError(
+        f"artifact {name!r} of version {version_id} does not match its "
+        f"sha256 {sha256[:12]}...: the stored bytes were altered"
+    )
     out = bytearray(size)
     seen = 0
-    sql = "SELECT seq, data FROM artifact_chunks WHERE version_id = $1 AND name = $2"
-    for batch in bulk.rows(sql, [version_id, name], CHUNKS_PER_WRITE):
+    rows = bulk.rows(
+        "SELECT seq, data FROM artifact_chunks WHERE version_id = $1 AND name = $2",
+        [version_id, name],
+        CHUNKS_PER_WRITE,
+    )
+    for batch in rows:
         for seq, data in batch:
             at = seq * ARTIFACT_CHUNK
-            if at + len(data) > size:
-                seen = -1
-                break
+            if seq < 0 or at + len(data) > size:  # a row that cannot belong here
+                raise altered
             out[at : at + len(data)] = data
             seen += len(data)
     if seen != size or hashlib.sha256(out).hexdigest() != sha256:
-        raise IntegrityError(
-            f"artifact {name!r} of version {version_id} does not match its "
-            f"sha256 {sha256[:12]}...: the stored bytes were altered"
-        )
+        raise altered
     return cast(bytes, out)
 
 

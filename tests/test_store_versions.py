@@ -130,6 +130,13 @@ def test_tampered_artifact_is_refused(store, store_url):
         store.read_version(info.id)
 
 
+def test_misplaced_artifact_chunk_is_refused(store, store_url):
+    info = store.write_version("t", "tdm", ragged_tree(20, 0), {}, artifacts={"w": b"abcdef"})
+    _tamper(store_url, "UPDATE artifact_chunks SET seq = 7 WHERE version_id = :v", {"v": info.id})
+    with pytest.raises(IntegrityError, match="sha256"):
+        store.read_version(info.id)
+
+
 def test_broken_stored_structure_is_refused(store, store_url):
     info = store.write_version("t", "tdm", ragged_tree(20, 0), {})
     _tamper(store_url, "UPDATE nodes SET parent = node WHERE version_id = :v AND node = 5", {"v": info.id})  # cycle
