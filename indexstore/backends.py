@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -95,11 +95,15 @@ class DuckDBBulk:
         """The result of ``sql`` as numpy columns."""
         return self.nat.execute(sql, params).fetchnumpy()
 
-    def rows(self, sql: str, params: list, batch: int) -> Iterator[list[tuple]]:
+    def rows(self, sql: str, params: list, batch: int) -> Generator[list[tuple], None, None]:
         """The rows of ``sql``, ``batch`` at a time, streamed (DuckDB keeps one batch)."""
         self.nat.execute("SELECT 1").fetchall()
-        for part in self.nat.sql(sql, params=params).to_arrow_reader(batch):
-            yield list(zip(*(col.to_pylist() for col in part.columns)))
+        reader = self.nat.sql(sql, params=params).to_arrow_reader(batch)
+        try:
+            for part in reader:
+                yield list(zip(*(col.to_pylist() for col in part.columns)))
+        finally:  # left early: the connection's open result must go before its next statement
+            reader.close()
 
 
 # -------------------------------------------------------------------------------- PostgreSQL
@@ -217,7 +221,7 @@ class PostgresBulk:
                 table = table.set_column(k, n, _split_list(table.column(n).combine_chunks(), _ARRAY_OIDS[oid]))
         return table
 
-    def rows(self, sql: str, params: list, batch: int) -> Iterator[list[tuple]]:
+    def rows(self, sql: str, params: list, batch: int) -> Generator[list[tuple], None, None]:
         """The rows of ``sql``, ``batch`` at a time, through a server-side cursor."""
         query, named = _psycopg_sql(sql, params)
         with self.pg.cursor(name=f"grove_rows_{next(_tmp_names)}") as cur:

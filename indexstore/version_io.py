@@ -19,6 +19,7 @@ through its validating constructor, so a broken stored structure raises `Structu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -263,13 +264,14 @@ def artifact_bytes(bulk: Bulk, version_id: int, name: str, sha256: str, size: in
         [version_id, name],
         CHUNKS_PER_WRITE,
     )
-    for batch in rows:
-        for seq, data in batch:
-            at = seq * ARTIFACT_CHUNK
-            if seq < 0 or at + len(data) > size:  # a row that cannot belong here
-                raise altered
-            out[at : at + len(data)] = data
-            seen += len(data)
+    with contextlib.closing(rows):  # a raise below closes the stream (and its open result)
+        for batch in rows:
+            for seq, data in batch:
+                at = seq * ARTIFACT_CHUNK
+                if seq < 0 or at + len(data) > size:  # a row that cannot belong here
+                    raise altered
+                out[at : at + len(data)] = data
+                seen += len(data)
     if seen != size or hashlib.sha256(out).hexdigest() != sha256:
         raise altered
     return cast(bytes, out)
