@@ -1,4 +1,4 @@
-"""Batch retrieval as a job (issue 26): users/s of `grove retrieve --users FILE --out FILE` at a
+"""Batch retrieval as a job (issue 26): users/s of `grove retrieve --users-file FILE --out FILE` at a
 catalogue of 10^6 items, in process and on 1 and 2 Ray actors (one torch thread each); on a
 CUDA machine also in process on the GPU and on one GPU Ray actor.
 
@@ -6,12 +6,12 @@ CUDA machine also in process on the GPU and on one GPU Ray actor.
     python -m benchmarks.batch_retrieve --items 10000 --dataset-users 3000 --users 1000 --runs 2 --out /tmp/br
 
 1. A store in ``--work`` (kept for reuse): a synthetic planted-hierarchy dataset
-   (`flows.datasets.synth_dataset`) and its split, a TDM version of INDEX (construct, then train
+   (`grove.flows.datasets.synth_dataset`) and its split, a TDM version of INDEX (construct, then train
    on 256 windows: a beam search costs the same whatever the weights).
 2. The users file: the first ``--users`` held-out test users of the split (raw ids, histories =
    the first half of their positives, as ``grove retrieve --split`` reads them), cycled if the
    split has fewer.
-3. Per mode, the job (`flows.batch_retrieve.retrieve_to_file`, k, beam, batch as given) once
+3. Per mode, the job (`grove.flows.batch_retrieve.retrieve_to_file`, k, beam, batch as given) once
    untimed, then ``--runs`` times: the median seconds and users/s of the whole job (Ray: the
    actors start and load the version in every job), and the fixed cost: the median of 3 jobs
    of one chunk; "search users/s" = users / (median - fixed). Ray runs on one local Ray
@@ -48,10 +48,10 @@ TARGET = 1.8
 
 def build_store(path: pathlib.Path, items: int, users: int, seed: int) -> str:
     """The benchmark's store (module docstring, 1); reused when it already holds the version."""
-    from flows import steps
-    from flows.datasets import split_dataset, synth_dataset
-    from indexstore.errors import GroveError
-    from indexstore.store import Store
+    from grove.flows import steps
+    from grove.flows.datasets import split_dataset, synth_dataset
+    from grove.indexstore.errors import GroveError
+    from grove.indexstore.store import Store
 
     url = f"duckdb:///{path}"
     try:
@@ -72,8 +72,8 @@ def build_store(path: pathlib.Path, items: int, users: int, seed: int) -> str:
 
 def users_file(url: str, path: pathlib.Path, n: int) -> pathlib.Path:
     """The first ``n`` test users of the split as a users file (cycled when there are fewer)."""
-    from flows.batch_retrieve import split_users
-    from indexstore.store import Store
+    from grove.flows.batch_retrieve import split_users
+    from grove.indexstore.store import Store
 
     store = Store.open(url)
     table = split_users(store, store.resolve(INDEX), "default", "test")
@@ -85,10 +85,10 @@ def users_file(url: str, path: pathlib.Path, n: int) -> pathlib.Path:
 
 def timed_job(url: str, users: pathlib.Path, out: pathlib.Path, mode: dict, args) -> float:
     """Seconds of one job in ``mode`` (device, actors: None in process)."""
-    from flows.batch_retrieve import retrieve_to_file
-    from flows.ray_pool import RayOptions
-    from indexstore.store import Store
-    from models.batch_retrieval import Query
+    from grove.flows.batch_retrieve import retrieve_to_file
+    from grove.flows.ray_pool import RayOptions
+    from grove.indexstore.store import Store
+    from grove.models.batch_retrieval import Query
 
     ray = RayOptions(None, mode["actors"], 1) if mode["actors"] else None
     start = time.perf_counter()
@@ -237,7 +237,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

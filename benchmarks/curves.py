@@ -10,11 +10,11 @@
     python -m benchmarks.curves --from-store /tmp/a.duckdb /tmp/b.duckdb
 
 For each method in ``--methods``: its lifecycle up to one trained index, run through the flows'
-steps (`flows.steps`) into a DuckDB store as versions of the index ``curves-<method>`` (TDM/JTM/
+steps (`grove.flows.steps`) into a DuckDB store as versions of the index ``curves-<method>`` (TDM/JTM/
 DeFoRec/DR: construct -> train -> relearn -> train, i.e. category tree -> train -> one tree
 learning round -> train, a DeFoRec forest of 2 trees, DR random codes -> train -> one EM round
 -> train; RecForest: construct -> train). The newest version of each index is then loaded the way
-a server loads it (`models.retriever.Retriever.load`) and its beam search run on the test users
+a server loads it (`grove.models.retriever.Retriever.load`) and its beam search run on the test users
 for every beam in ``--beams``: users/s at batch 256 (the test users' histories repeated to fill
 whole batches; ``--threads`` CPU threads; median of ``--repeats`` timed passes after a warm-up)
 and Recall@k of the test users (seen items kept). Beside them, over the SAME two-tower embeddings
@@ -54,8 +54,8 @@ from benchmarks.curves_report import markdown, plot
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import CONFIGS, LIFECYCLE, METHODS, QUICK, RESULTS, apply_override, find_data_dir, load_data
-from models.evaluation import recall_of
-from models.method import config_from_dict
+from grove.models.evaluation import recall_of
+from grove.models.method import config_from_dict
 
 TREE_METHODS = ("tdm", "jtm", "deforec")
 INDEX_PREFIX = "curves-"
@@ -101,8 +101,8 @@ def split_fingerprint(data) -> str:
 def train_into_store(url: str, name: str, dataset: str, cfg: dict) -> int:
     """``name``'s lifecycle through the flows' steps, each step a new version of ``curves-<name>``;
     returns the id of the last (trained) version."""
-    from flows import steps
-    from models.registry import get_method
+    from grove.flows import steps
+    from grove.models.registry import get_method
 
     index = INDEX_PREFIX + name
     vid = steps.construct(url, index, name, cfg, dataset, split_name()).version_id
@@ -114,7 +114,7 @@ def train_into_store(url: str, name: str, dataset: str, cfg: dict) -> int:
 
 def measure_index(store, file: str, name: str, data, beams, k: int, repeats: int) -> dict:
     """Load the newest ``curves-<name>`` version as a server would and time/score each beam."""
-    from models.retriever import Retriever
+    from grove.models.retriever import Retriever
 
     retriever = Retriever.load(store, INDEX_PREFIX + name, device="cpu")
     searcher = retriever.searcher
@@ -137,7 +137,7 @@ def measure_index(store, file: str, name: str, data, beams, k: int, repeats: int
 
 def two_tower_curves(data, k: int, cfg: dict, repeats: int, faiss_params) -> dict:
     """Exact search and FAISS HNSW / IVF over the two-tower embeddings."""
-    from models.baselines.two_tower import TwoTowerConfig, train_two_tower
+    from grove.models.baselines.two_tower import TwoTowerConfig, train_two_tower
 
     config = config_from_dict(TwoTowerConfig, cfg)
     model, _ = train_two_tower(data, config, torch.device("cpu"))
@@ -212,8 +212,8 @@ def method_configs(methods, quick: bool, max_samples: int, overrides=()) -> dict
 def stored_indexes(files, dataset: str, methods) -> tuple[object, dict]:
     """The split of ``dataset`` (the same in every store: checked) and {method: (store, file)} of
     the ``curves-*`` indexes found (one store per method: checked)."""
-    from indexstore.errors import GroveError
-    from indexstore.store import Store
+    from grove.indexstore.errors import GroveError
+    from grove.indexstore.store import Store
 
     data, found, first = None, {}, None
     for file in files:
@@ -334,7 +334,7 @@ def main(argv=None) -> dict:
             "methods": {},
         }
         if not a.from_store:
-            from indexstore.store import Store
+            from grove.indexstore.store import Store
 
             for name in methods:
                 print(f"{name}: training", flush=True)
@@ -368,7 +368,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -7,9 +7,9 @@ against 1 x 1 thread, and the validation recall 2 workers reach against 1.
 Both parts run on a MovieLens dataset imported into a DuckDB store in ``--workdir``.
 
 * speed: per method, one constructed version; each run launches N workers with torch's elastic
-  launcher (`flows.distributed_train`'s launch, gloo, one torch thread per worker), every worker
+  launcher (`grove.flows.distributed_train`'s launch, gloo, one torch thread per worker), every worker
   loads the version and the split, waits at a barrier and then runs the lifecycle's train step
-  (`models.lifecycle.step_result`: the same loops as ``grove train --nproc N``, without the
+  (`grove.models.lifecycle.step_result`: the same loops as ``grove train --nproc N``, without the
   store write) on ``--speed-samples`` windows; samples/s = samples / the slowest worker's
   seconds. Runs with 1 and 2 workers alternate (a VM drifts over minutes); median of
   ``--repeats``. Target: >= 1.7x.
@@ -44,8 +44,8 @@ def _settings(method: str, samples: int) -> dict:
 
 
 def _store(dataset: str, workdir: str) -> str:
-    from flows.datasets import import_file, split_dataset
-    from indexstore.store import Store
+    from grove.flows.datasets import import_file, split_dataset
+    from grove.indexstore.store import Store
 
     url = f"duckdb:///{workdir}/distributed_{dataset}.duckdb"
     Store.init(url)
@@ -62,8 +62,8 @@ def timed_step(url: str, version_id: int) -> tuple[float, int]:
     """One worker: load, join the group, barrier, the train step timed -> (seconds, rank)."""
     import torch
 
-    from indexstore.store import Store
-    from models import distributed, lifecycle
+    from grove.indexstore.store import Store
+    from grove.models import distributed, lifecycle
 
     torch.set_num_threads(1)
     store = Store.open(url)
@@ -81,7 +81,7 @@ def timed_step(url: str, version_id: int) -> tuple[float, int]:
 
 
 def _launch_timed(url: str, version_id: int, nproc: int) -> float:
-    from flows.distributed_train import launch
+    from grove.flows.distributed_train import launch
 
     return launch(timed_step, nproc, url, version_id)[0][0]
 
@@ -98,8 +98,8 @@ def _independent_pair(url: str, version_id: int, samples: int) -> float:
 
 
 def speed(url: str, dataset: str, method: str, samples: int, repeats: int) -> dict:
-    from indexstore.store import Store
-    from models import lifecycle
+    from grove.indexstore.store import Store
+    from grove.models import lifecycle
 
     recipe = lifecycle.Recipe.new(method, _settings(method, samples))
     v0 = lifecycle.construct(Store.open(url), f"speed-{method}", recipe, dataset).id
@@ -121,9 +121,9 @@ def speed(url: str, dataset: str, method: str, samples: int, repeats: int) -> di
 
 
 def recall(url: str, dataset: str, method: str, samples: int, seeds: list[int], users: int) -> dict:
-    from flows import steps
-    from indexstore.store import Store
-    from models import lifecycle
+    from grove.flows import steps
+    from grove.indexstore.store import Store
+    from grove.models import lifecycle
 
     out: dict[int, list[float]] = {1: [], 2: []}
     for seed in seeds:

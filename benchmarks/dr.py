@@ -29,13 +29,13 @@ import torch
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json
 from benchmarks.timing import median_seconds
-from indexstore.protocol import build_split_data, split_users
-from indexstore.samples import SplitData
-from models.dr.method import DRConfig, DRMethod
-from models.dr.search import beam_search, path_ids_of
-from models.evaluation import evaluate
-from models.method import Built
-from models.metrics import fidelity
+from grove.indexstore.protocol import build_split_data, split_users
+from grove.indexstore.samples import SplitData
+from grove.models.dr.method import DRConfig, DRMethod
+from grove.models.dr.search import beam_search, path_ids_of
+from grove.models.evaluation import evaluate
+from grove.models.method import Built
+from grove.models.metrics import fidelity
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "dr.json"
 DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -44,11 +44,11 @@ DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
 def load_data(name: str, items: int, users: int, seed: int, data_dir=DATASETS) -> SplitData:
     """ml-1m-subset through the readers and the protocol, or a synthetic planted hierarchy."""
     if name == "ml-1m-subset":
-        from indexstore.readers import read_interactions
+        from grove.indexstore.readers import read_interactions
 
         inter = read_interactions(pathlib.Path(data_dir) / name / "ratings_users0001-2999.dat.gz")
     else:
-        from indexstore.synth import synthesize
+        from grove.indexstore.synth import synthesize
 
         inter, _ = synthesize(items, users, seed)
     assign = split_users(inter, seed=seed)
@@ -233,7 +233,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -26,10 +26,10 @@ import torch
 from benchmarks.dr import DATASETS, beam_diversity, load_data, path_stats
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json
-from models.dr.em import estep_scores, mstep, pool_coverage
-from models.dr.method import DRConfig, DRMethod, load_net
-from models.evaluation import evaluate
-from models.method import Built
+from grove.models.dr.em import estep_scores, mstep, pool_coverage
+from grove.models.dr.method import DRConfig, DRMethod, load_net
+from grove.models.evaluation import evaluate
+from grove.models.method import Built
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "dr_pools.json"
 
@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

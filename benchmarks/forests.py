@@ -26,14 +26,14 @@ import torch
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json
 from benchmarks.timing import median_seconds
-from indexstore.protocol import build_split_data, split_users
-from indexstore.samples import SplitData
-from indexstore.structures import Forest
-from models.deforec.method import DeFoRecConfig, DeFoRecMethod
-from models.evaluation import evaluate
-from models.method import Built, bytes_to_state
-from models.metrics import fidelity
-from models.recforest.method import RecForestConfig, RecForestMethod
+from grove.indexstore.protocol import build_split_data, split_users
+from grove.indexstore.samples import SplitData
+from grove.indexstore.structures import Forest
+from grove.models.deforec.method import DeFoRecConfig, DeFoRecMethod
+from grove.models.evaluation import evaluate
+from grove.models.method import Built, bytes_to_state
+from grove.models.metrics import fidelity
+from grove.models.recforest.method import RecForestConfig, RecForestMethod
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "forests.json"
 DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -42,13 +42,13 @@ DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
 def load_data(name: str, seed: int) -> SplitData:
     """ml-1m-subset (with genres) through the readers and the protocol, or synthetic."""
     if name == "ml-1m-subset":
-        from indexstore.categories import read_item_categories
-        from indexstore.readers import read_interactions
+        from grove.indexstore.categories import read_item_categories
+        from grove.indexstore.readers import read_interactions
 
         inter = read_interactions(DATASETS / name / "ratings_users0001-2999.dat.gz")
         cats = read_item_categories(DATASETS / name / "movies.dat", inter.item_raw, seed)
     else:
-        from indexstore.synth import synthesize
+        from grove.indexstore.synth import synthesize
 
         inter, cats = synthesize(3000, 2000, seed)
     kept = np.asarray(cats.kept, dtype=object)
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

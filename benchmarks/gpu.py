@@ -78,8 +78,8 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def build_tdm(n: int, seed: int):
-    from models.node_scorer import TDMScorer
-    from models.tree_builders import category_tree
+    from grove.models.node_scorer import TDMScorer
+    from grove.models.tree_builders import category_tree
 
     tree = category_tree(np.random.default_rng(seed).integers(0, max(n // 100, 1), n), 2, seed=seed)
     torch.manual_seed(seed)
@@ -87,9 +87,9 @@ def build_tdm(n: int, seed: int):
 
 
 def build_recforest(n: int, trees: int, seed: int, device: str):
-    from indexstore.structures import Forest
-    from models.recforest.method import RecForestConfig, make_net
-    from models.tree_builders import recforest_tree
+    from grove.indexstore.structures import Forest
+    from grove.models.recforest.method import RecForestConfig, make_net
+    from grove.models.tree_builders import recforest_tree
 
     emb = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
     forest = Forest(tuple(recforest_tree(emb, 18, seed=seed * 1000 + t, device=device) for t in range(trees)))
@@ -99,8 +99,8 @@ def build_recforest(n: int, trees: int, seed: int, device: str):
 
 
 def searchers(index: str, built, device: torch.device):
-    from models.recforest.search import ForestTables, RecForestSearcher
-    from models.tree_method import TreeSearcher
+    from grove.models.recforest.search import ForestTables, RecForestSearcher
+    from grove.models.tree_method import TreeSearcher
 
     if index == "tdm":
         tree, scorer = built
@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

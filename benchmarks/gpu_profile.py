@@ -10,7 +10,7 @@ Same indexes, weights and histories as `benchmarks.gpu` (its ``build_tdm`` / ``b
 * **profile**: `torch.profiler` over one search of the whole batch for each index; the ops that
   took the most device time (self time; CPU time without CUDA), as a table.
 * **TDM chunk sweep**: `TDMScorer.score` splits each level's users into chunks of at most
-  ``max_elements`` activation floats (the default is `models.node_scorer.default_chunk_elements`: up to
+  ``max_elements`` activation floats (the default is `grove.models.node_scorer.default_chunk_elements`: up to
   2**28 on CUDA, 2**20 on the CPU; before this sweep the CUDA default was 2**24). Users/s for each value of
   ``--max-elements``, and the share of the default's top-k items each returns (chunking must not
   change the results: anything below 1 is a bug).
@@ -35,7 +35,7 @@ from benchmarks.gpu import HIST, build_recforest, build_tdm, overlap, searchers,
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json_and_markdown
 from benchmarks.timing import at_least
-from models.node_scorer import default_chunk_elements
+from grove.models.node_scorer import default_chunk_elements
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     t0 = time.perf_counter()
     main()

@@ -41,8 +41,8 @@ CHUNK = 1_000_000  # rows generated and written at a time
 BIG = 10_000_000  # above this many rows, --big-runs imports instead of --runs
 CHILD = """
 import json, resource, sys, time
-from indexstore.file_layout import InteractionFile
-from indexstore.store import Store
+from grove.indexstore.file_layout import InteractionFile
+from grove.indexstore.store import Store
 def hwm_mb():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM:'):
@@ -213,7 +213,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -4,7 +4,7 @@
     python -m benchmarks.large --items 10000000 --users 1000000 --methods tdm dr --set dr.dim=32
 
 For TDM, JTM, DeFoRec, RecForest, Deep Retrieval and the two-tower: synthesise the corpus
-(`indexstore.synth`, planted hierarchy of interests) and split it, then each method's cycle
+(`grove.indexstore.synth`, planted hierarchy of interests) and split it, then each method's cycle
 through the flows' steps (construct -> train -> relearn -> train; RecForest and the two-tower
 construct -> train), each step in its own process (`benchmarks.large_steps`) so that its
 seconds and peak RSS are its own. Then each final version is loaded as a server would and
@@ -83,7 +83,7 @@ def run_step(spec: dict, log: list) -> dict:
 
 def lifecycle(method: str, config: dict, base: dict, log: list) -> tuple[int, int]:
     """construct -> train [-> relearn -> train]; returns (first trained version, final version)."""
-    from models.registry import get_method
+    from grove.models.registry import get_method
 
     spec = {**base, "method": method, "index": f"large-{method}"}
     vid = run_step({**spec, "step": "construct", "config": config}, log)["version"]
@@ -96,8 +96,8 @@ def lifecycle(method: str, config: dict, base: dict, log: list) -> tuple[int, in
 
 def has_split(url: str, dataset: str) -> bool:
     """Whether the benchmark's store already holds the dataset and its default split."""
-    from indexstore.errors import GroveError
-    from indexstore.store import Store
+    from grove.indexstore.errors import GroveError
+    from grove.indexstore.store import Store
 
     try:
         return any(s.name == "default" for s in Store.open(url).list_splits(dataset))
@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -26,8 +26,8 @@ def _peak_gb() -> float:
 
 
 def synth(spec: dict) -> dict:
-    from flows.datasets import synth_dataset
-    from indexstore.store import Store
+    from grove.flows.datasets import synth_dataset
+    from grove.indexstore.store import Store
 
     Store.init(spec["url"])
     info = synth_dataset(Store.open(spec["url"]), spec["dataset"], spec["items"], spec["users"], spec["seed"])
@@ -35,35 +35,35 @@ def synth(spec: dict) -> dict:
 
 
 def split(spec: dict) -> dict:
-    from flows.datasets import split_dataset
-    from indexstore.store import Store
+    from grove.flows.datasets import split_dataset
+    from grove.indexstore.store import Store
 
     info = split_dataset(Store.open(spec["url"]), spec["dataset"], "default", seed=spec["seed"])
     return {"train_users": info.n_train, "valid_users": info.n_valid, "test_users": info.n_test}
 
 
 def construct(spec: dict) -> dict:
-    from flows import steps
+    from grove.flows import steps
 
     res = steps.construct(spec["url"], spec["index"], spec["method"], spec["config"], spec["dataset"])
     return {"version": res.version_id}
 
 
 def train(spec: dict) -> dict:
-    from flows import steps
+    from grove.flows import steps
 
     return {"version": steps.train(spec["url"], spec["version"]).version_id}
 
 
 def relearn(spec: dict) -> dict:
-    from flows import steps
+    from grove.flows import steps
 
     return {"version": steps.relearn(spec["url"], spec["version"]).version_id}
 
 
 def _held_out(spec: dict):
-    from indexstore.store import Store
-    from models.lifecycle import Recipe, split_data
+    from grove.indexstore.store import Store
+    from grove.models.lifecycle import Recipe, split_data
 
     store = Store.open(spec["url"])
     data = split_data(store, spec["dataset"], "default", Recipe.new(spec.get("method", "tdm")).config)
@@ -73,8 +73,8 @@ def _held_out(spec: dict):
 def evaluate(spec: dict) -> dict:
     """Load the version as a server would, then recall@k and users/s per beam (batch 256) and
     users/s at batch 1 (beam ``batch1_beam``)."""
-    from models.evaluation import evaluate as run
-    from models.retriever import Retriever
+    from grove.models.evaluation import evaluate as run
+    from grove.models.retriever import Retriever
 
     store, held_out, _ = _held_out(spec)
     start = time.perf_counter()
@@ -118,7 +118,7 @@ def ann(spec: dict) -> dict:
     vectors: build seconds, recall@k and users/s at batch 256 and 1 per search parameter."""
     import faiss
 
-    from models.retriever import Retriever
+    from grove.models.retriever import Retriever
 
     store, held_out, n = _held_out(spec)
     model = Retriever.load(store, spec["index"], version=spec["version"], device="cpu").searcher.model
@@ -153,7 +153,7 @@ def ann(spec: dict) -> dict:
 
 def _ann_point(index, users: np.ndarray, held_out, spec: dict) -> dict:
     """recall@k and users/s at batch 256 over every user, users/s at batch 1 over the first few."""
-    from models.evaluation import recall_of
+    from grove.models.evaluation import recall_of
 
     k = spec["k"]
     start = time.perf_counter()
@@ -187,7 +187,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main(sys.argv[1:])
     exit_quietly(0)

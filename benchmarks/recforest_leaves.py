@@ -30,7 +30,7 @@ from benchmarks.gpu import build_recforest, searchers
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import RESULTS
-from models.recforest.search import EXPAND_MARGIN
+from grove.models.recforest.search import EXPAND_MARGIN
 
 MODES = ("teacher", "expand", "auto")
 

@@ -4,9 +4,10 @@
 
 Both relearners score every training pair against all candidate nodes of the next ``gap`` (7)
 levels, in chunks of pairs bounded by ``max_elements`` activation floats per (chunk, C, L, 36)
-intermediate (`models.jtm.tree_learning.learn_tree`, `models.deforec.tree_learning.learn_tree_softmax`). This times
+intermediate (`grove.models.jtm.tree_learning.learn_tree`,
+`grove.models.deforec.tree_learning.learn_tree_softmax`). This times
 one relearning round for each ``--sizes`` value (``0`` = the default,
-`models.node_scorer.default_chunk_elements`), on an untrained scorer over a binary category tree of
+`grove.models.node_scorer.default_chunk_elements`), on an untrained scorer over a binary category tree of
 ``--items`` items (categories of ~100) and ``--pairs`` random (69 behaviours, target) pairs:
 a warm-up round on a small tree first, then the median of ``--runs`` rounds per size. Chunking
 must not change the tree: the JSON records whether every size gave the same item -> leaf map.
@@ -33,17 +34,17 @@ DIM, HIST = 24, 69
 
 
 def relearners():
-    from models.deforec.tree_learning import learn_tree_softmax
-    from models.jtm.hierarchical import HierarchicalScorer
-    from models.jtm.tree_learning import learn_tree
-    from models.node_scorer import TDMScorer
+    from grove.models.deforec.tree_learning import learn_tree_softmax
+    from grove.models.jtm.hierarchical import HierarchicalScorer
+    from grove.models.jtm.tree_learning import learn_tree
+    from grove.models.node_scorer import TDMScorer
 
     return {"jtm": (HierarchicalScorer, learn_tree), "deforec": (TDMScorer, learn_tree_softmax)}
 
 
 def setup(kind: str, n: int, pairs: int, seed: int):
-    from indexstore.samples import TrainingSamples
-    from models.tree_builders import category_tree
+    from grove.indexstore.samples import TrainingSamples
+    from grove.models.tree_builders import category_tree
 
     rng = np.random.default_rng(seed)
     tree = category_tree(rng.integers(0, max(n // 100, 1), n), 2, seed=seed)
@@ -86,7 +87,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    from models.node_scorer import default_chunk_elements
+    from grove.models.node_scorer import default_chunk_elements
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=at_least(2), default=10_000)
@@ -148,7 +149,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -15,7 +15,7 @@ relearn), with benchmarks.quality's QUICK configs (a few thousand training windo
 budget only lets a difference grow), is run three times with seed ``--seed``:
 
 * ``verbs`` twice: the method's verbs in this process (what benchmarks.quality does), with the
-  seeds `models.lifecycle.Recipe.seed` derives (train: seed + round, relearn into round r: its
+  seeds `grove.models.lifecycle.Recipe.seed` derives (train: seed + round, relearn into round r: its
   own stream);
 * ``store`` once: through the flows' steps into a DuckDB store, each step a version read back
   from the store by the next (what `grove cycle` and benchmarks.curves do).
@@ -46,10 +46,10 @@ IGNORED = frozenset({"seconds", "stats"})  # wall-clock figures inside saved tra
 
 
 def run_verbs(name: str, values: dict, data) -> object:
-    """construct -> train (-> relearn -> train) in memory through `models.lifecycle` (the seeds
+    """construct -> train (-> relearn -> train) in memory through `grove.models.lifecycle` (the seeds
     the stored lifecycle uses); the final Built."""
-    from models.lifecycle import Recipe, advance, build
-    from models.registry import get_method
+    from grove.models.lifecycle import Recipe, advance, build
+    from grove.models.registry import get_method
 
     recipe = Recipe.new(name, values)
     built, recipe = advance(recipe, build(recipe, data), data, "train")
@@ -62,8 +62,8 @@ def run_verbs(name: str, values: dict, data) -> object:
 def run_store(name: str, values: dict, url: str, dataset: str) -> object:
     """The same lifecycle through the flows' steps; the final version read back as a Built."""
     from benchmarks.curves import train_into_store
-    from indexstore.store import Store
-    from models.method import Built
+    from grove.indexstore.store import Store
+    from grove.models.method import Built
 
     vid = train_into_store(url, name, dataset, values)
     _, structure, artifacts = Store.open(url).read_version(vid)
@@ -93,7 +93,7 @@ def largest_difference(a, b) -> float:
 
 def compare(a, b) -> dict:
     """Structure equality and the largest weight difference between two Builts."""
-    from models.method import bytes_to_state
+    from grove.models.method import bytes_to_state
 
     if set(a.artifacts) != set(b.artifacts):
         return {
@@ -190,7 +190,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     res = main()
     exit_quietly(1 if any("error" in row for row in res["methods"].values()) else 0)

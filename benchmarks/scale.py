@@ -13,10 +13,10 @@ timed runs):
   for N >= 10^6 (both 5 by default: the issue's rule is a median of >= 5 runs after a warm-up);
   the largest build runs once more, untimed in the median, under cProfile (``profile`` = where
   its time goes; ``profile_seconds`` = that run's time with the profiler's overhead).
-* one JTM tree-learning round (`models.jtm.tree_learning.learn_tree`, gap 7) with an untrained
+* one JTM tree-learning round (`grove.models.jtm.tree_learning.learn_tree`, gap 7) with an untrained
   `HierarchicalScorer` on a K = 2 category tree, ``--jtm-pairs`` random training pairs; the same
   runs as the builds.
-* one DR M-step sweep (`models.dr.em.mstep`, ``--mstep-iters``; the DR default is 4) over
+* one DR M-step sweep (`grove.models.dr.em.mstep`, ``--mstep-iters``; the DR default is 4) over
   random candidate tables (pool 20 paths per item, J = 3, D = 3, K = 100, alpha 3e-5).
 * store write + read of a balanced tree version, K = 2 and 18 (`benchmarks.store_roundtrip`).
 * search, side by side in one process per N: TDM beam search (`TreeSearcher.search`, beam 50,
@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

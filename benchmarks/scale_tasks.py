@@ -59,7 +59,7 @@ def _histories(n_users: int, n_items: int, seed: int):
 
 
 def task_kmeans(spec: dict) -> dict:
-    from models.tree_builders import kmeans_tree
+    from grove.models.tree_builders import kmeans_tree
 
     x, k = _embeddings(spec["n"]), spec["k"]
     kmeans_tree(x[:2000], k, seed=0)  # warm-up
@@ -74,11 +74,11 @@ def task_kmeans(spec: dict) -> dict:
 def task_jtm(spec: dict) -> dict:
     import numpy as np
 
-    from indexstore.samples import TrainingSamples
-    from models.jtm.hierarchical import HierarchicalScorer
-    from models.jtm.tree_learning import learn_tree
-    from models.tree_builders import category_tree
-    from models.tree_learning import layout_depth
+    from grove.indexstore.samples import TrainingSamples
+    from grove.models.jtm.hierarchical import HierarchicalScorer
+    from grove.models.jtm.tree_learning import learn_tree
+    from grove.models.tree_builders import category_tree
+    from grove.models.tree_learning import layout_depth
 
     def setup(n, pairs, seed):
         rng = np.random.default_rng(seed)
@@ -107,7 +107,7 @@ def task_jtm(spec: dict) -> dict:
 def task_mstep(spec: dict) -> dict:
     import numpy as np
 
-    from models.dr.em import _top_per_item, mstep, random_codes
+    from grove.models.dr.em import _top_per_item, mstep, random_codes
 
     def setup(n, seed, pool=20):
         rng = np.random.default_rng(seed)
@@ -126,7 +126,7 @@ def task_mstep(spec: dict) -> dict:
 
 def task_store(spec: dict) -> dict:
     from benchmarks.store_roundtrip import balanced_tree, run_case
-    from indexstore.store import Store
+    from grove.indexstore.store import Store
 
     with tempfile.TemporaryDirectory(prefix="grove-scale-") as tmp:
         url = f"duckdb:///{tmp}/bench.duckdb"
@@ -155,9 +155,9 @@ def _tree_searcher(n: int, arity: int):
     import numpy as np
     import torch
 
-    from models.node_scorer import TDMScorer
-    from models.tree_builders import category_tree
-    from models.tree_method import TreeSearcher
+    from grove.models.node_scorer import TDMScorer
+    from grove.models.tree_builders import category_tree
+    from grove.models.tree_method import TreeSearcher
 
     torch.manual_seed(0)
     tree = category_tree(np.random.default_rng(0).integers(0, max(n // 100, 1), n), arity, seed=0)
@@ -167,7 +167,7 @@ def _tree_searcher(n: int, arity: int):
 def task_search(spec: dict) -> dict:
     import torch
 
-    from models.baselines.two_tower import TwoTowerConfig, TwoTowerModel, TwoTowerSearcher
+    from grove.models.baselines.two_tower import TwoTowerConfig, TwoTowerModel, TwoTowerSearcher
 
     n, torch_dev = spec["n"], torch.device("cpu")
     tdm, tree = _tree_searcher(n, spec["k"])

@@ -49,9 +49,9 @@ TDM = {"epochs": 1, "dim": 16, "hidden": [32, 16], "max_samples": 1500, "neg_bas
 def build_store(path: pathlib.Path, items: int, users: int) -> tuple[str, int, int, list[list[str]]]:
     """A store with two trained TDM versions (A, B) and ``production`` -> A.
     Returns (url, A, B, histories of raw item ids, oldest first, one per user)."""
-    from flows import steps
-    from flows.datasets import split_dataset, synth_dataset
-    from indexstore.store import Store
+    from grove.flows import steps
+    from grove.flows.datasets import split_dataset, synth_dataset
+    from grove.indexstore.store import Store
 
     url = f"duckdb:///{path}"
     Store.init(url)
@@ -91,7 +91,7 @@ def start_server(
     cmd = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "grove.flows.cli",
         "--store",
         url,
         "serve",
@@ -189,7 +189,7 @@ def move_aliases(
     """Move production A<->B ``moves`` times; per move, the time until the service serves it."""
     import httpx
 
-    from indexstore.store import Store
+    from grove.indexstore.store import Store
 
     store = Store.open(url)
     try:
@@ -319,7 +319,7 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     url, a, b, histories = build_store(tmp / "grove.duckdb", args.items, args.users)
     build_s = time.perf_counter() - t
-    from indexstore.store import Store
+    from grove.indexstore.store import Store
 
     nodes = Store.open(url).version(a).shape.get("total_nodes")
     print(f"store built in {build_s:.1f} s: versions A={a}, B={b}", flush=True)
@@ -409,7 +409,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

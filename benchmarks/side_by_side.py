@@ -58,9 +58,9 @@ def parse_spec(spec: str) -> tuple[str, str, int | None, str | None]:
 
 def load(specs: list[str]) -> tuple[list[dict], object]:
     """Each spec's Retriever (label, file, version info) and the first version's split."""
-    from indexstore.errors import GroveError
-    from indexstore.store import Store
-    from models.retriever import Retriever
+    from grove.indexstore.errors import GroveError
+    from grove.indexstore.store import Store
+    from grove.models.retriever import Retriever
 
     loaded, data = [], None
     for spec in specs:
@@ -214,7 +214,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

@@ -36,8 +36,8 @@ import sqlalchemy as sa
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json
 from benchmarks.timing import at_least
-from indexstore.store import Store
-from indexstore.structures import Forest, PathCodes, Tree
+from grove.indexstore.store import Store
+from grove.indexstore.structures import Forest, PathCodes, Tree
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "store_roundtrip.json"
 
@@ -166,6 +166,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     exit_quietly(main() or 0)

@@ -3,9 +3,10 @@
     python -m benchmarks.train_scale [--sizes 10000 100000 1000000] [--steps 12] [--batch 256]
 
 For TDM, JTM and DeFoRec with their DEFAULT configs (negatives, dim, network): one synthetic
-corpus per size (`indexstore.synth`, the same users and history lengths at every size), the
+corpus per size (`grove.indexstore.synth`, the same users and history lengths at every size), the
 category tree `construct` builds, the scorer, sampler and optimiser the trainers use
-(`models.tree_training.bce_step`, `models.deforec.training.softmax_step`, `models.optim.EmbeddingAdam`),
+(`grove.models.tree_training.bce_step`, `grove.models.deforec.training.softmax_step`,
+`grove.models.optim.EmbeddingAdam`),
 and a step on a fresh random batch of the corpus' training windows. Per trainer, one process
 holds every size and times their steps side by side, alternating (a VM drifts up to 2x over
 minutes; steps timed next to each other give a ratio that repeats), after ``--warmup`` steps per
@@ -36,8 +37,8 @@ TRAINERS = ("tdm", "jtm", "deforec")
 def _corpus(n_items: int, n_users: int, seed: int):
     import numpy as np
 
-    from indexstore.protocol import build_split_data, split_users
-    from indexstore.synth import synthesize
+    from grove.indexstore.protocol import build_split_data, split_users
+    from grove.indexstore.synth import synthesize
 
     inter, cats = synthesize(n_items, n_users, seed)
     codes = np.unique(cats.kept.astype(str), return_inverse=True)[1].astype(np.int32)
@@ -49,16 +50,16 @@ def _stepper(trainer: str, data, batch: int, seed: int):
     import numpy as np
     import torch
 
-    from models.deforec.method import DeFoRecConfig
-    from models.deforec.training import SoftmaxLevels, softmax_step
-    from models.jtm.hierarchical import HierarchicalScorer
-    from models.jtm.method import JTMConfig
-    from models.node_scorer import TDMScorer
-    from models.optim import EmbeddingAdam
-    from models.tdm.method import TDMConfig
-    from models.tree_builders import category_tree
-    from models.tree_training import LevelSampler, bce_step, negatives_per_level
-    from models.windows import DeviceWindows
+    from grove.models.deforec.method import DeFoRecConfig
+    from grove.models.deforec.training import SoftmaxLevels, softmax_step
+    from grove.models.jtm.hierarchical import HierarchicalScorer
+    from grove.models.jtm.method import JTMConfig
+    from grove.models.node_scorer import TDMScorer
+    from grove.models.optim import EmbeddingAdam
+    from grove.models.tdm.method import TDMConfig
+    from grove.models.tree_builders import category_tree
+    from grove.models.tree_training import LevelSampler, bce_step, negatives_per_level
+    from grove.models.windows import DeviceWindows
 
     cpu = torch.device("cpu")
     tree = category_tree(data.item_category, 2, seed=seed)
@@ -198,7 +199,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

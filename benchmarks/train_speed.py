@@ -2,16 +2,16 @@
 
     python -m benchmarks.train_speed [--batches 64 256] [--runs 5] [--device cpu]
 
-`models.node_scorer.TDMScorer.forward_rows` runs the activation unit in user chunks of
+`grove.models.node_scorer.TDMScorer.forward_rows` runs the activation unit in user chunks of
 ``train_chunk_elements`` floats per (chunk, C, L, h) intermediate under activation checkpointing
 when it trains on CPU. This measures what that buys, per trainer:
 
-* ``tdm``: `TDMScorer` with TDM's per-level binary cross-entropy (`models.tree_training.bce_step`,
+* ``tdm``: `TDMScorer` with TDM's per-level binary cross-entropy (`grove.models.tree_training.bce_step`,
   negatives per level from `TDMConfig`'s defaults, 2 * 1.3^(l-1));
-* ``jtm``: `models.jtm.hierarchical.HierarchicalScorer` (behaviours mapped to the scored node's level: no
+* ``jtm``: `grove.models.jtm.hierarchical.HierarchicalScorer` (behaviours mapped to the scored node's level: no
   behaviour sharing across a user's C nodes), same loss;
 * ``deforec``: `TDMScorer` with DeFoRec's layer-wise sampled softmax
-  (`models.deforec.training.softmax_step`, m = `DeFoRecConfig().negatives`, 40).
+  (`grove.models.deforec.training.softmax_step`, m = `DeFoRecConfig().negatives`, 40).
 
 Corpus: synthetic, the shape of ml-1m-subset: 3,615 items on a K = 2 category tree (18
 categories; depth 12), full 69-item histories. For every (trainer, batch size) one scorer is
@@ -41,14 +41,14 @@ def _trainer(kind: str, device, seed: int = 0):
     import numpy as np
     import torch
 
-    from models.deforec.method import DeFoRecConfig
-    from models.deforec.training import SoftmaxLevels, softmax_step
-    from models.jtm.hierarchical import HierarchicalScorer
-    from models.node_scorer import TDMScorer
-    from models.optim import EmbeddingAdam
-    from models.tdm.method import TDMConfig
-    from models.tree_builders import category_tree
-    from models.tree_training import LevelSampler, bce_step, negatives_per_level
+    from grove.models.deforec.method import DeFoRecConfig
+    from grove.models.deforec.training import SoftmaxLevels, softmax_step
+    from grove.models.jtm.hierarchical import HierarchicalScorer
+    from grove.models.node_scorer import TDMScorer
+    from grove.models.optim import EmbeddingAdam
+    from grove.models.tdm.method import TDMConfig
+    from grove.models.tree_builders import category_tree
+    from grove.models.tree_training import LevelSampler, bce_step, negatives_per_level
 
     tree = category_tree(np.random.default_rng(seed).integers(0, CATEGORIES, N_ITEMS), 2, seed=seed)
     torch.manual_seed(seed)
@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

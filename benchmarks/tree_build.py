@@ -1,12 +1,12 @@
 """Scale of tree construction and beam search (issue 7 targets).
 
-* Balanced k-means tree (`models.tree_builders.kmeans_tree`) over N random 24-d embeddings,
+* Balanced k-means tree (`grove.models.tree_builders.kmeans_tree`) over N random 24-d embeddings,
   K = 2 and 18: wall time and peak RSS. Every build runs in a fresh subprocess so its peak RSS
   is its own (``ru_maxrss`` of that process; ``base_rss_mb`` = RSS after making the data and a
   2,000-item warm-up build). Median of ``--repeats`` builds (``--repeats-large`` for N >= 10^6;
   both 5 by default).
 * Beam search users/s at batch 256 and batch 1 with a cheap dot-product scorer over random node
-  vectors (`models.beam_search.DotScorer`), on trees of the same layout (built with
+  vectors (`grove.models.beam_search.DotScorer`), on trees of the same layout (built with
   `category_tree`, which is fast; the k-means tree has the same shape), N = 10^4..10^6. Cost per
   user should grow with depth only: ``per_user_growth`` = time per user at the largest N over
   the smallest.
@@ -41,7 +41,7 @@ def _worker(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from models.tree_builders import kmeans_tree
+    from grove.models.tree_builders import kmeans_tree
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -108,7 +108,7 @@ def bench_builds(sizes, arities, repeats, repeats_large, iters, device, threads)
 
 
 def _time_search(tt, scorer, b, k, beam, users, sync):
-    from models.beam_search import beam_search
+    from grove.models.beam_search import beam_search
 
     beam_search(tt, scorer, b, k, beam)  # warm-up
     sync()
@@ -126,8 +126,8 @@ def bench_search(sizes, arities, k, beam, device, threads) -> list[dict]:
     import numpy as np
     import torch
 
-    from models.beam_search import DotScorer
-    from models.tree_builders import category_tree, tree_tensors
+    from grove.models.beam_search import DotScorer
+    from grove.models.tree_builders import category_tree, tree_tensors
 
     if threads:
         torch.set_num_threads(threads)
@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from flows.quiet_exit import exit_quietly
+    from grove.flows.quiet_exit import exit_quietly
 
     main()
     exit_quietly(0)

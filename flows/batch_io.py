@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from indexstore.errors import GroveError, InputError
-from models.limits import MAX_HISTORY
+from grove.indexstore.errors import GroveError, InputError
+from grove.models.limits import MAX_HISTORY
 
 USER, HISTORY = "user", "history"
 ROW_GROUP_ROWS = 1 << 20  # output rows per parquet row group
@@ -167,7 +167,7 @@ def _rechunk(batches: Iterable[pa.RecordBatch], size: int, schema: pa.Schema) ->
 def chunk_histories(table: pa.Table, source: str, first_row: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """(users (B,) Arrow array, offsets (B+1,) int64, raw item ids (nnz,)) of a chunk; an
     InputError naming ``source``, the row and the column of a null user, a null item id or a
-    history longer than `models.limits.MAX_HISTORY`."""
+    history longer than `grove.models.limits.MAX_HISTORY`."""
     users = table.column(USER).combine_chunks()
     if users.null_count:
         row = first_row + int(np.argmax(np.asarray(users.is_null())))

@@ -1,13 +1,13 @@
 """Batch retrieval and evaluation as a job: in this process, or on a Ray actor pool.
 
 `retrieve_to_file` (``grove retrieve INDEX --users FILE | --split NAME --out FILE``): the users'
-histories (`flows.batch_io`) cut into chunks of ``batch_size`` users, each chunk searched by a
-`models.batch_retrieval.BatchSearcher` and its rows written, in input order, to one parquet
-file. `evaluate_on_ray` (``grove eval --ray``): the searches of `models.evaluation_passes.evaluate_searches`
-run the same way, chunk by chunk (`models.evaluation.search_chunk`); the metric rows are those
+histories (`grove.flows.batch_io`) cut into chunks of ``batch_size`` users, each chunk searched by a
+`grove.models.batch_retrieval.BatchSearcher` and its rows written, in input order, to one parquet
+file. `evaluate_on_ray` (``grove eval --ray``): the searches of `grove.models.evaluation_passes.evaluate_searches`
+run the same way, chunk by chunk (`grove.models.evaluation.search_chunk`); the metric rows are those
 of the in-process evaluation, value for value, and are recorded the same way.
 
-With ``ray`` (`flows.ray_pool.RayOptions`) the chunks' parts go to Ray Data ``map_batches`` over
+With ``ray`` (`grove.flows.ray_pool.RayOptions`) the chunks' parts go to Ray Data ``map_batches`` over
 a pool of actors, each loading the version ONCE in its constructor (one GPU per actor when the
 cluster has them, or with ``device='cuda'``). Without, the same function runs here on the same
 chunks: the two runs write the same file, row for row.
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows.batch_io import (
+from grove.flows.batch_io import (
     USER,
     Part,
     RowsWriter,
@@ -42,16 +42,16 @@ from flows.batch_io import (
     read_chunks,
     table_parts,
 )
-from flows.ray_pool import RayOptions, check_resources, cluster_has_gpu, map_on_actors, ray_session
-from flows.runners import absolute_url
-from indexstore.errors import GroveError, InputError, StateError
-from indexstore.samples import HeldOutUsers
-from indexstore.store import Store
-from models import lifecycle
-from models.batch_retrieval import BatchSearcher, Query, SearcherSpec, TopK
-from models.evaluation import Lists, ListsBuilder
-from models.evaluation_passes import SearchPass, evaluate_searches
-from models.progress import Progress
+from grove.flows.ray_pool import RayOptions, check_resources, cluster_has_gpu, map_on_actors, ray_session
+from grove.flows.runners import absolute_url
+from grove.indexstore.errors import GroveError, InputError, StateError
+from grove.indexstore.samples import HeldOutUsers
+from grove.indexstore.store import Store
+from grove.models import lifecycle
+from grove.models.batch_retrieval import BatchSearcher, Query, SearcherSpec, TopK
+from grove.models.evaluation import Lists, ListsBuilder
+from grove.models.evaluation_passes import SearchPass, evaluate_searches
+from grove.models.progress import Progress
 
 PARTS_PER_ACTOR = 8  # parts of a Ray job per actor: balance against re-reading a row group
 ACTOR_STORE_WAIT = "600"  # seconds an actor waits for the DuckDB lock (the others are loading)
@@ -267,9 +267,9 @@ class _EvalActor:
 
 @dataclass(frozen=True)
 class RaySearches:
-    """`models.evaluation.Searches` on a Ray actor pool: every pass of an evaluation in ONE Ray
+    """`grove.models.evaluation.Searches` on a Ray actor pool: every pass of an evaluation in ONE Ray
     Data job (the actors load the version once for all of them), cut into the batches of
-    `models.evaluation.search_lists`. The time of a pass is its searcher seconds summed over the
+    `grove.models.evaluation.search_lists`. The time of a pass is its searcher seconds summed over the
     actors divided by their number: users/s is the pool's rate."""
 
     spec: SearcherSpec
@@ -277,7 +277,7 @@ class RaySearches:
     batch_size: int = 256
 
     def __call__(self, held_out: HeldOutUsers, k: int, passes: Sequence[SearchPass]) -> list[Lists]:
-        from flows.batch_io import spans
+        from grove.flows.batch_io import spans
 
         items = [
             {"pass": i, "beam": -1 if p.beam is None else p.beam, "lo": lo, "hi": hi}
@@ -314,8 +314,8 @@ def evaluate_on_ray(
     exhaustive_users: int | None = None,
     device: str = "auto",
 ) -> list[dict]:
-    """`models.lifecycle.evaluate` with the searches on a Ray actor pool: the same metric rows,
-    appended to the store; returned as dicts (as `flows.steps.evaluate` returns them)."""
+    """`grove.models.lifecycle.evaluate` with the searches on a Ray actor pool: the same metric rows,
+    appended to the store; returned as dicts (as `grove.flows.steps.evaluate` returns them)."""
     info = store.version(version_id)
     if info.dataset is None or info.split is None:
         raise StateError(f"version {version_id} names no dataset and split: it was not made by a lifecycle")

@@ -1,15 +1,15 @@
-"""`run_cycle`: the learning cycle of `models.lifecycle.Plan.cycle` (construct -> train ->
+"""`run_cycle`: the learning cycle of `grove.models.lifecycle.Plan.cycle` (construct -> train ->
 evaluate -> rounds x (relearn -> train -> evaluate)) as a Prefect flow run (default), with its
-steps on a task runner (``runner``: threads, Ray or Dask, `flows.runners`), or in-process
+steps on a task runner (``runner``: threads, Ray or Dask, `grove.flows.runners`), or in-process
 (``local=True``) for machines without a Prefect server and for fast tests."""
 
 from __future__ import annotations
 
-from flows.ops import Target, local_ops
-from flows.runners import RunnerSpec
-from indexstore.errors import GroveError
-from indexstore.store import Store
-from models.lifecycle import Plan, run_plan
+from grove.flows.ops import Target, local_ops
+from grove.flows.runners import RunnerSpec
+from grove.indexstore.errors import GroveError
+from grove.indexstore.store import Store
+from grove.models.lifecycle import Plan, run_plan
 
 
 def run_cycle(
@@ -34,8 +34,8 @@ def run_cycle(
     if local and runner is not None:
         raise GroveError("a task runner runs Prefect tasks; --local runs the steps without Prefect")
     if not local:
-        from flows.prefect_flows import cycle_flow
-        from flows.runners import with_task_runner
+        from grove.flows.prefect_flows import cycle_flow
+        from grove.flows.runners import with_task_runner
 
         flow = with_task_runner(cycle_flow, runner)  # the runner's package checked before the flow starts
         return flow(

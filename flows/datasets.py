@@ -1,15 +1,15 @@
 """Bringing datasets into a store: import a file, synthesise one, split one.
 
-Thin glue between the data functions (`indexstore.bulk_import`, `indexstore.protocol`,
-`indexstore.synth`) and the `Store`; used by ``grove data ...`` and ``grove demo``.
+Thin glue between the data functions (`grove.indexstore.bulk_import`, `grove.indexstore.protocol`,
+`grove.indexstore.synth`) and the `Store`; used by ``grove data ...`` and ``grove demo``.
 """
 
 from __future__ import annotations
 
 import pathlib
 
-from indexstore.entities import DatasetInfo, SplitInfo
-from indexstore.errors import InputError
+from grove.indexstore.entities import DatasetInfo, SplitInfo
+from grove.indexstore.errors import InputError
 
 # CLI spellings of the MovieLens formats -> the reader's names
 FORMAT_ALIASES = {"ml-udata": "ml-100k", "ml-csv": "ml-latest", "tsv": "tsv"}
@@ -33,9 +33,9 @@ def import_file(
     """Stream an interactions file (and optionally item categories) into a new dataset;
     ``meta`` is kept with the dataset beside the import's settings.
 
-    DuckDB reads the file (`indexstore.bulk_import`): memory stays under
+    DuckDB reads the file (`grove.indexstore.bulk_import`): memory stays under
     ``$GROVE_IMPORT_MEMORY`` (default 2GB) whatever the file's size."""
-    from indexstore.file_layout import InteractionFile
+    from grove.indexstore.file_layout import InteractionFile
 
     if not pathlib.Path(path).exists():
         raise InputError(f"{path}: no such file")
@@ -64,10 +64,10 @@ def import_file(
 
 
 def synth_dataset(store, name: str, n_items: int, n_users: int, seed: int = 0) -> DatasetInfo:
-    """Generate a planted-hierarchy dataset (`indexstore.synth.synthesize`) into the store.
+    """Generate a planted-hierarchy dataset (`grove.indexstore.synth.synthesize`) into the store.
     Sizes that cannot fit in memory (or in int32 ids) are refused before generating."""
-    from indexstore.synth import synthesize
-    from models.memory import require
+    from grove.indexstore.synth import synthesize
+    from grove.models.memory import require
 
     for what, n in (("items", n_items), ("users", n_users)):
         if not 1 <= n < 2**31:
@@ -96,8 +96,8 @@ def split_dataset(
     test_fraction: float = 0.1,
     positive_rating: float | None = 4.0,
 ) -> SplitInfo:
-    """Apply the protocol's user split (PROTOCOL.md) to a stored dataset and store it."""
-    from indexstore.protocol import split_users
+    """Apply the protocol's user split (docs/PROTOCOL.md) to a stored dataset and store it."""
+    from grove.indexstore.protocol import split_users
 
     store.dataset(name)  # NotFoundError before loading anything
     inter = store.load_interactions(name)

@@ -4,13 +4,13 @@
 `run` starts N local workers with torch's elastic launcher (what ``torchrun --standalone`` does:
 a c10d rendezvous on a free local port, no restarts). Every worker runs `work`: it reads the
 version and the split from the store, joins the process group (gloo on the CPU, NCCL on CUDA,
-`models.distributed.process_group`), runs the lifecycle step (`models.lifecycle.step_result`,
+`grove.models.distributed.process_group`), runs the lifecycle step (`grove.models.lifecycle.step_result`,
 whose loops shard the batches and average the gradients) and waits at a barrier; rank 0 alone
 then writes the one new version. A worker that dies, or raises, stops the launcher, which stops
 the others: the run fails with the worker's error and no version is written.
 
 Under ``torchrun`` (several machines: ``torchrun --nnodes M --nproc-per-node N --rdzv-backend
-c10d --rdzv-endpoint HOST:PORT -m flows.cli train INDEX``), each process is already a worker:
+c10d --rdzv-endpoint HOST:PORT -m grove.flows.cli train INDEX``), each process is already a worker:
 the CLI calls `work` directly. Every worker must reach the store: a DuckDB file on a shared
 path, or a PostgreSQL URL.
 """
@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from indexstore.errors import GroveError
-from indexstore.store import Store
-from models import distributed, lifecycle
+from grove.indexstore.errors import GroveError
+from grove.indexstore.store import Store
+from grove.models import distributed, lifecycle
 
 STEPS = ("train", "relearn")
 T = TypeVar("T")

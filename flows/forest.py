@@ -1,11 +1,11 @@
 """RecForest's construct with the trees of its forest built at once, as tasks of a flow run
-submitted to its task runner (`flows.ops.submit_construct`):
+submitted to its task runner (`grove.flows.ops.submit_construct`):
 
     embeddings (one task) -> tree 0 .. tree T-1 (a task each) -> write (one task: one version)
 
-The parts are `models.recforest.method`'s (`construct_embeddings`, `forest_tree`,
+The parts are `grove.models.recforest.method`'s (`construct_embeddings`, `forest_tree`,
 `assemble_forest`: their assembly is the version `lifecycle.construct`
-writes, byte for byte); the version is written by `models.lifecycle.write`. The embeddings
+writes, byte for byte); the version is written by `grove.models.lifecycle.write`. The embeddings
 (n_items x d floats) and the trees go from task to task by value, through the runner (Ray's
 object store, Dask's workers), not through the store. Training stays one task: the trees'
 decoders share one encoder.
@@ -18,10 +18,10 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from flows.tasks import seeded
-from indexstore.store import Store
-from models import lifecycle
-from models.recforest.method import RecForestConfig, assemble_forest, construct_embeddings, forest_tree
+from grove.flows.tasks import seeded
+from grove.indexstore.store import Store
+from grove.models import lifecycle
+from grove.models.recforest.method import RecForestConfig, assemble_forest, construct_embeddings, forest_tree
 
 
 @task(name="forest embeddings", task_run_name="forest embeddings {dataset}", cache_policy=NONE)

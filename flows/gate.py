@@ -1,6 +1,6 @@
 """The promotion gate: a candidate version takes the ``production`` alias only when it is no worse.
 
-Rule (ARCHITECTURE.md "Flows", issue 6): promote when
+Rule: promote when
 
     value(candidate) >= value(production) - tolerance
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from indexstore.errors import GroveError, NotFoundError
+from grove.indexstore.errors import GroveError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def run_gate(
 
     Parameters
     ----------
-    store : an open `indexstore.store.Store`.
+    store : an open `grove.indexstore.store.Store`.
     index : the index name; ``candidate`` must be one of its versions.
     config : the gate's metric and tolerance (default `GateConfig()`).
     evaluate : called with a version id whose gate metric is missing (e.g. `steps.evaluate`

@@ -1,22 +1,22 @@
-"""The factories of `models.lifecycle.Ops`, the step functions a plan runs on: in-process
+"""The factories of `grove.models.lifecycle.Ops`, the step functions a plan runs on: in-process
 (`local_ops`: the lifecycle's verbs on one open `Store`), as Prefect tasks called one after the
-other (`prefect_ops`: `flows.tasks`, inside a flow run) and as Prefect tasks submitted to the
+other (`prefect_ops`: `grove.flows.tasks`, inside a flow run) and as Prefect tasks submitted to the
 flow's task runner (`submitted_ops`). All take and return references (version ids); the
 submitted ones take and return futures of them.
 
 `submitted_ops` turns a plan into a graph of task runs: a step waits only for the version it
 starts from, so an evaluation runs beside the next step, and an evaluation is a task per beam
 (and one for the exhaustive reference) whose rows one last task records (`submit_evaluate`). A
-RecForest construct builds its trees at once (`flows.forest`). `resolve` waits for all of them.
+RecForest construct builds its trees at once (`grove.flows.forest`). `resolve` waits for all of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from indexstore.store import Store
-from models import lifecycle
-from models.lifecycle import Ops
+from grove.indexstore.store import Store
+from grove.models import lifecycle
+from grove.models.lifecycle import Ops
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def local_ops(t: Target, store: Store | None = None) -> Ops:
 
 def prefect_ops(t: Target) -> Ops:
     """The steps as Prefect tasks (call inside a flow run: each step is a task run)."""
-    from flows.tasks import construct_task, evaluate_task, relearn_task, train_task
+    from grove.flows.tasks import construct_task, evaluate_task, relearn_task, train_task
 
     return Ops(
         construct=lambda: construct_task(t.url, t.index, t.method, t.config, _dataset(t), t.split),
@@ -68,7 +68,7 @@ def prefect_ops(t: Target) -> Ops:
 def submitted_ops(t: Target, futures: list) -> Ops:
     """The steps submitted to the flow's task runner (call inside a flow run); each returns a
     future at once and appends every future it submits to ``futures`` (for `resolve`)."""
-    from flows.tasks import relearn_task, train_task
+    from grove.flows.tasks import relearn_task, train_task
 
     recipe = lifecycle.Recipe.new(t.method, t.config)  # unknown fields refused before any step
 
@@ -85,11 +85,11 @@ def submitted_ops(t: Target, futures: list) -> Ops:
 
 
 def submit_construct(t: Target, recipe: lifecycle.Recipe, futures: list):
-    """The construct step submitted: a task, or for a RecForest a task per tree (`flows.forest`)."""
-    from flows.tasks import construct_task
+    """The construct step submitted: a task, or for a RecForest a task per tree (`grove.flows.forest`)."""
+    from grove.flows.tasks import construct_task
 
     if recipe.method == "recforest":
-        from flows.forest import submit_forest_construct
+        from grove.flows.forest import submit_forest_construct
 
         return submit_forest_construct(t.url, t.index, t.method, t.config, _dataset(t), t.split, futures)
     future = construct_task.submit(t.url, t.index, t.method, t.config, _dataset(t), t.split)
@@ -100,8 +100,8 @@ def submit_construct(t: Target, recipe: lifecycle.Recipe, futures: list):
 def submit_evaluate(t: Target, version, futures: list, exhaustive: bool | None = None, exhaustive_users=None):
     """An evaluation of ``version`` (an id or a future of one) submitted in passes: the
     exhaustive reference and every beam at once, then one task that records all their rows
-    (`models.evaluation_passes`: the rows `lifecycle.evaluate` records). Returns that task's future."""
-    from flows.tasks import evaluate_pass_task, record_metrics_task
+    (`grove.models.evaluation_passes`: the rows `lifecycle.evaluate` records). Returns that task's future."""
+    from grove.flows.tasks import evaluate_pass_task, record_metrics_task
 
     passes = [
         evaluate_pass_task.submit(

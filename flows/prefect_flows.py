@@ -1,12 +1,12 @@
 """Prefect flows: `construct`, `train`, `relearn`, `evaluate`, `cycle`, `retrain`, `promote` and
 `rollback`, and the retrain-only tasks (`prepare`, `gate`).
 
-Flows only sequence tasks (`flows.tasks`); every step writes a new version whose parent is the
-previous one. ``cycle`` runs `models.lifecycle.Plan.cycle` through `flows.ops.prefect_ops`.
+Flows only sequence tasks (`grove.flows.tasks`); every step writes a new version whose parent is the
+previous one. ``cycle`` runs `grove.models.lifecycle.Plan.cycle` through `grove.flows.ops.prefect_ops`.
 
 ``concurrent=True`` (construct, evaluate, cycle, retrain, retrain-indexes) submits the steps to
-the flow's task runner instead of calling them one after the other (`flows.ops.submitted_ops`;
-the runner is set with `flows.runners.with_task_runner`, e.g. Ray or Dask): independent steps run
+the flow's task runner instead of calling them one after the other (`grove.flows.ops.submitted_ops`;
+the runner is set with `grove.flows.runners.with_task_runner`, e.g. Ray or Dask): independent steps run
 at once, the versions and metric rows written are the same. ``retrain-indexes`` retrains
 several indexes in one flow run, each index's chain beside the others' when concurrent.
 """
@@ -18,14 +18,14 @@ from dataclasses import asdict
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.gate import GateConfig, GateDecision, run_gate, slug
-from flows.ops import Target, prefect_ops, resolve, submit_construct, submit_evaluate, submitted_ops
-from flows.retrain import eval_settings, prepare, retrain_result, retrain_target, rollback_index
-from flows.runners import absolute_url
-from flows.tasks import construct_task, evaluate_task, relearn_task, train_task
-from indexstore.errors import GroveError
-from indexstore.store import Store
-from models.lifecycle import Plan, Recipe, run_plan
+from grove.flows.gate import GateConfig, GateDecision, run_gate, slug
+from grove.flows.ops import Target, prefect_ops, resolve, submit_construct, submit_evaluate, submitted_ops
+from grove.flows.retrain import eval_settings, prepare, retrain_result, retrain_target, rollback_index
+from grove.flows.runners import absolute_url
+from grove.flows.tasks import construct_task, evaluate_task, relearn_task, train_task
+from grove.indexstore.errors import GroveError
+from grove.indexstore.store import Store
+from grove.models.lifecycle import Plan, Recipe, run_plan
 
 DEFAULT_KS = (10, 50)
 DEFAULT_BEAMS = (50,)

@@ -1,4 +1,4 @@
-"""A Ray actor pool for the batch jobs (`flows.batch_retrieve`): Ray Data ``map_batches`` with a
+"""A Ray actor pool for the batch jobs (`grove.flows.batch_retrieve`): Ray Data ``map_batches`` with a
 callable class, one instance per actor, over a dataset of work items (parts of a job).
 
 * `ray_session`: ``ray.init`` on an existing cluster (``address``: ``auto``, ``HOST:6379``,
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from indexstore.errors import GroveError
+from grove.indexstore.errors import GroveError
 
 LOCAL = "local"  # ``--ray`` without an address
 

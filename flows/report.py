@@ -24,8 +24,8 @@ import pathlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from indexstore.entities import AliasEvent, MetricRow, VersionInfo, utcnow
-from indexstore.errors import GroveError
+from grove.indexstore.entities import AliasEvent, MetricRow, VersionInfo, utcnow
+from grove.indexstore.errors import GroveError
 
 FORMATS = ("html", "md")
 METRIC_ORDER = ("recall", "precision", "ndcg", "f1", "novelty", "fidelity")

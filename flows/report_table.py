@@ -13,7 +13,12 @@ def metrics_table(rows: list[dict], names=("precision", "recall", "f1", "ndcg", 
     present = [n for n in names if any(n in g for g in groups.values())]
     header = ["beam", "seen", "k"] + present
     lines = [header]
-    for (beam, filtered, k), vals in sorted(groups.items(), key=lambda kv: (kv[0][0] == "exhaustive", kv[0])):
+
+    def order(key: tuple) -> tuple:  # beams by size, exhaustive last; kept before filtered; k ascending
+        beam, filtered, k = key
+        return (beam == "exhaustive", int(beam) if beam != "exhaustive" else 0, filtered, k)
+
+    for (beam, filtered, k), vals in sorted(groups.items(), key=lambda kv: order(kv[0])):
         lines.append(
             [beam, "filtered" if filtered else "kept", str(k)]
             + [f"{100 * vals[n]:.2f}%" if n in vals else "" for n in present]

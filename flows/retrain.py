@@ -1,6 +1,6 @@
 """Retraining an index: its base version, new-data snapshots, the in-process run (the Prefect
-flows are `flows.prefect_flows.retrain_flow` and ``rollback_flow``; the cron deployment is
-`flows.schedule`).
+flows are `grove.flows.prefect_flows.retrain_flow` and ``rollback_flow``; the cron deployment is
+`grove.flows.schedule`).
 
 ``retrain`` on an index:
 
@@ -11,7 +11,7 @@ flows are `flows.prefect_flows.retrain_flow` and ``rollback_flow``; the cron dep
    base split's protocol settings, then a fresh cycle of the same method and config runs on it
    (construct -> train -> rounds x (relearn -> train) -> evaluate). A fresh cycle, because a new
    snapshot renumbers users and items, so the old weights do not carry over;
-3. the promotion gate (`flows.gate`) compares the last version with production and moves the
+3. the promotion gate (`grove.flows.gate`) compares the last version with production and moves the
    alias, or parks the version as ``candidate``; the decision is logged and published.
 
 "New data since the last run" (our choice): the data file is identified by the SHA-256 of its
@@ -19,8 +19,8 @@ bytes; the snapshot is the dataset ``<index>@<sha12>``. If that snapshot is alre
 the file holds nothing new and the run continues training from the base instead (so a cron job
 pointing at a file that an upstream job rewrites retrains from scratch exactly when it changed).
 
-The order is `models.lifecycle.Plan.retrain`, run on the same step functions `grove cycle` uses
-(`flows.ops`): Prefect tasks inside the flow, the lifecycle's verbs in `retrain_local`.
+The order is `grove.models.lifecycle.Plan.retrain`, run on the same step functions `grove cycle` uses
+(`grove.flows.ops`): Prefect tasks inside the flow, the lifecycle's verbs in `retrain_local`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from flows.gate import GateConfig, GateDecision, run_gate
-from flows.ops import Target, local_ops
-from indexstore.errors import GroveError, InputError
-from indexstore.store import Store
-from models.lifecycle import Plan, run_plan
+from grove.flows.gate import GateConfig, GateDecision, run_gate
+from grove.flows.ops import Target, local_ops
+from grove.indexstore.errors import GroveError, InputError
+from grove.indexstore.store import Store
+from grove.models.lifecycle import Plan, run_plan
 
 SNAPSHOT_SEP = "@"
 
@@ -73,8 +73,8 @@ def snapshot_name(index: str, path: str) -> str:
 def import_snapshot(store: Store, path: str, name: str, split: str, split_config: dict) -> str:
     """Import ``path`` as dataset ``name`` and split it like ``split_config``; returns the name.
     Protocol settings not in ``split_config`` keep the `split_users` defaults."""
-    from flows.datasets import import_file
-    from indexstore.protocol import split_users
+    from grove.flows.datasets import import_file
+    from grove.indexstore.protocol import split_users
 
     keys = ("positive_rating", "min_positives", "valid_fraction", "test_fraction", "seed")
     settings = {k: split_config[k] for k in keys if k in split_config}
@@ -115,7 +115,7 @@ def prepare(url: str, index: str, method: str | None, data: str | None, rounds: 
     name = snapshot_name(index, data)
     if name in {d.name for d in store.list_datasets()}:
         return base, None  # this file was imported by an earlier run: nothing new
-    split_config = store.split(base.dataset, base.split).config if base.dataset else {}
+    split_config = store.split(base.dataset, base.split or "default").config if base.dataset else {}
     import_snapshot(store, data, name, base.split or "default", split_config)
     return base, (name, base.split or "default", dict(base.config.get("config", {})))
 
@@ -186,6 +186,6 @@ def rollback_index(
     url: str | None, index: str, alias: str = "production", to: int | None = None, reason: str | None = None
 ):
     """Move ``alias`` back one step (or to version ``to``); the move is logged. Returns the
-    `AliasEvent`. See `indexstore.aliases` for what "back" means after several rollbacks."""
+    `AliasEvent`. See `grove.indexstore.aliases` for what "back" means after several rollbacks."""
     store = Store.open(url)
     return store.rollback(index, alias=alias, to=to, reason=reason or "manual rollback")

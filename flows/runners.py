@@ -1,7 +1,7 @@
 """Task runners: where a flow's submitted tasks run (issue 26, "Prefect on the same cluster").
 
 A flow runs its tasks in its own process by default. With a task runner and ``concurrent=True``
-the flows (`flows.prefect_flows`) submit independent steps to it instead: an evaluation beside
+the flows (`grove.flows.prefect_flows`) submit independent steps to it instead: an evaluation beside
 the next step, the beams of an evaluation, the trees of a RecForest, the indexes of a retrain.
 
 =========  ==============================================  ==========================================
@@ -16,7 +16,7 @@ dask       ``LocalCluster(n_workers=workers, 1 thread      ``tcp://scheduler:878
 Every worker opens the store itself (by URL, made absolute: a worker's directory is not the
 flow's), so the store must be reachable from the workers: a DuckDB file on a shared filesystem,
 or a database server. A DuckDB file admits one process at a time: the workers' reads and writes
-wait for each other (`indexstore.engine`). Steps that ran one after the other now meet, so
+wait for each other (`grove.indexstore.engine`). Steps that ran one after the other now meet, so
 `with_task_runner` lets a read wait as long as a write does (``GROVE_STORE_WAIT`` defaults to
 ``GROVE_WRITE_WAIT``'s 600 s in this process and in the local workers it starts, which inherit
 its environment; set it on the workers of a cluster). Workers import grove: install it on them.
@@ -29,8 +29,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from indexstore.errors import GroveError
-from indexstore.staging import DEFAULT_WRITE_WAIT, WRITE_WAIT_ENV
+from grove.indexstore.errors import GroveError
+from grove.indexstore.staging import DEFAULT_WRITE_WAIT, WRITE_WAIT_ENV
 
 STORE_WAIT_ENV = "GROVE_STORE_WAIT"  # read by indexstore.engine.retry_while_locked
 
@@ -91,7 +91,7 @@ def task_runner(spec: RunnerSpec, init_kwargs: dict[str, Any] | None = None) -> 
         return runners.RayTaskRunner(init_kwargs={**kwargs, **extra})
     if spec.address is not None:
         return runners.DaskTaskRunner(address=spec.address)
-    # one thread per worker process: torch's random generator is per process (`flows.tasks`)
+    # one thread per worker process: torch's random generator is per process (`grove.flows.tasks`)
     cluster = {"threads_per_worker": 1, "processes": True, **({"n_workers": spec.workers} if spec.workers else {})}
     return runners.DaskTaskRunner(cluster_kwargs={**cluster, **extra})
 

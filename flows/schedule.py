@@ -1,8 +1,8 @@
 """``grove schedule``: the `retrain` flow served as a Prefect deployment on a cron schedule.
 
-`serve_retrain` serves `flows.prefect_flows.retrain_flow` (several indexes:
+`serve_retrain` serves `grove.flows.prefect_flows.retrain_flow` (several indexes:
 ``retrain_indexes_flow``) on a real Prefect server (PREFECT_API_URL must point at ``prefect
-server start``), with a task runner when one is given (`flows.runners`: every scheduled run
+server start``), with a task runner when one is given (`grove.flows.runners`: every scheduled run
 submits its steps to it); `check_cron` refuses an invalid cron line and `prefect_api_url` an
 absent server before anything starts.
 """
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from flows.runners import RunnerSpec, absolute_url, with_task_runner
-from indexstore.errors import GroveError
+from grove.flows.runners import RunnerSpec, absolute_url, with_task_runner
+from grove.indexstore.errors import GroveError
 
 
 def check_cron(expr: str) -> str:
@@ -66,7 +66,7 @@ def retrain_deployment(
 ) -> tuple[Any, dict]:
     """The flow a retrain deployment serves and its parameters: `retrain_flow` for one index,
     ``retrain_indexes_flow`` for several; with ``runner``, its task runner and concurrent steps."""
-    from flows.prefect_flows import retrain_flow, retrain_indexes_flow
+    from grove.flows.prefect_flows import retrain_flow, retrain_indexes_flow
 
     indexes = [index] if isinstance(index, str) else list(index)
     params: dict[str, Any] = {"url": absolute_url(url), **parameters}

@@ -1,5 +1,5 @@
 """The steps of a cycle over a store URL: each opens the store, runs one verb of the lifecycle
-(`models.lifecycle`) and returns a reference, never tensors. Prefect tasks (`flows.tasks`)
+(`grove.models.lifecycle`) and returns a reference, never tensors. Prefect tasks (`grove.flows.tasks`)
 wrap these; `--local` runs and tests call them directly. Nothing here holds the store open
 between calls.
 """
@@ -10,11 +10,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from indexstore.store import Store
-from models import lifecycle
+from grove.indexstore.store import Store
+from grove.models import lifecycle
 
 if TYPE_CHECKING:
-    from models.evaluation_passes import PassResult
+    from grove.models.evaluation_passes import PassResult
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def construct(
 
 def train(url: str, version_id: int, flow_run_id: str | None = None, nproc: int = 1) -> StepResult:
     """Train the method's model for the version's structure -> a new version (same structure);
-    ``nproc`` > 1: by that many data-parallel workers (`flows.distributed_train`)."""
+    ``nproc`` > 1: by that many data-parallel workers (`grove.flows.distributed_train`)."""
     return _advance(url, version_id, "train", flow_run_id, nproc)
 
 
@@ -56,7 +56,7 @@ def relearn(url: str, version_id: int, flow_run_id: str | None = None, nproc: in
 def _advance(url: str, version_id: int, step: str, flow_run_id: str | None, nproc: int) -> StepResult:
     start = time.perf_counter()
     if nproc > 1:
-        from flows.distributed_train import run  # torch.distributed's launcher only when asked
+        from grove.flows.distributed_train import run  # torch.distributed's launcher only when asked
 
         vid = run(url, version_id, step, nproc, flow_run_id)
     else:
@@ -76,7 +76,7 @@ def evaluate(
     exhaustive_users: int | None = None,
 ) -> list[dict]:
     """Metrics of a trained version on held-out users, appended to the store (see
-    `models.lifecycle.evaluate`); the rows as dicts (for the Prefect table artifact)."""
+    `grove.models.lifecycle.evaluate`); the rows as dicts (for the Prefect table artifact)."""
     rows = lifecycle.evaluate(
         Store.open(url), version_id, role, tuple(ks), tuple(beams), max_users, device, exhaustive, exhaustive_users
     )
@@ -95,11 +95,11 @@ def evaluate_pass(
     exhaustive: bool | None = None,
     exhaustive_users: int | None = None,
 ) -> PassResult | None:
-    """One pass of an evaluation (`models.evaluation_passes`), unrecorded: a beam's, or with
+    """One pass of an evaluation (`grove.models.evaluation_passes`), unrecorded: a beam's, or with
     ``beam`` None the exhaustive reference's (None when ``exhaustive``, or the catalogue's size,
     says not to run it). The version and its held-out users are read as `lifecycle.evaluate`
     reads them."""
-    from models import evaluation_passes as ev  # heavy import only when evaluating
+    from grove.models import evaluation_passes as ev  # heavy import only when evaluating
 
     store = Store.open(url)
     loaded = lifecycle.load(store, version_id)
@@ -116,7 +116,7 @@ def evaluate_pass(
 def record_evaluation(url: str, version_id: int, ks: tuple[int, ...], results: list[PassResult | None]) -> list[dict]:
     """The passes assembled (fidelity added, `evaluate`'s row order) and appended to the store in
     one transaction, as `evaluate` appends them; the rows as dicts."""
-    from models import evaluation_passes
+    from grove.models import evaluation_passes
 
     rows = evaluation_passes.assemble([r for r in results if r is not None], tuple(ks))
     Store.open(url).record_metrics(version_id, rows)

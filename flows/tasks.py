@@ -1,6 +1,6 @@
-"""Prefect tasks: each wraps one step of `flows.steps` and passes references (ints, strings).
+"""Prefect tasks: each wraps one step of `grove.flows.steps` and passes references (ints, strings).
 
-Submitted to a task runner (`flows.runners`), tasks may share a process (the thread runner)
+Submitted to a task runner (`grove.flows.runners`), tasks may share a process (the thread runner)
 with each other. The steps that write a version seed torch's global random generator, which is
 one per process, so they run inside `seeded()`, one at a time in a process; evaluations draw no
 random numbers and run beside them. (Ray and Dask worker processes run one task at a time.)
@@ -16,7 +16,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from flows import steps
+from grove.flows import steps
 
 _SEEDED = threading.Lock()  # construct / train / relearn: torch.manual_seed is process-wide
 

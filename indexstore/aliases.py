@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from indexstore.entities import AliasEvent, utcnow
-from indexstore.errors import GroveError, NotFoundError
+from grove.indexstore.entities import AliasEvent, utcnow
+from grove.indexstore.errors import GroveError, NotFoundError
 
 MOVING_ACTIONS = ("set", "promote", "rollback")
 ACTIONS = MOVING_ACTIONS + ("reject",)

@@ -3,8 +3,8 @@
 `bulk(conn)` gives the bulk channel of an open SQLAlchemy connection (same transaction):
 
 * `DuckDBBulk`: pyarrow tables registered on the native connection and ``INSERT INTO t SELECT
-  ... FROM registered`` in; ``to_arrow_table`` / ``fetchnumpy`` out (STACK.md: 16M rows/s in,
-  19M out).
+  ... FROM registered`` in; ``to_arrow_table`` / ``fetchnumpy`` out (both in the tens of millions of rows/s,
+  benchmarks/README.md store_roundtrip).
 * `PostgresBulk`: ``COPY t (cols) FROM STDIN (FORMAT csv)`` fed by pyarrow's CSV writer in
   chunks of `CHUNK_ROWS` (memory bounded), and ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` parsed
   by pyarrow's CSV reader with the column types the server reports. Integer arrays travel as
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import sqlalchemy as sa
 
-from indexstore.errors import InputError
+from grove.indexstore.errors import InputError
 
 CHUNK_ROWS = 250_000  # rows per COPY chunk: ~10 MB of CSV
 _tmp_names = itertools.count()

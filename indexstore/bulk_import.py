@@ -12,7 +12,7 @@ converts and inserts it inside the caller's transaction:
    rating; its file line and value are then found by streaming the file in Python (error path).
 3. dense ids: ``_grove_user_ids(raw, id)`` / ``_grove_item_ids`` rank the distinct raw ids in
    numeric order when every one is a number (ties by string), else lexicographically -- the
-   order of `indexstore.readers.read_interactions`.
+   order of `grove.indexstore.readers.read_interactions`.
 4. insert interactions (joined to the dense ids, ordered by the staged rowid), the id maps, the
    items (categories from ``--items`` read in Python: items-sized) and the dataset row.
 
@@ -21,7 +21,7 @@ Memory: DuckDB spills to its temporary directory (``<store file>.tmp``) instead 
 
 A PostgreSQL store: steps 1-3 run unchanged in an in-memory DuckDB (one validation path, the
 same messages), spilling to a temporary folder; step 4's SELECTs stream out of it as record
-batches into the store's COPY (`indexstore.backends.PostgresBulk`): memory stays bounded.
+batches into the store's COPY (`grove.indexstore.backends.PostgresBulk`): memory stays bounded.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ import duckdb
 import numpy as np
 import sqlalchemy as sa
 
-from indexstore import datasets_io
-from indexstore.backends import Bulk, DuckDBBulk, bulk
-from indexstore.categories import read_item_categories
-from indexstore.engine import MEMORY_RE, native
-from indexstore.entities import DatasetInfo
-from indexstore.errors import GroveError, InputError
-from indexstore.file_layout import InteractionFile, Layout, first_malformed, locate_record, sniff_layout
+from grove.indexstore import datasets_io
+from grove.indexstore.backends import Bulk, DuckDBBulk, bulk
+from grove.indexstore.categories import read_item_categories
+from grove.indexstore.engine import MEMORY_RE, native
+from grove.indexstore.entities import DatasetInfo
+from grove.indexstore.errors import GroveError, InputError
+from grove.indexstore.file_layout import InteractionFile, Layout, first_malformed, locate_record, sniff_layout
 
 MEMORY_ENV, DEFAULT_MEMORY = "GROVE_IMPORT_MEMORY", "2GB"
 STAGE, USERS, ITEMS = "_grove_stage", "_grove_user_ids", "_grove_item_ids"

@@ -1,4 +1,4 @@
-"""Item category files -> `indexstore.interactions.ItemCategories`: MovieLens ``movies.dat``
+"""Item category files -> `grove.indexstore.interactions.ItemCategories`: MovieLens ``movies.dat``
 (``id::title::g1|g2``, latin-1), ``movies.csv`` (``movieId,title,genres``), or a CSV with an item
 column and a category column. One category is kept per item (uniform among its categories,
 seeded, as TDM does with multi-genre items)."""

@@ -1,7 +1,7 @@
 """Datasets and splits in the store's tables (interactions, id maps, categories, user roles).
 
 Functions take an open SQLAlchemy connection of the caller's transaction and move arrays through
-its bulk channel (`indexstore.backends`: pyarrow in, arrow out). Rows keep the order they were
+its bulk channel (`grove.indexstore.backends`: pyarrow in, arrow out). Rows keep the order they were
 imported in (DuckDB's plain scans keep insertion order; on PostgreSQL the reads order by ctid),
 so a dataset reads back exactly as it was written.
 """
@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from indexstore.backends import Bulk, bulk
-from indexstore.entities import DatasetInfo, SplitInfo, utcnow
-from indexstore.errors import GroveError, InputError, NotFoundError
+from grove.indexstore.backends import Bulk, bulk
+from grove.indexstore.entities import DatasetInfo, SplitInfo, utcnow
+from grove.indexstore.errors import GroveError, InputError, NotFoundError
 
 ROLES = ("train", "valid", "test")
 
@@ -129,8 +129,8 @@ def _raw(io: Bulk, table: str, col: str, name: str) -> np.ndarray:
 
 
 def load_interactions(conn: sa.Connection, name: str):
-    """The dataset's interactions as an `indexstore.readers.Interactions` (import order)."""
-    from indexstore.interactions import Interactions
+    """The dataset's interactions as an `grove.indexstore.readers.Interactions` (import order)."""
+    from grove.indexstore.interactions import Interactions
 
     get_dataset(conn, name)
     io = bulk(conn)
@@ -164,7 +164,7 @@ def load_positives(conn: sa.Connection, name: str, positive_rating: float | None
     """The dataset's positives (rating >= ``positive_rating``; every interaction when there is
     no threshold or no rating) as (users (P,), items (P,)) int32 dense ids ordered by (user,
     time, import order), sorted by DuckDB: only two int32 columns reach Python, not the whole
-    table with its raw ids (`indexstore.protocol.split_data_from_positives`)."""
+    table with its raw ids (`grove.indexstore.protocol.split_data_from_positives`)."""
     get_dataset(conn, name)
     rated = conn.execute(sa.text("SELECT count(rating) FROM interactions WHERE dataset = :d"), {"d": name}).scalar()
     io = bulk(conn)
@@ -266,7 +266,7 @@ def write_split(conn: sa.Connection, dataset: str, name: str, assignment, config
 
 def load_assignment(conn: sa.Connection, dataset: str, name: str):
     """The stored `SplitAssignment` (users sorted by id) and the split's info."""
-    from indexstore.protocol import SplitAssignment
+    from grove.indexstore.protocol import SplitAssignment
 
     info = get_split(conn, dataset, name)
     t = bulk(conn).arrow(

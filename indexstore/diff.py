@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexstore.errors import GroveError
-from indexstore.structures import Forest, PathCodes, Structure, Tree, kind_of
+from grove.indexstore.errors import GroveError
+from grove.indexstore.structures import Forest, PathCodes, Structure, Tree, kind_of
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class VersionDiff:
 
 def _item_codes(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(leaf (n,), depth (n,), codes (n, D) padded -1) of every item's first leaf."""
-    from indexstore.version_io import leaf_paths
+    from grove.indexstore.version_io import leaf_paths
 
     leaves, lengths, values = leaf_paths(tree)
     d = int(lengths.max()) if lengths.size else 0

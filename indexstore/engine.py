@@ -3,8 +3,8 @@
 The store is reached through a SQLAlchemy URL: ``duckdb:///path`` (the default, an embedded
 file) or ``postgresql+psycopg://user@host/db`` (a team's server; ``postgresql://`` means the same,
 psycopg 3 is the one driver). Any other scheme is refused with one line. DuckDB admits
-one read-write process per file and, while it holds the file, no other process at all
-(STACK.md), so every engine uses `NullPool`: a connection lives only as long as one public
+one read-write process per file and, while it holds the file, no other process at all,
+so every engine uses `NullPool`: a connection lives only as long as one public
 store call, and the file is free between calls.
 
 `transaction` opens one connection, begins one transaction and yields the SQLAlchemy
@@ -26,7 +26,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from indexstore.errors import GroveError, SchemaError, StoreBusyError
+from grove.indexstore.errors import GroveError, SchemaError, StoreBusyError
 
 DEFAULT_URL = "duckdb:///grove.duckdb"
 # another process holds the file's lock, or (same process) a connection with another
@@ -216,7 +216,7 @@ def read_only(url: str) -> Iterator[sa.Connection]:
 
 def native(conn: sa.Connection):
     """The driver connection under ``conn`` (shares its transaction): DuckDB's or psycopg's.
-    Bulk arrays go through `indexstore.backends.bulk`, which knows what to do with it."""
+    Bulk arrays go through `grove.indexstore.backends.bulk`, which knows what to do with it."""
     return conn.connection.driver_connection
 
 
@@ -231,7 +231,7 @@ def current_revision(conn: sa.Connection) -> str | None:
 
 def head_revision() -> str:
     """The newest revision the code knows (the head of migrations/versions)."""
-    from migrations import head_revision as _head
+    from grove.migrations import head_revision as _head
 
     return _head()
 

@@ -3,7 +3,7 @@
 `sniff_layout` reads only the start of the file (gunzipping a stream when it is gzip) to tell
 Parquet from text, the text format, the delimiter, whether there is a header, how many lines
 precede the first record and which column plays each role. The rows themselves are read by
-DuckDB (`indexstore.bulk_import`).
+DuckDB (`grove.indexstore.bulk_import`).
 
 `locate_record` streams the text file line by line to give the 1-based file line and the fields
 of data record N (0-based, in file order). It runs only on error paths, to name the line and the
@@ -20,9 +20,9 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from indexstore.columns import resolve_column, sniff_delimiter
-from indexstore.errors import InputError
-from indexstore.readers import FORMATS, HEADERLESS_NAMES, detect_text_format, is_numeric_line
+from grove.indexstore.columns import resolve_column, sniff_delimiter
+from grove.indexstore.errors import InputError
+from grove.indexstore.readers import FORMATS, HEADERLESS_NAMES, detect_text_format, is_numeric_line
 
 ROLES = ("user", "item", "time", "rating", "behavior")
 _REQUIRED = ("user", "item", "time")
@@ -35,7 +35,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 class InteractionFile:
     """An interaction file to import and how to read it.
 
-    fmt : one of `indexstore.readers.FORMATS` ("auto" sniffs it).
+    fmt : one of `grove.indexstore.readers.FORMATS` ("auto" sniffs it).
     user_col ... behavior_col : column names; None picks a common name (`readers.resolve_column`).
     """
 

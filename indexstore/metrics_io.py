@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from indexstore.entities import MetricRow, utcnow
-from indexstore.errors import GroveError
+from grove.indexstore.entities import MetricRow, utcnow
+from grove.indexstore.errors import GroveError
 
 
 def metric_values(version_id: int, rows) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The evaluation protocol of PROTOCOL.md: positives, a user-disjoint split, training windows and
+"""The evaluation protocol of docs/PROTOCOL.md: positives, a user-disjoint split, training windows and
 held-out halves -> `SplitData`.
 
 1. A positive is an interaction with rating >= ``positive_rating`` (every interaction when the

@@ -1,7 +1,7 @@
-"""Interaction files -> `indexstore.interactions.Interactions` (dense ids, raw-id maps), in
-memory (the store's import streams files through DuckDB instead: `indexstore.bulk_import`; this
+"""Interaction files -> `grove.indexstore.interactions.Interactions` (dense ids, raw-id maps), in
+memory (the store's import streams files through DuckDB instead: `grove.indexstore.bulk_import`; this
 reader serves the format detection it shares and small in-memory uses). Item category files are
-read by `indexstore.categories`.
+read by `grove.indexstore.categories`.
 
 Formats (``fmt``; ``"auto"`` looks at the first bytes and the first line):
 

@@ -1,7 +1,7 @@
 """The arrays a split hands to the models: training windows and held-out users.
 
 These are plain numpy containers (no SQL, no torch). `Store.load_split` builds them from the
-stored interactions and user roles following PROTOCOL.md.
+stored interactions and user roles following docs/PROTOCOL.md.
 
 Conventions
 -----------
@@ -46,7 +46,7 @@ class TrainingSamples:
     of a 10^6-item corpus). `take` builds the (b, 69) windows of a batch.
 
     sequence : (M,) int32 -- every training user's positives laid out newest first, each user
-        followed by 69 PADs (see `indexstore.protocol`), so a window never reads another user.
+        followed by 69 PADs (see `grove.indexstore.protocol`), so a window never reads another user.
     starts : (n,) int64 -- window i is ``sequence[starts[i] : starts[i] + 69]``, nearest first.
     targets : (n,) int32 -- the item that follows the behaviours.
     users : (n,) int32 -- the dense user of each sample.

@@ -25,7 +25,7 @@ from decimal import Decimal
 import duckdb
 import sqlalchemy as sa
 
-from indexstore.engine import (
+from grove.indexstore.engine import (
     backend_name,
     connect,
     duckdb_memory,
@@ -35,7 +35,7 @@ from indexstore.engine import (
     read_only,
     retry_while_locked,
 )
-from indexstore.errors import GroveError
+from grove.indexstore.errors import GroveError
 
 ALLOWED = ("SELECT", "EXPLAIN")
 DEFAULT_TIMEOUT = 30.0  # seconds

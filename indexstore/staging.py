@@ -17,8 +17,8 @@ import pathlib
 
 import numpy as np
 
-from indexstore.errors import InputError
-from indexstore.structures import Forest, PathCodes, Structure, Tree
+from grove.indexstore.errors import InputError
+from grove.indexstore.structures import Forest, PathCodes, Structure, Tree
 
 WRITE_WAIT_ENV, DEFAULT_WRITE_WAIT = "GROVE_WRITE_WAIT", 600.0
 

@@ -2,7 +2,7 @@
 
 Every public method validates its arguments, runs in ONE transaction on a short-lived
 connection (NullPool: the DuckDB file is free between calls) and returns plain frozen records
-(`indexstore.entities`) or numpy-backed structures -- never rows or connections.
+(`grove.indexstore.entities`) or numpy-backed structures -- never rows or connections.
 
     store = Store.open()                       # $GROVE_STORE or duckdb:///grove.duckdb
     info = store.write_version("ml-tdm", "tdm", tree, {"method": "tdm", ...}, "ml", "default")
@@ -20,16 +20,16 @@ from contextlib import contextmanager
 import numpy as np
 import sqlalchemy as sa
 
-from indexstore import aliases, bulk_import, datasets_io, metrics_io, staging, version_io
-from indexstore.backends import bulk
-from indexstore.diff import VersionDiff, diff_structures
-from indexstore.engine import check_schema, connect, default_url, make_engine, native, read_only, transaction
-from indexstore.entities import AliasEvent, DatasetInfo, MetricRow, SplitInfo, VersionInfo, utcnow
-from indexstore.errors import GroveError, NotFoundError
-from indexstore.file_layout import InteractionFile
-from indexstore.item_ids import ItemIds
-from indexstore.sql_query import DEFAULT_TIMEOUT, query_store
-from indexstore.structures import Structure, kind_of
+from grove.indexstore import aliases, bulk_import, datasets_io, metrics_io, staging, version_io
+from grove.indexstore.backends import bulk
+from grove.indexstore.diff import VersionDiff, diff_structures
+from grove.indexstore.engine import check_schema, connect, default_url, make_engine, native, read_only, transaction
+from grove.indexstore.entities import AliasEvent, DatasetInfo, MetricRow, SplitInfo, VersionInfo, utcnow
+from grove.indexstore.errors import GroveError, NotFoundError
+from grove.indexstore.file_layout import InteractionFile
+from grove.indexstore.item_ids import ItemIds
+from grove.indexstore.sql_query import DEFAULT_TIMEOUT, query_store
+from grove.indexstore.structures import Structure, kind_of
 
 _METRIC_FIELDS = ("role", "name", "k", "value", "beam", "filtered", "note")
 
@@ -77,7 +77,7 @@ class Store:
     @staticmethod
     def init(url: str | None = None) -> str:
         """Create or upgrade the schema to the Alembic head; returns the URL."""
-        import migrations
+        from grove import migrations
 
         url = default_url(url)
         engine = make_engine(url)
@@ -176,8 +176,8 @@ class Store:
             return datasets_io.list_splits(conn, dataset)
 
     def load_split(self, dataset: str, split_name: str = "default", min_behaviours: int = 1):
-        """The split's `SplitData` (training windows, held-out users) built per PROTOCOL.md."""
-        from indexstore.protocol import split_data_from_positives
+        """The split's `SplitData` (training windows, held-out users) built per docs/PROTOCOL.md."""
+        from grove.indexstore.protocol import split_data_from_positives
 
         with self._tx() as conn:
             assignment, info = datasets_io.load_assignment(conn, dataset, split_name)
@@ -279,7 +279,7 @@ class Store:
             return self._get_version(conn, vid)
 
     def stage_version(self, version: dict, structure: Structure, artifacts: dict[str, bytes]):
-        """Save a version that could not be written (`indexstore.staging`); returns the file."""
+        """Save a version that could not be written (`grove.indexstore.staging`); returns the file."""
         url = sa.engine.make_url(self.url)
         return staging.stage(url.database or "grove", version, structure, artifacts)
 
@@ -442,6 +442,6 @@ class Store:
 
     # ------------------------------------------------------------------------------- SQL
     def query(self, sql: str, timeout: float | None = None) -> tuple[list[str], list[tuple]]:
-        """Run ONE read-only statement in the SQL sandbox (`indexstore.sql_query`); returns
+        """Run ONE read-only statement in the SQL sandbox (`grove.indexstore.sql_query`); returns
         (column names, rows)."""
         return query_store(self.url, sql, timeout or DEFAULT_TIMEOUT)

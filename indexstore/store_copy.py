@@ -36,10 +36,18 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from indexstore.backends import bulk
-from indexstore.engine import check_schema, connect, current_revision, head_revision, make_engine, native, store_name
-from indexstore.errors import GroveError, IntegrityError
-from indexstore.version_io import artifact_bytes
+from grove.indexstore.backends import bulk
+from grove.indexstore.engine import (
+    check_schema,
+    connect,
+    current_revision,
+    head_revision,
+    make_engine,
+    native,
+    store_name,
+)
+from grove.indexstore.errors import GroveError, IntegrityError
+from grove.indexstore.version_io import artifact_bytes
 
 CHUNK_ROWS = 500_000
 BLOB_ROWS = {"artifact_chunks": 256}  # tables of large values -> rows per chunk (16 MiB)
@@ -178,7 +186,7 @@ def _bulk_settings(dst: sa.Connection) -> Iterator[None]:
     if _backend(dst) != "duckdb":
         yield
         return
-    from indexstore.bulk_import import import_settings
+    from grove.indexstore.bulk_import import import_settings
 
     with import_settings(native(dst)):
         yield
@@ -212,7 +220,7 @@ def _count(conn: sa.Connection, table: str) -> int:
 
 def _prepare_destination(dst: sa.Connection, url: str) -> None:
     """Refuse a destination that holds rows; bring an empty one to the schema head."""
-    import migrations
+    from grove import migrations
 
     held = {t: n for t in _columns(dst) if t != "alembic_version" and (n := _count(dst, t))}
     if held:

@@ -25,7 +25,7 @@ from functools import cached_property
 
 import numpy as np
 
-from indexstore.errors import StructureError
+from grove.indexstore.errors import StructureError
 
 
 def _frozen(a: np.ndarray, dtype) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Moving index structures in and out of the store's tables through the bulk paths.
 
-Every function here takes the bulk channel of an open transaction (`indexstore.backends.bulk`:
+Every function here takes the bulk channel of an open transaction (`grove.indexstore.backends.bulk`:
 DuckDB's registered arrow tables, or PostgreSQL's COPY) so that the caller decides the
 transaction; arrays travel as pyarrow tables and come back as arrow/numpy, never row by row.
 Artifacts: one row each in ``artifacts`` (sha256, size), their bytes in ``artifact_chunks``.
@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from indexstore.backends import Bulk
-from indexstore.entities import utcnow
-from indexstore.errors import IntegrityError, StructureError
-from indexstore.structures import Forest, PathCodes, Structure, Tree
+from grove.indexstore.backends import Bulk
+from grove.indexstore.entities import utcnow
+from grove.indexstore.errors import IntegrityError, StructureError
+from grove.indexstore.structures import Forest, PathCodes, Structure, Tree
 
 
 # --------------------------------------------------------------------------------- shapes

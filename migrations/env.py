@@ -1,4 +1,4 @@
-"""Alembic environment for the grove store (DuckDB through duckdb-engine; see STACK.md).
+"""Alembic environment for the grove store (DuckDB through duckdb-engine, or PostgreSQL).
 
 DuckDB needs an Alembic implementation registered for its dialect name, with transactional
 DDL; every revision runs in its own transaction so a failed revision rolls back whole.

@@ -1,7 +1,7 @@
 """Batch retrieval: the searcher of a job over many users, loaded once per process.
 
 `grove retrieve --users FILE | --split NAME` and a distributed `grove eval` hand chunks of users
-to `BatchSearcher` objects, in this process or one per Ray actor (`flows.batch_retrieve`). A
+to `BatchSearcher` objects, in this process or one per Ray actor (`grove.flows.batch_retrieve`). A
 `SearcherSpec` is what a process needs to load the version itself: a store URL it can read,
 the index and an explicit version id (an alias is resolved once, by the driver, so that an alias
 moved during the job cannot split it between two versions).
@@ -12,7 +12,7 @@ Two kinds of chunk, one loaded version:
   takes them) -> `TopK`, fixed shape ``(B, k)`` best first, padded -inf / -1 / "";
   `TopK.rows` flattens it to (user, rank, item, score) rows without the padding;
 * `BatchSearcher.lists`: a batch of held-out users of an evaluation
-  (`models.evaluation.search_chunk`), the same lists as the in-process evaluation.
+  (`grove.models.evaluation.search_chunk`), the same lists as the in-process evaluation.
 
 A user's result depends on the chunk it is searched in only through the number of items a
 search asks for (``k`` + the longest history of the chunk with ``exclude_seen``); the jobs cut
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.samples import HeldOutUsers
-from indexstore.store import Store
-from models.evaluation import Lists, search_chunk
-from models.limits import MAX_BATCH, check_query
-from models.retriever import Retriever
+from grove.indexstore.errors import GroveError
+from grove.indexstore.samples import HeldOutUsers
+from grove.indexstore.store import Store
+from grove.models.evaluation import Lists, search_chunk
+from grove.models.limits import MAX_BATCH, check_query
+from grove.models.retriever import Retriever
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Query:
     exclude_seen: bool = False
 
     def check(self, n_items: int, batch_size: int) -> None:
-        """k, beam (`models.limits.check_query`) and the users per search call."""
+        """k, beam (`grove.models.limits.check_query`) and the users per search call."""
         check_query(self.k, self.beam, n_items)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 0 < batch_size <= MAX_BATCH:
             raise GroveError(f"batch size must be an integer in [1, {MAX_BATCH:,}], got {batch_size!r}")
@@ -118,5 +118,5 @@ class BatchSearcher:
         return TopK(scores, items, self.retriever.item_ids.raw_of(items), int((ids < 0).sum()))
 
     def lists(self, held_out: HeldOutUsers, lo: int, hi: int, k: int, beam: int | None) -> Lists:
-        """The evaluation lists of held-out users ``[lo, hi)`` (`models.evaluation.search_chunk`)."""
+        """The evaluation lists of held-out users ``[lo, hi)`` (`grove.models.evaluation.search_chunk`)."""
         return search_chunk(self.retriever.searcher, held_out, lo, hi, k, beam, True)

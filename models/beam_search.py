@@ -44,8 +44,8 @@ from collections.abc import Callable
 
 import torch
 
-from indexstore.errors import GroveError
-from models.tree_builders import TreeTensors
+from grove.indexstore.errors import GroveError
+from grove.models.tree_builders import TreeTensors
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -108,7 +108,7 @@ def beam_search(
 
     Parameters
     ----------
-    tt : `TreeTensors` of the tree (`models.tree_builders.tree_tensors`), on the search device.
+    tt : `TreeTensors` of the tree (`grove.models.tree_builders.tree_tensors`), on the search device.
     score_fn : (rows (P,), nodes (P,)) -> (P,) scores (module doc).
     batch_size : int -- B, the number of users (``rows`` range over ``[0, B)``).
     k : int -- items to return per user.

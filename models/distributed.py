@@ -3,14 +3,14 @@ one worker of several.
 
 The training loops, tree learning and DR's E-step are written once; inside a process group
 (``torchrun``, or ``grove train --nproc N``, which starts the workers with torch's elastic
-launcher, `flows.distributed_train`):
+launcher, `grove.flows.distributed_train`):
 
 * `epoch_order` is the distributed sampler: every worker draws the same permutation of the
   samples for an epoch (seeded by the seed and the epoch), and `shard` keeps this worker's part
   of each global batch (``idx[rank::world]``). The global batch keeps its size, so N workers
   make the same optimiser steps as one, each on 1/N of the samples;
 * `worker_generator` seeds each worker's own draws (negatives, sampled softmax) apart;
-* `models.optim.EmbeddingAdam.step` first averages the gradients over the workers
+* `grove.models.optim.EmbeddingAdam.step` first averages the gradients over the workers
   (`average_gradients`: the dense ones in one flat all-reduce, the sparse gradients of the
   embedding tables gathered as sparse rows, never densified);
 * `mine` shares out the chunks of tree learning (JTM, DeFoRec) and of DR's E-step;

@@ -1,4 +1,4 @@
-"""Evaluate a `Searcher` on held-out users (PROTOCOL.md §4-6).
+"""Evaluate a `Searcher` on held-out users (docs/PROTOCOL.md §4-6).
 
 One search per batch at ``max(ks)`` answers every cut-off: the metrics @k read the first k
 columns of the same ranked list, so P/R/F/NDCG/Novelty at 10 and 50 cost one search.
@@ -13,7 +13,7 @@ precision counts the padding as misses. Pass a beam at least as large as that if
 Timing covers the searcher's calls only (with a CUDA synchronise), not the metric arithmetic.
 
 A version's evaluation (every beam, the exhaustive reference, fidelity) is assembled from
-these searches in `models.evaluation_passes`.
+these searches in `grove.models.evaluation_passes`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from indexstore.errors import InputError
-from indexstore.samples import HeldOutUsers
-from models.method import Searcher
-from models.metrics import METRIC_NAMES, in_sets, per_user_metrics
-from models.metrics import fidelity as fidelity_ratio
-from models.progress import Progress
+from grove.indexstore.errors import InputError
+from grove.indexstore.samples import HeldOutUsers
+from grove.models.method import Searcher
+from grove.models.metrics import METRIC_NAMES, in_sets, per_user_metrics
+from grove.models.metrics import fidelity as fidelity_ratio
+from grove.models.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def search_chunk(
 ) -> Lists:
     """One batch of `search_lists`: the held-out users ``[lo, hi)`` in ONE search call; lists
     (hi - lo, k). A distributed evaluation runs the same batches through this function on its
-    workers (`flows.batch_retrieve`), so its lists are those of `search_lists`, bit for bit."""
+    workers (`grove.flows.batch_retrieve`), so its lists are those of `search_lists`, bit for bit."""
     dev = torch.device(device) if device is not None else searcher.device
     offs = np.asarray(held_out.seen_offsets[lo : hi + 1], dtype=np.int64)  # (b+1,)
     want = k

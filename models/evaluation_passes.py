@@ -12,8 +12,8 @@ users (``exhaustive_users``): fidelity then compares the beam's and the exhausti
 same sampled users.
 
 One evaluation = `plan` (the `SearchPass` es: the reference, then one per beam) -> the searches
-(`Searches`: `local_searches` in this process, a pool of Ray actors in `flows.batch_retrieve`,
-or one Prefect task per pass in `flows.ops`) -> `pass_result` per pass (its rows; plain data) ->
+(`Searches`: `local_searches` in this process, a pool of Ray actors in `grove.flows.batch_retrieve`,
+or one Prefect task per pass in `grove.flows.ops`) -> `pass_result` per pass (its rows; plain data) ->
 `assemble` (fidelity, every row in order). Whoever searches, the rows are the same value for
 value; only users/s differs.
 """
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from indexstore.entities import MetricRow
-from indexstore.samples import HeldOutUsers
-from models.evaluation import Lists, MetricValue, both_results, check_args, search_lists, wants_exhaustive
-from models.method import Searcher
-from models.metrics import fidelity as fidelity_ratio
+from grove.indexstore.entities import MetricRow
+from grove.indexstore.samples import HeldOutUsers
+from grove.models.evaluation import Lists, MetricValue, both_results, check_args, search_lists, wants_exhaustive
+from grove.models.method import Searcher
+from grove.models.metrics import fidelity as fidelity_ratio
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def plan(
     exhaustive_users: int | None = None,
 ) -> list[SearchPass]:
     """The passes of an evaluation (arguments checked): the reference first when ``exhaustive``
-    (None: the catalogue's size, `models.evaluation.wants_exhaustive`) says so, then each beam."""
+    (None: the catalogue's size, `grove.models.evaluation.wants_exhaustive`) says so, then each beam."""
     passes: list[SearchPass] = []
     if wants_exhaustive(n_items, exhaustive):
         sample = reference_users(held_out, exhaustive_users)

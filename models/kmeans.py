@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from indexstore.errors import GroveError
+from grove.indexstore.errors import GroveError
 
 
 def equal_caps(sizes: torch.Tensor, n_children: torch.Tensor, k: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ Recipe (``versions.config`` in the store)::
 
     {"method": "tdm", "config": {...the method's frozen config...}, "step": "train", "round": 1}
 
-plus ``"workers": N`` for a step run by N data-parallel workers (`models.distributed`).
+plus ``"workers": N`` for a step run by N data-parallel workers (`grove.models.distributed`).
 
 Seeds: ``construct`` uses the config's seed; ``train`` at round r uses seed + r; ``relearn``
 into round r uses seed + 1000 r (`Recipe.seed`; 1000 keeps the two streams apart). `build` and
@@ -30,14 +30,14 @@ from typing import Any
 
 import torch
 
-from indexstore.entities import MetricRow, VersionInfo
-from indexstore.errors import GroveError, StateError, StoreBusyError
-from indexstore.samples import SplitData
-from indexstore.staging import DEFAULT_WRITE_WAIT, WRITE_WAIT_ENV
-from indexstore.store import Store
-from models.distributed import world
-from models.method import Built, Method, MethodConfig, Searcher, check_memory, config_from_dict, resolve_device
-from models.registry import get_method
+from grove.indexstore.entities import MetricRow, VersionInfo
+from grove.indexstore.errors import GroveError, StateError, StoreBusyError
+from grove.indexstore.samples import SplitData
+from grove.indexstore.staging import DEFAULT_WRITE_WAIT, WRITE_WAIT_ENV
+from grove.indexstore.store import Store
+from grove.models.distributed import world
+from grove.models.method import Built, Method, MethodConfig, Searcher, check_memory, config_from_dict, resolve_device
+from grove.models.registry import get_method
 
 STEPS = ("construct", "train", "relearn")
 
@@ -202,7 +202,7 @@ def construct(
 def construct_data(store: Store, recipe: Recipe, dataset: str, split: str) -> SplitData:
     """The split a construct builds on, after what `construct` refuses before any work: an
     unknown dataset or split, sizes the method cannot take, a version that could never be
-    trained on its device. (A construct in parts, `flows.forest`, starts here too.)"""
+    trained on its device. (A construct in parts, `grove.flows.forest`, starts here too.)"""
     method = get_method(recipe.method)
     store.split(dataset, split)  # NotFoundError before any work
     n_items = store.dataset(dataset).n_items
@@ -213,7 +213,7 @@ def construct_data(store: Store, recipe: Recipe, dataset: str, split: str) -> Sp
 
 def step_result(store: Store, old: Loaded, step: str) -> tuple[Built, Recipe]:
     """``step`` ('train' or 'relearn') of the stored version ``old``, computed but not written:
-    the new index and its recipe. Data-parallel workers (`flows.distributed_train`) all run
+    the new index and its recipe. Data-parallel workers (`grove.flows.distributed_train`) all run
     this; rank 0 alone then `write`s."""
     config = old.recipe.then(step).config
     if step == "relearn":
@@ -253,9 +253,9 @@ def evaluate(
     exhaustive: bool | None = None,
     exhaustive_users: int | None = None,
 ) -> list[MetricRow]:
-    """Metrics of a trained version on held-out users (`models.evaluation_passes.evaluate_version`),
+    """Metrics of a trained version on held-out users (`grove.models.evaluation_passes.evaluate_version`),
     appended to the store (never in place). Returns the rows."""
-    from models.evaluation_passes import evaluate_version  # heavy import only when evaluating
+    from grove.models.evaluation_passes import evaluate_version  # heavy import only when evaluating
 
     loaded = load(store, version_id)
     held_out = split_data(store, loaded.dataset, loaded.split, loaded.recipe.config).held_out(role)
@@ -306,8 +306,8 @@ def _rounds(method: str, rounds: int) -> int:
 
 @dataclass(frozen=True)
 class Ops:
-    """The step functions a plan runs on: in-process (`flows.ops.local_ops`) or as Prefect
-    tasks (`flows.ops.prefect_ops`). Each takes and returns references (version ids)."""
+    """The step functions a plan runs on: in-process (`grove.flows.ops.local_ops`) or as Prefect
+    tasks (`grove.flows.ops.prefect_ops`). Each takes and returns references (version ids)."""
 
     construct: Callable[[], int]
     train: Callable[[int], int]

@@ -7,12 +7,12 @@
 * a batch: <= ``MAX_BATCH`` histories per call (the service slices larger requests);
 * a tree's arity <= the catalogue's items (more children than items are empty).
 
-Memory that a build or search would need is checked separately (`models.memory`).
+Memory that a build or search would need is checked separately (`grove.models.memory`).
 """
 
 from __future__ import annotations
 
-from indexstore.errors import GroveError
+from grove.indexstore.errors import GroveError
 
 MAX_K = 10_000
 MAX_BEAM = 65_536

@@ -1,7 +1,7 @@
 """Refusing work that cannot fit, before allocating it.
 
 Each method estimates the peak bytes of its verbs from the config and the catalogue size
-(`models.method.Method.memory_bytes`): the embedding tables with the optimiser's two moment
+(`grove.models.method.Method.memory_bytes`): the embedding tables with the optimiser's two moment
 buffers and the copies a version's artifacts take, the structure's tables, the per-batch
 activations. Estimates are upper bounds of the dominant terms, not a measurement: they exist to
 turn "grew until the kernel killed it" into one line naming the sizes, before anything is
@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from indexstore.errors import GroveError, TooLargeError
+from grove.indexstore.errors import GroveError, TooLargeError
 
 FLOAT = 4  # bytes per float32
 _UNITS = {

@@ -28,10 +28,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
-from indexstore.errors import GroveError, StateError
-from indexstore.samples import SplitData
-from indexstore.structures import Structure
-from models.limits import check_arity
+from grove.indexstore.errors import GroveError, StateError
+from grove.indexstore.samples import SplitData
+from grove.indexstore.structures import Structure
+from grove.models.limits import check_arity
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Searcher(ABC):
     """A loaded, trained index on a device.
 
     ``histories`` are (B, 69) int64 tensors, nearest first, padded with -1
-    (see `indexstore.samples`). Results are fixed-shape: ``scores`` (B, k) float32 and
+    (see `grove.indexstore.samples`). Results are fixed-shape: ``scores`` (B, k) float32 and
     ``items`` (B, k) int64, best first, padded with -inf / -1 where fewer than k were found.
     """
 
@@ -157,14 +157,14 @@ class Method(ABC, Generic[C]):
     size_fields: ClassVar[tuple[str, ...]] = ()
 
     def check_sizes(self, config: C, n_items: int) -> None:
-        """Refuse (GroveError) sizes that make no sense for ``n_items`` items (`models.limits`)."""
+        """Refuse (GroveError) sizes that make no sense for ``n_items`` items (`grove.models.limits`)."""
         arity = getattr(config, "arity", None)
         if self.kind in ("tree", "forest") and isinstance(arity, int):
             check_arity(arity, n_items)
 
     def memory_bytes(self, config: C, n_items: int, verb: str) -> int:
         """Estimated peak bytes of ``verb`` (one of VERBS) on ``n_items`` items, from the config
-        alone (`models.memory`); 0 when the method makes no estimate."""
+        alone (`grove.models.memory`); 0 when the method makes no estimate."""
         return 0
 
     @abstractmethod
@@ -184,7 +184,7 @@ def check_memory(
     method: Method[Any], config: MethodConfig, n_items: int, verbs: tuple[str, ...], device: str | torch.device
 ) -> None:
     """Refuse (`TooLargeError`, before allocating) a verb whose estimate exceeds the device's memory."""
-    from models.memory import require
+    from grove.models.memory import require
 
     sizes = ", ".join(f"{f}={getattr(config, f)!r}" for f in method.size_fields if hasattr(config, f))
     for verb in verbs:

@@ -1,4 +1,4 @@
-"""Top-k retrieval metrics of PROTOCOL.md, vectorised over users.
+"""Top-k retrieval metrics of docs/PROTOCOL.md, vectorised over users.
 
 For a user u with retrieved list P(u) (the first k columns of a ``(U, >=k)`` array, best first,
 ``-1`` padded), ground truth G(u) and behaviour set S(u) (both CSR pairs ``offsets (U+1,)``,
@@ -11,7 +11,7 @@ For a user u with retrieved list P(u) (the first k columns of a ``(U, >=k)`` arr
   j = 0..k-1 and IDCG the DCG of min(|G|, k) hits at the top (so a perfect list scores 1)
 * Novelty@k   = |P \\ S| / k
 
-Every metric is computed per user and then averaged over users without weights (PROTOCOL.md
+Every metric is computed per user and then averaged over users without weights (docs/PROTOCOL.md
 §5). F is therefore the mean of the per-user F values, not 2·mean(P)·mean(R)/(…): the TDM
 paper's table (P 11.87%, R 8.71%, F 7.96%) is only consistent with the per-user mean.
 
@@ -139,7 +139,7 @@ def ranking_metrics(
 
 
 def fidelity(recall_beam: float, recall_exhaustive: float) -> float:
-    """recall of beam search / recall of the same model scoring every item (PROTOCOL.md §6).
+    """recall of beam search / recall of the same model scoring every item (docs/PROTOCOL.md §6).
 
     Returns 1.0 when both recalls are 0 (beam search lost nothing) and NaN when only the
     exhaustive recall is 0 (the ratio is undefined; a beam list can hit by luck what the model's

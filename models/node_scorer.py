@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from indexstore.samples import MAX_BEHAVIOURS
-from indexstore.structures import Tree
+from grove.indexstore.samples import MAX_BEHAVIOURS
+from grove.indexstore.structures import Tree
 
 WINDOWS = (1, 1, 1, 2, 2, 2, 10, 10, 20, 20)
 
@@ -109,7 +109,7 @@ class TDMScorer(nn.Module):
         node_row, n_internal = node_rows_for(tree)
         self.n_items, self.n_internal, self.dim = tree.n_items, n_internal, dim
         self.pad_row = tree.n_items + n_internal
-        # sparse gradients: a step updates only the rows its batch looked up (`models.optim`)
+        # sparse gradients: a step updates only the rows its batch looked up (`grove.models.optim`)
         self.emb = nn.Embedding(self.pad_row + 1, dim, padding_idx=self.pad_row, sparse=True)
         nn.init.normal_(self.emb.weight, std=0.1)
         with torch.no_grad():
@@ -141,7 +141,7 @@ class TDMScorer(nn.Module):
 
     def behaviour_rows(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Rows of the behaviours used to score ``nodes`` (U, C): TDM uses the items themselves,
-        shared by all C nodes of a user -> (U, L). `models.jtm.hierarchical.HierarchicalScorer` overrides this."""
+        shared by all C nodes of a user -> (U, L). `grove.models.jtm.hierarchical.HierarchicalScorer` overrides this."""
         return self.item_rows(histories)
 
     def item_embeddings(self) -> torch.Tensor:

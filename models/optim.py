@@ -10,7 +10,7 @@ and the embedding optimisers of recommender systems do) and every other paramete
 
 The moment buffers of the tables stay dense (2 x N x d floats): memory O(N), time per step
 O(rows touched). Among several data-parallel workers, `step` first averages the gradients over
-them (`models.distributed.average_gradients`), so every worker takes the same step.
+them (`grove.models.distributed.average_gradients`), so every worker takes the same step.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.distributed import average_gradients
+from grove.models.distributed import average_gradients
 
 
 def sparse_tables(module: nn.Module) -> list[torch.Tensor]:

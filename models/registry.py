@@ -6,18 +6,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from indexstore.errors import GroveError
-from models.method import Method
+from grove.indexstore.errors import GroveError
+from grove.models.method import Method
 
 # name -> (module, class). Baselines are methods too, so flows and the retriever treat them alike.
 _METHODS: dict[str, tuple[str, str]] = {
-    "tdm": ("models.tdm.method", "TDMMethod"),
-    "jtm": ("models.jtm.method", "JTMMethod"),
-    "deforec": ("models.deforec.method", "DeFoRecMethod"),
-    "recforest": ("models.recforest.method", "RecForestMethod"),
-    "dr": ("models.dr.method", "DRMethod"),
-    "two_tower": ("models.baselines.two_tower", "TwoTowerMethod"),
-    "itemcf": ("models.baselines.item_cf", "ItemCFMethod"),
+    "tdm": ("grove.models.tdm.method", "TDMMethod"),
+    "jtm": ("grove.models.jtm.method", "JTMMethod"),
+    "deforec": ("grove.models.deforec.method", "DeFoRecMethod"),
+    "recforest": ("grove.models.recforest.method", "RecForestMethod"),
+    "dr": ("grove.models.dr.method", "DRMethod"),
+    "two_tower": ("grove.models.baselines.two_tower", "TwoTowerMethod"),
+    "itemcf": ("grove.models.baselines.item_cf", "ItemCFMethod"),
 }
 
 

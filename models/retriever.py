@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.item_ids import ItemIds
-from indexstore.samples import MAX_BEHAVIOURS, pad_histories
-from models import lifecycle
-from models.limits import check_histories, check_query
-from models.method import Searcher
+from grove.indexstore.errors import GroveError
+from grove.indexstore.item_ids import ItemIds
+from grove.indexstore.samples import MAX_BEHAVIOURS, pad_histories
+from grove.models import lifecycle
+from grove.models.limits import check_histories, check_query
+from grove.models.method import Searcher
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Retriever:
     """A loaded index version. Build with `Retriever.load`, not the constructor.
 
     version : the `VersionInfo`; searcher : its `Searcher`; item_ids : the dataset's raw <->
-    dense item id mapper (`indexstore.item_ids.ItemIds`)."""
+    dense item id mapper (`grove.indexstore.item_ids.ItemIds`)."""
 
     def __init__(self, version, searcher: Searcher, item_ids: ItemIds, load_seconds: float):
         self.version = version

@@ -1,5 +1,5 @@
 """Fixed-shape top-k lists, the one set of helpers every searcher uses: ``(scores (B, k) float32,
-items (B, k) int64)``, best first, padded with -inf / -1 (the `models.method.Searcher` contract)."""
+items (B, k) int64)``, best first, padded with -inf / -1 (the `grove.models.method.Searcher` contract)."""
 
 from __future__ import annotations
 

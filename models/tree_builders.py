@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.structures import Tree
-from models.kmeans import balanced_kmeans_batched, equal_caps
-from models.progress import Progress
+from grove.indexstore.errors import GroveError
+from grove.indexstore.structures import Tree
+from grove.models.kmeans import balanced_kmeans_batched, equal_caps
+from grove.models.progress import Progress
 
 # split(order (N,), starts (C,), sizes (C,), caps (C, K)) -> order with every segment permuted so
 # that child j's items are the j-th run of caps[:, j] items of the segment.

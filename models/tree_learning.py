@@ -1,6 +1,6 @@
 """Top-down tree learning shared by JTM (Algorithm 2) and DeFoRec (§5): the layout, the pairs,
 the assignment loop and the capacity rebalance. What differs, the weight of an item for a
-candidate position, is a function the caller passes (`models.jtm`, `models.deforec.training`).
+candidate position, is a function the caller passes (`grove.models.jtm`, `grove.models.deforec.training`).
 
 Items are re-assigned to the positions of a complete K-ary tree of depth ``D = ceil(log_K n)``,
 top down, ``gap`` (d) levels at a time: at step l0 -> l = min(l0 + d, D) every item, already
@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from indexstore.samples import TrainingSamples
-from indexstore.structures import Tree
-from models.distributed import all_reduce_sum_, mine, world
-from models.node_scorer import position_keys
-from models.progress import Progress
-from models.tree_training import subsample
-from models.windows import DeviceWindows
+from grove.indexstore.samples import TrainingSamples
+from grove.indexstore.structures import Tree
+from grove.models.distributed import all_reduce_sum_, mine, world
+from grove.models.node_scorer import position_keys
+from grove.models.progress import Progress
+from grove.models.tree_training import subsample
+from grove.models.windows import DeviceWindows
 
 
 def layout_depth(n_items: int, arity: int) -> int:
@@ -102,7 +102,7 @@ class PairChunks:
         """Yield (pairs, histories (b, width)): consecutive pairs whose (b, columns, width,
         per_column) activations hold about ``max_elements`` floats; width = the chunk's longest
         history, so the padding columns of shorter ones are never scored. Among data-parallel
-        workers each gets every N-th chunk (`models.distributed.mine`; the cuts are the same on
+        workers each gets every N-th chunk (`grove.models.distributed.mine`; the cuts are the same on
         all of them)."""
         n, lo, i = len(self), 0, -1
         while lo < n:

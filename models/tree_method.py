@@ -1,5 +1,5 @@
-"""What TDM (KDD 2018) and JTM (NeurIPS 2019) share behind the `models.method.Method` contract:
-the config fields, the searcher and the verbs (`models.tdm.method`, `models.jtm.method` add the
+"""What TDM (KDD 2018) and JTM (NeurIPS 2019) share behind the `grove.models.method.Method` contract:
+the config fields, the searcher and the verbs (`grove.models.tdm.method`, `grove.models.jtm.method` add the
 scorer and the relearning).
 
 Lifecycle of both (each verb's result is one store version):
@@ -7,28 +7,28 @@ Lifecycle of both (each verb's result is one store version):
 * ``construct``: TDM's category tree (§3.5, generalised to K children): categories shuffled with
   the seed, items of a category together, the list split recursively into near-equal parts.
   No weights yet.
-* ``train``: the attention-DNN scorer (`models.node_scorer.TDMScorer`; JTM:
-  `models.jtm.hierarchical.HierarchicalScorer`) trained on the version's tree with per-level
-  negative sampling and binary cross-entropy (`models.tree_training`) -> artifact
+* ``train``: the attention-DNN scorer (`grove.models.node_scorer.TDMScorer`; JTM:
+  `grove.models.jtm.hierarchical.HierarchicalScorer`) trained on the version's tree with per-level
+  negative sampling and binary cross-entropy (`grove.models.tree_training`) -> artifact
   ``weights.pt``. Training a version that already has weights continues from them; training a
   freshly relearnt tree warm-starts from the previous model (``warm_start.pt``, see below). *
   ``relearn``: a new tree from the trained model. TDM: top-down balanced k-means over the learnt
   item (= leaf) embeddings (§3.5). JTM: Algorithm 2 (top-down assignment d levels at a time by
   the log-likelihood of each item's training pairs, with the capacity rebalance,
-  `models.jtm.tree_learning.learn_tree`). The new version carries the old model and old tree as
+  `grove.models.jtm.tree_learning.learn_tree`). The new version carries the old model and old tree as
   ``warm_start.pt`` and no ``weights.pt``: its tree has never been trained, so it cannot be
   searched until `train` runs. * ``searcher``: TDM Algorithm 1, batched
-  (`models.beam_search.beam_search`); ``exhaustive`` scores every leaf with the same model.
+  (`grove.models.beam_search.beam_search`); ``exhaustive`` scores every leaf with the same model.
 
 Choices where the papers are silent
 -----------------------------------
 * Warm start after relearning. TDM retrains "the model" on the new tree; we keep item
   embeddings and the network and re-initialise internal-node embeddings (k-means positions mean
   something new). JTM's tree learning keeps positions, so internal nodes are also carried over
-  by their K-way path code (`models.node_scorer.transfer_weights`). A cold start is ``warm_start=False``.
+  by their K-way path code (`grove.models.node_scorer.transfer_weights`). A cold start is ``warm_start=False``.
 * Negatives: level l gets ``ceil(neg_base * neg_growth ** (l - 1))`` (TDM §5.2 draws more near
   the leaves) while those add up to at most ``neg_total`` (200) per sample; a deeper tree shares
-  the 200 out in the same proportions instead (`models.tree_training.negatives_per_level`), so a
+  the 200 out in the same proportions instead (`grove.models.tree_training.negatives_per_level`), so a
   sample costs the same at 10^4 and 10^7 items. With the defaults a depth-11 binary tree draws
   117 negatives per sample, depth 12 153, and from depth 13 on 200 (at depth 20: 43 on the
   leaves, 1 on each of the top three levels); the papers use 100-200 in total (TDM §5.2,
@@ -43,12 +43,12 @@ from typing import TypeVar
 
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.samples import MAX_BEHAVIOURS, SplitData
-from indexstore.structures import Tree
-from models.beam_search import beam_search, exhaustive
-from models.memory import FLOAT, adam_table, tree_nodes
-from models.method import (
+from grove.indexstore.errors import GroveError
+from grove.indexstore.samples import MAX_BEHAVIOURS, SplitData
+from grove.indexstore.structures import Tree
+from grove.models.beam_search import beam_search, exhaustive
+from grove.models.memory import FLOAT, adam_table, tree_nodes
+from grove.models.method import (
     Built,
     Method,
     MethodConfig,
@@ -58,9 +58,9 @@ from models.method import (
     resolve_device,
     state_to_bytes,
 )
-from models.node_scorer import WINDOWS, TDMScorer, transfer_weights
-from models.tree_builders import category_tree, complete_depth, tree_tensors
-from models.tree_training import TrainOptions, train_scorer
+from grove.models.node_scorer import WINDOWS, TDMScorer, transfer_weights
+from grove.models.tree_builders import category_tree, complete_depth, tree_tensors
+from grove.models.tree_training import TrainOptions, train_scorer
 
 WEIGHTS = "weights.pt"
 WARM_START = "warm_start.pt"

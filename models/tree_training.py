@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from indexstore.samples import TrainingSamples
-from indexstore.structures import Tree
-from models.distributed import batches, epoch_order, mean_over_workers, worker_generator
-from models.optim import EmbeddingAdam
-from models.progress import Progress
-from models.windows import DeviceWindows
+from grove.indexstore.samples import TrainingSamples
+from grove.indexstore.structures import Tree
+from grove.models.distributed import batches, epoch_order, mean_over_workers, worker_generator
+from grove.models.optim import EmbeddingAdam
+from grove.models.progress import Progress
+from grove.models.windows import DeviceWindows
 
 
 def negatives_per_level(
@@ -167,7 +167,7 @@ def train_scorer(
     device: torch.device,
     desc: str = "train",
 ) -> dict:
-    """Train ``scorer`` (a `models.node_scorer.TDMScorer` or subclass, built for ``tree``) in place.
+    """Train ``scorer`` (a `grove.models.node_scorer.TDMScorer` or subclass, built for ``tree``) in place.
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Training windows on the training device, gathered per batch.
 
-`indexstore.samples.TrainingSamples` keeps its windows as slices of one int32 sequence (O(n)
+`grove.indexstore.samples.TrainingSamples` keeps its windows as slices of one int32 sequence (O(n)
 memory instead of an (n, 69) array). `DeviceWindows` puts that sequence and the kept samples'
 starts and targets on the device once and builds each batch's (b, 69) behaviours with one
 gather, so no step copies from the host and memory stays O(interactions + samples).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from indexstore.samples import MAX_BEHAVIOURS, TrainingSamples
+from grove.indexstore.samples import MAX_BEHAVIOURS, TrainingSamples
 
 
 class DeviceWindows:

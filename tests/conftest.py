@@ -147,8 +147,8 @@ def make_synth_store(new_store_url):
     """Factory ``make(label, n_items, n_users, seed, backend="duckdb") -> URL``: a fresh
     initialised store holding the synthetic dataset "synth" and its split "default" (both
     generated with ``seed``). Module fixtures call it once and share the store."""
-    from flows.datasets import split_dataset, synth_dataset
-    from indexstore.store import Store
+    from grove.flows.datasets import split_dataset, synth_dataset
+    from grove.indexstore.store import Store
 
     def make(label: str, n_items: int, n_users: int, seed: int, backend: str = "duckdb") -> str:
         url = new_store_url(backend, label)
@@ -175,6 +175,6 @@ def pytest_unconfigure(config):
     DuckDB's nanobind bindings print hundreds of harmless "leaked instance" lines at
     interpreter exit, which bury the test summary in CI logs. Same exit status as pytest's."""
     if _EXIT_STATUS and os.environ.get("GROVE_TEST_FINALIZE") != "1":
-        from flows.quiet_exit import exit_quietly
+        from grove.flows.quiet_exit import exit_quietly
 
         exit_quietly(_EXIT_STATUS[-1])

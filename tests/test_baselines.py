@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.errors import GroveError, StateError
-from indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
-from models.baselines.flat import flat_tree
-from models.baselines.item_cf import ItemCFConfig, ItemCFMethod, build_neighbours
-from models.baselines.two_tower import TwoTowerConfig, TwoTowerMethod, train_two_tower
-from models.evaluation import evaluate
-from models.method import Built, Searcher, config_from_dict
+from grove.indexstore.errors import GroveError, StateError
+from grove.indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
+from grove.models.baselines.flat import flat_tree
+from grove.models.baselines.item_cf import ItemCFConfig, ItemCFMethod, build_neighbours
+from grove.models.baselines.two_tower import TwoTowerConfig, TwoTowerMethod, train_two_tower
+from grove.models.evaluation import evaluate
+from grove.models.method import Built, Searcher, config_from_dict
 
 N_CLUSTERS, CLUSTER = 4, 15
 N_ITEMS = N_CLUSTERS * CLUSTER

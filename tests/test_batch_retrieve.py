@@ -1,4 +1,4 @@
-"""Batch retrieval and evaluation as a job (issue 26): `grove retrieve --users/--split --out` and
+"""Batch retrieval and evaluation as a job (issue 26): `grove retrieve --users-file/--split --out` and
 `grove eval --ray`, in process and on a local Ray (the real engines, ``ray.init(num_cpus=2)``).
 
 * a job's rows are the retriever's answers for the same histories, in input order, ranks from 1;
@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows import steps
-from flows.cli import main
-from indexstore.store import Store
-from models.lifecycle import Recipe, split_data
-from models.retriever import Retriever
+from grove.flows import steps
+from grove.flows.cli import main
+from grove.indexstore.store import Store
+from grove.models.lifecycle import Recipe, split_data
+from grove.models.retriever import Retriever
 
 TDM = {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 1500, "neg_base": 1.0, "device": "cpu"}
 INDEX = "batch-tdm"
@@ -71,7 +71,7 @@ def leftovers(folder) -> list[str]:
 # --------------------------------------------------------------------------- in process
 def test_rows_are_the_retrievers_answers_in_input_order(url, users_file, tmp_path, capsys):
     out = tmp_path / "recs.parquet"
-    args = ["retrieve", INDEX, "--users", users_file, "--out", str(out), "--k", "7", "--beam", "20"]
+    args = ["retrieve", INDEX, "--users-file", users_file, "--out", str(out), "--k", "7", "--beam", "20"]
     assert grove(url, *args, "--batch-size", "200") == 0
     captured = capsys.readouterr()
     assert "wrote" in captured.out and "for 200 users" in captured.out
@@ -106,7 +106,7 @@ def test_integer_ids_and_exclude_seen(url, tmp_path):
     src = tmp_path / "ints.parquet"
     pq.write_table(pa.table({"user": np.arange(10, dtype=np.int32), "history": hist}), src)
     out = tmp_path / "recs.parquet"
-    assert grove(url, "retrieve", INDEX, "--users", str(src), "--out", str(out), "--k", "5", "--exclude-seen") == 0
+    assert grove(url, "retrieve", INDEX, "--users-file", str(src), "--out", str(out), "--k", "5", "--exclude-seen") == 0
     got = pq.read_table(out)
     assert got.schema.field("user").type == pa.int32()
     for user, items in zip(range(10), hist):
@@ -141,24 +141,24 @@ def test_one_history_mode_still_answers(url, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--users", "{dir}/missing.parquet"], "missing.parquet: no such file"),
-        (["--users", "{dir}/text.parquet"], "not a readable parquet file"),
-        (["--users", "{dir}/nohistory.parquet"], "no column 'history'"),
-        (["--users", "{dir}/floatuser.parquet"], "column 'user': expected integers or strings, got double"),
-        (["--users", "{dir}/strhistory.parquet"], "column 'history': expected a list of item ids"),
-        (["--users", "{dir}/nulluser.parquet"], "nulluser.parquet row 151 column 'user': the user is null"),
-        (["--users", "{dir}/nullitem.parquet"], "nullitem.parquet row 3 column 'history': a null item id"),
-        (["--users", "{users}", "--k", "0"], "k must be a positive integer"),
-        (["--users", "{users}", "--k", "301"], "is more than the index's 300 items"),
-        (["--users", "{users}", "--beam", "100000"], "beam = 100,000 is above the maximum"),
-        (["--users", "{users}", "--batch-size", "5000"], "batch size must be an integer in [1, 4,096]"),
-        (["--users", "{users}", "--version", "1"], "never trained"),
-        (["--users", "{users}", "--version", "999"], "unknown version 999"),
-        (["--users", "{users}", "--alias", "nope"], "has no alias 'nope'"),
+        (["--users-file", "{dir}/missing.parquet"], "missing.parquet: no such file"),
+        (["--users-file", "{dir}/text.parquet"], "not a readable parquet file"),
+        (["--users-file", "{dir}/nohistory.parquet"], "no column 'history'"),
+        (["--users-file", "{dir}/floatuser.parquet"], "column 'user': expected integers or strings, got double"),
+        (["--users-file", "{dir}/strhistory.parquet"], "column 'history': expected a list of item ids"),
+        (["--users-file", "{dir}/nulluser.parquet"], "nulluser.parquet row 151 column 'user': the user is null"),
+        (["--users-file", "{dir}/nullitem.parquet"], "nullitem.parquet row 3 column 'history': a null item id"),
+        (["--users-file", "{users}", "--k", "0"], "k must be a positive integer"),
+        (["--users-file", "{users}", "--k", "301"], "is more than the index's 300 items"),
+        (["--users-file", "{users}", "--beam", "100000"], "beam = 100,000 is above the maximum"),
+        (["--users-file", "{users}", "--batch-size", "5000"], "batch size must be an integer in [1, 4,096]"),
+        (["--users-file", "{users}", "--version", "1"], "never trained"),
+        (["--users-file", "{users}", "--version", "999"], "unknown version 999"),
+        (["--users-file", "{users}", "--alias", "nope"], "has no alias 'nope'"),
         (["--split", "nope"], "dataset 'synth' has no split 'nope'"),
-        (["--users", "{users}", "--split", "default"], "one of them"),
-        (["--users", "{users}", "--history", "1,2"], "--history is one user's history"),
-        (["--users", "{users}", "--actors", "2"], "add --ray"),
+        (["--users-file", "{users}", "--split", "default"], "one of them"),
+        (["--users-file", "{users}", "--history", "1,2"], "--history is one user's history"),
+        (["--users-file", "{users}", "--actors", "2"], "add --ray"),
     ],
 )
 def test_bad_input_exit_2_and_no_output(url, users_file, tmp_path, capsys, extra, message):
@@ -184,17 +184,17 @@ def test_bad_input_exit_2_and_no_output(url, users_file, tmp_path, capsys, extra
 
 
 def test_out_is_needed_and_an_old_file_survives_a_failure(url, users_file, tmp_path, capsys):
-    assert grove(url, "retrieve", INDEX, "--users", users_file) == 2
+    assert grove(url, "retrieve", INDEX, "--users-file", users_file) == 2
     assert "--out FILE.parquet" in capsys.readouterr().err
     out = tmp_path / "recs.parquet"
     out.write_bytes(b"old")
-    assert grove(url, "retrieve", INDEX, "--users", users_file, "--out", str(out), "--k", "0") == 2
+    assert grove(url, "retrieve", INDEX, "--users-file", users_file, "--out", str(out), "--k", "0") == 2
     assert out.read_bytes() == b"old"
 
 
 # ------------------------------------------------------------------------------ on Ray
 def test_ray_run_writes_the_in_process_file(url, users_file, tmp_path, local_ray, capsys):
-    common = ["retrieve", INDEX, "--users", users_file, "--k", "6", "--beam", "20", "--exclude-seen"]
+    common = ["retrieve", INDEX, "--users-file", users_file, "--k", "6", "--beam", "20", "--exclude-seen"]
     here, there = tmp_path / "here.parquet", tmp_path / "ray.parquet"
     assert grove(url, *common, "--out", str(here), "--batch-size", "16") == 0
     assert grove(url, *common, "--out", str(there), "--batch-size", "16", "--ray", "--actors", "2") == 0
@@ -209,7 +209,7 @@ def test_ray_actor_errors_come_back_as_grove_errors(url, tmp_path, local_ray, ca
     src = tmp_path / "nulluser.parquet"
     pq.write_table(pa.table({"user": names, "history": [["1"]] * 100}), src)
     out = tmp_path / "out.parquet"
-    assert grove(url, "retrieve", INDEX, "--users", str(src), "--out", str(out), "--batch-size", "8", "--ray") == 2
+    assert grove(url, "retrieve", INDEX, "--users-file", str(src), "--out", str(out), "--batch-size", "8", "--ray") == 2
     assert "nulluser.parquet row 71 column 'user': the user is null" in capsys.readouterr().err
     assert leftovers(tmp_path) == ["nulluser.parquet"]
 
@@ -245,9 +245,9 @@ def test_split_mode_on_ray_writes_the_in_process_file(url, tmp_path, local_ray):
 
 def test_a_chunk_with_nothing_found_still_counts_its_users(tmp_path):
     """Its placeholder row (rank 0) carries the chunk's counts and is not written."""
-    from flows.batch_io import RowsWriter, output_schema
-    from flows.batch_retrieve import _chunk_rows, _write
-    from models.batch_retrieval import TopK
+    from grove.flows.batch_io import RowsWriter, output_schema
+    from grove.flows.batch_retrieve import _chunk_rows, _write
+    from grove.models.batch_retrieval import TopK
 
     empty = TopK(np.full((3, 4), -np.inf, np.float32), np.full((3, 4), -1), np.full((3, 4), ""), unknown=2)
     counts = [0, 0]

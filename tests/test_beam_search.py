@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.structures import Tree
-from models.beam_search import DotScorer, TableScorer, beam_search, exhaustive, max_heap_table, top_items
-from models.tree_builders import category_tree, kmeans_tree, recforest_tree, tree_tensors
+from grove.indexstore.errors import GroveError
+from grove.indexstore.structures import Tree
+from grove.models.beam_search import DotScorer, TableScorer, beam_search, exhaustive, max_heap_table, top_items
+from grove.models.tree_builders import category_tree, kmeans_tree, recforest_tree, tree_tensors
 
 
 def _brute(tree: Tree, table: torch.Tensor, k: int):

@@ -1,4 +1,4 @@
-"""Streaming import (`indexstore.bulk_import`): every format stores exactly what
+"""Streaming import (`grove.indexstore.bulk_import`): every format stores exactly what
 `read_interactions` + `import_dataset` store; bad input is one InputError line naming file, line,
 column and value, and leaves the store as it was."""
 
@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import main
-from indexstore import bulk_import
-from indexstore.categories import read_item_categories
-from indexstore.errors import GroveError, InputError
-from indexstore.file_layout import InteractionFile
-from indexstore.readers import read_interactions
-from indexstore.store import Store
+from grove.flows.cli import main
+from grove.indexstore import bulk_import
+from grove.indexstore.categories import read_item_categories
+from grove.indexstore.errors import GroveError, InputError
+from grove.indexstore.file_layout import InteractionFile
+from grove.indexstore.readers import read_interactions
+from grove.indexstore.store import Store
 
 ROWS = [("10", "5", 4.0, 100), ("9", "30", 2.5, 50), ("10", "100", 5.0, 70), ("2", "5", 1.0, 10)]
 _names = itertools.count()
@@ -267,7 +267,7 @@ def test_ml_1m_subset_and_ml_latest_small(store, shared_datasets):
 
 def test_cli_import_streams(tmp_path, capsys, monkeypatch, store_url):
     """`grove data import` goes through the streaming path, not read_interactions."""
-    import indexstore.readers as readers
+    import grove.indexstore.readers as readers
 
     monkeypatch.setattr(readers, "read_interactions", lambda *a, **k: pytest.fail("read in memory"))
     url = store_url

@@ -9,14 +9,14 @@ import pytest
 import torch
 from test_tdm import binary_tree
 
-from flows.cli import main
-from indexstore.errors import TooLargeError
-from indexstore.store import Store
-from models.deforec.training import level_negatives
-from models.memory import budget, parse_bytes
-from models.node_scorer import TDMScorer
-from models.optim import EmbeddingAdam
-from models.tree_training import negatives_per_level, spread_total
+from grove.flows.cli import main
+from grove.indexstore.errors import TooLargeError
+from grove.indexstore.store import Store
+from grove.models.deforec.training import level_negatives
+from grove.models.memory import budget, parse_bytes
+from grove.models.node_scorer import TDMScorer
+from grove.models.optim import EmbeddingAdam
+from grove.models.tree_training import negatives_per_level, spread_total
 
 
 def _sizes(depth: int, arity: int = 2) -> np.ndarray:
@@ -92,7 +92,6 @@ def test_a_dim_that_cannot_fit_is_refused_before_anything_is_written(url, capsys
             "build",
             "--dataset",
             "synth",
-            "--index",
             "huge-dim",
             "--method",
             "tdm",
@@ -116,7 +115,6 @@ def test_a_memory_limit_refuses_training_with_the_estimate(url, monkeypatch, cap
                 "build",
                 "--dataset",
                 "synth",
-                "--index",
                 "small",
                 "--method",
                 "dr",
@@ -138,8 +136,8 @@ def test_a_memory_limit_refuses_training_with_the_estimate(url, monkeypatch, cap
 
 
 def test_memory_check_raises_too_large_error(monkeypatch):
-    from models.method import check_memory
-    from models.tdm.method import TDMConfig, TDMMethod
+    from grove.models.method import check_memory
+    from grove.models.tdm.method import TDMConfig, TDMMethod
 
     monkeypatch.setenv("GROVE_MEMORY_LIMIT", "1MB")
     with pytest.raises(TooLargeError, match="tdm train of 1,000,000 items with arity=2, dim=24"):
@@ -155,7 +153,6 @@ def test_eval_without_and_with_a_sampled_exhaustive_reference(url, capsys):
                 "build",
                 "--dataset",
                 "synth",
-                "--index",
                 "ev",
                 "--method",
                 "tdm",

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from flows.cli import main
-from flows.cli.common import parse_settings
-from indexstore.errors import GroveError
-from indexstore.store import Store
-from models.retriever import Retriever
+from grove.flows.cli import main
+from grove.flows.cli.common import parse_settings
+from grove.indexstore.errors import GroveError
+from grove.indexstore.store import Store
+from grove.models.retriever import Retriever
 
 
 @pytest.fixture(scope="module", params=["duckdb", "postgres"])
@@ -48,7 +48,6 @@ def test_build_train_relearn_eval_retrieve(url, capsys):
             "build",
             "--dataset",
             "synth",
-            "--index",
             "cli-tdm",
             "--method",
             "tdm",
@@ -103,7 +102,6 @@ def test_cycle_local(url):
             "cycle",
             "--dataset",
             "synth",
-            "--index",
             "cli-cf",
             "--method",
             "itemcf",
@@ -123,12 +121,12 @@ def test_cycle_local(url):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["build", "--dataset", "synth", "--index", "x", "--method", "nope", "--local"], "unknown method 'nope'"),
+        (["build", "--dataset", "synth", "x", "--method", "nope", "--local"], "unknown method 'nope'"),
         (
-            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "colour=1", "--local"],
+            ["build", "--dataset", "synth", "x", "--method", "tdm", "--set", "colour=1", "--local"],
             "unknown config field 'colour'",
         ),
-        (["build", "--dataset", "nosuch", "--index", "x", "--method", "tdm", "--local"], "nosuch"),
+        (["build", "--dataset", "nosuch", "x", "--method", "tdm", "--local"], "nosuch"),
         (["train", "no-such-index", "--local"], "no-such-index"),
         (["retrieve", "cli-tdm", "--history", "1,2", "--k", "0"], "k must be a positive integer"),
         (["retrieve", "cli-tdm", "--history", "1,2", "--beam", "-3"], "beam must be a positive integer"),

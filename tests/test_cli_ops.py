@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from flows.cli import main
-from indexstore.store import Store
+from grove.flows.cli import main
+from grove.indexstore.store import Store
 
 INDEX = "ops-tdm"
 TDM = {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 400, "neg_base": 1.0}
@@ -37,7 +37,7 @@ def ops(make_synth_store, request):
 
 
 def _build(url: str):
-    from flows import steps
+    from grove.flows import steps
 
     v0 = steps.construct(url, INDEX, "tdm", TDM, "synth").version_id
     v1 = steps.train(url, v0).version_id
@@ -161,7 +161,7 @@ def test_report_markdown_writes_the_png_beside(ops, tmp_path):
 
 
 def test_curve_points_pair_recall_with_users_per_second(ops):
-    from flows.report import curve_points, gather
+    from grove.flows.report import curve_points, gather
 
     url, v0, v1, v2 = ops
     points = curve_points(gather(Store.open(url), INDEX), k=10)
@@ -270,7 +270,7 @@ def test_schedule_registers_a_cron_deployment_on_a_real_prefect_server(ops, tmp_
             [
                 sys.executable,
                 "-m",
-                "flows.cli",
+                "grove.flows.cli",
                 "--store",
                 url,
                 "schedule",

@@ -1,13 +1,13 @@
-"""The store commands of `grove`, called through `flows.cli.main`."""
+"""The store commands of `grove`, called through `grove.flows.cli.main`."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flows.cli import main
-from indexstore.store import Store
-from indexstore.structures import PathCodes, Tree
+from grove.flows.cli import main
+from grove.indexstore.store import Store
+from grove.indexstore.structures import PathCodes, Tree
 
 
 def run(capsys, store_url, *argv) -> tuple[int, str, str]:
@@ -44,7 +44,7 @@ def test_data_and_versions_commands(capsys, store_url, tmp_path):
     t2 = Tree.from_paths(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), np.array([0, 2, 1, 3]), 4, 2)
     a = store.write_version("idx", "tdm", t1, {"k": 2}).id
     b = store.write_version("idx", "tdm", t2, {"k": 2}, parent_id=a).id
-    code, out, _ = run(capsys, store_url, "versions", "list", "--index", "idx")
+    code, out, _ = run(capsys, store_url, "versions", "list", "idx")
     assert code == 0 and "idx" in out and str(b) in out
     code, out, _ = run(capsys, store_url, "versions", "show", str(b))
     assert code == 0 and f"v{b}" in out and f"v{a}" in out and "level" in out
@@ -79,7 +79,7 @@ def shared_store(new_store_url, request) -> str:
         (["data", "split", "nope"], "unknown dataset"),
         (["data", "import", "/no/such/file.csv", "--name", "x"], "no such file"),
         (["versions", "show", "99"], "unknown version"),
-        (["versions", "list", "--index", "nope"], "unknown index"),
+        (["versions", "list", "nope"], "unknown index"),
         (["alias", "set", "nope", "production", "1"], "unknown index"),
         (["rollback", "nope"], "unknown index"),
         (["sql", "DELETE FROM datasets"], "read-only"),

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.store import Store
-from models.lifecycle import split_data
-from models.method import config_from_dict
-from models.registry import get_method
-from models.retriever import Retriever
+from grove.indexstore.store import Store
+from grove.models.lifecycle import split_data
+from grove.models.method import config_from_dict
+from grove.models.registry import get_method
+from grove.models.retriever import Retriever
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -82,8 +82,8 @@ def test_retriever_loads_onto_cuda(url):
 
 
 def test_tdm_scorer_cuda_chunks_are_large_and_do_not_change_logits():
-    from models.node_scorer import TDMScorer, cuda_chunk_elements
-    from models.tree_builders import category_tree
+    from grove.models.node_scorer import TDMScorer, cuda_chunk_elements
+    from grove.models.tree_builders import category_tree
 
     dev = torch.device("cuda")
     me = cuda_chunk_elements(dev)

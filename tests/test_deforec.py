@@ -7,11 +7,11 @@ import pytest
 import torch
 from test_recforest import planted_split
 
-from indexstore.errors import StateError
-from indexstore.structures import Forest
-from models.deforec.method import DeFoRecConfig, DeFoRecMethod, DeFoRecSearcher
-from models.deforec.training import SoftmaxLevels
-from models.tree_builders import category_tree
+from grove.indexstore.errors import StateError
+from grove.indexstore.structures import Forest
+from grove.models.deforec.method import DeFoRecConfig, DeFoRecMethod, DeFoRecSearcher
+from grove.models.deforec.training import SoftmaxLevels
+from grove.models.tree_builders import category_tree
 
 
 def _config(**kw):

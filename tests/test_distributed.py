@@ -1,6 +1,6 @@
 """Data-parallel training with torch.distributed: real gloo workers on the CPU.
 
-* the collectives of `models.distributed` (gather of unequal parts, averaged dense and sparse
+* the collectives of `grove.models.distributed` (gather of unequal parts, averaged dense and sparse
   gradients = the gradient of the whole batch) in a 2-process group;
 * one worker through the launcher = a plain run, bit for bit;
 * 2 workers write ONE version (recorded as such), for every trainable method;
@@ -25,11 +25,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from flows import steps
-from flows.cli import main
-from indexstore.store import Store
-from models import distributed, lifecycle
-from models.optim import EmbeddingAdam
+from grove.flows import steps
+from grove.flows.cli import main
+from grove.indexstore.store import Store
+from grove.models import distributed, lifecycle
+from grove.models.optim import EmbeddingAdam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,7 +141,7 @@ def _one_worker_matches_a_plain_run(url: str) -> None:
     v0 = _construct(url, "tdm", "one-worker")
     plain = steps.train(url, v0).version_id
     launched = steps.train(url, v0, nproc=1).version_id  # nproc=1 runs in process...
-    from flows.distributed_train import run
+    from grove.flows.distributed_train import run
 
     one = run(url, v0, "train", 1)  # ... and this through the launcher, a group of one
     assert _artifacts(url, plain) == _artifacts(url, launched), "nproc=1 in process"
@@ -189,7 +189,7 @@ def test_torchrun_runs_the_cli_as_workers(url):
     v0 = _construct(url, "tdm", "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += ["-m", "flows.cli", "--store", url, "train", "torchrun", "--version", str(v0)]
+    cmd += ["-m", "grove.flows.cli", "--store", url, "train", "torchrun", "--version", str(v0)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     written = [v for v in Store.open(url).list_versions("torchrun") if v.parent_id == v0]
@@ -202,7 +202,7 @@ def test_a_dead_worker_fails_the_run_and_writes_nothing(url):
     lifecycle.construct(Store.open(url), "killed", recipe, "synth")
     n_before = len(Store.open(url).list_versions("killed"))
     env = dict(os.environ, OMP_NUM_THREADS="1", GROVE_QUIET="0", GROVE_PROGRESS_INTERVAL="0.2")
-    cmd = [sys.executable, "-m", "flows.cli", "--store", url, "train", "killed", "--local", "--nproc", "2"]
+    cmd = [sys.executable, "-m", "grove.flows.cli", "--store", url, "train", "killed", "--local", "--nproc", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:  # rank 0's progress: both workers are training

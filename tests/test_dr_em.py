@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
-from indexstore.structures import PathCodes
-from models.dr.em import estep_scores
-from models.dr.method import DRConfig, DRMethod, load_net
-from models.method import Built
+from grove.indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
+from grove.indexstore.structures import PathCodes
+from grove.models.dr.em import estep_scores
+from grove.models.dr.method import DRConfig, DRMethod, load_net
+from grove.models.method import Built
 
 
 @pytest.fixture(autouse=True)

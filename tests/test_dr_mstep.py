@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexstore.errors import GroveError
-from indexstore.structures import PathCodes
-from models.dr.em import CandidateScores, _top_per_item, mstep, pool_coverage, pool_warning, random_codes, size_penalty
+from grove.indexstore.errors import GroveError
+from grove.indexstore.structures import PathCodes
+from grove.models.dr.em import (
+    CandidateScores,
+    _top_per_item,
+    mstep,
+    pool_coverage,
+    pool_warning,
+    random_codes,
+    size_penalty,
+)
 
 K, D = 4, 3  # 64 paths; path ids 0..63
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.errors import GroveError, StateError, StructureError
-from indexstore.structures import PathCodes
-from models.dr.em import random_codes
-from models.dr.method import DRConfig, DRMethod, DRSearcher, new_net
-from models.dr.network import StructureModel
-from models.dr.search import PathIndex, beam_search, dedup_rows, path_ids_of
-from models.method import Built, state_to_bytes
+from grove.indexstore.errors import GroveError, StateError, StructureError
+from grove.indexstore.structures import PathCodes
+from grove.models.dr.em import random_codes
+from grove.models.dr.method import DRConfig, DRMethod, DRSearcher, new_net
+from grove.models.dr.network import StructureModel
+from grove.models.dr.search import PathIndex, beam_search, dedup_rows, path_ids_of
+from grove.models.method import Built, state_to_bytes
 
 
 @pytest.fixture(autouse=True)

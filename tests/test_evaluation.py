@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.errors import InputError
-from indexstore.samples import HeldOutUsers, pad_histories
-from models.evaluation import drop_seen, evaluate, fidelity
-from models.method import Searcher
-from models.metrics import ranking_metrics
+from grove.indexstore.errors import InputError
+from grove.indexstore.samples import HeldOutUsers, pad_histories
+from grove.models.evaluation import drop_seen, evaluate, fidelity
+from grove.models.method import Searcher
+from grove.models.metrics import ranking_metrics
 
 
 def csr(rows):

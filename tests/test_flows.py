@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from indexstore.store import Store
+from grove.indexstore.store import Store
 
 # small enough to train in seconds on a 2-core CPU (the paper-sized defaults take minutes)
 TINY_TDM = {"epochs": 1, "batch_size": 256, "dim": 8, "hidden": [16, 8], "max_samples": 1500, "neg_base": 1.0}
@@ -25,7 +25,7 @@ def synth_store(make_synth_store, request) -> str:
 
 
 def test_construct_train_relearn_evaluate_flows(prefect_server, synth_store):
-    from flows.prefect_flows import construct_flow, evaluate_flow, relearn_flow, train_flow
+    from grove.flows.prefect_flows import construct_flow, evaluate_flow, relearn_flow, train_flow
 
     v0 = construct_flow(synth_store, "f-tdm", "tdm", "synth", config=TINY_TDM)
     v1 = train_flow(synth_store, v0)
@@ -41,7 +41,7 @@ def test_construct_train_relearn_evaluate_flows(prefect_server, synth_store):
 
 
 def test_cycle_flow_writes_a_lineage(prefect_server, synth_store):
-    from flows.prefect_flows import cycle_flow
+    from grove.flows.prefect_flows import cycle_flow
 
     written = cycle_flow(
         synth_store, "f-cycle", "tdm", "synth", config=TINY_TDM, rounds=1, ks=(10,), beams=(10,), max_users=20

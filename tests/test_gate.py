@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import pytest
 
-from flows.gate import GateConfig, GateDecision, decide, decision_markdown, metric_value, run_gate
-from indexstore.entities import MetricRow
-from indexstore.errors import GroveError
+from grove.flows.gate import GateConfig, GateDecision, decide, decision_markdown, metric_value, run_gate
+from grove.indexstore.entities import MetricRow
+from grove.indexstore.errors import GroveError
 
 METHOD = "itemcf"
 
 
 def _registry_fallback() -> None:
     """Until models.registry points 'itemcf' at models.baselines.item_cf, point it there for the tests."""
-    import models.registry as registry
+    import grove.models.registry as registry
 
     try:
         registry.get_method(METHOD)
     except AttributeError:
-        registry._METHODS[METHOD] = ("models.baselines.item_cf", "ItemCFMethod")
+        registry._METHODS[METHOD] = ("grove.models.baselines.item_cf", "ItemCFMethod")
 
 
 def tiny_index(
@@ -32,10 +32,10 @@ def tiny_index(
 ) -> list[int]:
     """A store at ``url`` with a synthetic dataset and ``n_versions`` trained Item-CF versions
     of ``index`` (construct -> train -> train ...). Returns the trained version ids."""
-    from flows import steps
-    from indexstore.protocol import split_users
-    from indexstore.store import Store
-    from indexstore.synth import synthesize
+    from grove.flows import steps
+    from grove.indexstore.protocol import split_users
+    from grove.indexstore.store import Store
+    from grove.indexstore.synth import synthesize
 
     _registry_fallback()
     Store.init(url)
@@ -97,8 +97,8 @@ def test_gate_config_refuses_misuse():
 
 # ------------------------------------------------------------------------------ on a store
 def test_promotion_passes_then_fails_and_rollback_restores(gate_store):
-    from flows.retrain import rollback_index
-    from indexstore.store import Store
+    from grove.flows.retrain import rollback_index
+    from grove.indexstore.store import Store
 
     url, (v1, v2, v3, v4) = gate_store
     store = Store.open(url)
@@ -133,7 +133,7 @@ def test_promotion_passes_then_fails_and_rollback_restores(gate_store):
 
 
 def test_gate_evaluates_a_missing_metric_or_refuses(gate_store):
-    from indexstore.store import Store
+    from grove.indexstore.store import Store
 
     url, (_, _, _, v4) = gate_store
     store = Store.open(url)
@@ -154,7 +154,7 @@ def test_gate_evaluates_a_missing_metric_or_refuses(gate_store):
 
 
 def test_gate_refuses_a_version_of_another_index(gate_store):
-    from indexstore.store import Store
+    from grove.indexstore.store import Store
 
     url, (v1, *_rest) = gate_store
     with pytest.raises(GroveError):

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from flows.cli import main
-from indexstore.store import Store
+from grove.flows.cli import main
+from grove.indexstore.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,6 @@ def url(make_synth_store) -> str:
                 "build",
                 "--dataset",
                 "synth",
-                "--index",
                 "h",
                 "--method",
                 "tdm",
@@ -121,23 +120,23 @@ def test_sql_reads_views_describes_and_stops_a_long_query(url, capsys):
         (["retrieve", "h", "--history", "1,2", "--beam", "10000000"], "beam = 10,000,000 is above the maximum"),
         (["retrieve", "h", "--history", "1,2", "--device", "bogus"], "unknown device 'bogus'"),
         (
-            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "arity=1000000000", "--local"],
+            ["build", "--dataset", "synth", "x", "--method", "tdm", "--set", "arity=1000000000", "--local"],
             "arity = 1,000,000,000 is more than the dataset's 300 items",
         ),
         (
-            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", "dim=1000000000000", "--local"],
+            ["build", "--dataset", "synth", "x", "--method", "tdm", "--set", "dim=1000000000000", "--local"],
             "dim=1000000000000",
         ),
         (
-            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", 'device="tpu"', "--local"],
+            ["build", "--dataset", "synth", "x", "--method", "tdm", "--set", 'device="tpu"', "--local"],
             "unknown device 'tpu'",
         ),
         (
-            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--set", 'epochs="abc"', "--local"],
+            ["build", "--dataset", "synth", "x", "--method", "tdm", "--set", 'epochs="abc"', "--local"],
             "TDMConfig.epochs must be an integer, got 'abc'",
         ),
         (
-            ["build", "--dataset", "synth", "--index", "x", "--method", "tdm", "--config", "[1,2]", "--local"],
+            ["build", "--dataset", "synth", "x", "--method", "tdm", "--config", "[1,2]", "--local"],
             "--config must be a JSON object",
         ),
         (["data", "synth", "--name", "huge", "--items", "1000000000000", "--users", "10"], "--items must be in"),
@@ -226,8 +225,8 @@ HOLD = textwrap.dedent("""
 
 
 def test_a_result_survives_a_store_held_longer_than_the_wait(url, monkeypatch, capsys):
-    from indexstore.errors import StoreBusyError
-    from models import lifecycle
+    from grove.indexstore.errors import StoreBusyError
+    from grove.models import lifecycle
 
     store = Store.open(url)
     base = store.resolve("h", prefer=None)
@@ -262,7 +261,7 @@ def test_a_result_survives_a_store_held_longer_than_the_wait(url, monkeypatch, c
 def test_a_long_sql_reader_delays_a_write_without_losing_it(url, monkeypatch):
     """Issue 25.5: while a long `grove sql` query reads the store in another process, a finished
     step still writes its version (at once, or after waiting: the query's timeout bounds the wait)."""
-    from models import lifecycle
+    from grove.models import lifecycle
 
     store = Store.open(url)
     base = store.resolve("h", prefer=None)
@@ -273,7 +272,7 @@ def test_a_long_sql_reader_delays_a_write_without_losing_it(url, monkeypatch):
         [
             sys.executable,
             "-m",
-            "flows.cli",
+            "grove.flows.cli",
             "--store",
             url,
             "sql",

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from test_tdm import binary_tree, planted, samples_of
 
-from models.jtm.hierarchical import HierarchicalScorer
-from models.jtm.tree_learning import learn_tree
-from models.tree_learning import assign_with_capacity
-from models.tree_training import TrainOptions, train_scorer
+from grove.models.jtm.hierarchical import HierarchicalScorer
+from grove.models.jtm.tree_learning import learn_tree
+from grove.models.tree_learning import assign_with_capacity
+from grove.models.tree_training import TrainOptions, train_scorer
 
 
 def test_tree_learning_groups_the_planted_interests():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.errors import GroveError
-from models.kmeans import balanced_kmeans, balanced_kmeans_batched, equal_caps
+from grove.indexstore.errors import GroveError
+from grove.models.kmeans import balanced_kmeans, balanced_kmeans_batched, equal_caps
 
 
 @pytest.mark.parametrize("n,k", [(120, 4), (121, 4), (97, 7), (50, 2), (18, 18), (1000, 18)])

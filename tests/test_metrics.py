@@ -1,4 +1,4 @@
-"""Metric values on hand-made cases (exact numbers), PROTOCOL.md §5-6."""
+"""Metric values on hand-made cases (exact numbers), docs/PROTOCOL.md §5-6."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from models.metrics import fidelity, first_occurrence, in_sets, per_user_metrics, ranking_metrics
+from grove.models.metrics import fidelity, first_occurrence, in_sets, per_user_metrics, ranking_metrics
 
 
 def csr(rows):

@@ -7,12 +7,12 @@ import hashlib
 import pytest
 import sqlalchemy as sa
 
-import migrations
-from indexstore import version_io
-from indexstore.backends import bulk
-from indexstore.engine import make_engine
-from indexstore.errors import GroveError, SchemaError
-from indexstore.store import Store
+from grove import migrations
+from grove.indexstore import version_io
+from grove.indexstore.backends import bulk
+from grove.indexstore.engine import make_engine
+from grove.indexstore.errors import GroveError, SchemaError
+from grove.indexstore.store import Store
 
 TABLES = {
     "datasets",

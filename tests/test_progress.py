@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.progress import Progress
+from grove.models.progress import Progress
 
 
 def test_final_line_has_counts_and_rate(capsys, monkeypatch):
@@ -31,3 +31,25 @@ def test_quiet(capsys, monkeypatch):
     with Progress("x", total=1) as p:
         p.update(1)
     assert capsys.readouterr().err == ""
+
+
+def test_plain_lines_when_not_a_terminal(capsys, monkeypatch):
+    monkeypatch.delenv("GROVE_QUIET", raising=False)
+    monkeypatch.delenv("GROVE_PROGRESS", raising=False)
+    monkeypatch.delenv("GROVE_PROGRESS_PREFIX", raising=False)
+    with Progress("evaluate beam 50", total=3, unit="user") as p:  # pytest's stderr is no terminal
+        assert p.bar is None
+        p.update(3)
+    assert capsys.readouterr().err.startswith("evaluate beam 50: 3/3 user (100%)")
+
+
+def test_live_bar_shows_what_it_measures(capsys, monkeypatch):
+    monkeypatch.delenv("GROVE_QUIET", raising=False)
+    monkeypatch.setenv("GROVE_PROGRESS", "bar")
+    with Progress("evaluate beam 50", total=1000, unit="user") as p:
+        assert p.bar is not None
+        p.update(400)
+        p.update(600, postfix="recall 0.31")
+    err = capsys.readouterr().err
+    assert "evaluate beam 50" in err and "1,000/1,000 user" in err and "100%" in err and "recall 0.31" in err
+    assert "━" in err  # the bar itself

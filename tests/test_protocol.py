@@ -1,4 +1,4 @@
-"""Protocol (PROTOCOL.md): positives, user-disjoint split, training windows nearest first,
+"""Protocol (docs/PROTOCOL.md): positives, user-disjoint split, training windows nearest first,
 first/second half of held-out users; checked on a hand-made example and against a per-user
 reference on random data."""
 
@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from indexstore.errors import InputError
-from indexstore.interactions import Interactions
-from indexstore.protocol import SplitAssignment, build_split_data, positive_mask, split_users
-from indexstore.readers import read_interactions
-from indexstore.samples import MAX_BEHAVIOURS, PAD
+from grove.indexstore.errors import InputError
+from grove.indexstore.interactions import Interactions
+from grove.indexstore.protocol import SplitAssignment, build_split_data, positive_mask, split_users
+from grove.indexstore.readers import read_interactions
+from grove.indexstore.samples import MAX_BEHAVIOURS, PAD
 
 
 def _inter(user, item, ts, rating=None, n_users=None, n_items=None):
@@ -215,7 +215,7 @@ def test_ml_1m_subset_counts(shared_datasets):
 @pytest.mark.slow
 def test_ten_million_positives_fit():
     """Scale check (issue 2): 10^7 interactions -> windows in int32, vectorised."""
-    from indexstore.synth import synthesize
+    from grove.indexstore.synth import synthesize
 
     inter, _ = synthesize(10**6, 250_000, seed=0)
     assign = split_users(inter)

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from indexstore.categories import read_item_categories
-from indexstore.errors import GroveError, InputError
-from indexstore.readers import read_interactions
+from grove.indexstore.categories import read_item_categories
+from grove.indexstore.errors import GroveError, InputError
+from grove.indexstore.readers import read_interactions
 
 # (user, item, rating, ts) in file order; raw ids are numbers whose numeric and string orders differ
 ROWS = [("10", "5", 4.0, 100), ("9", "30", 2.5, 50), ("10", "100", 5.0, 70), ("2", "5", 1.0, 10)]

@@ -10,13 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.errors import StateError, StructureError
-from indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
-from indexstore.structures import Forest, Tree
-from models.method import Built
-from models.recforest.method import RecForestConfig, RecForestMethod, duplicate_leaves_warning, svd_item_embeddings
-from models.recforest.network import RecForestNet
-from models.recforest.search import ForestTables, RecForestSearcher, score_paths, tree_code_tables
+from grove.indexstore.errors import StateError, StructureError
+from grove.indexstore.samples import HeldOutUsers, SplitData, TrainingSamples, pad_histories
+from grove.indexstore.structures import Forest, Tree
+from grove.models.method import Built
+from grove.models.recforest.method import (
+    RecForestConfig,
+    RecForestMethod,
+    duplicate_leaves_warning,
+    svd_item_embeddings,
+)
+from grove.models.recforest.network import RecForestNet
+from grove.models.recforest.search import ForestTables, RecForestSearcher, score_paths, tree_code_tables
 
 
 def planted_split(n_items=60, n_groups=6, n_users=240, seq=12, seed=0) -> SplitData:

@@ -7,8 +7,8 @@ import torch
 from test_recforest import planted_split  # tests/ is on sys.path (pytest's prepend import mode)
 
 from benchmarks.reproducibility import compare, largest_difference, run_verbs
-from indexstore.structures import Tree
-from models.method import Built, state_to_bytes
+from grove.indexstore.structures import Tree
+from grove.models.method import Built, state_to_bytes
 
 
 def _state(shift: float = 0.0, seconds: float = 1.0) -> dict:

@@ -12,9 +12,9 @@ from test_gate import tiny_index
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from flows.service import RetrievalService, ServiceConfig, create_app  # noqa: E402
-from flows.service.served import Query  # noqa: E402
-from indexstore.store import Store  # noqa: E402
+from grove.flows.service import RetrievalService, ServiceConfig, create_app  # noqa: E402
+from grove.flows.service.served import Query  # noqa: E402
+from grove.indexstore.store import Store  # noqa: E402
 
 
 @pytest.fixture(scope="module")

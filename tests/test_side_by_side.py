@@ -62,7 +62,7 @@ def test_ratios_are_taken_within_each_round():
 
 
 def test_two_versions_of_a_store_side_by_side(make_synth_store, tmp_path):
-    from flows import steps
+    from grove.flows import steps
 
     url = make_synth_store("side", n_items=200, n_users=300, seed=4)
     v1 = steps.train(url, steps.construct(url, "t", "tdm", TDM, "synth").version_id).version_id

@@ -18,10 +18,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from flows.cli import main
-from indexstore.store import Store
-from indexstore.store_copy import copy_store
-from indexstore.structures import Tree
+from grove.flows.cli import main
+from grove.indexstore.store import Store
+from grove.indexstore.store_copy import copy_store
+from grove.indexstore.structures import Tree
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,17 @@ def test_a_long_sql_query_does_not_block_writers(stores):
     wait for), and the reader still finishes."""
     _, pg = stores
     reader = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "--store", pg, "sql", "SELECT pg_sleep(6) AS slept", "--timeout", "30"],
+        [
+            sys.executable,
+            "-m",
+            "grove.flows.cli",
+            "--store",
+            pg,
+            "sql",
+            "SELECT pg_sleep(6) AS slept",
+            "--timeout",
+            "30",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexstore.errors import GroveError, NotFoundError
-from indexstore.store import Store
-from indexstore.structures import Tree
+from grove.indexstore.errors import GroveError, NotFoundError
+from grove.indexstore.store import Store
+from grove.indexstore.structures import Tree
 
 
 @pytest.fixture

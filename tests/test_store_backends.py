@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexstore.entities import MetricRow
-from indexstore.store import Store
-from indexstore.structures import Forest, PathCodes, Tree
+from grove.indexstore.entities import MetricRow
+from grove.indexstore.store import Store
+from grove.indexstore.structures import Forest, PathCodes, Tree
 from tests.test_migrations import VIEWS
 from tests.test_store_versions import complete_tree, ragged_tree
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from indexstore.store import Store
+from grove.indexstore.store import Store
 
 CYCLE = ["--dataset", "synth", "--method", "tdm", "--rounds", "2", "--k", "10", "--users", "20", "--local"]
 BUDGET = ["--set", "max_samples=200", "--set", "device=cpu"]
@@ -15,7 +15,7 @@ BUDGET = ["--set", "max_samples=200", "--set", "device=cpu"]
 
 def _start(url: str, index: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", GROVE_QUIET="1")
-    cmd = [sys.executable, "-m", "flows.cli", "--store", url, "cycle", "--index", index, *CYCLE, *BUDGET]
+    cmd = [sys.executable, "-m", "grove.flows.cli", "--store", url, "cycle", index, *CYCLE, *BUDGET]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

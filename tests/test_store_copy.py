@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from flows.cli import main
-from indexstore import store_copy
-from indexstore.engine import make_engine
-from indexstore.errors import IntegrityError
-from indexstore.store import Store
-from indexstore.structures import PathCodes
+from grove.flows.cli import main
+from grove.indexstore import store_copy
+from grove.indexstore.engine import make_engine
+from grove.indexstore.errors import IntegrityError
+from grove.indexstore.store import Store
+from grove.indexstore.structures import PathCodes
 
 BIG_TABLES = ("interactions", "user_ids", "item_ids", "items", "item_categories", "split_users", "nodes", "item_paths")
 
@@ -33,7 +33,7 @@ def src(make_synth_store) -> str:
     """A DuckDB store with a dataset, a split, a built and a trained TDM version (weights), a
     Deep Retrieval-shaped codes version, alias moves with a rollback, and metrics."""
     url = make_synth_store("copysrc", n_items=200, n_users=300, seed=7)
-    build = ["build", "--dataset", "synth", "--index", "h", "--method", "tdm", "--local"]
+    build = ["build", "--dataset", "synth", "h", "--method", "tdm", "--local"]
     sets = ["--set", "dim=8", "--set", "hidden=[16,8]", "--set", "max_samples=200", "--set", "epochs=1"]
     assert main(["--store", url, *build, *sets]) == 0
     assert main(["--store", url, "train", "h", "--local"]) == 0

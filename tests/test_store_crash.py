@@ -12,13 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from indexstore.store import Store
-from indexstore.structures import Tree
+from grove.indexstore.store import Store
+from grove.indexstore.structures import Tree
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from indexstore.store import Store
-    from indexstore.structures import Tree
+    from grove.indexstore.store import Store
+    from grove.indexstore.structures import Tree
     depth = 20  # 2^20 leaves -> ~2.1M nodes
     digits = (np.arange(2 ** depth)[:, None] >> np.arange(depth - 1, -1, -1)) & 1
     tree = Tree.from_paths(digits, np.arange(2 ** depth), 2 ** depth, 2)

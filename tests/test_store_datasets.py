@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexstore.errors import GroveError, NotFoundError
-from indexstore.interactions import Interactions, ItemCategories
-from indexstore.protocol import split_users
-from indexstore.store import Store
+from grove.indexstore.errors import GroveError, NotFoundError
+from grove.indexstore.interactions import Interactions, ItemCategories
+from grove.indexstore.protocol import split_users
+from grove.indexstore.store import Store
 
 
 @pytest.fixture

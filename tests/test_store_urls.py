@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-import migrations
-from flows.cli import main
-from indexstore.engine import make_engine, parse_url
+from grove import migrations
+from grove.flows.cli import main
+from grove.indexstore.engine import make_engine, parse_url
 
 
 def _grove(capsys, url: str, *args: str) -> tuple[int, str]:
@@ -82,8 +82,8 @@ def test_store_at_another_revision_is_one_line(capsys, store_url):
 def test_duckdb_store_connections_hold_the_memory_cap(duckdb_url, capsys, monkeypatch):
     """DuckDB's buffer pool is capped (`GROVE_DUCKDB_MEMORY`, default 2GB) so a step's memory
     does not grow with the store; a malformed cap is one line, exit 2."""
-    from indexstore.engine import transaction
-    from indexstore.store import Store
+    from grove.indexstore.engine import transaction
+    from grove.indexstore.store import Store
 
     Store.init(duckdb_url)
     monkeypatch.setenv("GROVE_DUCKDB_MEMORY", "512MB")

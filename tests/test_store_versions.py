@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from indexstore.engine import make_engine
-from indexstore.entities import MetricRow
-from indexstore.errors import GroveError, IntegrityError, NotFoundError, StructureError
-from indexstore.store import Store
-from indexstore.structures import Forest, PathCodes, Tree
+from grove.indexstore.engine import make_engine
+from grove.indexstore.entities import MetricRow
+from grove.indexstore.errors import GroveError, IntegrityError, NotFoundError, StructureError
+from grove.indexstore.store import Store
+from grove.indexstore.structures import Forest, PathCodes, Tree
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_codes_round_trip_exact(store):
 def test_artifacts_round_trip_through_chunks(store, store_url):
     """An artifact's bytes are stored as 64 KiB rows in order and read back exactly; an empty
     artifact has no rows."""
-    from indexstore.version_io import ARTIFACT_CHUNK, CHUNKS_PER_WRITE
+    from grove.indexstore.version_io import ARTIFACT_CHUNK, CHUNKS_PER_WRITE
 
     big = np.random.default_rng(0).bytes(ARTIFACT_CHUNK * (CHUNKS_PER_WRITE + 2) + 123)  # two bulk writes
     arts = {"big.pt": big, "empty": b"", "small": b"abc"}

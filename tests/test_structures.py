@@ -4,8 +4,8 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from indexstore.errors import StructureError
-from indexstore.structures import Forest, PathCodes, Tree, kind_of
+from grove.indexstore.errors import StructureError
+from grove.indexstore.structures import Forest, PathCodes, Tree, kind_of
 
 
 def complete_tree(depth: int, k: int, n_items: int | None = None) -> Tree:

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from indexstore.errors import InputError
-from indexstore.protocol import positive_mask, split_users
-from indexstore.synth import default_branching, planted_hierarchy, synthesize
+from grove.indexstore.errors import InputError
+from grove.indexstore.protocol import positive_mask, split_users
+from grove.indexstore.synth import default_branching, planted_hierarchy, synthesize
 
 
 def test_deterministic_given_seed():

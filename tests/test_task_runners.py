@@ -15,8 +15,8 @@ import warnings
 
 import pytest
 
-from flows.cli import main
-from indexstore.store import Store
+from grove.flows.cli import main
+from grove.indexstore.store import Store
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TDM = {"epochs": 1, "batch_size": 256, "dim": 8, "hidden": [16, 8], "max_samples": 1500, "neg_base": 1.0}
@@ -74,7 +74,7 @@ def url(make_synth_store, one_thread) -> str:
 @pytest.fixture(scope="module")
 def reference(prefect_server, url) -> dict[str, list[int]]:
     """The cycles of a TDM (1 round) and a RecForest index on the default runner."""
-    from flows.prefect_flows import cycle_flow
+    from grove.flows.prefect_flows import cycle_flow
 
     tdm = cycle_flow(url, "ref-tdm", "tdm", "synth", config=TDM, rounds=1, **EVAL)
     rf = cycle_flow(url, "ref-rf", "recforest", "synth", config=RECFOREST, rounds=0, **EVAL)
@@ -93,7 +93,7 @@ def written(capsys) -> list[int]:
 
 
 def _built(url: str, version: int):
-    from models.method import Built
+    from grove.models.method import Built
 
     _, structure, artifacts = Store.open(url).read_version(version)
     return Built(structure, artifacts)
@@ -143,8 +143,8 @@ def assert_same_cycle(url: str, ours: list[int], theirs: list[int]) -> None:
 def test_evaluation_in_passes_gives_the_rows_of_one_evaluation(url):
     """The passes of an evaluation, each run alone (as Prefect tasks run them), assemble exactly
     `lifecycle.evaluate`'s rows, in order."""
-    from flows import steps
-    from models import lifecycle
+    from grove.flows import steps
+    from grove.models import lifecycle
 
     store = Store.open(url)
     version = steps.train(url, steps.construct(url, "parts-tdm", "tdm", TDM, "synth").version_id).version_id
@@ -178,7 +178,7 @@ def test_recforest_trees_built_one_by_one_assemble_to_construct():
     bytes of `RecForestMethod.construct`."""
     from test_recforest import planted_split  # tests/ is on sys.path (pytest's prepend import mode)
 
-    from models.recforest.method import (
+    from grove.models.recforest.method import (
         RecForestConfig,
         RecForestMethod,
         assemble_forest,
@@ -204,7 +204,7 @@ def test_cycle_on_a_local_ray_writes_what_the_default_runner_writes(reference, u
     """``grove cycle --task-runner ray --workers 2``: the runner starts a local Ray
     (``ray.init(num_cpus=2)``); evaluations run beside the next step, beams at once."""
     pytest.importorskip("prefect_ray")
-    args = ["cycle", "--dataset", "synth", "--index", "ray-tdm", "--method", "tdm", "--config", json.dumps(TDM)]
+    args = ["cycle", "--dataset", "synth", "ray-tdm", "--method", "tdm", "--config", json.dumps(TDM)]
     assert grove(url, *args, "--rounds", "1", *CLI_EVAL, "--task-runner", "ray", "--workers", "2") == 0
     ours = written(capsys)
     assert_same_cycle(url, ours, reference["tdm"])
@@ -218,7 +218,7 @@ def test_cycle_on_a_local_dask_cluster_writes_what_the_default_runner_writes(ref
     """``grove cycle --task-runner dask --workers 2`` on a RecForest: its two trees are built
     by two tasks and assembled into one version, byte for byte the default runner's."""
     pytest.importorskip("prefect_dask")
-    args = ["cycle", "--dataset", "synth", "--index", "dask-rf", "--method", "recforest"]
+    args = ["cycle", "--dataset", "synth", "dask-rf", "--method", "recforest"]
     args += ["--config", json.dumps(RECFOREST), "--rounds", "0", *CLI_EVAL]
     assert grove(url, *args, "--task-runner", "dask", "--workers", "2") == 0
     ours = written(capsys)
@@ -229,8 +229,8 @@ def test_cycle_on_a_local_dask_cluster_writes_what_the_default_runner_writes(ref
 
 
 def test_cycle_on_threads_writes_what_the_default_runner_writes(reference, url):
-    from flows.prefect_flows import cycle_flow
-    from flows.runners import RunnerSpec, with_task_runner
+    from grove.flows.prefect_flows import cycle_flow
+    from grove.flows.runners import RunnerSpec, with_task_runner
 
     flow = with_task_runner(cycle_flow, RunnerSpec("thread", workers=4))
     for method, config, rounds in (("tdm", TDM, 1), ("recforest", RECFOREST, 0)):
@@ -239,9 +239,9 @@ def test_cycle_on_threads_writes_what_the_default_runner_writes(reference, url):
 
 
 def test_evaluate_flow_runs_its_beams_as_tasks_and_records_them_once(prefect_server, url):
-    from flows import steps
-    from flows.prefect_flows import evaluate_flow
-    from flows.runners import RunnerSpec, with_task_runner
+    from grove.flows import steps
+    from grove.flows.prefect_flows import evaluate_flow
+    from grove.flows.runners import RunnerSpec, with_task_runner
 
     version = steps.train(url, steps.construct(url, "eval-tdm", "tdm", TDM, "synth").version_id).version_id
     before = len(Store.open(url).metrics(version))
@@ -274,7 +274,7 @@ def test_two_indexes_retrain_at_once_on_dask(reference, url, capsys):
 
 # ------------------------------------------------------------------ refusals
 def test_a_bad_runner_or_a_missing_package_exits_2_before_anything_runs(url, capsys, monkeypatch):
-    base = ["cycle", "--dataset", "synth", "--index", "bad", "--method", "tdm"]
+    base = ["cycle", "--dataset", "synth", "bad", "--method", "tdm"]
     assert grove(url, *base, "--task-runner", "spark") == 2
     assert "invalid choice: 'spark'" in capsys.readouterr().err
     for extra, message in (
@@ -299,8 +299,8 @@ def test_the_scheduled_deployment_carries_its_runner(url):
     pytest.importorskip("prefect_dask")
     import cloudpickle
 
-    from flows.runners import RunnerSpec
-    from flows.schedule import deployment_name, retrain_deployment
+    from grove.flows.runners import RunnerSpec
+    from grove.flows.schedule import deployment_name, retrain_deployment
 
     flow, params = retrain_deployment("duckdb:///rel.duckdb", ["a", "b"], {"rounds": 0}, RunnerSpec("dask", workers=2))
     assert flow.name == "retrain-indexes" and type(flow.task_runner).__name__ == "DaskTaskRunner"

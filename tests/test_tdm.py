@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.samples import TrainingSamples
-from indexstore.structures import Tree
-from models.node_scorer import TDMScorer, node_rows_for, position_keys, transfer_weights, window_matrix
-from models.tree_training import LevelSampler, TrainOptions, negatives_per_level, train_scorer
+from grove.indexstore.samples import TrainingSamples
+from grove.indexstore.structures import Tree
+from grove.models.node_scorer import TDMScorer, node_rows_for, position_keys, transfer_weights, window_matrix
+from grove.models.tree_training import LevelSampler, TrainOptions, negatives_per_level, train_scorer
 
 
 def binary_tree(n: int, depth: int, perm=None) -> Tree:
@@ -209,7 +209,7 @@ def test_scorer_matches_a_naive_per_pair_computation():
 def test_chunked_training_forward_gives_the_same_logits_and_gradients(hierarchical):
     """Training on CPU runs the activation unit in checkpointed user chunks
     (``train_chunk_elements``): logits and every parameter's gradient equal the one-piece pass."""
-    from models.jtm.hierarchical import HierarchicalScorer
+    from grove.models.jtm.hierarchical import HierarchicalScorer
 
     t = binary_tree(32, 5)
     torch.manual_seed(1)

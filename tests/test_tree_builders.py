@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.structures import Tree
-from models.tree_builders import (
+from grove.indexstore.errors import GroveError
+from grove.indexstore.structures import Tree
+from grove.models.tree_builders import (
     category_tree,
     complete_depth,
     kmeans_tree,

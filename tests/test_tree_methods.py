@@ -10,12 +10,12 @@ import math
 
 import pytest
 
-from indexstore.store import Store
-from models.evaluation import evaluate
-from models.lifecycle import split_data
-from models.method import config_from_dict
-from models.registry import get_method
-from models.tdm.method import TDMConfig
+from grove.indexstore.store import Store
+from grove.models.evaluation import evaluate
+from grove.models.lifecycle import split_data
+from grove.models.method import config_from_dict
+from grove.models.registry import get_method
+from grove.models.tdm.method import TDMConfig
 
 N_ITEMS = 256
 # small and fast on 2 CPU cores; batch 64 and lr 1e-2 give enough steps to learn in seconds

@@ -8,12 +8,12 @@
     python -m benchmarks.quality --combine A.json B.json --tag T   # runs of other methods/budgets: one table
 
 For each dataset and seed: the ratings (and the genre file, for TDM's category tree) are imported
-into a temporary DuckDB store (`flows.datasets.import_file`), split with the protocol
-(`flows.datasets.split_dataset`, split seed = the run's seed: the spread over seeds covers both
+into a temporary DuckDB store (`grove.flows.datasets.import_file`), split with the protocol
+(`grove.flows.datasets.split_dataset`, split seed = the run's seed: the spread over seeds covers both
 the user split and the model initialisation) and loaded as `SplitData` (`Store.load_split`).
 Without the store's packages (duckdb, sqlalchemy, alembic) the same readers and protocol
 functions are called directly; the JSON says which path ran (``data_path``).
-Every method then runs its lifecycle in-process (no Prefect) through `models.lifecycle` (`build`,
+Every method then runs its lifecycle in-process (no Prefect) through `grove.models.lifecycle` (`build`,
 `advance`: the seeds every version gets, `Recipe.seed`):
 
 * TDM: category tree -> train ("initial tree"); k-means relearn -> train ("1 relearn").

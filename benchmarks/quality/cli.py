@@ -39,9 +39,9 @@ def apply_override(configs: dict, life: dict, item: str) -> None:
     if name == "life":
         life[field] = tuple(value) if isinstance(value, list) else value
     else:
-        from indexstore.errors import GroveError
-        from models.method import config_from_dict
-        from models.registry import get_method
+        from grove.indexstore.errors import GroveError
+        from grove.models.method import config_from_dict
+        from grove.models.registry import get_method
 
         try:  # an unknown field or a bad value fails now, not after the earlier methods ran
             config_from_dict(get_method(name).config_cls, {**configs[name], field: value})

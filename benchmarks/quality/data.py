@@ -37,13 +37,13 @@ def load_data(name: str, folder: pathlib.Path, seed: int, workdir: str, url: str
     them) when its packages are importable, else through the same readers and protocol functions."""
     ratings, items = (folder / f for f in DATASETS[name])
     try:
-        from flows.datasets import import_file, split_dataset
-        from indexstore.store import Store
+        from grove.flows.datasets import import_file, split_dataset
+        from grove.indexstore.store import Store
     except ImportError as exc:  # store stack missing (e.g. a bare GPU machine)
         note = f"direct (readers + protocol; store unavailable: {exc})"
-        from indexstore.categories import read_item_categories
-        from indexstore.protocol import build_split_data, split_users
-        from indexstore.readers import read_interactions
+        from grove.indexstore.categories import read_item_categories
+        from grove.indexstore.protocol import build_split_data, split_users
+        from grove.indexstore.readers import read_interactions
 
         inter = read_interactions(str(ratings))
         cats = read_item_categories(str(items), inter.item_raw, seed)

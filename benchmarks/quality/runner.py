@@ -1,5 +1,5 @@
-"""One (dataset, seed): every method's lifecycle in memory through `models.lifecycle` (the seeds
-the flows use), each trained model evaluated with `models.evaluation_passes.evaluate_version` (flat
+"""One (dataset, seed): every method's lifecycle in memory through `grove.models.lifecycle` (the seeds
+the flows use), each trained model evaluated with `grove.models.evaluation_passes.evaluate_version` (flat
 ``metric@k[/filtered]/tag`` keys), and the CPU speed of each lifecycle's final model."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from benchmarks.quality.data import load_data, target_coverage
 from benchmarks.quality.settings import KS
 from benchmarks.timing import median_seconds
-from indexstore.structures import Forest
-from models.lifecycle import Recipe, advance, build
-from models.method import Built, resolve_device
-from models.registry import get_method
+from grove.indexstore.structures import Forest
+from grove.models.lifecycle import Recipe, advance, build
+from grove.models.method import Built, resolve_device
+from grove.models.registry import get_method
 
 
 def _key(row) -> str:
@@ -33,7 +33,7 @@ def evaluate_model(searcher, held, beams, brute_force: bool) -> dict:
     """Every metric of one trained model on the held-out users (`evaluate_version`: the model over
     every item, then each beam unless ``brute_force``), as flat ``name@k[/filtered]/tag`` keys;
     users/s as ``users_per_s_<device>/tag`` and candidates as ``candidates/tag``."""
-    from models.evaluation_passes import evaluate_version
+    from grove.models.evaluation_passes import evaluate_version
 
     rows = evaluate_version(
         searcher, held, role="test", ks=KS, beams=() if brute_force else tuple(beams), exhaustive=True

@@ -1,6 +1,6 @@
-"""``python -m flows.cli`` = ``grove``."""
+"""``python -m grove.flows.cli`` = ``grove``."""
 
-from flows.cli import run
+from grove.flows.cli import run
 
 if __name__ == "__main__":  # not when a spawned worker (torch.distributed launcher) re-imports it
     run()

@@ -1,9 +1,9 @@
-"""The batch options of ``grove retrieve`` and ``grove eval`` (`flows.batch_retrieve`).
+"""The batch options of ``grove retrieve`` and ``grove eval`` (`grove.flows.batch_retrieve`).
 
-``grove retrieve INDEX [--version V | --alias A] --users FILE.parquet | --split NAME [--role R]
+``grove retrieve INDEX [--version V | --alias A] --users-file FILE.parquet | --split NAME [--role R]
 --out RECS.parquet [--k K --beam B --exclude-seen --batch-size N] [--ray [ADDRESS] --actors N
 --threads T]`` writes (user, rank, item, score) rows for every user; ``grove eval ... --ray
-[ADDRESS] --actors N`` searches the held-out users on a Ray actor pool. Without ``--users`` /
+[ADDRESS] --actors N`` searches the held-out users on a Ray actor pool. Without ``--users-file`` /
 ``--split`` ``grove retrieve`` answers the one ``--history`` as before.
 """
 
@@ -13,18 +13,18 @@ import argparse
 import json
 import sys
 
-from flows.cli.common import newest_version, open_store, positive
-from indexstore.errors import GroveError
+from grove.flows.cli.common import newest_version, open_store, positive
+from grove.indexstore.errors import GroveError
 
 RAY_HELP = (
     "run on Ray: no value starts a local Ray, ADDRESS joins a cluster (auto, HOST:6379, "
-    "ray://HOST:10001); the store (and --users file) must be readable from every node"
+    "ray://HOST:10001); the store (and --users-file) must be readable from every node"
 )
 
 
 def add_ray_opts(p) -> None:
     """``--ray [ADDRESS]``, ``--actors N``, ``--threads T``."""
-    from flows.ray_pool import LOCAL
+    from grove.flows.ray_pool import LOCAL
 
     p.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS", help=RAY_HELP)
     p.add_argument(
@@ -38,7 +38,7 @@ def add_ray_opts(p) -> None:
 def add_retrieve_opts(p: argparse.ArgumentParser) -> None:
     """The batch job's options of ``grove retrieve``."""
     g = p.add_argument_group("batch job: many users -> one parquet file of (user, rank, item, score)")
-    g.add_argument("--users", metavar="FILE.parquet", help="columns user and history (raw item ids, oldest first)")
+    g.add_argument("--users-file", metavar="FILE.parquet", help="columns user and history (raw item ids, oldest first)")
     g.add_argument("--split", metavar="NAME", help="the held-out users of this split of the version's dataset")
     g.add_argument("--role", choices=("valid", "test"), default="valid", help="which held-out users of --split")
     g.add_argument("--out", metavar="FILE.parquet", help="the output file (written whole or not at all)")
@@ -48,12 +48,12 @@ def add_retrieve_opts(p: argparse.ArgumentParser) -> None:
 
 def is_batch(args) -> bool:
     """Whether ``grove retrieve`` runs the batch job (any of its options given)."""
-    return any(getattr(args, a, None) is not None for a in ("users", "split", "out", "ray", "actors"))
+    return any(getattr(args, a, None) is not None for a in ("users_file", "split", "out", "ray", "actors"))
 
 
 def ray_options(args):
-    """The `flows.ray_pool.RayOptions` of ``--ray/--actors/--threads``, or None without --ray."""
-    from flows.ray_pool import LOCAL, RayOptions
+    """The `grove.flows.ray_pool.RayOptions` of ``--ray/--actors/--threads``, or None without --ray."""
+    from grove.flows.ray_pool import LOCAL, RayOptions
 
     if args.ray is None:
         if args.actors is not None:
@@ -64,13 +64,15 @@ def ray_options(args):
 
 
 def cmd_batch_retrieve(args) -> int:
-    from flows.batch_retrieve import retrieve_to_file
-    from models.batch_retrieval import Query
+    from grove.flows.batch_retrieve import retrieve_to_file
+    from grove.models.batch_retrieval import Query
 
     if args.history:
-        raise GroveError("--history is one user's history; --users / --split give many")
-    if (args.users is None) == (args.split is None):
-        raise GroveError("a batch retrieval takes its users from --users FILE.parquet or --split NAME (one of them)")
+        raise GroveError("--history is one user's history; --users-file / --split give many")
+    if (args.users_file is None) == (args.split is None):
+        raise GroveError(
+            "a batch retrieval takes its users from --users-file FILE.parquet or --split NAME (one of them)"
+        )
     if args.out is None:
         raise GroveError("a batch retrieval writes its rows to --out FILE.parquet")
     ray = ray_options(args)
@@ -79,7 +81,7 @@ def cmd_batch_retrieve(args) -> int:
         store,
         args.index,
         args.out,
-        users=args.users,
+        users=args.users_file,
         split=args.split,
         role=args.role,
         version=args.version,
@@ -104,8 +106,8 @@ def cmd_batch_retrieve(args) -> int:
 
 def cmd_eval_ray(args) -> int:
     """``grove eval --ray``: the evaluation's searches on a Ray actor pool, metrics stored."""
-    from flows.batch_retrieve import evaluate_on_ray
-    from flows.report_table import metrics_table
+    from grove.flows.batch_retrieve import evaluate_on_ray
+    from grove.flows.report_table import metrics_table
 
     if getattr(args, "task_runner", None) is not None:
         raise GroveError("--ray runs the evaluation's searches on Ray actors; --task-runner runs Prefect tasks")

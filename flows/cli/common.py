@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from indexstore.errors import GroveError
+from grove.indexstore.errors import GroveError
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -24,6 +24,15 @@ def ints(text: str) -> tuple[int, ...]:
     if not vals or min(vals) <= 0:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return vals
+
+
+def one_int(text: str) -> int:
+    """argparse type of ``--k``/``--beam`` where a command takes one value: the list syntax of
+    `ints` (so the options read alike everywhere) holding exactly one positive integer."""
+    vals = ints(text)
+    if len(vals) != 1:
+        raise argparse.ArgumentTypeError(f"this command takes one value, got {text!r}")
+    return vals[0]
 
 
 def positive(text: str) -> int:
@@ -66,7 +75,7 @@ def is_local(args) -> bool:
 
 def open_store(args):
     """The store of ``--store`` (or $GROVE_STORE, or the default), schema checked."""
-    from indexstore.store import Store
+    from grove.indexstore.store import Store
 
     return Store.open(args.store)
 
@@ -103,8 +112,8 @@ def format_table(columns: list[str], rows: list) -> str:
 
 
 def add_runner_opts(p: argparse.ArgumentParser) -> None:
-    """``--task-runner thread|ray|dask [--runner-address ADDR] [--workers N]`` (`flows.runners`)."""
-    from flows.runners import RUNNERS
+    """``--task-runner thread|ray|dask [--runner-address ADDR] [--workers N]`` (`grove.flows.runners`)."""
+    from grove.flows.runners import RUNNERS
 
     g = p.add_argument_group("task runner (independent steps at once; Prefect runs only)")
     g.add_argument(
@@ -123,9 +132,9 @@ def add_runner_opts(p: argparse.ArgumentParser) -> None:
 
 
 def runner_spec(args):
-    """The `flows.runners.RunnerSpec` of the options, or None; a GroveError for options that
+    """The `grove.flows.runners.RunnerSpec` of the options, or None; a GroveError for options that
     contradict each other (a runner with --local, an address without a runner...)."""
-    from flows.runners import RunnerSpec
+    from grove.flows.runners import RunnerSpec
 
     kind = getattr(args, "task_runner", None)
     if kind is None:
@@ -135,3 +144,30 @@ def runner_spec(args):
     if is_local(args):
         raise GroveError(f"--task-runner {kind} runs Prefect tasks; --local runs the steps without Prefect")
     return RunnerSpec(kind, args.runner_address, args.workers)
+
+
+def print_metrics(store, versions: list[int]) -> None:
+    """The metrics table of every evaluated version of ``versions``, in order."""
+    from grove.flows.report_table import metrics_table
+
+    for vid in versions:
+        rows = [r.__dict__ if not isinstance(r, dict) else r for r in store.metrics(vid)]
+        if rows:
+            print(f"\nmetrics of version {vid} ({store.version(vid).note}), valid users:")
+            print(metrics_table(rows))
+
+
+def gate_newest(store, index: str, versions: list[int], ks, beams, max_users: int | None):
+    """The promotion gate (`grove.flows.gate`) on the last of ``versions``: ``production`` moves
+    to it when its recall@k (the first k, at beam 50 when evaluated, else the first beam) is no
+    worse than production's; production's missing metric is evaluated first. Returns the
+    `GateDecision` (the alias log records it)."""
+    from grove.flows import steps
+    from grove.flows.gate import GateConfig, run_gate
+
+    gate = GateConfig(k=ks[0], beam=50 if 50 in beams else beams[0])
+
+    def evaluate(vid: int):
+        return steps.evaluate(store.url, vid, gate.role, (gate.k,), (gate.beam,), max_users)
+
+    return run_gate(store, index, versions[-1], gate, evaluate=evaluate, publish=False)

@@ -2,7 +2,7 @@
 
 1. creates or upgrades the store schema (`grove init`);
 2. brings a dataset: a synthetic one with a planted hierarchy of interests by default, or the
-   file given with ``--data`` (any format `grove data import` reads; ``--items`` adds categories);
+   file given with ``--data`` (any format `grove data import` reads; ``--categories`` adds item categories);
 3. splits it with the evaluation protocol (once; reused on later runs);
 4. runs the learning cycle of ``--method`` (default TDM: category tree -> train -> evaluate ->
    k-means relearn -> train -> evaluate) through Prefect, each step a new version;
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import pathlib
 
-from flows.cli.common import ints, is_local, parse_settings
-from models.registry import method_names
+from grove.flows.cli.common import format_table, gate_newest, ints, is_local, parse_settings, print_metrics
+from grove.models.registry import method_names
 
 DEMO_SPLIT = "default"
 # Small enough for a 2-core CPU in a few minutes, large enough that the tree matters. The
@@ -32,24 +32,24 @@ DEMO_CONFIG = {
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the main job: data -> split -> learning cycle -> metrics")
     p.add_argument("--data", help="interactions file to import instead of synthetic data")
-    p.add_argument("--items", help="item categories file (e.g. MovieLens movies.dat)")
+    p.add_argument("--categories", metavar="FILE", help="item categories file (e.g. MovieLens movies.dat)")
     p.add_argument("--name", help="dataset name (default: from the file name, or demo-synth)")
-    p.add_argument("--method", default="tdm", choices=method_names())
+    p.add_argument("--method", default="tdm", choices=method_names(), help="the method of the cycle")
     p.add_argument("--rounds", type=int, default=1, help="relearn rounds after the first training")
-    p.add_argument("--synth-items", type=int, default=1000)
-    p.add_argument("--synth-users", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synth-items", type=int, default=1000, metavar="N", help="items of the synthetic dataset")
+    p.add_argument("--synth-users", type=int, default=2000, metavar="N", help="users of the synthetic dataset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the method")
     p.add_argument("--config", help="method config as a JSON object")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--k", type=ints, default=(10, 50))
-    p.add_argument("--beam", type=ints, default=(50,))
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one config field (repeatable)")
+    p.add_argument("--k", type=ints, default=(10, 50), help="cut-offs, e.g. 10,50")
+    p.add_argument("--beam", type=ints, default=(50,), help="beam sizes, e.g. 20,50,100")
     p.add_argument("--users", type=int, default=None, help="evaluate on the first N valid users")
     p.add_argument("--local", action="store_true", help="run the cycle without Prefect")
     p.set_defaults(func=cmd_demo)
 
 
 def _ensure_dataset(store, args) -> str:
-    from flows.datasets import import_file, split_dataset, synth_dataset
+    from grove.flows.datasets import import_file, split_dataset, synth_dataset
 
     if args.data:
         name = args.name or pathlib.Path(args.data).name.split(".")[0]
@@ -58,7 +58,7 @@ def _ensure_dataset(store, args) -> str:
     known = {d.name for d in store.list_datasets()}
     if name not in known:
         if args.data:
-            info = import_file(store, args.data, name, items=args.items, seed=args.seed)
+            info = import_file(store, args.data, name, items=args.categories, seed=args.seed)
         else:
             info = synth_dataset(store, name, args.synth_items, args.synth_users, args.seed)
         print(f"dataset {name!r}: {info.n_interactions:,} interactions, {info.n_users:,} users, {info.n_items:,} items")
@@ -71,9 +71,8 @@ def _ensure_dataset(store, args) -> str:
 
 
 def cmd_demo(args) -> int:
-    from flows.cycle import run_cycle
-    from flows.report_table import metrics_table
-    from indexstore.store import Store
+    from grove.flows.cycle import run_cycle
+    from grove.indexstore.store import Store
 
     url = Store.init(args.store)
     store = Store.open(url)
@@ -97,19 +96,11 @@ def cmd_demo(args) -> int:
     )
     print(f"\nindex {index!r}: wrote versions {', '.join(map(str, versions))}\n")
     print("the store holds:")
-    for v in store.list_versions(index):
-        print(f"  v{v.id:<4} {v.method:<8} {v.kind:<6} parent={v.parent_id!s:<5} {v.note or ''}")
-    for vid in versions:
-        rows = [r.__dict__ if not isinstance(r, dict) else r for r in store.metrics(vid)]
-        if rows:
-            print(f"\nmetrics of version {vid} ({store.version(vid).note}), valid users:")
-            print(metrics_table(rows))
-    # the promotion gate (flows.gate): the last version takes `production` if it is no worse
-    from flows.gate import GateConfig, run_gate
-
-    gate = GateConfig(k=args.k[0], beam=args.beam[0])
-    decision = run_gate(store, index, versions[-1], gate, publish=False)
+    rows = [(v.id, v.method, v.kind, v.parent_id, v.note or "") for v in store.list_versions(index)]
+    print(format_table(["version", "method", "kind", "parent", "note"], rows))
+    print_metrics(store, versions)
+    decision = gate_newest(store, index, versions, args.k, args.beam, args.users)
     print(f"\ngate: {decision.reason}")
     print(f"aliases of {index!r}: {store.aliases(index)}")
-    print(f"\ninspect: grove versions list --index {index}; grove retrieve {index} --history <ids> --k 10")
+    print(f"\ninspect: grove versions list {index}; grove retrieve {index} --history <ids> --k 10")
     return 0

@@ -7,14 +7,14 @@
     grove serve INDEX [--alias production] [--host 127.0.0.1] [--port 8000] [--device auto]
     grove report INDEX [--out PATH] [--format html|md]
 
-(``grove rollback INDEX [--to V] [--alias A]`` is a store command, `flows.cli.store`.)
+(``grove rollback INDEX [--to V] [--alias A]`` is a store command, `grove.flows.cli.store`.)
 
-``schedule --cron`` serves the `retrain` deployment (`flows.schedule.serve_retrain`) against the
+``schedule --cron`` serves the `retrain` deployment (`grove.flows.schedule.serve_retrain`) against the
 Prefect server at PREFECT_API_URL and blocks until interrupted; the cron line, the index, the
 method and the data file are checked before anything starts. ``--once`` runs the retrain flow
 now (``--local`` / GROVE_LOCAL=1: the same steps in-process, without Prefect). Several indexes
 are retrained in one flow run (``retrain-indexes``), each index's chain beside the others' on a
-task runner (`flows.runners`). ``promote`` runs
+task runner (`grove.flows.runners`). ``promote`` runs
 the promotion gate for one version (exit 0 promoted, 1 rejected). Prefect is imported only by
 the commands that need it.
 """
@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from flows.cli.common import add_runner_opts, is_local, open_store, runner_spec
-from indexstore.errors import GroveError, InputError
+from grove.flows.cli.common import add_runner_opts, is_local, one_int, open_store, runner_spec
+from grove.indexstore.errors import GroveError, InputError
 
 
 def _beam(text: str) -> int | None:
@@ -41,11 +41,11 @@ def _beam(text: str) -> int | None:
 
 
 def _gate_opts(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("promotion gate (flows.gate.GateConfig)")
-    g.add_argument("--gate-metric", default="recall", help="stored metric name (default recall)")
-    g.add_argument("--gate-k", type=int, default=10)
+    g = p.add_argument_group("promotion gate (grove.flows.gate.GateConfig)")
+    g.add_argument("--gate-metric", default="recall", help="stored metric name")
+    g.add_argument("--gate-k", type=int, default=10, help="cut-off of the metric")
     g.add_argument("--gate-beam", type=_beam, default=50, help="beam of the metric, or 'exhaustive'")
-    g.add_argument("--gate-role", default="valid")
+    g.add_argument("--gate-role", default="valid", help="held-out users the metric is read on (valid or test)")
     g.add_argument("--gate-filtered", action="store_true", help="use the seen-items-filtered metric")
     g.add_argument(
         "--tolerance", type=float, default=0.0, help="promote when candidate >= production - tolerance (absolute)"
@@ -57,7 +57,7 @@ def gate_settings(args) -> dict:
     """The gate options as a `GateConfig` dict (validated: GroveError on a bad value)."""
     from dataclasses import asdict
 
-    from flows.gate import GateConfig
+    from grove.flows.gate import GateConfig
 
     return asdict(
         GateConfig(
@@ -84,7 +84,7 @@ def _print_retrain(result: dict) -> None:
 def cmd_schedule(args) -> int:
     cron = None
     if args.cron is not None:
-        from flows.schedule import check_cron
+        from grove.flows.schedule import check_cron
 
         cron = check_cron(args.cron)  # refuse a bad line before anything starts
         if is_local(args):
@@ -111,7 +111,7 @@ def cmd_schedule(args) -> int:
         return _serve_schedule(store.url, args, cron, params, runner)
     if is_local(args):
         return _retrain_local(store.url, args, data, gate)
-    from flows.schedule import retrain_deployment
+    from grove.flows.schedule import retrain_deployment
 
     flow, flow_params = retrain_deployment(store.url, _indexes(args), params, runner)
     result = flow(**flow_params)
@@ -129,7 +129,7 @@ def _retrain_local(url: str, args, data: str | None, gate: dict) -> int:
     """Each index in turn, in-process; every one runs, then the first failure is raised."""
     from dataclasses import asdict
 
-    from flows.retrain import retrain_local
+    from grove.flows.retrain import retrain_local
 
     errors = []
     for index in args.index:
@@ -143,7 +143,7 @@ def _retrain_local(url: str, args, data: str | None, gate: dict) -> int:
 
 
 def _serve_schedule(url: str, args, cron: str, params: dict, runner) -> int:
-    from flows.schedule import deployment_name, prefect_api_url, serve_retrain
+    from grove.flows.schedule import deployment_name, prefect_api_url, serve_retrain
 
     api = prefect_api_url()  # GroveError when no server answers
     indexes = _indexes(args)
@@ -161,21 +161,21 @@ def _serve_schedule(url: str, args, cron: str, params: dict, runner) -> int:
 
 # ------------------------------------------------------------------------------ promote
 def cmd_promote(args) -> int:
-    from flows.gate import GateConfig, GateDecision, run_gate
+    from grove.flows.gate import GateConfig, GateDecision, run_gate
 
     gate = gate_settings(args)
     store = open_store(args)
     store.resolve(args.index, version=args.version)  # unknown index / foreign version first
     if is_local(args):
-        from flows.ops import local_ops
-        from flows.retrain import retrain_target
+        from grove.flows.ops import local_ops
+        from grove.flows.retrain import retrain_target
 
         cfg = GateConfig.from_dict(gate)
         base = store.resolve(args.index, version=args.version)
         ops = local_ops(retrain_target(store.url, args.index, base, None, cfg, args.users))
         decision = run_gate(store, args.index, args.version, cfg, evaluate=ops.evaluate, publish=False)
     else:
-        from flows.prefect_flows import promote_flow
+        from grove.flows.prefect_flows import promote_flow
 
         decision = GateDecision.from_dict(promote_flow(store.url, args.index, args.version, gate, args.users))
     cfg = decision.config
@@ -192,7 +192,7 @@ def cmd_promote(args) -> int:
 
 # ------------------------------------------------------------------------------ serve
 def cmd_serve(args) -> int:
-    from flows.service import ServiceConfig, serve
+    from grove.flows.service import ServiceConfig, serve
 
     config = ServiceConfig(
         max_batch=args.max_batch,
@@ -224,7 +224,7 @@ def cmd_serve(args) -> int:
 
 # ------------------------------------------------------------------------------ report
 def cmd_report(args) -> int:
-    from flows.report import write_report
+    from grove.flows.report import write_report
 
     path = write_report(open_store(args), args.index, args.out, args.format, args.k, args.role)
     print(f"wrote {path}")
@@ -249,17 +249,17 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("promote", help="run the promotion gate for one version (exit 1: rejected)")
-    p.add_argument("index")
-    p.add_argument("version", type=int)
+    p.add_argument("index", help="the index")
+    p.add_argument("version", type=int, help="the candidate version")
     _gate_opts(p)
     p.add_argument("--local", action="store_true", help="run without Prefect (no artifact)")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("serve", help="HTTP retrieval service following an alias")
-    p.add_argument("index")
-    p.add_argument("--alias", default="production")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("index", help="the index to serve")
+    p.add_argument("--alias", default="production", help="the alias followed: a move is served within a poll")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--max-batch", type=int, default=256, help="histories per micro-batch")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits for more")
@@ -288,9 +288,9 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="HTML or Markdown report: lineage, metrics, curve, aliases")
-    p.add_argument("index")
+    p.add_argument("index", help="the index")
     p.add_argument("--out", default=None, help="page path (default grove-report-INDEX.FORMAT)")
     p.add_argument("--format", choices=("html", "md"), default=None, help="default: from --out, else html")
-    p.add_argument("--k", type=int, default=None, help="recall@k of the curve (default 10)")
+    p.add_argument("--k", type=one_int, default=None, help="recall@k of the curve (default 10)")
     p.add_argument("--role", default=None, help="held-out role of the curve (default valid)")
     p.set_defaults(func=cmd_report)

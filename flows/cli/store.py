@@ -1,11 +1,11 @@
 """Store commands of ``grove``: init, data, versions, alias, rollback, sql.
 
     grove init
-    grove data import PATH --name NAME [--format F] [--user-col C ...] [--items FILE] [--seed S]
+    grove data import PATH --name NAME [--format F] [--user-col C ...] [--categories FILE] [--seed S]
     grove data split NAME [--split default] [--seed S] [--min-positives 10] ...
     grove data synth --name NAME --items N --users U --seed S
     grove data list | grove data show NAME
-    grove versions list [--index NAME] | show V | diff V1 V2
+    grove versions list [INDEX] | show V | diff V1 V2
     grove alias set INDEX ALIAS V [--reason R] | grove alias log INDEX [--alias A]
     grove rollback INDEX [--alias production] [--to V] [--reason R]
     grove sql "QUERY"
@@ -20,14 +20,14 @@ import json
 
 import numpy as np
 
-from flows.cli.common import cell, format_table, open_store
+from grove.flows.cli.common import cell, format_table, open_store
 
 FORMATS = ("auto", "csv", "tsv", "parquet", "ml-dat", "ml-udata", "ml-100k", "ml-csv", "ml-latest")
 
 
 # -------------------------------------------------------------------------------- commands
 def cmd_init(args) -> int:
-    from indexstore.store import Store
+    from grove.indexstore.store import Store
 
     url = Store.init(args.store)
     print(f"store {url} is at schema {Store.open(url).check_schema()}")
@@ -35,14 +35,14 @@ def cmd_init(args) -> int:
 
 
 def cmd_data_import(args) -> int:
-    from flows.datasets import import_file
+    from grove.flows.datasets import import_file
 
     info = import_file(
         open_store(args),
         args.path,
         args.name,
         fmt=args.format,
-        items=args.items,
+        items=args.categories,
         seed=args.seed,
         user_col=args.user_col,
         item_col=args.item_col,
@@ -57,7 +57,7 @@ def cmd_data_import(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
-    from flows.datasets import synth_dataset
+    from grove.flows.datasets import synth_dataset
 
     info = synth_dataset(open_store(args), args.name, args.items, args.users, args.seed)
     print(
@@ -67,7 +67,7 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_data_split(args) -> int:
-    from flows.datasets import split_dataset
+    from grove.flows.datasets import split_dataset
 
     positive = None if args.positive_rating < 0 else args.positive_rating
     info = split_dataset(
@@ -191,7 +191,7 @@ def cmd_versions_list(args) -> int:
 
 
 def _level_rows(structure) -> tuple[list[str], list]:
-    from indexstore.structures import Forest, PathCodes
+    from grove.indexstore.structures import Forest, PathCodes
 
     if isinstance(structure, PathCodes):
         used = np.unique(structure.path_ids()).size
@@ -243,13 +243,16 @@ def cmd_versions_show(args) -> int:
 
 
 def cmd_versions_diff(args) -> int:
-    d = open_store(args).diff(args.v1, args.v2)
+    store = open_store(args)
+    d = store.diff(args.v1, args.v2)
+    dataset = store.version(d.v2).dataset
+    raw = store.item_ids(dataset).raw_of if dataset else (lambda ids: ids)  # the ids a person knows
     print(f"diff of version {d.v1} -> {d.v2} ({d.kind})")
     rows = [
-        (p.part, p.n_items, p.n_moved, " ".join(f"{a:.3f}" for a in p.agreement), " ".join(map(str, p.sample)))
+        (p.part, p.n_items, p.n_moved, " ".join(f"{a:.3f}" for a in p.agreement), " ".join(map(str, raw(p.sample))))
         for p in d.parts
     ]
-    print(format_table(["part", "items", "moved", "agreement per level (0..D)", "sample moved"], rows))
+    print(format_table(["part", "items", "moved", "agreement per level (0..D)", "moved items (sample)"], rows))
     return 0
 
 
@@ -302,21 +305,21 @@ def _data_parsers(sub) -> None:
         "its memory is capped by $GROVE_IMPORT_MEMORY (default 2GB), beyond which "
         "it spills to <store file>.tmp.",
     )
-    p.add_argument("path")
-    p.add_argument("--name", required=True)
-    p.add_argument("--format", default="auto", choices=FORMATS)
+    p.add_argument("path", help="interactions file: MovieLens ratings.dat, CSV, TSV or Parquet")
+    p.add_argument("--name", required=True, help="name of the new dataset")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="file format ('auto': from the name)")
     for col in ("user", "item", "time", "rating", "behavior"):
         p.add_argument(f"--{col}-col", default=None, help=f"name of the {col} column")
-    p.add_argument("--items", help="item categories file (MovieLens movies.dat / movies.csv)")
+    p.add_argument("--categories", metavar="FILE", help="item categories file (MovieLens movies.dat / movies.csv)")
     p.add_argument("--seed", type=int, default=0, help="seed for the one category kept per item")
     p.set_defaults(func=cmd_data_import)
-    p = dsub.add_parser("split", help="user-disjoint train/valid/test split (PROTOCOL.md)")
-    p.add_argument("name")
-    p.add_argument("--split", default="default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-positives", type=int, default=10)
-    p.add_argument("--valid-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.1)
+    p = dsub.add_parser("split", help="user-disjoint train/valid/test split (docs/PROTOCOL.md)")
+    p.add_argument("name", help="the dataset")
+    p.add_argument("--split", default="default", help="name of the split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the user draw")
+    p.add_argument("--min-positives", type=int, default=10, help="users with fewer positives are dropped")
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="fraction of users held out for validation")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of users held out for test")
     p.add_argument(
         "--positive-rating",
         type=float,
@@ -325,14 +328,14 @@ def _data_parsers(sub) -> None:
     )
     p.set_defaults(func=cmd_data_split)
     p = dsub.add_parser("synth", help="generate interactions with a planted hierarchy of interests")
-    p.add_argument("--name", required=True)
-    p.add_argument("--items", type=int, required=True)
-    p.add_argument("--users", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", required=True, help="name of the new dataset")
+    p.add_argument("--items", type=int, required=True, metavar="N", help="number of items")
+    p.add_argument("--users", type=int, required=True, metavar="N", help="number of users")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator")
     p.set_defaults(func=cmd_data_synth)
     dsub.add_parser("list", help="datasets in the store").set_defaults(func=cmd_data_list)
     p = dsub.add_parser("show", help="counts and distributions of a dataset")
-    p.add_argument("name")
+    p.add_argument("name", help="the dataset")
     p.set_defaults(func=cmd_data_show)
 
 
@@ -343,14 +346,14 @@ def register(sub) -> None:
     ver = sub.add_parser("versions", help="list, show and compare index versions")
     vsub = ver.add_subparsers(dest="versions_command", metavar="ACTION", required=True)
     p = vsub.add_parser("list", help="versions (of one index)")
-    p.add_argument("--index", default=None)
+    p.add_argument("index", nargs="?", default=None, help="only this index (default: every index)")
     p.set_defaults(func=cmd_versions_list)
     p = vsub.add_parser("show", help="config, counts per level, lineage and metrics of a version")
-    p.add_argument("version", type=int)
+    p.add_argument("version", type=int, help="version id")
     p.set_defaults(func=cmd_versions_show)
     p = vsub.add_parser("diff", help="items whose leaf/path changed, agreement per level")
-    p.add_argument("v1", type=int)
-    p.add_argument("v2", type=int)
+    p.add_argument("v1", type=int, help="the older version id")
+    p.add_argument("v2", type=int, help="the newer version id")
     p.set_defaults(func=cmd_versions_diff)
     p = vsub.add_parser("write-staged", help="write a version a step saved while the store was locked")
     p.add_argument("file", help="the .npz file the step named")
@@ -358,22 +361,22 @@ def register(sub) -> None:
     al = sub.add_parser("alias", help="move an alias (logged) or show the alias log")
     asub = al.add_subparsers(dest="alias_command", metavar="ACTION", required=True)
     p = asub.add_parser("set", help="point INDEX's ALIAS at version V")
-    p.add_argument("index")
-    p.add_argument("alias")
-    p.add_argument("version", type=int)
-    p.add_argument("--reason", default=None)
+    p.add_argument("index", help="the index")
+    p.add_argument("alias", help="alias name, e.g. production")
+    p.add_argument("version", type=int, help="version id the alias will point at")
+    p.add_argument("--reason", default=None, help="why, kept in the alias log")
     p.set_defaults(func=cmd_alias_set)
     p = asub.add_parser("log", help="alias events of an index, oldest first")
-    p.add_argument("index")
-    p.add_argument("--alias", default=None)
+    p.add_argument("index", help="the index")
+    p.add_argument("--alias", default=None, help="only this alias (default: every alias)")
     p.set_defaults(func=cmd_alias_log)
     p = sub.add_parser("rollback", help="move an alias back (default: to the version before)")
-    p.add_argument("index")
-    p.add_argument("--alias", default="production")
-    p.add_argument("--to", type=int, default=None)
-    p.add_argument("--reason", default=None)
+    p.add_argument("index", help="the index")
+    p.add_argument("--alias", default="production", help="the alias to move back")
+    p.add_argument("--to", type=int, default=None, metavar="V", help="version to move to (default: the one before)")
+    p.add_argument("--reason", default=None, help="why, kept in the alias log")
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("sql", help="run one read-only SELECT/WITH/DESCRIBE/SHOW/EXPLAIN over this store")
-    p.add_argument("query")
+    p.add_argument("query", help="one read-only SQL statement over the store's tables and views")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before the query is stopped")
     p.set_defaults(func=cmd_sql)

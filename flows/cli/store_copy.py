@@ -3,8 +3,8 @@
     grove store copy duckdb:///grove.duckdb postgresql://grove@db.example/grove   # to the server
     grove store copy postgresql://grove@db.example/grove duckdb:///snapshot.duckdb   # a snapshot back
 
-The copy itself is `indexstore.store_copy.copy_store`; this command reports its progress per
-table on stderr (`models.progress.Progress`) and what was copied and checked on stdout.
+The copy itself is `grove.indexstore.store_copy.copy_store`; this command reports its progress per
+table on stderr (`grove.models.progress.Progress`) and what was copied and checked on stdout.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from models.progress import Progress
+    from grove.models.progress import Progress
 
 
 class _TableProgress:
@@ -24,7 +24,7 @@ class _TableProgress:
         self.done = 0
 
     def __call__(self, table: str, done: int, total: int) -> None:
-        from models.progress import Progress
+        from grove.models.progress import Progress
 
         if table != self.table:
             self.close()
@@ -41,7 +41,7 @@ class _TableProgress:
 
 
 def cmd_store_copy(args) -> int:
-    from indexstore.store_copy import copy_store
+    from grove.indexstore.store_copy import copy_store
 
     progress = _TableProgress()
     report = copy_store(args.src, args.dst, progress=progress)

@@ -15,9 +15,9 @@ start failing. Bad requests get a JSON ``{"error": "<one line>"}``: malformed JS
 wrong field types / k or beam <= 0 or above the configured caps 422, more histories than
 ``max_request`` 413. The service keeps serving after any of them.
 
-Parts, one module each: the served version (`flows.service.served`), the micro-batcher
-(`flows.service.batcher`), the alias watcher (`flows.service.watcher`), the service that holds
-them (`flows.service.service`) and the HTTP app (`flows.service.app`):
+Parts, one module each: the served version (`grove.flows.service.served`), the micro-batcher
+(`grove.flows.service.batcher`), the alias watcher (`grove.flows.service.watcher`), the service that holds
+them (`grove.flows.service.service`) and the HTTP app (`grove.flows.service.app`):
 
 * the served version is one immutable `ServedIndex`; it is replaced by a single reference
   assignment, so a request sees either the old or the new version, never a half-loaded one;
@@ -35,9 +35,9 @@ them (`flows.service.service`) and the HTTP app (`flows.service.app`):
 
 from __future__ import annotations
 
-from flows.service.app import RetrieveRequest, check_port_free, create_app, serve
-from flows.service.served import Answer, Query, ServedIndex, answer_batch, load_served
-from flows.service.service import RetrievalService, ServiceConfig
+from grove.flows.service.app import RetrieveRequest, check_port_free, create_app, serve
+from grove.flows.service.served import Answer, Query, ServedIndex, answer_batch, load_served
+from grove.flows.service.service import RetrievalService, ServiceConfig
 
 __all__ = [
     "Answer",

@@ -1,5 +1,7 @@
 """The HTTP API of the retrieval service (FastAPI, served by uvicorn) over a `RetrievalService`:
-``POST /retrieve``, ``GET /health``, ``GET /metrics`` (Prometheus); `serve` binds the port.
+``POST /retrieve``, ``GET /health`` (small: what is served, polls, swaps), ``GET /quality`` (the
+served version's stored evaluation rows), ``GET /metrics`` (Prometheus); `serve` binds the port.
+No interactive API docs (they would load their scripts from a CDN, blank offline).
 
 Every 4xx answer has one shape, ``{"error": "<one line>"}``: malformed JSON 400, a missing or
 wrong bearer token 401 (when ``GROVE_API_TOKEN`` is set; /health stays open), unknown route
@@ -17,9 +19,9 @@ import time
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
-from flows.service.metrics import ServiceMetrics
-from flows.service.service import RetrievalService, ServiceConfig
-from indexstore.errors import GroveError
+from grove.flows.service.metrics import ServiceMetrics
+from grove.flows.service.service import RetrievalService, ServiceConfig
+from grove.indexstore.errors import GroveError
 
 log = logging.getLogger("grove.service")
 TOKEN_ENV = "GROVE_API_TOKEN"
@@ -148,6 +150,10 @@ def create_app(service: RetrievalService, watch: bool = True, token: str | None 
     @app.get("/health")
     async def health():
         return service.health()
+
+    @app.get("/quality")
+    async def quality():
+        return service.quality()
 
     @app.get("/metrics")
     async def prometheus():

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flows.service.served import Answer, Query, ServedIndex, answer_batch
+from grove.flows.service.served import Answer, Query, ServedIndex, answer_batch
 
 
 @dataclass(eq=False)

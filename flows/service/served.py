@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexstore.store import Store
-from models.limits import MAX_BATCH
-from models.retriever import Retriever
+from grove.indexstore.store import Store
+from grove.models.limits import MAX_BATCH
+from grove.models.retriever import Retriever
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,11 +8,11 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from flows.service.batcher import MicroBatcher
-from flows.service.served import Answer, Query, ServedIndex, load_served
-from flows.service.watcher import AliasWatcher, Watched
-from indexstore.errors import GroveError
-from indexstore.store import Store
+from grove.flows.service.batcher import MicroBatcher
+from grove.flows.service.served import Answer, Query, ServedIndex, load_served
+from grove.flows.service.watcher import AliasWatcher, Watched
+from grove.indexstore.errors import GroveError
+from grove.indexstore.store import Store
 
 log = logging.getLogger("grove.service")
 
@@ -28,7 +28,7 @@ class ServiceConfig:
     max_beam: int = 4096
     # a request's cost is histories x beam x k: above max_cost -> 413 (default: the largest
     # request the other caps allow); it is served in slices of at most slice_cost, interleaved
-    # with other requests (`flows.service.batcher`)
+    # with other requests (`grove.flows.service.batcher`)
     max_cost: int = 1024 * 4096 * 1000
     slice_cost: int = 1 << 22
     max_body_bytes: int = 4 << 20  # request body; more -> 413 before parsing
@@ -105,6 +105,11 @@ class RetrievalService:
     async def retrieve(self, histories: list[list[str]], k: int, beam: int, exclude_seen: bool) -> Answer:
         return await asyncio.wrap_future(self.batcher.submit(Query(histories, k, beam, exclude_seen)))
 
+    def quality(self) -> dict:
+        """The served version and its stored evaluation rows (``GET /quality``)."""
+        s = self._served
+        return {"index": self.index, "version": s.version, "metrics": s.metrics}
+
     def health(self) -> dict:
         s = self._served
         return {
@@ -118,7 +123,6 @@ class RetrievalService:
             "n_items": s.retriever.n_items,
             "load_seconds": round(s.retriever.load_seconds, 4),
             "loaded_at": s.loaded_at,
-            "metrics": s.metrics,
             "swaps": self.swaps,
             "batches": self.batcher.batches,
             "last_poll": self.watcher.last_poll,

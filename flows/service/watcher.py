@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flows.service.served import ServedIndex, load_served
-from indexstore.store import Store
+from grove.flows.service.served import ServedIndex, load_served
+from grove.indexstore.store import Store
 
 log = logging.getLogger("grove.service")
 

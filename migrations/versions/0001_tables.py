@@ -1,6 +1,6 @@
 """tables: datasets, splits, indexes, versions, nodes, item paths, artifacts, metrics, aliases
 
-The tables of DESIGN.md. No foreign keys and no secondary indexes (STACK.md: DuckDB's ALTER
+The tables of docs/DESIGN.md. No foreign keys and no secondary indexes (DuckDB's ALTER
 TABLE is crippled on tables that have them, and bulk loads slow down); relations are checked
 in code. Primary keys only on small tables that are looked up by key.
 

@@ -2,13 +2,13 @@
 
 ``artifacts`` keeps one row per artifact (name, sha256, size); its bytes move to
 ``artifact_chunks (version_id, name, seq, data)``, in order of ``seq`` from 0, each at most
-`indexstore.version_io.ARTIFACT_CHUNK` bytes. Why: DuckDB stores a value larger than its
+`grove.indexstore.version_io.ARTIFACT_CHUNK` bytes. Why: DuckDB stores a value larger than its
 256 KiB block as an overflow string, and every later checkpoint of the table re-reads all of
 them -- a commit's memory and time grew with the bytes of every artifact already stored (one
 more 192 MB artifact needed 14 GiB once the store held 5 GB of them). Values under the block
 size are appended without that. On PostgreSQL the chunks also stay far below bytea's 1 GB
 limit and stream through COPY; there a primary key finds a version's chunks without a scan
-(DuckDB: no key on a large table, STACK.md).
+(DuckDB: no key on a large table, see 0001).
 
 Upgrade moves the bytes of existing artifacts one artifact at a time; downgrade joins them back.
 

@@ -5,8 +5,8 @@ tree**: a root whose children are all ``n_items`` leaves (arity = n_items). That
 behind the same `Method` contract as the tree methods (the store, flows, `Retriever` and
 `evaluate` work on them unchanged), and their ``relearn`` returns its input.
 
-The methods themselves live in `models.baselines.two_tower` (YouTube product-DNN, `TwoTowerMethod`) and
-`models.baselines.item_cf` (`ItemCFMethod`).
+The methods themselves live in `grove.models.baselines.two_tower` (YouTube product-DNN, `TwoTowerMethod`) and
+`grove.models.baselines.item_cf` (`ItemCFMethod`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import ClassVar, TypeVar
 import numpy as np
 import torch
 
-from indexstore.errors import GroveError, InputError
-from indexstore.samples import SplitData
-from indexstore.structures import Tree
-from models.method import Built, Method, MethodConfig, Searcher
-from models.topk import empty_topk, merge_topk, padded_topk
+from grove.indexstore.errors import GroveError, InputError
+from grove.indexstore.samples import SplitData
+from grove.indexstore.structures import Tree
+from grove.models.method import Built, Method, MethodConfig, Searcher
+from grove.models.topk import empty_topk, merge_topk, padded_topk
 
 # cap on the (batch, chunk) score block a searcher materialises at once: 2^24 floats = 64 MiB
 SCORE_BLOCK = 1 << 24

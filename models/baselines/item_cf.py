@@ -28,11 +28,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.samples import SplitData
-from models.baselines.flat import BruteForceSearcher, FlatMethod, behaviour_mask
-from models.method import Built, MethodConfig, bytes_to_state, require_artifact, resolve_device, state_to_bytes
-from models.progress import Progress
+from grove.indexstore.errors import GroveError
+from grove.indexstore.samples import SplitData
+from grove.models.baselines.flat import BruteForceSearcher, FlatMethod, behaviour_mask
+from grove.models.method import Built, MethodConfig, bytes_to_state, require_artifact, resolve_device, state_to_bytes
+from grove.models.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ Choices (the papers leave them open):
   count of the item among the samples; for uniform it cancels), and negatives equal to the
   row's target are masked ("accidental hits").
 * Adam, constant learning rate, reshuffled mini-batches, ``epochs`` passes (or ``max_steps``);
-  the embedding tables take sparse updates (`models.optim.EmbeddingAdam`), so a step's cost
+  the embedding tables take sparse updates (`grove.models.optim.EmbeddingAdam`), so a step's cost
   does not grow with the catalogue.
 """
 
@@ -33,15 +33,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from indexstore.errors import GroveError
-from indexstore.samples import MAX_BEHAVIOURS, SplitData
-from models.baselines.flat import BruteForceSearcher, FlatMethod, behaviour_mask
-from models.distributed import batches, epoch_order, worker_generator
-from models.memory import FLOAT, adam_table
-from models.method import Built, MethodConfig, bytes_to_state, require_artifact, resolve_device, state_to_bytes
-from models.optim import EmbeddingAdam
-from models.progress import Progress
-from models.windows import DeviceWindows
+from grove.indexstore.errors import GroveError
+from grove.indexstore.samples import MAX_BEHAVIOURS, SplitData
+from grove.models.baselines.flat import BruteForceSearcher, FlatMethod, behaviour_mask
+from grove.models.distributed import batches, epoch_order, worker_generator
+from grove.models.memory import FLOAT, adam_table
+from grove.models.method import Built, MethodConfig, bytes_to_state, require_artifact, resolve_device, state_to_bytes
+from grove.models.optim import EmbeddingAdam
+from grove.models.progress import Progress
+from grove.models.windows import DeviceWindows
 
 WINDOWS = (1, 1, 1, 2, 2, 2, 10, 10, 20, 20)  # TDM time windows over the 69 behaviours
 

@@ -1,11 +1,11 @@
 """DeFoRec (SIGIR 2022): a forest of every tree learnt during training, each with its scorer.
 
-Lifecycle (`models.method.Method`):
+Lifecycle (`grove.models.method.Method`):
 * ``construct``: the category tree (§5) as a forest of one tree (and, for the 'two_tower'
   discriminator, the two-tower model as ``two_tower.pt``).
 * ``train``: trains the one-logit TDM scorer of the LAST tree with layer-wise sampled softmax
-  (`models.deforec.training`) -> ``weights_round{r}.pt`` (r = index of the last tree). Round r > 0
-  warm-starts from round r - 1 (`models.node_scorer.transfer_weights`, nodes kept by path).
+  (`grove.models.deforec.training`) -> ``weights_round{r}.pt`` (r = index of the last tree). Round r > 0
+  warm-starts from round r - 1 (`grove.models.node_scorer.transfer_weights`, nodes kept by path).
 * ``relearn``: learns a new tree from the last round's scorer (softmax matching score, gap d)
   and APPENDS it: the forest keeps the tree and the scorer of every round.
 * ``searcher``: beam search (TDM Algorithm 1) on every tree with that round's scorer; each tree
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
-from indexstore.errors import GroveError, StateError
-from indexstore.samples import SplitData
-from indexstore.structures import Forest, Tree
-from models.deforec.training import train_softmax_scorer
-from models.deforec.tree_learning import learn_tree_softmax
-from models.method import (
+from grove.indexstore.errors import GroveError, StateError
+from grove.indexstore.samples import SplitData
+from grove.indexstore.structures import Forest, Tree
+from grove.models.deforec.training import train_softmax_scorer
+from grove.models.deforec.tree_learning import learn_tree_softmax
+from grove.models.method import (
     Built,
     Method,
     MethodConfig,
@@ -39,10 +39,10 @@ from models.method import (
     resolve_device,
     state_to_bytes,
 )
-from models.node_scorer import TDMScorer, transfer_weights
-from models.topk import ranked, unique_rows
-from models.tree_builders import category_tree, tree_tensors
-from models.tree_training import TrainOptions
+from grove.models.node_scorer import TDMScorer, transfer_weights
+from grove.models.topk import ranked, unique_rows
+from grove.models.tree_builders import category_tree, tree_tensors
+from grove.models.tree_training import TrainOptions
 
 DISCRIMINATORS = ("last_scorer", "two_tower")
 
@@ -50,7 +50,7 @@ DISCRIMINATORS = ("last_scorer", "two_tower")
 @dataclass(frozen=True)
 class DeFoRecConfig(MethodConfig):
     """arity K (the paper uses binary trees), m negatives per level (40) and at most
-    ``negatives_total`` per sample (480; `models.deforec.training.level_negatives`; 0 = no cap),
+    ``negatives_total`` per sample (480; `grove.models.deforec.training.level_negatives`; 0 = no cap),
     gap d (7), training knobs, discriminator, default query beam and the device."""
 
     arity: int = 2
@@ -162,7 +162,7 @@ class DeFoRecMethod(Method[DeFoRecConfig]):
     def memory_bytes(self, config: DeFoRecConfig, n_items: int, verb: str) -> int:
         """TDM's estimate with the DeFoRec trainer's negatives; a search loads one scorer per
         round (the estimate counts the first round's: later rounds are checked as they come)."""
-        from models.tdm.method import TDMConfig, TDMMethod
+        from grove.models.tdm.method import TDMConfig, TDMMethod
 
         tdm = TDMConfig(
             arity=config.arity,
@@ -179,7 +179,7 @@ class DeFoRecMethod(Method[DeFoRecConfig]):
         tree = category_tree(data.item_category, arity=config.arity, seed=seed)
         artifacts = {}
         if config.discriminator == "two_tower":
-            from models.baselines.two_tower import TwoTowerConfig, train_two_tower
+            from grove.models.baselines.two_tower import TwoTowerConfig, train_two_tower
 
             tt = TwoTowerConfig(seed=seed, dim=config.dim, device=config.device)
             model, _ = train_two_tower(data, tt, resolve_device(config.device))
@@ -262,7 +262,7 @@ def _scorer_discriminator(scorer: TDMScorer, tree: Tree):
 
 
 def _two_tower_discriminator(built: Built, n_items: int, device):
-    from models.baselines.two_tower import TwoTowerConfig, TwoTowerModel
+    from grove.models.baselines.two_tower import TwoTowerConfig, TwoTowerModel
 
     if "two_tower.pt" not in built.artifacts:
         raise StateError("this DeFoRec version has no 'two_tower.pt': construct it with discriminator='two_tower'")

@@ -1,9 +1,9 @@
 """DeFoRec's training (SIGIR 2022): the layer-wise sampled-softmax trainer of a one-logit node
-scorer (§4, Eq. 6-9); its tree learning is `models.deforec.tree_learning`.
+scorer (§4, Eq. 6-9); its tree learning is `grove.models.deforec.tree_learning`.
 
 Training: for a sample (behaviours, target), at every level l = 1..depth the target's ancestor
 is the positive class and m negatives are drawn uniformly with replacement among the level's
-other c(l) - 1 nodes (`models.tree_training.LevelSampler` with m per level). Negative logits are
+other c(l) - 1 nodes (`grove.models.tree_training.LevelSampler` with m per level). Negative logits are
 corrected by ``- ln(m_l * q_l)`` with ``q_l = 1 / (c(l) - 1)``; the positive's logit is left as
 is (Eq. 6). The loss of a level is ``logsumexp(corrected) - positive`` (Eq. 7); levels are summed
 (Eq. 9), samples averaged. ``m_l = min(m, c(l) - 1)``: a level with fewer nodes than m draws
@@ -25,14 +25,14 @@ import time
 import numpy as np
 import torch
 
-from indexstore.samples import TrainingSamples
-from indexstore.structures import Tree
-from models.distributed import batches, epoch_order, mean_over_workers, worker_generator
-from models.node_scorer import TDMScorer
-from models.optim import EmbeddingAdam
-from models.progress import Progress
-from models.tree_training import LevelSampler, TrainOptions, subsample
-from models.windows import DeviceWindows
+from grove.indexstore.samples import TrainingSamples
+from grove.indexstore.structures import Tree
+from grove.models.distributed import batches, epoch_order, mean_over_workers, worker_generator
+from grove.models.node_scorer import TDMScorer
+from grove.models.optim import EmbeddingAdam
+from grove.models.progress import Progress
+from grove.models.tree_training import LevelSampler, TrainOptions, subsample
+from grove.models.windows import DeviceWindows
 
 
 def level_negatives(level_sizes: np.ndarray, m: int, total: int = 0) -> np.ndarray:

@@ -1,20 +1,20 @@
 """DeFoRec (SIGIR 2022) tree learning by the softmax matching score (§5, Eq. 10).
 
-JTM's top-down assignment with gap d (`models.tree_learning`) where an item's
+JTM's top-down assignment with gap d (`grove.models.tree_learning`) where an item's
 weight for a candidate node n_j at level l = min(l0 + d, depth) under its current node is
 ``sum over its training pairs of log softmax_j(o_u^j)`` over the c candidates (Eq. 10), then
-`models.tree_learning.assign_with_capacity` (capacity = leaves under the node; JTM's rebalance).
+`grove.models.tree_learning.assign_with_capacity` (capacity = leaves under the node; JTM's rebalance).
 """
 
 from __future__ import annotations
 
 import torch
 
-from indexstore.samples import TrainingSamples
-from indexstore.structures import Tree
-from models.node_scorer import TDMScorer, default_chunk_elements
-from models.progress import Progress
-from models.tree_learning import PairChunks, layout_depth, learn_top_down, position_maps
+from grove.indexstore.samples import TrainingSamples
+from grove.indexstore.structures import Tree
+from grove.models.node_scorer import TDMScorer, default_chunk_elements
+from grove.models.progress import Progress
+from grove.models.tree_learning import PairChunks, layout_depth, learn_top_down, position_maps
 
 
 def learn_tree_softmax(
@@ -33,7 +33,7 @@ def learn_tree_softmax(
     ----------
     scorer : trained on ``tree``; samples : the training pairs.
     gap : d, levels assigned per step; max_samples : seeded subset of pairs to score.
-    max_elements : activation floats per chunk of pairs (None: `models.node_scorer.default_chunk_elements`).
+    max_elements : activation floats per chunk of pairs (None: `grove.models.node_scorer.default_chunk_elements`).
 
     Returns
     -------

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.samples import TrainingSamples
-from indexstore.structures import PathCodes
-from models.distributed import gather, mine, world
-from models.dr.network import DRNet
-from models.dr.search import beam_search, path_ids_of
-from models.progress import Progress
+from grove.indexstore.errors import GroveError
+from grove.indexstore.samples import TrainingSamples
+from grove.indexstore.structures import PathCodes
+from grove.models.distributed import gather, mine, world
+from grove.models.dr.network import DRNet
+from grove.models.dr.search import beam_search, path_ids_of
+from grove.models.progress import Progress
 
 _REDUCE_EVERY = 1 << 22  # pending (key, prob) pairs before a merge, bounds E-step memory
 
@@ -76,7 +76,7 @@ def estep_scores(
     -------
     CandidateScores over ``n_items`` items (items without samples have no candidates).
 
-    Among data-parallel workers each searches every N-th batch (`models.distributed.mine`);
+    Among data-parallel workers each searches every N-th batch (`grove.models.distributed.mine`);
     their summed (item, path) tables are gathered, so every worker returns the same scores.
     """
     st = net.structure

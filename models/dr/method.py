@@ -1,14 +1,14 @@
 """Deep Retrieval (Gao et al. 2020) as a grove `Method` of kind 'codes'.
 
-Verbs (see `models.method`):
+Verbs (see `grove.models.method`):
 
 * ``construct`` -- random `PathCodes`: J distinct paths of D codes in [0, K) per item (seeded).
 * ``train``     -- trains the GRU encoder, the structure model and the softmax reranker for the
-  current codes (`models.dr.training`), warm-starting from the version's weights if it has any.
+  current codes (`grove.models.dr.training`), warm-starting from the version's weights if it has any.
 * ``relearn``   -- E-step (beam-search path scores) + M-step (penalised coordinate descent) ->
-  new `PathCodes`; the weights are kept (`models.dr.em`).
+  new `PathCodes`; the weights are kept (`grove.models.dr.em`).
 * ``searcher``  -- `DRSearcher`: beam search over the grid, items of the B paths through the
-  inverted index, softmax rerank, top-k (`models.dr.search`).
+  inverted index, softmax rerank, top-k (`grove.models.dr.search`).
 
 Artifacts: ``{"weights.pt": state_to_bytes({"model": state_dict, "epochs_done": int,
 "n_items": int})}``.
@@ -21,15 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
-from indexstore.errors import GroveError, StructureError
-from indexstore.samples import SplitData, TrainingSamples
-from indexstore.structures import PathCodes
-from models.dr.em import estep_scores, mstep, pool_coverage, pool_warning, random_codes
-from models.dr.network import DRNet
-from models.dr.search import PathIndex, beam_search
-from models.dr.training import train_epochs
-from models.memory import FLOAT, adam_table
-from models.method import (
+from grove.indexstore.errors import GroveError, StructureError
+from grove.indexstore.samples import SplitData, TrainingSamples
+from grove.indexstore.structures import PathCodes
+from grove.models.dr.em import estep_scores, mstep, pool_coverage, pool_warning, random_codes
+from grove.models.dr.network import DRNet
+from grove.models.dr.search import PathIndex, beam_search
+from grove.models.dr.training import train_epochs
+from grove.models.memory import FLOAT, adam_table
+from grove.models.method import (
     Built,
     Method,
     MethodConfig,
@@ -39,8 +39,8 @@ from models.method import (
     resolve_device,
     state_to_bytes,
 )
-from models.topk import empty_topk, merge_topk, padded_topk, ranked
-from models.tree_training import subsample
+from grove.models.topk import empty_topk, merge_topk, padded_topk, ranked
+from grove.models.tree_training import subsample
 
 WEIGHTS = "weights.pt"
 
@@ -65,7 +65,7 @@ class DRConfig(MethodConfig):
     items, K=50) alpha 3e-3 keeps the top path at ~11 items and ~400 candidates per user at beam
     50 with no recall lost against the brute force (benchmarks/README.md, dr). The E-step can
     only offer paths that some user's beam reaches: relearning from an undertrained structure
-    model crowds the items onto a few paths whatever alpha is (`models.dr.em.pool_warning`).
+    model crowds the items onto a few paths whatever alpha is (`grove.models.dr.em.pool_warning`).
     """
 
     arity: int = 100

@@ -32,7 +32,7 @@ class GRUEncoder(nn.Module):
     def __init__(self, n_items: int, dim: int):
         super().__init__()
         self.n_items = n_items
-        # sparse gradients: a step updates the rows it read (`models.optim`)
+        # sparse gradients: a step updates the rows it read (`grove.models.optim`)
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items, sparse=True)
         self.gru = nn.GRU(dim, dim, batch_first=True)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from indexstore.structures import PathCodes
-from models.dr.network import StructureModel
+from grove.indexstore.structures import PathCodes
+from grove.models.dr.network import StructureModel
 
 
 def path_ids_of(paths: torch.Tensor, arity: int) -> torch.Tensor:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from indexstore.samples import TrainingSamples
-from indexstore.structures import PathCodes
-from models.distributed import all_reduce_sum_, batches, epoch_order, worker_generator
-from models.dr.network import DRNet
-from models.optim import EmbeddingAdam
-from models.progress import Progress
-from models.windows import DeviceWindows
+from grove.indexstore.samples import TrainingSamples
+from grove.indexstore.structures import PathCodes
+from grove.models.distributed import all_reduce_sum_, batches, epoch_order, worker_generator
+from grove.models.dr.network import DRNet
+from grove.models.optim import EmbeddingAdam
+from grove.models.progress import Progress
+from grove.models.windows import DeviceWindows
 
 
 def train_epochs(

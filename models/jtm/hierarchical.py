@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from indexstore.structures import Tree
-from models.node_scorer import TDMScorer
+from grove.indexstore.structures import Tree
+from grove.models.node_scorer import TDMScorer
 
 
 def ancestor_table(tree: Tree) -> np.ndarray:

@@ -1,18 +1,18 @@
-"""JTM (NeurIPS 2019): the TDM lifecycle (`models.tree_method`) with the hierarchical user
-preference representation (`models.jtm.hierarchical`) and joint tree learning, Algorithm 2
-(`models.jtm.tree_learning`)."""
+"""JTM (NeurIPS 2019): the TDM lifecycle (`grove.models.tree_method`) with the hierarchical user
+preference representation (`grove.models.jtm.hierarchical`) and joint tree learning, Algorithm 2
+(`grove.models.jtm.tree_learning`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from indexstore.structures import Tree
-from models.jtm.hierarchical import HierarchicalScorer
-from models.jtm.tree_learning import learn_tree
-from models.memory import FLOAT
-from models.node_scorer import TDMScorer
-from models.tree_builders import complete_depth
-from models.tree_method import TreeMethod, TreeMethodConfig
+from grove.indexstore.structures import Tree
+from grove.models.jtm.hierarchical import HierarchicalScorer
+from grove.models.jtm.tree_learning import learn_tree
+from grove.models.memory import FLOAT
+from grove.models.node_scorer import TDMScorer
+from grove.models.tree_builders import complete_depth
+from grove.models.tree_method import TreeMethod, TreeMethodConfig
 
 
 @dataclass(frozen=True)

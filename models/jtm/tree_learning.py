@@ -1,7 +1,7 @@
 """JTM (NeurIPS 2019) tree learning, paper Algorithm 2 (supplement B).
 
 Items are re-assigned to the positions of a complete K-ary tree of depth ``D = ceil(log_K
-n_items)``, top down, ``gap`` (d) levels at a time (`models.tree_learning.learn_top_down`). At
+n_items)``, top down, ``gap`` (d) levels at a time (`grove.models.tree_learning.learn_top_down`). At
 step l0 -> l = min(l0 + d, D) every item, already under a node n_i of level l0, picks one of
 n_i's K**(l - l0) descendants at level l by the weight
 
@@ -12,7 +12,7 @@ under the current model (the scorer and the tree it was trained with). Then the 
 child holds at most K**(D - l) items; items whose choice equals their previous assignment are
 kept first, the other items of a full child by descending weight, and the overflow moves to the
 best child that still has room (done in vectorised rounds, see
-`models.tree_learning.assign_with_capacity`, which JTM shares with DeFoRec). The
+`grove.models.tree_learning.assign_with_capacity`, which JTM shares with DeFoRec). The
 result is a complete layout pruned of empty subtrees: every item at exactly one leaf, all
 leaves at depth D.
 
@@ -28,18 +28,18 @@ Choices where the paper is silent
 * Tree learning scores at most ``max_samples`` training pairs (seeded subset): the cost is
   O(samples * K**(d+1)) scorer calls per step, each linear in the history's length; the pairs
   are scored shortest history first, in chunks cut to their longest one
-  (`models.tree_learning.PairChunks`).
+  (`grove.models.tree_learning.PairChunks`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from indexstore.samples import TrainingSamples
-from indexstore.structures import Tree
-from models.node_scorer import TDMScorer, default_chunk_elements
-from models.progress import Progress
-from models.tree_learning import PairChunks, layout_depth, learn_top_down, position_maps
+from grove.indexstore.samples import TrainingSamples
+from grove.indexstore.structures import Tree
+from grove.models.node_scorer import TDMScorer, default_chunk_elements
+from grove.models.progress import Progress
+from grove.models.tree_learning import PairChunks, layout_depth, learn_top_down, position_maps
 
 
 def learn_tree(
@@ -59,7 +59,7 @@ def learn_tree(
     scorer : the model trained on ``tree``; any `TDMScorer`, JTM uses `HierarchicalScorer`.
     samples : the training pairs; at most ``max_samples`` of them are scored (seeded subset).
     gap : d, levels assigned per step.
-    max_elements : activation floats per chunk of pairs (None: `models.node_scorer.default_chunk_elements`).
+    max_elements : activation floats per chunk of pairs (None: `grove.models.node_scorer.default_chunk_elements`).
 
     Returns
     -------

@@ -2,17 +2,17 @@
 transformer encoder over the behaviour sequence and one transformer decoder per tree that emits
 the root-to-leaf code of the target item.
 
-Lifecycle (`models.method.Method`):
+Lifecycle (`grove.models.method.Method`):
 * ``construct`` pretrains item embeddings (the two-tower baseline, or a co-occurrence SVD) and
-  builds T trees with appendix Algorithm 2 (``models.tree_builders.recforest_tree``), seeds
+  builds T trees with appendix Algorithm 2 (``grove.models.tree_builders.recforest_tree``), seeds
   ``seed * 1000 + t``. The embeddings are kept as the artifact ``item_embeddings.pt``.
 * ``train`` trains the network from scratch (seeded) with Algorithm 3 and stores ``weights.pt``.
 * ``relearn`` leaves the forest as it is (RecForest does not relearn trees; ``relearns=False``).
-* ``searcher`` answers queries with Algorithm 4 (`models.recforest.search`).
+* ``searcher`` answers queries with Algorithm 4 (`grove.models.recforest.search`).
 
 Training uses Adam with exponential learning-rate decay per epoch (appendix E.2). An item with
 several leaves in a tree gets, at every sample, one of its leaves drawn uniformly as the target
-(see `models.recforest.search` for why and how retrieval then scores it).
+(see `grove.models.recforest.search` for why and how retrieval then scores it).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexstore.errors import GroveError
-from indexstore.samples import MAX_BEHAVIOURS, SplitData
-from indexstore.structures import Forest, Tree
-from models.distributed import batches, epoch_order, mean_over_workers, worker_generator
-from models.memory import FLOAT, adam_table, tree_nodes
-from models.method import (
+from grove.indexstore.errors import GroveError
+from grove.indexstore.samples import MAX_BEHAVIOURS, SplitData
+from grove.indexstore.structures import Forest, Tree
+from grove.models.distributed import batches, epoch_order, mean_over_workers, worker_generator
+from grove.models.memory import FLOAT, adam_table, tree_nodes
+from grove.models.method import (
     Built,
     Method,
     MethodConfig,
@@ -39,12 +39,12 @@ from models.method import (
     resolve_device,
     state_to_bytes,
 )
-from models.optim import EmbeddingAdam
-from models.progress import Progress
-from models.recforest.network import RecForestNet
-from models.recforest.search import ForestTables, RecForestSearcher
-from models.tree_builders import complete_depth, recforest_tree, tightest_arity
-from models.windows import DeviceWindows
+from grove.models.optim import EmbeddingAdam
+from grove.models.progress import Progress
+from grove.models.recforest.network import RecForestNet
+from grove.models.recforest.search import ForestTables, RecForestSearcher
+from grove.models.tree_builders import complete_depth, recforest_tree, tightest_arity
+from grove.models.windows import DeviceWindows
 
 EMBEDDINGS = ("two_tower", "svd")
 # leaves per item above which `construct` warns that the trees are mostly copies (see
@@ -65,7 +65,7 @@ class RecForestConfig(MethodConfig):
     ``arity``: the paper uses 18 on every dataset. A complete K-ary tree over N items has K^H
     leaves (H = ceil(log_K N)) and Algorithm 2 fills the ones beyond N with copies of items, so
     when K^H is many times N a beam's leaves repeat items and find few distinct ones. Choose K
-    with K^H close to N (`models.tree_builders.tightest_arity`); `construct` warns above
+    with K^H close to N (`grove.models.tree_builders.tightest_arity`); `construct` warns above
     ``MANY_LEAVES_PER_ITEM``. On ml-latest-small (9,724 items) a fitted arity finds several times
     more distinct items per beam than 18 and raises recall; on ml-1m-subset (1.6 leaves per item
     at 18) it buys beam, not a better model (benchmarks/README.md, quality)."""
@@ -123,7 +123,7 @@ def pretrained_embeddings(config: RecForestConfig, data: SplitData, seed: int, d
     """(n_items, d) float32 item embeddings the trees are clustered on."""
     if config.embeddings == "svd":
         return svd_item_embeddings(data, config.embedding_dim, seed)
-    from models.baselines.two_tower import TwoTowerConfig, train_two_tower
+    from grove.models.baselines.two_tower import TwoTowerConfig, train_two_tower
 
     tt = TwoTowerConfig(
         seed=seed,
@@ -155,7 +155,7 @@ def duplicate_leaves_warning(n_items: int, arity: int) -> str | None:
 
 
 # construct in parts, so the trees of a forest can be built at once (one Prefect task each,
-# `flows.forest`); `RecForestMethod.construct` is exactly these parts in one process
+# `grove.flows.forest`); `RecForestMethod.construct` is exactly these parts in one process
 def construct_embeddings(config: RecForestConfig, data: SplitData, seed: int) -> np.ndarray:
     """(n_items, d) float32: the pretrained item vectors every tree is clustered on (warns when
     the arity leaves many copies of items)."""

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indexstore.samples import MAX_BEHAVIOURS
+from grove.indexstore.samples import MAX_BEHAVIOURS
 
 
 class HistoryEncoder(nn.Module):
@@ -38,7 +38,7 @@ class HistoryEncoder(nn.Module):
     def __init__(self, n_items: int, hidden: int, heads: int, layers: int, ff: int, dropout: float):
         super().__init__()
         self.n_items = n_items
-        # row n_items = padding; sparse gradients: a step updates the rows it read (`models.optim`)
+        # row n_items = padding; sparse gradients: a step updates the rows it read (`grove.models.optim`)
         self.item = nn.Embedding(n_items + 1, hidden, sparse=True)
         self.pos = nn.Embedding(MAX_BEHAVIOURS, hidden)
         layer = nn.TransformerEncoderLayer(hidden, heads, ff, dropout, batch_first=True, norm_first=True)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexstore.errors import StructureError
-from indexstore.structures import Forest, Tree
-from models.method import Searcher
-from models.recforest.network import RecForestNet
-from models.topk import ranked, unique_rows
+from grove.indexstore.errors import StructureError
+from grove.indexstore.structures import Forest, Tree
+from grove.models.method import Searcher
+from grove.models.recforest.network import RecForestNet
+from grove.models.topk import ranked, unique_rows
 
 PATH_CHUNK = 1 << 16  # max (users x paths) scored by teacher forcing at once
 EXPAND_MARGIN = 1.25  # expand a tree when its missing leaves x depth exceed this x its internal nodes

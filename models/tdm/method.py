@@ -1,14 +1,14 @@
 """TDM (KDD 2018): category tree -> attention-DNN node scorer -> balanced k-means tree over the
-learnt leaf embeddings (§3.5) -> train ... (the shared verbs: `models.tree_method`)."""
+learnt leaf embeddings (§3.5) -> train ... (the shared verbs: `grove.models.tree_method`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from indexstore.structures import Tree
-from models.memory import FLOAT
-from models.tree_builders import kmeans_tree
-from models.tree_method import TreeMethod, TreeMethodConfig
+from grove.indexstore.structures import Tree
+from grove.models.memory import FLOAT
+from grove.models.tree_builders import kmeans_tree
+from grove.models.tree_method import TreeMethod, TreeMethodConfig
 
 
 @dataclass(frozen=True)
