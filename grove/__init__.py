@@ -21,6 +21,7 @@ Names (imported on first use, so ``import grove`` and the ``grove`` command stay
 - `config(method, **fields)`: a method's frozen config, checked field by field; `config_fields(method)`
   what it accepts; the config classes (`TDMConfig` ... `ItemCFConfig`); `methods()` the names.
 - `synthesize`, `import_interactions`, `split`: datasets into a store.
+- `export` / `import_index`: a version to a folder of Parquet + TorchScript files, and back.
 
 The repository keeps the layout grove was specified with: ``grove.indexstore`` is the folder
 ``indexstore/``, ``grove.models`` is ``models/``, ``grove.flows`` is ``flows/``,
@@ -52,6 +53,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "synthesize": ("grove.flows.datasets", "synth_dataset"),
     "import_interactions": ("grove.flows.datasets", "import_file"),
     "split": ("grove.flows.datasets", "split_dataset"),
+    "export": ("grove.flows.index_export", "export_index"),
+    "import_index": ("grove.flows.index_export", "import_index"),
     "TDMConfig": ("grove.models.tdm.method", "TDMConfig"),
     "JTMConfig": ("grove.models.jtm.method", "JTMConfig"),
     "DeFoRecConfig": ("grove.models.deforec.method", "DeFoRecConfig"),
@@ -75,6 +78,8 @@ __all__ = [
     "synthesize",
     "import_interactions",
     "split",
+    "export",
+    "import_index",
     "TDMConfig",
     "JTMConfig",
     "DeFoRecConfig",
@@ -89,6 +94,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr_
     from grove.flows.datasets import import_file as import_interactions
     from grove.flows.datasets import split_dataset as split
     from grove.flows.datasets import synth_dataset as synthesize
+    from grove.flows.index_export import export_index as export
+    from grove.flows.index_export import import_index
     from grove.flows.retrain import retrain_local as retrain
     from grove.indexstore.errors import GroveError
     from grove.indexstore.store import Store

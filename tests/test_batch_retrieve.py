@@ -148,7 +148,7 @@ def test_one_history_mode_still_answers(url, capsys):
         (["--users-file", "{dir}/strhistory.parquet"], "column 'history': expected a list of item ids"),
         (["--users-file", "{dir}/nulluser.parquet"], "nulluser.parquet row 151 column 'user': the user is null"),
         (["--users-file", "{dir}/nullitem.parquet"], "nullitem.parquet row 3 column 'history': a null item id"),
-        (["--users-file", "{users}", "--k", "0"], "k must be a positive integer"),
+        (["--users-file", "{users}", "--k", "0"], "argument --k: expected positive integers"),
         (["--users-file", "{users}", "--k", "301"], "is more than the index's 300 items"),
         (["--users-file", "{users}", "--beam", "100000"], "beam = 100,000 is above the maximum"),
         (["--users-file", "{users}", "--batch-size", "5000"], "batch size must be an integer in [1, 4,096]"),

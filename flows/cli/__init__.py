@@ -52,7 +52,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from grove.flows.cli import demo, learning, operations, store, store_copy
+    from grove.flows.cli import demo, index_files, learning, operations, store, store_copy
 
     parser = OneLineParser(prog="grove", description="learned retrieval indexes as versioned data")
     parser.add_argument("--version", action="version", version=f"grove {__version__}")
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     learning.register(sub)
     demo.register(sub)
     operations.register(sub)
+    index_files.register(sub)
     for command in subcommand_parsers(parser):
         # the global option after the command too (grove data list --store URL); SUPPRESS keeps
         # the value given before the command when none is given after it

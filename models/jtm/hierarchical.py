@@ -37,5 +37,13 @@ class HierarchicalScorer(TDMScorer):
         if bool((level == level.reshape(-1)[0]).all()):
             anc = self.ancestor[level.reshape(-1)[0], items]  # (U, L) nodes
             return torch.where(ok, self.node_row[anc], torch.full_like(anc, self.pad_row))
+        return self.behaviour_rows_per_node(histories, nodes)
+
+    def behaviour_rows_per_node(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """(U, C, L) rows, each node's behaviours mapped to its own level: the general path,
+        without the data-dependent branch (what `grove.models.scripted` traces)."""
+        level = self.node_level[nodes.clamp(min=0)]  # (U, C)
+        ok = (histories >= 0) & (histories < self.n_items)  # (U, L)
+        items = torch.where(ok, histories, torch.zeros_like(histories))
         anc = self.ancestor[level.unsqueeze(-1), items.unsqueeze(1)]  # (U, C, L) nodes
         return torch.where(ok.unsqueeze(1), self.node_row[anc], torch.full_like(anc, self.pad_row))
