@@ -4,6 +4,7 @@ bad inputs of the TDM/JTM issue: clear one-line errors, exit 2, nothing written.
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -128,8 +129,9 @@ def test_cycle_local(url):
         ),
         (["build", "--dataset", "nosuch", "x", "--method", "tdm", "--local"], "nosuch"),
         (["train", "no-such-index", "--local"], "no-such-index"),
-        (["retrieve", "cli-tdm", "--history", "1,2", "--k", "0"], "k must be a positive integer"),
-        (["retrieve", "cli-tdm", "--history", "1,2", "--beam", "-3"], "beam must be a positive integer"),
+        (["retrieve", "cli-tdm", "--history", "1,2", "--k", "0"], "argument --k: expected positive integers"),
+        (["retrieve", "cli-tdm", "--history", "1,2", "--beam", "-3"], "argument --beam: expected positive integers"),
+        (["retrieve", "cli-tdm", "--history", "1,2", "--k", "5,10"], "argument --k: this command takes one value"),
         (["retrieve", "cli-tdm", "--version", "1", "--history", "1,2"], "never trained"),
     ],
 )
@@ -142,7 +144,11 @@ def test_bad_inputs_exit_2_and_write_nothing(url, capsys, args, message):
 
 
 def test_unknown_history_ids_are_ignored_with_a_warning(url, capsys):
-    assert grove(url, "retrieve", "cli-tdm", "--history", "zzz,1,yyy", "--k", "3", "--beam", "10") == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert grove(url, "retrieve", "cli-tdm", "--history", "zzz,1,yyy", "--k", "3", "--beam", "10") == 0
+    assert not [w for w in caught if "unknown item id" in str(w.message)]  # the CLI's one line only
     captured = capsys.readouterr()
-    assert "2 unknown item id(s) ignored" in captured.err
-    assert len([line for line in captured.out.splitlines() if line.strip()]) == 4
+    assert captured.err.count("unknown item id") == 1 and "warning: 2 unknown item id(s) ignored" in captured.err
+    lines = [line for line in captured.out.splitlines() if line.strip()]
+    assert lines[1].split() == ["rank", "item", "score"] and len(lines) == 3 + 3  # title, header, rule, 3 rows
