@@ -9,7 +9,8 @@ The folder (`export_index`):
 * the structure as Parquet with raw item ids (`grove.indexstore.structure_files`): ``items``,
   ``nodes``, ``edges``, ``item_paths`` (trees and forests) or ``items``, ``item_paths`` (path codes);
 * ``artifacts/NAME``: the version's model files byte for byte (state dicts, item vectors);
-* ``scorer.pt`` where the method has a scripted scorer (TDM, JTM: `grove.models.scripted`),
+* the model as TorchScript where the method has one (`grove.models.scripted`): ``scorer.pt``
+  (TDM, JTM: the node scorer) or ``user_tower.pt`` + ``item_vectors.parquet`` (two-tower),
   checked before writing to give grove's top-k.
 
 A folder is written whole or not at all: files go to ``DIR.partial`` first, which is renamed at
@@ -34,9 +35,9 @@ import torch
 from grove.indexstore.errors import InputError, NotFoundError
 from grove.indexstore.samples import pad_histories
 from grove.indexstore.store import Store
-from grove.indexstore.structure_files import read_items, read_structure, write_structure
+from grove.indexstore.structure_files import read_items, read_structure, write_item_vectors, write_structure
 from grove.models import lifecycle
-from grove.models.scripted import SCRIPT, script_scorer, scripted_kind
+from grove.models.scripted import script, scripted_kind
 
 FORMAT = "grove-index"
 FORMAT_VERSION = 1
@@ -87,9 +88,15 @@ def export_index(
             files.append(f"{ARTIFACTS}/{name}")
         searcher = lifecycle.searcher(loaded, "cpu")
         scripted = scripted_kind(searcher)
+        scorer_doc = None
         if scripted is not None:
-            (partial / SCRIPT).write_bytes(script_scorer(searcher, _check_histories(info.shape), CHECK_K, CHECK_BEAM))
-            files.append(SCRIPT)
+            made = script(searcher, _check_histories(info.shape), CHECK_K, CHECK_BEAM)
+            for name, data in made.files.items():
+                (partial / name).write_bytes(data)
+                files.append(name)
+            if made.item_vectors is not None:
+                files.append(write_item_vectors(made.item_vectors, raw_ids, partial))
+            scorer_doc = _scorer_doc(scripted, made.doc, made.files)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -104,7 +111,7 @@ def export_index(
             "config": info.config,
             "n_items": int(info.shape.get("n_items", len(raw_ids))),
             "arity": int(info.shape.get("arity", 0)),
-            "scorer": _scorer_doc(scripted),
+            "scorer": scorer_doc,
             "files": {name: _digest(partial / name) for name in files},
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
@@ -201,16 +208,12 @@ def _check_histories(shape: dict) -> torch.Tensor:
     return torch.as_tensor(pad_histories(rows).astype(np.int64))
 
 
-def _scorer_doc(kind: str | None) -> dict | None:
-    if kind is None:
-        return None
+def _scorer_doc(kind: str, doc: dict, files: dict) -> dict:
     return {
-        "file": SCRIPT,
         "kind": kind,
-        "call": "scores = scorer(histories, nodes)",
-        "histories": "(U, 69) int64 dense item ids, nearest first, -1 padded",
-        "nodes": "(U, C) int64 node ids of nodes.parquet",
-        "returns": "(U, C) float32 logits, higher is better",
-        "checked": f"grove's beam search with it returns the version's top-{CHECK_K} at beam {CHECK_BEAM} "
+        "files": sorted(files),
+        "histories": "(U, 69) int64 dense item ids of items.parquet, nearest first, -1 padded",
+        **doc,
+        "checked": f"driven by it, grove's search returns the version's top-{CHECK_K} (beam {CHECK_BEAM}) "
         f"for {CHECK_USERS} random histories",
     }

@@ -13,7 +13,8 @@ Files, for a tree (or each tree of a forest, told apart by ``tree``):
   -> leaf).
 
 For Deep Retrieval's path codes, ``items.parquet`` and ``item_paths.parquet`` only: ``path``
-(``j`` of J), ``item``, ``raw``, ``codes`` (D codes in [0, K)), ``score``.
+(``j`` of J), ``item``, ``raw``, ``codes`` (D codes in [0, K)), ``score``. Item vectors (the
+two-tower's) go to ``item_vectors.parquet``: ``item``, ``raw``, ``vector``.
 
 Reading back checks the files against each other and rebuilds a validated structure
 (`Tree`, `Forest`, `PathCodes`); a file that does not fit raises `InputError` naming it.
@@ -32,6 +33,7 @@ from grove.indexstore.structures import Forest, PathCodes, Structure, Tree
 from grove.indexstore.version_io import leaf_paths
 
 ITEMS, NODES, EDGES, PATHS = "items.parquet", "nodes.parquet", "edges.parquet", "item_paths.parquet"
+VECTORS = "item_vectors.parquet"
 
 
 def _list(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
@@ -112,6 +114,16 @@ def write_structure(structure: Structure, raw_ids: np.ndarray, folder: pathlib.P
     pq.write_table(pa.concat_tables(edges), folder / EDGES)
     pq.write_table(pa.concat_tables(paths), folder / PATHS)
     return [ITEMS, NODES, EDGES, PATHS]
+
+
+def write_item_vectors(vectors: np.ndarray, raw_ids: np.ndarray, folder: pathlib.Path) -> str:
+    """``item_vectors.parquet``: ``item``, ``raw``, ``vector`` (d float32) per item; returns its name."""
+    n, d = vectors.shape
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    column = pa.FixedSizeListArray.from_arrays(flat, d)
+    items = np.arange(n, dtype=np.int64)
+    pq.write_table(pa.table({"item": items, "raw": pa.array(raw_ids.astype(str)), "vector": column}), folder / VECTORS)
+    return VECTORS
 
 
 def read_items(folder: pathlib.Path) -> np.ndarray:

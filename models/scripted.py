@@ -1,22 +1,26 @@
-"""A version's scorer as TorchScript, for serving an exported index outside grove
-(``grove export``).
+"""A version's model as TorchScript, for serving an exported index outside grove
+(``grove export``). Histories are (U, 69) int64 dense item ids, nearest first, -1 padded.
 
-TDM and JTM: ``scorer.pt`` is the node scorer traced on CPU,
-``scores = scorer(histories, nodes)`` with histories (U, 69) int64 dense item ids, nearest first,
--1 padded, and nodes (U, C) int64 tree node ids -> (U, C) float logits (higher is better). Beam
-search over ``nodes.parquet`` with it is TDM's Algorithm 1 (README, "Export"). JTM's behaviours
-are mapped to each node's level inside the module. `script_scorer` checks the traced module
-before it is written: grove's own beam search, driven by it, must return the same top-k items as
-the version's searcher on the histories given.
+* TDM and JTM: ``scorer.pt`` is the node scorer traced on CPU, ``scores = scorer(histories,
+  nodes)`` with nodes (U, C) int64 tree node ids -> (U, C) float logits (higher is better). Beam
+  search over ``nodes.parquet`` with it is TDM's Algorithm 1 (README, "Export"). JTM's
+  behaviours are mapped to each node's level inside the module.
+* The two-tower: ``user_tower.pt``, ``vectors = tower(histories)`` -> (U, d), and the item
+  vectors (n_items, d) (written as ``item_vectors.parquet``): the top-k by inner product is the
+  version's search, and the vectors go to any nearest-neighbour library.
 
-Other methods have no scripted scorer yet (`scripted_kind` returns None and the export says so):
-their structure and weights are exported, and ``grove import-index`` reads them back.
+`script` checks what it traced before anything is written: driven by the traced module, grove's
+own search must return the version's top-k items on the histories given. Other methods
+(DeFoRec, RecForest, Deep Retrieval, item-CF) have no scripted model yet (`scripted_kind`
+returns None and the export says so); their structure and weights are exported and
+``grove import-index`` reads them back.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,12 +28,23 @@ from torch import nn
 
 from grove.indexstore.errors import GroveError
 from grove.indexstore.samples import MAX_BEHAVIOURS
+from grove.models.baselines.two_tower import TwoTowerModel, TwoTowerSearcher
 from grove.models.beam_search import beam_search
 from grove.models.method import Searcher
 from grove.models.node_scorer import TDMScorer
 from grove.models.tree_method import TreeSearcher
 
-SCRIPT = "scorer.pt"
+SCORER, USER_TOWER = "scorer.pt", "user_tower.pt"
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """What `script` made: TorchScript files by name, the item vectors (two-tower) or None,
+    and a description of how to call the module (kept in the export's manifest)."""
+
+    files: dict[str, bytes]
+    item_vectors: np.ndarray | None
+    doc: dict
 
 
 class _TreeScorer(nn.Module):
@@ -48,28 +63,67 @@ class _TreeScorer(nn.Module):
         return s.forward_rows(beh, s.node_rows(nodes))
 
 
+class _UserTower(nn.Module):
+    """``forward(histories (U, 69)) -> (U, d)`` user vectors of a two-tower model."""
+
+    def __init__(self, model: TwoTowerModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, histories: torch.Tensor) -> torch.Tensor:
+        return self.model.user(histories)
+
+
 def scripted_kind(searcher: Searcher) -> str | None:
-    """What `script_scorer` exports for this searcher ('tree node scorer'), or None."""
-    return "tree node scorer" if isinstance(searcher, TreeSearcher) else None
+    """What `script` exports for this searcher, or None."""
+    if isinstance(searcher, TreeSearcher):
+        return "tree node scorer"
+    if isinstance(searcher, TwoTowerSearcher):
+        return "user tower and item vectors"
+    return None
 
 
-def script_scorer(searcher: Searcher, histories: torch.Tensor, k: int, beam: int) -> bytes:
-    """The TorchScript bytes of the searcher's scorer (CPU), checked on ``histories`` (B, 69):
-    grove's beam search with the traced module returns the searcher's own top-k items."""
-    if not isinstance(searcher, TreeSearcher):
-        raise GroveError("only tree indexes (TDM, JTM) have a scripted scorer")
-    module = _TreeScorer(searcher.scorer.cpu().eval())
-    tree_nodes = torch.arange(1, min(searcher.tree.n_nodes, 4), dtype=torch.long)
-    example = (_example_histories(searcher.n_items), tree_nodes.repeat(2, 1))
+def script(searcher: Searcher, histories: torch.Tensor, k: int, beam: int) -> Scripted:
+    """The searcher's model as TorchScript (CPU), checked on ``histories`` (B, 69)."""
+    hist = histories.cpu().long()
+    if isinstance(searcher, TreeSearcher):
+        module = _TreeScorer(searcher.scorer.cpu().eval())
+        nodes = torch.arange(1, min(searcher.tree.n_nodes, 4), dtype=torch.long).repeat(2, 1)
+        traced = _trace(module, (_example_histories(searcher.n_items), nodes))
+        _check_tree(searcher, traced, hist, k, beam)
+        doc = {
+            "call": "scores = scorer(histories, nodes)",
+            "nodes": "(U, C) int64 node ids of nodes.parquet",
+            "returns": "(U, C) float32 logits, higher is better",
+        }
+        return Scripted({SCORER: _save(traced)}, None, doc)
+    if isinstance(searcher, TwoTowerSearcher):
+        traced = _trace(_UserTower(searcher.model.cpu().eval()), (_example_histories(searcher.n_items),))
+        vectors = searcher.items.cpu().numpy().astype(np.float32)
+        with torch.inference_mode():
+            _, want = searcher.search(hist, k, beam)
+            got = (traced(hist) @ torch.from_numpy(vectors).T).topk(k, dim=1).indices
+        _same(want, got, k)
+        doc = {
+            "call": "vectors = tower(histories); scores = vectors @ item_vectors.T",
+            "returns": "(U, d) float32 user vectors; the k best items have the largest inner products",
+        }
+        return Scripted({USER_TOWER: _save(traced)}, vectors, doc)
+    raise GroveError("only TDM, JTM and two-tower versions have a scripted model")
+
+
+def _trace(module: nn.Module, example: tuple) -> torch.jit.ScriptModule:
     with torch.inference_mode(), warnings.catch_warnings():
         # F.embedding's padding_idx check is a constant of the module, not of the input
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, example, check_trace=False)
+    return torch.jit.load(io.BytesIO(_save(traced)))  # what a reader of the file gets
+
+
+def _save(module: torch.jit.ScriptModule) -> bytes:
     buf = io.BytesIO()
-    torch.jit.save(traced, buf)
-    data = buf.getvalue()
-    _check(searcher, torch.jit.load(io.BytesIO(data)), histories.cpu().long(), k, beam)
-    return data
+    torch.jit.save(module, buf)
+    return buf.getvalue()
 
 
 def _example_histories(n_items: int) -> torch.Tensor:
@@ -81,7 +135,7 @@ def _example_histories(n_items: int) -> torch.Tensor:
     return torch.as_tensor(np.stack([full, short]), dtype=torch.long)
 
 
-def _check(searcher: TreeSearcher, traced: torch.jit.ScriptModule, hist: torch.Tensor, k: int, beam: int) -> None:
+def _check_tree(searcher: TreeSearcher, traced: torch.jit.ScriptModule, hist: torch.Tensor, k: int, beam: int) -> None:
     b = hist.shape[0]
 
     def score(rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
@@ -92,9 +146,13 @@ def _check(searcher: TreeSearcher, traced: torch.jit.ScriptModule, hist: torch.T
     with torch.inference_mode():
         _, want = searcher.search(hist, k, beam)
         _, got = beam_search(searcher.tt, score, b, k, beam)
+    _same(want, got, k)
+
+
+def _same(want: torch.Tensor, got: torch.Tensor, k: int) -> None:
     same = (want.cpu() == got.cpu()).all(dim=1)
     if not bool(same.all()):
         bad = int((~same).nonzero()[0])
         raise GroveError(
-            f"the traced scorer's top-{k} differs from the version's for history {bad} of {b}: export refused"
+            f"the traced model's top-{k} differs from the version's for history {bad} of {len(same)}: export refused"
         )

@@ -74,7 +74,13 @@ def test_every_method_round_trips_into_another_store(stores, tmp_path, method):
     assert manifest["version"] == vid and manifest["method"] == method
     for name, entry in manifest["files"].items():  # every file listed with its digest
         assert (out.folder / name).stat().st_size == entry["bytes"] and len(entry["sha256"]) == 64
-    assert ("scorer.pt" in manifest["files"]) == (method in ("tdm", "jtm")) == (out.scripted is not None)
+    assert ("scorer.pt" in manifest["files"]) == (method in ("tdm", "jtm"))
+    assert (
+        ("user_tower.pt" in manifest["files"])
+        == ("item_vectors.parquet" in manifest["files"])
+        == (method == "two_tower")
+    )
+    assert (out.scripted is not None) == (method in ("tdm", "jtm", "two_tower")) == (manifest["scorer"] is not None)
     raw = pq.read_table(out.folder / "items.parquet").column("raw").to_pylist()
     assert raw == [str(r) for r in src.item_raw_ids("synth")]
 
@@ -108,12 +114,33 @@ def test_readme_snippet_serves_an_exported_tdm_tree_like_grove(stores, tmp_path)
     assert np.mean([g == w for g, w in zip(got, want.items)]) >= 0.9
 
 
+def test_two_tower_export_serves_by_inner_product(stores, tmp_path):
+    """The exported user tower and item vectors give the version's exact top-k without grove."""
+    import torch
+
+    src_url, _, versions = stores
+    src = Store.open(src_url)
+    out = export_index(src, "x-two_tower", tmp_path / "tt", version=versions["two_tower"])
+    tower = torch.jit.load(str(out.folder / "user_tower.pt"))
+    table = pq.read_table(out.folder / "item_vectors.parquet")
+    vectors = torch.tensor(np.asarray(table.column("vector").to_pylist(), dtype=np.float32))
+    raw = table.column("raw").to_pylist()
+    data = src.load_split("synth", "default")
+    hist = torch.as_tensor(data.valid.histories[:24]).long()
+    with torch.no_grad():
+        top = (tower(hist) @ vectors.T).topk(10, dim=1).indices.tolist()
+    want = Retriever.load(src, "x-two_tower", version=versions["two_tower"], device="cpu").retrieve_raw(
+        histories(src), 10, 20
+    )
+    assert [[raw[i] for i in row] for row in top] == want.items
+
+
 def test_cli_export_and_import(stores, tmp_path, capsys):
     src_url, dst_url, versions = stores
     vid = versions["jtm"]
     folder = tmp_path / "jtm"
     assert main(["--store", src_url, "export", f"x-jtm@{vid}", str(folder)]) == 0
-    assert "scorer: tree node scorer" in capsys.readouterr().out
+    assert "TorchScript: tree node scorer" in capsys.readouterr().out
     assert main(["import-index", str(folder), "--index", "copied", "--store", dst_url]) == 0
     out = capsys.readouterr().out
     new = int(re.search(r"wrote version (\d+)", out).group(1))

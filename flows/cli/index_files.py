@@ -11,7 +11,7 @@ def cmd_export(args) -> int:
 
     index, version = parse_ref(args.ref)
     out = export_index(open_store(args), index, args.dir, version=version, alias=args.alias)
-    scorer = f"; scorer: {out.scripted} (scorer.pt)" if out.scripted else "; no scripted scorer for this method"
+    scorer = f"; TorchScript: {out.scripted}" if out.scripted else "; no TorchScript model for this method"
     print(f"exported version {out.version} of index {index!r} to {out.folder}: {len(out.files)} files{scorer}")
     return 0
 
@@ -27,8 +27,8 @@ def cmd_import(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="write an index version to a folder: Parquet structure with raw item ids, TorchScript "
-        "scorer (TDM, JTM), weights, manifest with SHA-256",
+        help="write an index version to a folder: Parquet structure with raw item ids, the model as "
+        "TorchScript (TDM, JTM, two-tower), weights, manifest with SHA-256",
     )
     p.add_argument("ref", metavar="INDEX[@V]", help="the index, at version V (default: production, else the newest)")
     p.add_argument("dir", help="the folder to create (must not exist)")
