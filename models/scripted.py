@@ -5,13 +5,17 @@
   nodes)`` with nodes (U, C) int64 tree node ids -> (U, C) float logits (higher is better). Beam
   search over ``nodes.parquet`` with it is TDM's Algorithm 1 (README, "Export"). JTM's
   behaviours are mapped to each node's level inside the module.
+* DeFoRec (with its default discriminator): ``scorer_R.pt`` per trained tree R of
+  ``nodes.parquet``, each called as TDM's; the paper's search runs a beam in every tree, takes
+  the union of the items reached, and ranks it by the last tree's scorer at each item's leaf.
 * The two-tower: ``user_tower.pt``, ``vectors = tower(histories)`` -> (U, d), and the item
   vectors (n_items, d) (written as ``item_vectors.parquet``): the top-k by inner product is the
   version's search, and the vectors go to any nearest-neighbour library.
 
 `script` checks what it traced before anything is written: driven by the traced module, grove's
 own search must return the version's top-k items on the histories given. Other methods
-(DeFoRec, RecForest, Deep Retrieval, item-CF) have no scripted model yet (`scripted_kind`
+(RecForest, Deep Retrieval, DeFoRec with the two-tower discriminator, item-CF) have no scripted
+model yet (`scripted_kind`
 returns None and the export says so); their structure and weights are exported and
 ``grove import-index`` reads them back.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +35,7 @@ from grove.indexstore.errors import GroveError
 from grove.indexstore.samples import MAX_BEHAVIOURS
 from grove.models.baselines.two_tower import TwoTowerModel, TwoTowerSearcher
 from grove.models.beam_search import beam_search
+from grove.models.deforec.method import DeFoRecSearcher, scorer_discriminator
 from grove.models.method import Searcher
 from grove.models.node_scorer import TDMScorer
 from grove.models.tree_method import TreeSearcher
@@ -80,6 +86,8 @@ def scripted_kind(searcher: Searcher) -> str | None:
         return "tree node scorer"
     if isinstance(searcher, TwoTowerSearcher):
         return "user tower and item vectors"
+    if isinstance(searcher, DeFoRecSearcher) and searcher.discriminator == "last_scorer":
+        return "node scorer per tree"
     return None
 
 
@@ -97,6 +105,8 @@ def script(searcher: Searcher, histories: torch.Tensor, k: int, beam: int) -> Sc
             "returns": "(U, C) float32 logits, higher is better",
         }
         return Scripted({SCORER: _save(traced)}, None, doc)
+    if isinstance(searcher, DeFoRecSearcher) and searcher.discriminator == "last_scorer":
+        return _script_forest(searcher, hist, k, beam)
     if isinstance(searcher, TwoTowerSearcher):
         traced = _trace(_UserTower(searcher.model.cpu().eval()), (_example_histories(searcher.n_items),))
         vectors = searcher.items.cpu().numpy().astype(np.float32)
@@ -110,6 +120,46 @@ def script(searcher: Searcher, histories: torch.Tensor, k: int, beam: int) -> Sc
         }
         return Scripted({USER_TOWER: _save(traced)}, vectors, doc)
     raise GroveError("only TDM, JTM and two-tower versions have a scripted model")
+
+
+class _Traced:
+    """A traced node scorer where grove's DeFoRec search expects a `TDMScorer` (``.score``)."""
+
+    def __init__(self, module: torch.jit.ScriptModule):
+        self.module = module
+
+    def score(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        return self.module(histories, nodes)
+
+
+def _script_forest(searcher: DeFoRecSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
+    files: dict[str, bytes] = {}
+    traced: list[Any] = []  # `_Traced` stand-ins for the trees' TDMScorers
+    for tree, scorer in zip(searcher.trees, searcher.scorers):
+        nodes = torch.arange(1, min(tree.n_nodes, 4), dtype=torch.long).repeat(2, 1)
+        module = _trace(_TreeScorer(scorer.cpu().eval()), (_example_histories(searcher.n_items), nodes))
+        files[f"scorer_{searcher.rounds[len(traced)]}.pt"] = _save(module)
+        traced.append(_Traced(module))
+    twin = DeFoRecSearcher(
+        searcher.trees,
+        traced,
+        scorer_discriminator(traced[-1], searcher.trees[-1]),  # duck-typed: it calls .score
+        searcher.n_items,
+        torch.device("cpu"),
+        searcher.rounds,
+        searcher.discriminator,
+    )
+    with torch.inference_mode():
+        _, want = searcher.search(hist, k, beam)
+        _, got = twin.search(hist, k, beam)
+    _same(want, got, k)
+    doc = {
+        "call": "scores = scorer_R(histories, nodes) for tree R; beam search in every tree, union of the "
+        "items, ranked by the last tree's scorer at each item's leaf",
+        "nodes": "(U, C) int64 node ids of tree R in nodes.parquet",
+        "returns": "(U, C) float32 logits, higher is better",
+    }
+    return Scripted(files, None, doc)
 
 
 def _trace(module: nn.Module, example: tuple) -> torch.jit.ScriptModule:

@@ -124,9 +124,20 @@ def tree_beam(scorer: TDMScorer, tree: Tree, hist: torch.Tensor, beam: int) -> t
 class DeFoRecSearcher(Searcher):
     """Beam search per tree, union of items, ranked by the discriminator."""
 
-    def __init__(self, trees, scorers, discriminate, n_items: int, device: torch.device):
+    def __init__(
+        self,
+        trees,
+        scorers,
+        discriminate,
+        n_items: int,
+        device: torch.device,
+        rounds: list[int] | None = None,
+        discriminator: str = "last_scorer",
+    ):
         self.trees, self.scorers, self.discriminate = trees, scorers, discriminate
         self.n_items, self.device = n_items, device
+        self.rounds = rounds if rounds is not None else list(range(len(trees)))  # forest tree of each scorer
+        self.discriminator = discriminator
         self._last: float | None = None
 
     def last_candidates(self) -> float | None:
@@ -243,12 +254,12 @@ class DeFoRecMethod(Method[DeFoRecConfig]):
         disc = (
             _two_tower_discriminator(built, forest.n_items, device)
             if config.discriminator == "two_tower"
-            else _scorer_discriminator(scorers[-1], trees[-1])
+            else scorer_discriminator(scorers[-1], trees[-1])
         )
-        return DeFoRecSearcher(trees, scorers, disc, forest.n_items, device)
+        return DeFoRecSearcher(trees, scorers, disc, forest.n_items, device, usable, config.discriminator)
 
 
-def _scorer_discriminator(scorer: TDMScorer, tree: Tree):
+def scorer_discriminator(scorer: TDMScorer, tree: Tree):
     """(hist (U, L), items (U, C)) -> the last scorer's logit of the item's first leaf."""
     leaf = None
 
