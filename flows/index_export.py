@@ -4,14 +4,14 @@ plain files, and back as a new version.
 The folder (`export_index`):
 
 * ``manifest.json``: format, the version's index, id, method, kind, dataset, split, note and
-  config (the recipe grove trains with), ``n_items`` / ``arity``, what ``scorer.pt`` is, and the
+  config (the recipe grove trains with), ``n_items`` / ``arity``, how to call the scripted model, and the
   SHA-256 and size of every other file;
 * the structure as Parquet with raw item ids (`grove.indexstore.structure_files`): ``items``,
   ``nodes``, ``edges``, ``item_paths`` (trees and forests) or ``items``, ``item_paths`` (path codes);
 * ``artifacts/NAME``: the version's model files byte for byte (state dicts, item vectors);
 * the model as TorchScript where the method has one (`grove.models.scripted`): ``scorer.pt``
-  (TDM, JTM: the node scorer) or ``user_tower.pt`` + ``item_vectors.parquet`` (two-tower),
-  checked before writing to give grove's top-k.
+  (TDM, JTM: the node scorer), ``scorer_R.pt`` per tree (DeFoRec) or ``user_tower.pt`` +
+  ``item_vectors.parquet`` (two-tower), checked before writing to give grove's top-k.
 
 A folder is written whole or not at all: files go to ``DIR.partial`` first, which is renamed at
 the end; an existing DIR is refused. `import_index` checks every SHA-256, that the target store
