@@ -128,6 +128,9 @@ def import_index(store: Store, folder: str | os.PathLike, index: str | None = No
     src = pathlib.Path(folder)
     manifest = _manifest(src)
     for name, want in manifest["files"].items():
+        parts = pathlib.PurePosixPath(name).parts
+        if not parts or name.startswith("/") or ".." in parts:
+            raise InputError(f"{src / MANIFEST}: file name {name!r} is not inside the export")
         path = src / name
         if not path.is_file():
             raise InputError(f"{path}: listed in the manifest but missing")

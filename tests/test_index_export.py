@@ -149,6 +149,12 @@ def test_cli_export_and_import(stores, tmp_path, capsys):
     assert Store.open(dst_url).version(new).index_name == "copied"
 
 
+def _list_file(folder: pathlib.Path, name: str) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][name] = {"sha256": "0" * 64, "bytes": 1}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
 def _versions(url: str) -> int:
     return len(Store.open(url).list_versions())
 
@@ -160,6 +166,7 @@ def _versions(url: str) -> int:
         (lambda d: (d / "artifacts" / "weights.pt").unlink(), "weights.pt: listed in the manifest but missing"),
         (lambda d: (d / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
         (lambda d: (d / "manifest.json").unlink(), "manifest.json: no such file (not a grove export)"),
+        (lambda d: _list_file(d, "../../etc/passwd"), "file name '../../etc/passwd' is not inside the export"),
     ],
 )
 def test_a_damaged_export_is_refused_and_the_store_unchanged(stores, tmp_path, capsys, damage, message):
