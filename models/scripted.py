@@ -8,14 +8,17 @@
 * DeFoRec (with its default discriminator): ``scorer_R.pt`` per trained tree R of
   ``nodes.parquet``, each called as TDM's; the paper's search runs a beam in every tree, takes
   the union of the items reached, and ranks it by the last tree's scorer at each item's leaf.
+* Deep Retrieval: ``encoder.pt`` (histories -> u (U, dim)), ``layer_d.pt`` for d = 0..D-1
+  ((N, dim) u, (N, d) codes of the layers above -> (N, K) log-probabilities of layer d),
+  ``rerank.pt`` ((U, dim) u, (U, C) items -> (U, C) logits): beam search over the D x K grid,
+  the items of the paths found (``item_paths.parquet``), ranked by the rerank logits.
 * The two-tower: ``user_tower.pt``, ``vectors = tower(histories)`` -> (U, d), and the item
   vectors (n_items, d) (written as ``item_vectors.parquet``): the top-k by inner product is the
   version's search, and the vectors go to any nearest-neighbour library.
 
 `script` checks what it traced before anything is written: driven by the traced module, grove's
 own search must return the version's top-k items on the histories given. Other methods
-(RecForest, Deep Retrieval, DeFoRec with the two-tower discriminator, item-CF) have no scripted
-model yet (`scripted_kind`
+(RecForest, DeFoRec with the two-tower discriminator, item-CF) have no scripted model yet (`scripted_kind`
 returns None and the export says so); their structure and weights are exported and
 ``grove import-index`` reads them back.
 """
@@ -36,8 +39,12 @@ from grove.indexstore.samples import MAX_BEHAVIOURS
 from grove.models.baselines.two_tower import TwoTowerModel, TwoTowerSearcher
 from grove.models.beam_search import beam_search
 from grove.models.deforec.method import DeFoRecSearcher, scorer_discriminator
+from grove.models.dr.method import DRSearcher
+from grove.models.dr.network import GRUEncoder, SoftmaxHead, StructureModel
+from grove.models.dr.search import beam_search as path_beam_search
 from grove.models.method import Searcher
 from grove.models.node_scorer import TDMScorer
+from grove.models.topk import ranked
 from grove.models.tree_method import TreeSearcher
 
 SCORER, USER_TOWER = "scorer.pt", "user_tower.pt"
@@ -88,6 +95,8 @@ def scripted_kind(searcher: Searcher) -> str | None:
         return "user tower and item vectors"
     if isinstance(searcher, DeFoRecSearcher) and searcher.discriminator == "last_scorer":
         return "node scorer per tree"
+    if isinstance(searcher, DRSearcher):
+        return "encoder, layer heads and rerank"
     return None
 
 
@@ -107,6 +116,8 @@ def script(searcher: Searcher, histories: torch.Tensor, k: int, beam: int) -> Sc
         return Scripted({SCORER: _save(traced)}, None, doc)
     if isinstance(searcher, DeFoRecSearcher) and searcher.discriminator == "last_scorer":
         return _script_forest(searcher, hist, k, beam)
+    if isinstance(searcher, DRSearcher):
+        return _script_dr(searcher, hist, k, beam)
     if isinstance(searcher, TwoTowerSearcher):
         traced = _trace(_UserTower(searcher.model.cpu().eval()), (_example_histories(searcher.n_items),))
         vectors = searcher.items.cpu().numpy().astype(np.float32)
@@ -158,6 +169,81 @@ def _script_forest(searcher: DeFoRecSearcher, hist: torch.Tensor, k: int, beam: 
         "items, ranked by the last tree's scorer at each item's leaf",
         "nodes": "(U, C) int64 node ids of tree R in nodes.parquet",
         "returns": "(U, C) float32 logits, higher is better",
+    }
+    return Scripted(files, None, doc)
+
+
+class _Encoder(nn.Module):
+    """DR's GRU encoder over the whole (U, 69) width: the GRU is causal and the state is read at
+    each user's last behaviour, so the padding steps after it change nothing, and the trace
+    needs no data-dependent width."""
+
+    def __init__(self, encoder: GRUEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, histories: torch.Tensor) -> torch.Tensor:
+        e = self.encoder
+        lengths = (histories >= 0).sum(1)  # (U,)
+        t = torch.arange(histories.shape[1], device=histories.device)
+        src = lengths[:, None] - 1 - t[None, :]  # oldest first
+        seq = torch.gather(histories, 1, src.clamp_min(0))
+        seq = torch.where((src >= 0) & (seq >= 0), seq, torch.full_like(seq, e.n_items))
+        out, _ = e.gru(e.item_emb(seq))
+        return out[torch.arange(histories.shape[0], device=histories.device), (lengths - 1).clamp_min(0)]
+
+
+class _Layer(nn.Module):
+    """Layer ``d`` of DR's structure model: log p(c_d | u, c_<d)."""
+
+    def __init__(self, structure: StructureModel):
+        super().__init__()
+        self.structure = structure
+
+    def forward(self, u: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        return self.structure.layer_log_probs(u, prefix)
+
+
+class _Rerank(nn.Module):
+    def __init__(self, head: SoftmaxHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.head.score_items(u, items)
+
+
+class _TracedLayers:
+    """Traced layer heads where grove's path beam search expects a `StructureModel`."""
+
+    def __init__(self, layers: list, arity: int):
+        self.layers, self.arity, self.depth = layers, arity, len(layers)
+
+    def layer_log_probs(self, u: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        return self.layers[prefix.shape[-1]](u, prefix)
+
+
+def _script_dr(searcher: DRSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
+    net = searcher.net.cpu().eval()
+    structure = net.structure
+    example = _example_histories(searcher.n_items)
+    encoder = _trace(_Encoder(net.encoder), (example,))
+    u = torch.randn(2, 3, structure.dim)
+    layers = [_trace(_Layer(structure), (u, torch.zeros(2, 3, d, dtype=torch.long))) for d in range(structure.depth)]
+    rerank = _trace(_Rerank(net.softmax), (u[:, 0], torch.zeros(2, 3, dtype=torch.long)))
+    with torch.inference_mode():
+        _, want = searcher.search(hist, k, beam)
+        user = encoder(hist)
+        paths, _ = path_beam_search(_TracedLayers(layers, structure.arity), user, beam)  # type: ignore[arg-type]
+        cands = searcher.index.items_of(paths)
+        _, got = ranked(rerank(user, cands.clamp_min(0)), cands, k)
+    _same(want, got, k)
+    files = {"encoder.pt": _save(encoder), "rerank.pt": _save(rerank)}
+    files.update({f"layer_{d}.pt": _save(layer) for d, layer in enumerate(layers)})
+    doc = {
+        "call": "u = encoder(histories); beam search over layers: logp = layer_d(u, codes of layers < d); "
+        "items of the paths found (item_paths.parquet); scores = rerank(u, items)",
+        "returns": "u (U, dim); layer_d (N, K) log-probabilities; rerank (U, C) logits, higher is better",
     }
     return Scripted(files, None, doc)
 

@@ -81,7 +81,8 @@ def test_every_method_round_trips_into_another_store(stores, tmp_path, method):
         == (method == "two_tower")
     )
     assert any(re.fullmatch(r"scorer_\d+\.pt", name) for name in manifest["files"]) == (method == "deforec")
-    scripted = ("tdm", "jtm", "deforec", "two_tower")
+    assert ("encoder.pt" in manifest["files"]) == (method == "dr")
+    scripted = ("tdm", "jtm", "deforec", "dr", "two_tower")
     assert (out.scripted is not None) == (method in scripted) == (manifest["scorer"] is not None)
     raw = pq.read_table(out.folder / "items.parquet").column("raw").to_pylist()
     assert raw == [str(r) for r in src.item_raw_ids("synth")]
