@@ -28,7 +28,7 @@ from grove.indexstore.entities import AliasEvent, MetricRow, VersionInfo, utcnow
 from grove.indexstore.errors import GroveError
 
 FORMATS = ("html", "md")
-METRIC_ORDER = ("recall", "precision", "ndcg", "f1", "novelty", "fidelity")
+METRIC_ORDER = ("recall", "precision", "ndcg", "ndcg_returned", "f1", "novelty", "fidelity")
 MAX_CURVES = 8  # versions drawn on the curve (newest and aliased first)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def metrics_table(rows: list[dict], names=("precision", "recall", "f1", "ndcg", "novelty", "fidelity")) -> str:
+def metrics_table(
+    rows: list[dict], names=("precision", "recall", "f1", "ndcg", "ndcg_returned", "novelty", "fidelity")
+) -> str:
     """One line per (beam, filtered, k) with a column per metric; values in percent."""
     groups: dict[tuple, dict[str, float]] = {}
     for r in rows:

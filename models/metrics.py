@@ -9,6 +9,11 @@ For a user u with retrieved list P(u) (the first k columns of a ``(U, >=k)`` arr
 * F@k         = 2PR / (P+R), 0 when P = R = 0
 * NDCG@k      = DCG / IDCG with binary relevance, DCG = Σ_j hit_j / log2(j+2) over ranks
   j = 0..k-1 and IDCG the DCG of min(|G|, k) hits at the top (so a perfect list scores 1)
+* NDCG_returned@k = DCG / the DCG of the *returned* list in its ideal order, |P∩G| hits at the
+  top (RecForest, appendix D: "ranking all the returned items according to relevance scores in
+  a descending order"), 0 without a hit. It judges only the order of what was returned, not
+  how much of G it holds: >= NDCG, equal when min(|G|, k) hits are returned. RecForest's
+  Table 6 reports this one; grove reports both, under these two names, and never mixes them.
 * Novelty@k   = |P \\ S| / k
 
 Every metric is computed per user and then averaged over users without weights (docs/PROTOCOL.md
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-METRIC_NAMES = ("precision", "recall", "f1", "ndcg", "novelty")
+METRIC_NAMES = ("precision", "recall", "f1", "ndcg", "ndcg_returned", "novelty")
 
 
 def _row_ids(offsets: np.ndarray) -> np.ndarray:
@@ -120,9 +125,18 @@ def per_user_metrics(
     dcg = hits.astype(np.float64) @ disc
     ideal = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(n_truth, k).astype(np.int64)]
     ndcg = np.divide(dcg, ideal, out=np.zeros_like(dcg), where=ideal > 0)
+    returned_ideal = np.concatenate([[0.0], np.cumsum(disc)])[n_hits.astype(np.int64)]  # the hits on top
+    ndcg_returned = np.divide(dcg, returned_ideal, out=np.zeros_like(dcg), where=returned_ideal > 0)
     novel = fresh & ~in_sets(top, seen_offsets, seen_items)
     novelty = novel.sum(axis=1) / float(k)
-    return {"precision": precision, "recall": recall, "f1": f1, "ndcg": ndcg, "novelty": novelty}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "ndcg": ndcg,
+        "ndcg_returned": ndcg_returned,
+        "novelty": novelty,
+    }
 
 
 def ranking_metrics(

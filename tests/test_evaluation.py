@@ -67,7 +67,7 @@ def test_unfiltered_metrics_exact():
     assert res.value("recall", 4) == pytest.approx((0.5 + 0.5 + 1 + 0) / 4)
     assert res.value("novelty", 4) == pytest.approx((2 / 4 + 3 / 4 + 1 + 1) / 4)
     assert {r.role for r in res.rows} == {"valid"} and {r.beam for r in res.rows} == {5}
-    assert len(res.rows) == 10 and not any(r.filtered for r in res.rows)
+    assert len(res.rows) == 2 * 6 and not any(r.filtered for r in res.rows)
     assert res.n_users == 4 and res.mean_candidates == 5.0 and res.users_per_second > 0
     assert "recall" in res.table()
 

@@ -38,11 +38,13 @@ def test_exact_values_two_users():
     assert m["recall"][0] == pytest.approx(0.5)
     assert m["f1"][0] == pytest.approx(2 * 0.25 * 0.5 / 0.75)
     assert m["ndcg"][0] == pytest.approx(d[1] / (d[0] + d[1]))
+    assert m["ndcg_returned"][0] == pytest.approx(d[1] / d[0])  # RecForest's: ideal = the one hit on top
     assert m["novelty"][0] == pytest.approx(2 / 4)  # 2 and 3 are new; 1 was seen; padding is not
     # user 1: the repeated 5 counts once; hits 5 (rank 0) and 6 (rank 2)
     assert m["precision"][1] == pytest.approx(0.5)
     assert m["recall"][1] == pytest.approx(1.0)
     assert m["ndcg"][1] == pytest.approx((d[0] + d[2]) / (d[0] + d[1]))
+    assert m["ndcg_returned"][1] == pytest.approx((d[0] + d[2]) / (d[0] + d[1]))  # both of G returned: equal
     assert m["novelty"][1] == pytest.approx(2 / 4)
     avg = ranking_metrics(retrieved, 4, *truth, *seen)
     assert avg == pytest.approx({name: float(np.mean(v)) for name, v in m.items()})
@@ -110,5 +112,9 @@ def test_vectorised_matches_python_loop_on_random_lists():
         assert m["precision"][u] == pytest.approx(sum(hits) / k)
         assert m["recall"][u] == pytest.approx(sum(hits) / len(g))
         idcg = sum(1 / math.log2(r + 2) for r in range(min(len(g), k)))
-        assert m["ndcg"][u] == pytest.approx(sum(h / math.log2(r + 2) for r, h in enumerate(hits)) / idcg)
+        dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
+        assert m["ndcg"][u] == pytest.approx(dcg / idcg)
+        returned_idcg = sum(1 / math.log2(r + 2) for r in range(sum(hits)))  # RecForest appendix D
+        assert m["ndcg_returned"][u] == pytest.approx(dcg / returned_idcg if sum(hits) else 0.0)
+        assert m["ndcg_returned"][u] >= m["ndcg"][u] - 1e-12
         assert m["novelty"][u] == pytest.approx(len(set(p) - s) / k)
