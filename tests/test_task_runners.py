@@ -17,6 +17,7 @@ import pytest
 
 from grove.flows.cli import main
 from grove.indexstore.store import Store
+from grove.models.metrics import METRIC_NAMES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TDM = {"epochs": 1, "batch_size": 256, "dim": 8, "hidden": [16, 8], "max_samples": 1500, "neg_base": 1.0}
@@ -250,7 +251,8 @@ def test_evaluate_flow_runs_its_beams_as_tasks_and_records_them_once(prefect_ser
     stored = Store.open(url).metrics(version)
     assert len(stored) == before + len(rows)
     assert {(r["name"], r["beam"]) for r in rows} >= {("fidelity", 5), ("fidelity", 20), ("recall", None)}
-    assert sum(r["note"] == "7 users" for r in rows) == 11  # the reference's rows, on 7 users
+    # the reference's rows, on 7 users: every metric kept and filtered, and its users_per_second
+    assert sum(r["note"] == "7 users" for r in rows) == 2 * len(METRIC_NAMES) + 1
 
 
 def test_two_indexes_retrain_at_once_on_dask(reference, url, capsys):
