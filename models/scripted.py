@@ -174,23 +174,14 @@ def _script_forest(searcher: DeFoRecSearcher, hist: torch.Tensor, k: int, beam: 
 
 
 class _Encoder(nn.Module):
-    """DR's GRU encoder over the whole (U, 69) width: the GRU is causal and the state is read at
-    each user's last behaviour, so the padding steps after it change nothing, and the trace
-    needs no data-dependent width."""
+    """DR's GRU encoder over the whole (U, 69) width (`GRUEncoder.forward_full_width`)."""
 
     def __init__(self, encoder: GRUEncoder):
         super().__init__()
         self.encoder = encoder
 
     def forward(self, histories: torch.Tensor) -> torch.Tensor:
-        e = self.encoder
-        lengths = (histories >= 0).sum(1)  # (U,)
-        t = torch.arange(histories.shape[1], device=histories.device)
-        src = lengths[:, None] - 1 - t[None, :]  # oldest first
-        seq = torch.gather(histories, 1, src.clamp_min(0))
-        seq = torch.where((src >= 0) & (seq >= 0), seq, torch.full_like(seq, e.n_items))
-        out, _ = e.gru(e.item_emb(seq))
-        return out[torch.arange(histories.shape[0], device=histories.device), (lengths - 1).clamp_min(0)]
+        return self.encoder.forward_full_width(histories)
 
 
 class _Layer(nn.Module):

@@ -37,11 +37,20 @@ class GRUEncoder(nn.Module):
         self.gru = nn.GRU(dim, dim, batch_first=True)
 
     def forward(self, histories: torch.Tensor) -> torch.Tensor:
-        """histories (B, L) long, nearest first, -1 padded -> u (B, dim)."""
+        """histories (B, L) long, nearest first, -1 padded -> u (B, dim); the GRU runs over the
+        longest history of the batch only."""
         hist = histories.long()
-        valid = hist >= 0
-        lengths = valid.sum(1)  # (B,)
-        width = max(int(lengths.max()) if hist.shape[0] else 0, 1)
+        lengths = (hist >= 0).sum(1)  # (B,)
+        return self._encode(hist, lengths, max(int(lengths.max()) if hist.shape[0] else 0, 1))
+
+    def forward_full_width(self, histories: torch.Tensor) -> torch.Tensor:
+        """`forward` over all L columns: the same vectors (the GRU is causal and its state is
+        read at each user's last behaviour), with no width taken from the data, as a trace
+        needs (`grove.models.scripted`)."""
+        hist = histories.long()
+        return self._encode(hist, (hist >= 0).sum(1), hist.shape[1])
+
+    def _encode(self, hist: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
         # oldest-first order of the valid prefix: position t takes column lengths-1-t
         t = torch.arange(width, device=hist.device)
         src = lengths[:, None] - 1 - t[None, :]  # (B, width)
