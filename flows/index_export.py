@@ -23,7 +23,6 @@ its note names where it came from) in one transaction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -34,11 +33,12 @@ import numpy as np
 import torch
 
 from grove.indexstore.errors import InputError, NotFoundError
+from grove.indexstore.file_digest import file_sha256
 from grove.indexstore.samples import pad_histories
 from grove.indexstore.store import Store
 from grove.indexstore.structure_files import read_items, read_structure, write_item_vectors, write_structure
 from grove.models import lifecycle
-from grove.models.scripted import script, scripted_kind
+from grove.models.scripted import Scripted, script
 
 FORMAT = "grove-index"
 FORMAT_VERSION = 1
@@ -87,17 +87,13 @@ def export_index(
         for name, data in sorted(loaded.built.artifacts.items()):
             (partial / ARTIFACTS / name).write_bytes(data)
             files.append(f"{ARTIFACTS}/{name}")
-        searcher = lifecycle.searcher(loaded, "cpu")
-        scripted = scripted_kind(searcher)
-        scorer_doc = None
-        if scripted is not None:
-            made = script(searcher, _check_histories(info.shape), CHECK_K, CHECK_BEAM)
+        made = script(lifecycle.searcher(loaded, "cpu"), _check_histories(info.shape), CHECK_K, CHECK_BEAM)
+        if made is not None:
             for name, data in made.files.items():
                 (partial / name).write_bytes(data)
                 files.append(name)
             if made.item_vectors is not None:
                 files.append(write_item_vectors(made.item_vectors, raw_ids, partial))
-            scorer_doc = _scorer_doc(scripted, made.doc, made.files)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -112,7 +108,7 @@ def export_index(
             "config": info.config,
             "n_items": int(info.shape.get("n_items", len(raw_ids))),
             "arity": int(info.shape.get("arity", 0)),
-            "scorer": scorer_doc,
+            "scorer": _scorer_doc(made) if made is not None else None,
             "files": {name: _digest(partial / name) for name in files},
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
@@ -120,7 +116,7 @@ def export_index(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return Exported(out, info.id, [MANIFEST, *files], scripted)
+    return Exported(out, info.id, [MANIFEST, *files], made.kind if made is not None else None)
 
 
 def import_index(store: Store, folder: str | os.PathLike, index: str | None = None) -> int:
@@ -197,11 +193,7 @@ def _manifest(src: pathlib.Path) -> dict:
 
 
 def _digest(path: pathlib.Path) -> dict:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+    return {"sha256": file_sha256(path, "export file"), "bytes": path.stat().st_size}
 
 
 def _check_histories(shape: dict) -> torch.Tensor:
@@ -212,12 +204,12 @@ def _check_histories(shape: dict) -> torch.Tensor:
     return torch.as_tensor(pad_histories(rows).astype(np.int64))
 
 
-def _scorer_doc(kind: str, doc: dict, files: dict) -> dict:
+def _scorer_doc(made: Scripted) -> dict:
     return {
-        "kind": kind,
-        "files": sorted(files),
+        "kind": made.kind,
+        "files": sorted(made.files),
         "histories": "(U, 69) int64 dense item ids of items.parquet, nearest first, -1 padded",
-        **doc,
+        **made.doc,
         "checked": f"driven by it, grove's search returns the version's top-{CHECK_K} (beam {CHECK_BEAM}) "
         f"for {CHECK_USERS} random histories",
     }

@@ -25,13 +25,13 @@ The order is `grove.models.lifecycle.Plan.retrain`, run on the same step functio
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from grove.flows.gate import GateConfig, GateDecision, run_gate
 from grove.flows.ops import Target, local_ops
-from grove.indexstore.errors import GroveError, InputError
+from grove.indexstore.errors import GroveError
+from grove.indexstore.file_digest import file_sha256
 from grove.indexstore.store import Store
 from grove.models.lifecycle import Plan, run_plan
 
@@ -54,20 +54,9 @@ class RetrainResult:
 
 
 # ------------------------------------------------------------------------------ planning
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as exc:
-        raise InputError(f"cannot read data file {path}: {exc.strerror}") from None
-    return h.hexdigest()
-
-
 def snapshot_name(index: str, path: str) -> str:
     """The dataset name of a data file's snapshot: ``<index>@<first 12 hex of its SHA-256>``."""
-    return f"{index}{SNAPSHOT_SEP}{_file_digest(path)[:12]}"
+    return f"{index}{SNAPSHOT_SEP}{file_sha256(path, 'data file')[:12]}"
 
 
 def import_snapshot(store: Store, path: str, name: str, split: str, split_config: dict) -> str:

@@ -30,16 +30,10 @@ import pyarrow.parquet as pq
 
 from grove.indexstore.errors import InputError, StructureError
 from grove.indexstore.structures import Forest, PathCodes, Structure, Tree
-from grove.indexstore.version_io import leaf_paths
+from grove.indexstore.version_io import leaf_paths, list_array
 
 ITEMS, NODES, EDGES, PATHS = "items.parquet", "nodes.parquet", "edges.parquet", "item_paths.parquet"
 VECTORS = "item_vectors.parquet"
-
-
-def _list(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
-    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
 
 
 def _raw(raw_ids: np.ndarray, dense: np.ndarray) -> pa.Array:
@@ -63,7 +57,7 @@ def write_structure(structure: Structure, raw_ids: np.ndarray, folder: pathlib.P
                 "path": np.tile(np.arange(j, dtype=np.int32), n),
                 "item": np.repeat(dense, j),
                 "raw": pa.array(np.repeat(raw_ids.astype(str), j)),
-                "codes": _list(np.full(n * j, d, dtype=np.int32), structure.codes.reshape(-1)),
+                "codes": list_array(np.full(n * j, d, dtype=np.int32), structure.codes.reshape(-1)),
                 "score": structure.scores.reshape(-1).astype(np.float32),
             }
         )
@@ -106,7 +100,7 @@ def write_structure(structure: Structure, raw_ids: np.ndarray, folder: pathlib.P
                     "item": items,
                     "raw": _raw(raw_ids, items),
                     "leaf": leaves,
-                    "path": _list(lengths, values),
+                    "path": list_array(lengths, values),
                 }
             )
         )

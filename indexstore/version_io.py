@@ -95,7 +95,8 @@ def leaf_paths(tree: Tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return leaves, lengths, values
 
 
-def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
+def list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    """A ragged int32 column: row i holds the next ``lengths[i]`` of ``values``."""
     offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
@@ -109,7 +110,7 @@ def write_tree(bulk: Bulk, version_id: int, tree_no: int, tree: Tree) -> None:
     )
     bulk.write("nodes", nodes, {"version_id": version_id, "tree": tree_no})
     leaves, lengths, values = leaf_paths(tree)
-    paths = pa.table({"item": tree.item[leaves], "leaf": leaves, "path": _list_array(lengths, values)})
+    paths = pa.table({"item": tree.item[leaves], "leaf": leaves, "path": list_array(lengths, values)})
     bulk.write("item_paths", paths, {"version_id": version_id, "tree": tree_no})  # score NULL
 
 
@@ -143,7 +144,7 @@ def write_codes(bulk: Bulk, version_id: int, codes: PathCodes) -> None:
         {
             "tree": np.tile(np.arange(j, dtype=np.int32), n),
             "item": np.repeat(np.arange(n, dtype=np.int64), j),
-            "path": _list_array(lengths, codes.codes.reshape(-1)),
+            "path": list_array(lengths, codes.codes.reshape(-1)),
             "score": codes.scores.reshape(-1).astype(np.float64),
         }
     )

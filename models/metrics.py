@@ -123,9 +123,10 @@ def per_user_metrics(
     f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     disc = _discounts(k)
     dcg = hits.astype(np.float64) @ disc
-    ideal = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(n_truth, k).astype(np.int64)]
+    top_dcg = np.concatenate([[0.0], np.cumsum(disc)])  # (k+1,): DCG of j hits on top
+    ideal = top_dcg[np.minimum(n_truth, k).astype(np.int64)]
     ndcg = np.divide(dcg, ideal, out=np.zeros_like(dcg), where=ideal > 0)
-    returned_ideal = np.concatenate([[0.0], np.cumsum(disc)])[n_hits.astype(np.int64)]  # the hits on top
+    returned_ideal = top_dcg[n_hits.astype(np.int64)]  # the returned list's own hits on top
     ndcg_returned = np.divide(dcg, returned_ideal, out=np.zeros_like(dcg), where=returned_ideal > 0)
     novel = fresh & ~in_sets(top, seen_offsets, seen_items)
     novelty = novel.sum(axis=1) / float(k)

@@ -144,6 +144,11 @@ class TDMScorer(nn.Module):
         shared by all C nodes of a user -> (U, L). `grove.models.jtm.hierarchical.HierarchicalScorer` overrides this."""
         return self.item_rows(histories)
 
+    def static_behaviour_rows(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """`behaviour_rows` without branches on the data, so that a trace of it holds for every
+        input (TDM's has none; JTM's overrides this)."""
+        return self.behaviour_rows(histories, nodes)
+
     def item_embeddings(self) -> torch.Tensor:
         """(n_items, d): the learnt item (= leaf) embeddings, for k-means tree relearning."""
         return self.emb.weight[: self.n_items]
@@ -223,6 +228,11 @@ class TDMScorer(nn.Module):
         """Logits (U, C) for histories (U, L) item ids (nearest first, -1 padded) and tree
         nodes (U, C). Behaviours of a user are shared by its C candidate nodes."""
         return self.forward_rows(self.behaviour_rows(trim_padding(histories), nodes), self.node_rows(nodes))
+
+    def forward_static(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """`forward` with no shape or branch taken from the data (no padding trim, JTM's
+        behaviours mapped per node): the same logits, and what `grove.models.scripted` traces."""
+        return self.forward_rows(self.static_behaviour_rows(histories, nodes), self.node_rows(nodes))
 
     def score(self, histories: torch.Tensor, nodes: torch.Tensor, max_elements: int | None = None) -> torch.Tensor:
         """`forward` in user chunks so that no intermediate exceeds ~``max_elements`` floats

@@ -16,19 +16,20 @@
   vectors (n_items, d) (written as ``item_vectors.parquet``): the top-k by inner product is the
   version's search, and the vectors go to any nearest-neighbour library.
 
-`script` checks what it traced before anything is written: driven by the traced module, grove's
-own search must return the version's top-k items on the histories given. Other methods
-(RecForest, DeFoRec with the two-tower discriminator, item-CF) have no scripted model yet (`scripted_kind`
-returns None and the export says so); their structure and weights are exported and
-``grove import-index`` reads them back.
+`script` checks what it traced before anything is written: a copy of the version's searcher
+with the traced modules in place of its networks must return the searcher's own top-k items on
+the histories given. Other methods (RecForest, DeFoRec with the two-tower discriminator,
+item-CF) have no scripted model yet (`script` returns None and the export says so); their
+structure and weights are exported and ``grove import-index`` reads them back.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -36,105 +37,59 @@ from torch import nn
 
 from grove.indexstore.errors import GroveError
 from grove.indexstore.samples import MAX_BEHAVIOURS
+from grove.indexstore.structures import Tree
 from grove.models.baselines.two_tower import TwoTowerModel, TwoTowerSearcher
-from grove.models.beam_search import beam_search
 from grove.models.deforec.method import DeFoRecSearcher, scorer_discriminator
 from grove.models.dr.method import DRSearcher
 from grove.models.dr.network import GRUEncoder, SoftmaxHead, StructureModel
-from grove.models.dr.search import beam_search as path_beam_search
 from grove.models.method import Searcher
 from grove.models.node_scorer import TDMScorer
-from grove.models.topk import ranked
 from grove.models.tree_method import TreeSearcher
 
-SCORER, USER_TOWER = "scorer.pt", "user_tower.pt"
+TREE_DOC = {"nodes": "(U, C) int64 node ids of nodes.parquet", "returns": "(U, C) float32 logits, higher is better"}
 
 
 @dataclass(frozen=True)
 class Scripted:
-    """What `script` made: TorchScript files by name, the item vectors (two-tower) or None,
-    and a description of how to call the module (kept in the export's manifest)."""
+    """What `script` made: what it is, TorchScript files by name, the item vectors (two-tower)
+    or None, and how to call the modules (kept in the export's manifest)."""
 
+    kind: str
     files: dict[str, bytes]
     item_vectors: np.ndarray | None
     doc: dict
 
 
+def script(searcher: Searcher, histories: torch.Tensor, k: int, beam: int) -> Scripted | None:
+    """The searcher's networks as TorchScript (CPU), checked on ``histories`` (B, 69); None for
+    a method without a scripted model."""
+    hist = histories.cpu().long()
+    if isinstance(searcher, TreeSearcher):
+        return _script_tree(searcher, hist, k, beam)
+    if isinstance(searcher, DeFoRecSearcher) and searcher.discriminator == "last_scorer":
+        return _script_forest(searcher, hist, k, beam)
+    if isinstance(searcher, DRSearcher):
+        return _script_dr(searcher, hist, k, beam)
+    if isinstance(searcher, TwoTowerSearcher):
+        return _script_two_tower(searcher, hist, k, beam)
+    return None
+
+
+# ------------------------------------------------------------------------------ trees
 class _TreeScorer(nn.Module):
-    """``forward(histories (U, 69), nodes (U, C)) -> (U, C)`` logits without the scorer's
-    data-dependent shortcuts (padding trim, JTM's one-level fast path), so a trace holds for
-    every input shape."""
+    """``forward(histories (U, 69), nodes (U, C)) -> (U, C)`` logits: `TDMScorer.forward_static`,
+    so that the trace holds for every input shape."""
 
     def __init__(self, scorer: TDMScorer):
         super().__init__()
         self.scorer = scorer
 
     def forward(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        s = self.scorer
-        per_node = getattr(s, "behaviour_rows_per_node", None)
-        beh = per_node(histories, nodes) if per_node is not None else s.behaviour_rows(histories, nodes)
-        return s.forward_rows(beh, s.node_rows(nodes))
-
-
-class _UserTower(nn.Module):
-    """``forward(histories (U, 69)) -> (U, d)`` user vectors of a two-tower model."""
-
-    def __init__(self, model: TwoTowerModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, histories: torch.Tensor) -> torch.Tensor:
-        return self.model.user(histories)
-
-
-def scripted_kind(searcher: Searcher) -> str | None:
-    """What `script` exports for this searcher, or None."""
-    if isinstance(searcher, TreeSearcher):
-        return "tree node scorer"
-    if isinstance(searcher, TwoTowerSearcher):
-        return "user tower and item vectors"
-    if isinstance(searcher, DeFoRecSearcher) and searcher.discriminator == "last_scorer":
-        return "node scorer per tree"
-    if isinstance(searcher, DRSearcher):
-        return "encoder, layer heads and rerank"
-    return None
-
-
-def script(searcher: Searcher, histories: torch.Tensor, k: int, beam: int) -> Scripted:
-    """The searcher's model as TorchScript (CPU), checked on ``histories`` (B, 69)."""
-    hist = histories.cpu().long()
-    if isinstance(searcher, TreeSearcher):
-        module = _TreeScorer(searcher.scorer.cpu().eval())
-        nodes = torch.arange(1, min(searcher.tree.n_nodes, 4), dtype=torch.long).repeat(2, 1)
-        traced = _trace(module, (_example_histories(searcher.n_items), nodes))
-        _check_tree(searcher, traced, hist, k, beam)
-        doc = {
-            "call": "scores = scorer(histories, nodes)",
-            "nodes": "(U, C) int64 node ids of nodes.parquet",
-            "returns": "(U, C) float32 logits, higher is better",
-        }
-        return Scripted({SCORER: _save(traced)}, None, doc)
-    if isinstance(searcher, DeFoRecSearcher) and searcher.discriminator == "last_scorer":
-        return _script_forest(searcher, hist, k, beam)
-    if isinstance(searcher, DRSearcher):
-        return _script_dr(searcher, hist, k, beam)
-    if isinstance(searcher, TwoTowerSearcher):
-        traced = _trace(_UserTower(searcher.model.cpu().eval()), (_example_histories(searcher.n_items),))
-        vectors = searcher.items.cpu().numpy().astype(np.float32)
-        with torch.inference_mode():
-            _, want = searcher.search(hist, k, beam)
-            got = (traced(hist) @ torch.from_numpy(vectors).T).topk(k, dim=1).indices
-        _same(want, got, k)
-        doc = {
-            "call": "vectors = tower(histories); scores = vectors @ item_vectors.T",
-            "returns": "(U, d) float32 user vectors; the k best items have the largest inner products",
-        }
-        return Scripted({USER_TOWER: _save(traced)}, vectors, doc)
-    raise GroveError("only TDM, JTM and two-tower versions have a scripted model")
+        return self.scorer.forward_static(histories, nodes)
 
 
 class _Traced:
-    """A traced node scorer where grove's DeFoRec search expects a `TDMScorer` (``.score``)."""
+    """A traced node scorer where grove's tree searches call a `TDMScorer` (``.score``)."""
 
     def __init__(self, module: torch.jit.ScriptModule):
         self.module = module
@@ -143,36 +98,36 @@ class _Traced:
         return self.module(histories, nodes)
 
 
+def _trace_scorer(scorer: TDMScorer, tree: Tree, n_items: int) -> torch.jit.ScriptModule:
+    nodes = torch.arange(1, min(tree.n_nodes, 4), dtype=torch.long).repeat(2, 1)
+    return _trace(_TreeScorer(scorer.cpu().eval()), (_example_histories(n_items), nodes))
+
+
+def _script_tree(searcher: TreeSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
+    traced = _trace_scorer(searcher.scorer, searcher.tree, searcher.n_items)
+    twin = copy.copy(searcher)
+    twin.scorer = _Traced(traced)  # type: ignore[assignment]
+    _check(searcher, twin, hist, k, beam)
+    doc = {"call": "scores = scorer(histories, nodes)", **TREE_DOC}
+    return Scripted("tree node scorer", {"scorer.pt": _save(traced)}, None, doc)
+
+
 def _script_forest(searcher: DeFoRecSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
-    files: dict[str, bytes] = {}
-    traced: list[Any] = []  # `_Traced` stand-ins for the trees' TDMScorers
-    for tree, scorer in zip(searcher.trees, searcher.scorers):
-        nodes = torch.arange(1, min(tree.n_nodes, 4), dtype=torch.long).repeat(2, 1)
-        module = _trace(_TreeScorer(scorer.cpu().eval()), (_example_histories(searcher.n_items), nodes))
-        files[f"scorer_{searcher.rounds[len(traced)]}.pt"] = _save(module)
-        traced.append(_Traced(module))
-    twin = DeFoRecSearcher(
-        searcher.trees,
-        traced,
-        scorer_discriminator(traced[-1], searcher.trees[-1]),  # duck-typed: it calls .score
-        searcher.n_items,
-        torch.device("cpu"),
-        searcher.rounds,
-        searcher.discriminator,
-    )
-    with torch.inference_mode():
-        _, want = searcher.search(hist, k, beam)
-        _, got = twin.search(hist, k, beam)
-    _same(want, got, k)
+    traced = [_trace_scorer(s, t, searcher.n_items) for t, s in zip(searcher.trees, searcher.scorers)]
+    twin = copy.copy(searcher)
+    twin.scorers = [_Traced(m) for m in traced]
+    twin.discriminate = scorer_discriminator(twin.scorers[-1], searcher.trees[-1])
+    _check(searcher, twin, hist, k, beam)
     doc = {
         "call": "scores = scorer_R(histories, nodes) for tree R; beam search in every tree, union of the "
         "items, ranked by the last tree's scorer at each item's leaf",
-        "nodes": "(U, C) int64 node ids of tree R in nodes.parquet",
-        "returns": "(U, C) float32 logits, higher is better",
+        **TREE_DOC,
     }
-    return Scripted(files, None, doc)
+    files = {f"scorer_{r}.pt": _save(m) for r, m in zip(searcher.rounds, traced)}
+    return Scripted("node scorer per tree", files, None, doc)
 
 
+# ------------------------------------------------------------------------------ Deep Retrieval
 class _Encoder(nn.Module):
     """DR's GRU encoder over the whole (U, 69) width (`GRUEncoder.forward_full_width`)."""
 
@@ -205,7 +160,7 @@ class _Rerank(nn.Module):
 
 
 class _TracedLayers:
-    """Traced layer heads where grove's path beam search expects a `StructureModel`."""
+    """Traced layer heads where grove's path beam search calls a `StructureModel`."""
 
     def __init__(self, layers: list, arity: int):
         self.layers, self.arity, self.depth = layers, arity, len(layers)
@@ -217,18 +172,15 @@ class _TracedLayers:
 def _script_dr(searcher: DRSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
     net = searcher.net.cpu().eval()
     structure = net.structure
-    example = _example_histories(searcher.n_items)
-    encoder = _trace(_Encoder(net.encoder), (example,))
+    encoder = _trace(_Encoder(net.encoder), (_example_histories(searcher.n_items),))
     u = torch.randn(2, 3, structure.dim)
     layers = [_trace(_Layer(structure), (u, torch.zeros(2, 3, d, dtype=torch.long))) for d in range(structure.depth)]
     rerank = _trace(_Rerank(net.softmax), (u[:, 0], torch.zeros(2, 3, dtype=torch.long)))
-    with torch.inference_mode():
-        _, want = searcher.search(hist, k, beam)
-        user = encoder(hist)
-        paths, _ = path_beam_search(_TracedLayers(layers, structure.arity), user, beam)  # type: ignore[arg-type]
-        cands = searcher.index.items_of(paths)
-        _, got = ranked(rerank(user, cands.clamp_min(0)), cands, k)
-    _same(want, got, k)
+    twin = copy.copy(searcher)
+    twin.net = SimpleNamespace(  # type: ignore[assignment]
+        encode=encoder, structure=_TracedLayers(layers, structure.arity), softmax=SimpleNamespace(score_items=rerank)
+    )
+    _check(searcher, twin, hist, k, beam)
     files = {"encoder.pt": _save(encoder), "rerank.pt": _save(rerank)}
     files.update({f"layer_{d}.pt": _save(layer) for d, layer in enumerate(layers)})
     doc = {
@@ -236,9 +188,35 @@ def _script_dr(searcher: DRSearcher, hist: torch.Tensor, k: int, beam: int) -> S
         "items of the paths found (item_paths.parquet); scores = rerank(u, items)",
         "returns": "u (U, dim); layer_d (N, K) log-probabilities; rerank (U, C) logits, higher is better",
     }
-    return Scripted(files, None, doc)
+    return Scripted("encoder, layer heads and rerank", files, None, doc)
 
 
+# ------------------------------------------------------------------------------ two-tower
+class _UserTower(nn.Module):
+    """``forward(histories (U, 69)) -> (U, d)`` user vectors of a two-tower model."""
+
+    def __init__(self, model: TwoTowerModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, histories: torch.Tensor) -> torch.Tensor:
+        return self.model.user(histories)
+
+
+def _script_two_tower(searcher: TwoTowerSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
+    traced = _trace(_UserTower(searcher.model.cpu().eval()), (_example_histories(searcher.n_items),))
+    twin = copy.copy(searcher)
+    twin.model = SimpleNamespace(user=traced)  # type: ignore[assignment]
+    _check(searcher, twin, hist, k, beam)
+    doc = {
+        "call": "vectors = tower(histories); scores = vectors @ item_vectors.T",
+        "returns": "(U, d) float32 user vectors; the k best items have the largest inner products",
+    }
+    vectors = searcher.items.cpu().numpy().astype(np.float32)
+    return Scripted("user tower and item vectors", {"user_tower.pt": _save(traced)}, vectors, doc)
+
+
+# ------------------------------------------------------------------------------ shared
 def _trace(module: nn.Module, example: tuple) -> torch.jit.ScriptModule:
     with torch.inference_mode(), warnings.catch_warnings():
         # F.embedding's padding_idx check is a constant of the module, not of the input
@@ -262,21 +240,11 @@ def _example_histories(n_items: int) -> torch.Tensor:
     return torch.as_tensor(np.stack([full, short]), dtype=torch.long)
 
 
-def _check_tree(searcher: TreeSearcher, traced: torch.jit.ScriptModule, hist: torch.Tensor, k: int, beam: int) -> None:
-    b = hist.shape[0]
-
-    def score(rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        grid = nodes.view(b, -1)
-        grid = torch.where(grid == 0, grid.max(), grid)  # as `TreeSearcher` pads
-        return traced(hist, grid).reshape(-1)
-
+def _check(searcher: Searcher, twin: Searcher, hist: torch.Tensor, k: int, beam: int) -> None:
+    """The twin (the searcher with traced modules) finds the searcher's own top-k items."""
     with torch.inference_mode():
         _, want = searcher.search(hist, k, beam)
-        _, got = beam_search(searcher.tt, score, b, k, beam)
-    _same(want, got, k)
-
-
-def _same(want: torch.Tensor, got: torch.Tensor, k: int) -> None:
+        _, got = twin.search(hist, k, beam)
     same = (want.cpu() == got.cpu()).all(dim=1)
     if not bool(same.all()):
         bad = int((~same).nonzero()[0])

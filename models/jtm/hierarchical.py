@@ -32,18 +32,23 @@ class HierarchicalScorer(TDMScorer):
     def behaviour_rows(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """(U, L) rows when all nodes share a level (beam search), else (U, C, L)."""
         level = self.node_level[nodes.clamp(min=0)]  # (U, C)
-        ok = (histories >= 0) & (histories < self.n_items)  # (U, L)
-        items = torch.where(ok, histories, torch.zeros_like(histories))
         if bool((level == level.reshape(-1)[0]).all()):
+            ok, items = self._items(histories)
             anc = self.ancestor[level.reshape(-1)[0], items]  # (U, L) nodes
             return torch.where(ok, self.node_row[anc], torch.full_like(anc, self.pad_row))
-        return self.behaviour_rows_per_node(histories, nodes)
+        return self._rows_at(histories, level)
 
-    def behaviour_rows_per_node(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        """(U, C, L) rows, each node's behaviours mapped to its own level: the general path,
-        without the data-dependent branch (what `grove.models.scripted` traces)."""
-        level = self.node_level[nodes.clamp(min=0)]  # (U, C)
-        ok = (histories >= 0) & (histories < self.n_items)  # (U, L)
-        items = torch.where(ok, histories, torch.zeros_like(histories))
+    def static_behaviour_rows(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """(U, C, L) rows, each node's behaviours mapped to its own level (the general path)."""
+        return self._rows_at(histories, self.node_level[nodes.clamp(min=0)])
+
+    def _rows_at(self, histories: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Rows (U, C, L) of the behaviours' ancestors at ``level`` (U, C)."""
+        ok, items = self._items(histories)
         anc = self.ancestor[level.unsqueeze(-1), items.unsqueeze(1)]  # (U, C, L) nodes
         return torch.where(ok.unsqueeze(1), self.node_row[anc], torch.full_like(anc, self.pad_row))
+
+    def _items(self, histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, L) real behaviours, and the ids with padding set to item 0 (masked later)."""
+        ok = (histories >= 0) & (histories < self.n_items)
+        return ok, torch.where(ok, histories, torch.zeros_like(histories))
