@@ -38,10 +38,9 @@ from torch import nn
 from grove.indexstore.errors import GroveError
 from grove.indexstore.samples import MAX_BEHAVIOURS
 from grove.indexstore.structures import Tree
-from grove.models.baselines.two_tower import TwoTowerModel, TwoTowerSearcher
+from grove.models.baselines.two_tower import TwoTowerSearcher
 from grove.models.deforec.method import DeFoRecSearcher, scorer_discriminator
 from grove.models.dr.method import DRSearcher
-from grove.models.dr.network import GRUEncoder, SoftmaxHead, StructureModel
 from grove.models.method import Searcher
 from grove.models.node_scorer import TDMScorer
 from grove.models.tree_method import TreeSearcher
@@ -75,19 +74,19 @@ def script(searcher: Searcher, histories: torch.Tensor, k: int, beam: int) -> Sc
     return None
 
 
-# ------------------------------------------------------------------------------ trees
-class _TreeScorer(nn.Module):
-    """``forward(histories (U, 69), nodes (U, C)) -> (U, C)`` logits: `TDMScorer.forward_static`,
-    so that the trace holds for every input shape."""
+class _Method(nn.Module):
+    """A module whose ``forward`` is one method of a network (``forward_static`` of a node
+    scorer, ``user`` of a two-tower...): what is traced and saved."""
 
-    def __init__(self, scorer: TDMScorer):
+    def __init__(self, net: nn.Module, method: str):
         super().__init__()
-        self.scorer = scorer
+        self.net, self.method = net, method
 
-    def forward(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        return self.scorer.forward_static(histories, nodes)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.net, self.method)(*inputs)
 
 
+# ------------------------------------------------------------------------------ trees
 class _Traced:
     """A traced node scorer where grove's tree searches call a `TDMScorer` (``.score``)."""
 
@@ -100,7 +99,8 @@ class _Traced:
 
 def _trace_scorer(scorer: TDMScorer, tree: Tree, n_items: int) -> torch.jit.ScriptModule:
     nodes = torch.arange(1, min(tree.n_nodes, 4), dtype=torch.long).repeat(2, 1)
-    return _trace(_TreeScorer(scorer.cpu().eval()), (_example_histories(n_items), nodes))
+    # forward_static: no padding trim or JTM fast path, so the trace holds for every shape
+    return _trace(_Method(scorer.cpu().eval(), "forward_static"), (_example_histories(n_items), nodes))
 
 
 def _script_tree(searcher: TreeSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
@@ -128,37 +128,6 @@ def _script_forest(searcher: DeFoRecSearcher, hist: torch.Tensor, k: int, beam: 
 
 
 # ------------------------------------------------------------------------------ Deep Retrieval
-class _Encoder(nn.Module):
-    """DR's GRU encoder over the whole (U, 69) width (`GRUEncoder.forward_full_width`)."""
-
-    def __init__(self, encoder: GRUEncoder):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, histories: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_full_width(histories)
-
-
-class _Layer(nn.Module):
-    """Layer ``d`` of DR's structure model: log p(c_d | u, c_<d)."""
-
-    def __init__(self, structure: StructureModel):
-        super().__init__()
-        self.structure = structure
-
-    def forward(self, u: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        return self.structure.layer_log_probs(u, prefix)
-
-
-class _Rerank(nn.Module):
-    def __init__(self, head: SoftmaxHead):
-        super().__init__()
-        self.head = head
-
-    def forward(self, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.head.score_items(u, items)
-
-
 class _TracedLayers:
     """Traced layer heads where grove's path beam search calls a `StructureModel`."""
 
@@ -172,10 +141,14 @@ class _TracedLayers:
 def _script_dr(searcher: DRSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
     net = searcher.net.cpu().eval()
     structure = net.structure
-    encoder = _trace(_Encoder(net.encoder), (_example_histories(searcher.n_items),))
+    # the GRU over the whole width: no width taken from the data
+    encoder = _trace(_Method(net.encoder, "forward_full_width"), (_example_histories(searcher.n_items),))
     u = torch.randn(2, 3, structure.dim)
-    layers = [_trace(_Layer(structure), (u, torch.zeros(2, 3, d, dtype=torch.long))) for d in range(structure.depth)]
-    rerank = _trace(_Rerank(net.softmax), (u[:, 0], torch.zeros(2, 3, dtype=torch.long)))
+    layers = [
+        _trace(_Method(structure, "layer_log_probs"), (u, torch.zeros(2, 3, d, dtype=torch.long)))
+        for d in range(structure.depth)
+    ]
+    rerank = _trace(_Method(net.softmax, "score_items"), (u[:, 0], torch.zeros(2, 3, dtype=torch.long)))
     twin = copy.copy(searcher)
     twin.net = SimpleNamespace(  # type: ignore[assignment]
         encode=encoder, structure=_TracedLayers(layers, structure.arity), softmax=SimpleNamespace(score_items=rerank)
@@ -192,19 +165,8 @@ def _script_dr(searcher: DRSearcher, hist: torch.Tensor, k: int, beam: int) -> S
 
 
 # ------------------------------------------------------------------------------ two-tower
-class _UserTower(nn.Module):
-    """``forward(histories (U, 69)) -> (U, d)`` user vectors of a two-tower model."""
-
-    def __init__(self, model: TwoTowerModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, histories: torch.Tensor) -> torch.Tensor:
-        return self.model.user(histories)
-
-
 def _script_two_tower(searcher: TwoTowerSearcher, hist: torch.Tensor, k: int, beam: int) -> Scripted:
-    traced = _trace(_UserTower(searcher.model.cpu().eval()), (_example_histories(searcher.n_items),))
+    traced = _trace(_Method(searcher.model.cpu().eval(), "user"), (_example_histories(searcher.n_items),))
     twin = copy.copy(searcher)
     twin.model = SimpleNamespace(user=traced)  # type: ignore[assignment]
     _check(searcher, twin, hist, k, beam)
