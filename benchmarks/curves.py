@@ -270,6 +270,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--set",
         nargs="+",
+        action="extend",
         default=[],
         metavar="METHOD.FIELD=VALUE",
         help="override a training config field, as in benchmarks.quality (tdm.epochs=1)",

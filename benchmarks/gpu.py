@@ -1,10 +1,11 @@
-"""GPU benchmark (issue 7.4): batched beam search on CUDA against the CPU, users per second.
+"""GPU benchmark (issues 7.4, 29.1): batched beam search on CUDA against the CPU, users per second,
+in fp32 and in reduced precision, eager and compiled.
 
     python -m benchmarks.gpu                     # 10^6 items, batch 1024, every device present
     python -m benchmarks.gpu --quick             # 10^4 items, batch 128, 2 runs: a smoke run
-    python -m benchmarks.gpu --devices cpu       # one half only
+    python -m benchmarks.gpu --devices cuda --precisions fp32 bf16 fp16 --compile
 
-Two indexes over the same synthetic corpus of N items:
+Three indexes over the same synthetic corpus of N items:
 
 * **TDM**: a binary category tree (random categories of ~100 items, TDM §3.5 construction) with
   the TDM attention scorer (dim 24, untrained: search cost does not depend on the weights);
@@ -12,20 +13,29 @@ Two indexes over the same synthetic corpus of N items:
 * **RecForest**: 4 complete 18-ary trees (appendix Algorithm 2 over random 24-d embeddings,
   seeds 0..3) and the paper-sized transformer (hidden 96), untrained; `RecForestSearcher.search`
   = a beam search per tree's decoder, union of the trees' items, ranked by the summed log p.
+* **DR**: random path codes (K=100, D=3, J=3) and DR's default network, untrained;
+  `DRSearcher.search` = beam search over the grid, the paths' items, softmax rerank.
 
 The same weights and histories (random item ids, 69 behaviours) run on every device, by default
 in batches of ``--batch`` (1024) users on both, so the ratio compares the same work.
 ``--cpu-batch N`` makes the CPU search only the first N users of the batch, for a quicker look
 (on the 2-core VM at 10^6 items a 1024-user batch takes ~10 s for TDM and ~49 s for the 4-tree
 RecForest; at 256 users the CPU served 21% (TDM) and 42% (RecForest) more users/s, so only the
-same batch gives a fair ratio). Per device and index: a warm-up
+same batch gives a fair ratio). Per device, index and variant: a warm-up
 search of 64 users, then ``--repeats`` timed searches of the whole batch
-(CUDA timings are synchronised); users/s = batch / median seconds. The JSON also keeps how many
-of the CPU's top-k items each device returns (float arithmetic differs in the last bits, so a
-tied score may rank differently; anything far below 1 would be a bug). Without CUDA the script
-runs its CPU half, says so on stdout and records ``"gpu": null``.
+(CUDA timings are synchronised); users/s = batch / median seconds.
 
-Writes ``benchmarks/results/gpu.json`` and ``gpu.md`` (``gpu_quick.*`` with ``--quick``).
+Variants: every precision of ``--precisions`` (`grove.models.precision`; the CPU runs fp32
+only unless ``--cpu-precisions`` says more) and, with ``--compile``, TDM's compiled search in
+each of them (`TreeSearcher.compile`; its compilation happens in the warm-up and is reported
+apart). The JSON keeps how many of the CPU's fp32 top-k items each row returns and how many of
+its own device's fp32 eager top-k (float arithmetic differs in the last bits, so a tied score may
+rank differently; on these untrained indexes scores are close together, so reduced precision
+swaps more near-ties than on trained ones: `benchmarks.precision` measures trained indexes).
+Without CUDA the script runs its CPU half, says so on stdout and records ``"gpu": null``.
+
+Writes ``benchmarks/results/gpu.json`` and ``gpu.md`` (``gpu_quick.*`` with ``--quick``;
+``gpu_<tag>.*`` with ``--tag``).
 """
 
 from __future__ import annotations
@@ -55,9 +65,13 @@ def _sync(device: torch.device) -> None:
 
 
 def timed_searches(search, hist: torch.Tensor, k: int, beam: int, repeats: int, device) -> dict:
-    """Warm-up on 64 users, then ``repeats`` timed searches of the whole batch."""
+    """Warm-up on 64 users and on the whole batch (a compiled search compiles there), then
+    ``repeats`` timed searches of the whole batch."""
+    t = time.perf_counter()
     search(hist[:64], k, beam)
+    search(hist, k, beam)
     _sync(device)
+    warmup = time.perf_counter() - t
     runs, items = [], None
     for _ in range(repeats):
         t = time.perf_counter()
@@ -65,7 +79,27 @@ def timed_searches(search, hist: torch.Tensor, k: int, beam: int, repeats: int, 
         _sync(device)
         runs.append(time.perf_counter() - t)
     med = statistics.median(runs)
-    return {"seconds": runs, "median_s": med, "users_per_s": hist.shape[0] / med, "items": items.cpu()}
+    return {
+        "seconds": runs,
+        "median_s": med,
+        "users_per_s": hist.shape[0] / med,
+        "warmup_s": warmup,
+        "items": items.cpu(),
+    }
+
+
+def batch1_latency(search, hist: torch.Tensor, k: int, beam: int, n: int, device) -> dict:
+    """p50 / p99 milliseconds of ``n`` one-user searches (the first n rows), after 3 untimed."""
+    for i in range(3):
+        search(hist[i : i + 1], k, beam)
+    _sync(device)
+    ms = []
+    for i in range(n):
+        t = time.perf_counter()
+        search(hist[i % hist.shape[0] : i % hist.shape[0] + 1], k, beam)
+        _sync(device)
+        ms.append(1000 * (time.perf_counter() - t))
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
 def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -98,17 +132,53 @@ def build_recforest(n: int, trees: int, seed: int, device: str):
     return forest, net
 
 
-def searchers(index: str, built, device: torch.device):
+def build_dr(n: int, seed: int):
+    from grove.models.dr.em import random_codes
+    from grove.models.dr.method import DRConfig, new_net
+
+    config = DRConfig()
+    codes = random_codes(n, config.n_paths, config.arity, config.depth, seed)
+    torch.manual_seed(seed)
+    return codes, new_net(config, n)
+
+
+def build(index: str, n: int, trees: int, device: str):
+    if index == "tdm":
+        return build_tdm(n, 0)
+    if index == "recforest":
+        return build_recforest(n, trees, 0, device)
+    return build_dr(n, 0)
+
+
+def searchers(index: str, built, device: torch.device, precision: str = "fp32", compiled: bool = False):
+    from grove.models.dr.method import DRSearcher
     from grove.models.recforest.search import ForestTables, RecForestSearcher
     from grove.models.tree_method import TreeSearcher
 
     if index == "tdm":
         tree, scorer = built
-        return TreeSearcher(copy.deepcopy(scorer), tree, device)
-    forest, net = built
-    return RecForestSearcher(
-        copy.deepcopy(net).to(device), ForestTables.from_forest(forest, device), forest.n_items, device
-    )
+        s = TreeSearcher(copy.deepcopy(scorer), tree, device)
+    elif index == "recforest":
+        forest, net = built
+        s = RecForestSearcher(
+            copy.deepcopy(net).to(device), ForestTables.from_forest(forest, device), forest.n_items, device
+        )
+    else:
+        codes, net = built
+        s = DRSearcher(copy.deepcopy(net).to(device).eval(), codes, device)
+    s.set_precision(precision)
+    if compiled:
+        s.compile()
+    return s
+
+
+def variants(index: str, device: str, a) -> list[tuple[str, bool]]:
+    """(precision, compiled) pairs timed for ``index`` on ``device``."""
+    precisions = a.precisions if device == "cuda" else a.cpu_precisions
+    out = [(p, False) for p in precisions]
+    if a.compile and index == "tdm":
+        out += [(p, True) for p in precisions if a.compile_precisions is None or p in a.compile_precisions]
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -123,15 +193,26 @@ def markdown(res: dict) -> str:
         f"load average before {tuple(round(x, 2) for x in m['load_average_before'])}. "
         f"Median of {res['repeats']} runs after a warm-up. Command: `{res['command']}`.",
         "",
-        "| index | device | users/s | median s per batch | runs (s) | top-k overlap with CPU |",
-        "|---|---|---|---|---|---|",
+        "| index | device | precision | compiled | users/s | median s per batch | runs (s) | warm-up s "
+        "| top-k overlap with CPU fp32 | with this device's fp32 | batch-1 p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ratio(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    def latency(v):
+        return "–" if not v else f"{v['p50_ms']:.2f} / {v['p99_ms']:.2f}"
+
     for r in res["rows"]:
-        ov = "–" if r["overlap_with_cpu"] is None else f"{r['overlap_with_cpu']:.3f}"
-        runs = ", ".join(f"{s:.2f}" for s in r["seconds"])
-        lines.append(f"| {r['index']} | {r['device']} | {r['users_per_s']:.1f} | {r['median_s']:.3f} | {runs} | {ov} |")
-    for index, ratio in res["speedup_cuda_over_cpu"].items():
-        lines.append(f"\n{index}: CUDA serves {ratio:.1f}x the CPU's users per second.")
+        runs = ", ".join(f"{s:.3f}" for s in r["seconds"])
+        lines.append(
+            f"| {r['index']} | {r['device']} | {r['precision']} | {'yes' if r['compiled'] else 'no'} "
+            f"| {r['users_per_s']:.1f} | {r['median_s']:.4f} | {runs} | {r['warmup_s']:.1f} "
+            f"| {ratio(r['overlap_with_cpu'])} | {ratio(r['overlap_with_fp32'])} | {latency(r['batch1_latency'])} |"
+        )
+    for index, times in res["speedup_cuda_over_cpu"].items():
+        lines.append(f"\n{index}: CUDA fp32 eager serves {times:.1f}x the CPU's users per second.")
     if not res["speedup_cuda_over_cpu"]:
         lines.append(
             "\nNo CUDA device: the CUDA half was not run."
@@ -158,10 +239,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--trees", type=int, default=4, help="RecForest trees")
     ap.add_argument("--repeats", type=at_least(1), default=5)
-    ap.add_argument("--indexes", nargs="+", default=["tdm", "recforest"], choices=["tdm", "recforest"])
+    ap.add_argument("--indexes", nargs="+", default=["tdm", "recforest", "dr"], choices=["tdm", "recforest", "dr"])
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"], help="precisions timed on CUDA")
+    ap.add_argument("--cpu-precisions", nargs="+", default=["fp32"], help="precisions timed on the CPU")
+    ap.add_argument("--compile", action="store_true", help="also time TDM's compiled search")
+    ap.add_argument(
+        "--compile-precisions", nargs="+", default=None, help="the precisions compiled (default: every one timed)"
+    )
+    ap.add_argument("--latency", type=int, default=0, help="also time this many one-user searches per row (p50/p99 ms)")
     ap.add_argument("--cpu-threads", type=int, default=None, help="torch threads on the CPU (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="10^4 items, batch 128, 2 runs (numbers mean little)")
+    ap.add_argument("--tag", default="", help="results go to gpu_<tag>.*")
     ap.add_argument("--out-dir", default=str(RESULTS))
     a = ap.parse_args(argv)
     if a.quick:
@@ -192,40 +281,56 @@ def main(argv=None) -> dict:
     }
     for index in a.indexes:
         t = time.perf_counter()
-        built = build_tdm(a.items, 0) if index == "tdm" else build_recforest(a.items, a.trees, 0, build_dev)
+        built = build(index, a.items, a.trees, build_dev)
         res["build_seconds"][index] = time.perf_counter() - t
         print(f"{index}: built in {res['build_seconds'][index]:.1f}s", flush=True)
-        per_dev = {}
+        timed = {}
         for dev in devices:
             device = torch.device(dev)
-            s = searchers(index, built, device)
             rows = hist if device.type == "cuda" else hist[: a.cpu_batch]
-            out = timed_searches(s.search, rows, a.k, a.beam, a.repeats, device)
-            per_dev[dev] = out
-            print(f"{index} on {dev}: {out['users_per_s']:.1f} users/s (median {out['median_s']:.3f}s)", flush=True)
-            del s
-        for dev, out in per_dev.items():
-            ov = (
-                overlap(per_dev["cpu"]["items"], out["items"][: a.cpu_batch])
-                if "cpu" in per_dev and dev != "cpu"
-                else None
-            )
+            for precision, compiled in variants(index, dev, a):
+                s = searchers(index, built, device, precision, compiled)
+                out = timed_searches(s.search, rows, a.k, a.beam, a.repeats, device)
+                if a.latency:
+                    out["latency"] = batch1_latency(s.search, rows, a.k, a.beam, a.latency, device)
+                timed[dev, precision, compiled] = out
+                print(
+                    f"{index} on {dev} {precision}{' compiled' if compiled else ''}: {out['users_per_s']:.1f} users/s "
+                    f"(median {out['median_s']:.4f}s, warm-up {out['warmup_s']:.1f}s)",
+                    flush=True,
+                )
+                del s
+        for (dev, precision, compiled), out in timed.items():
+            cpu = timed.get(("cpu", "fp32", False))
+            own = timed.get((dev, "fp32", False))
             res["rows"].append(
                 {
                     "index": index,
                     "device": dev,
+                    "precision": precision,
+                    "compiled": compiled,
                     "batch": a.batch if dev == "cuda" else a.cpu_batch,
                     "users_per_s": out["users_per_s"],
                     "median_s": out["median_s"],
                     "seconds": out["seconds"],
-                    "overlap_with_cpu": ov,
+                    "warmup_s": out["warmup_s"],
+                    "batch1_latency": out.get("latency"),
+                    "overlap_with_cpu": None
+                    if cpu is None or dev == "cpu"
+                    else overlap(cpu["items"], out["items"][: a.cpu_batch]),
+                    "overlap_with_fp32": None
+                    if own is None or (precision, compiled) == ("fp32", False)
+                    else overlap(own["items"], out["items"]),
                 }
             )
-        if "cpu" in per_dev and "cuda" in per_dev:
-            res["speedup_cuda_over_cpu"][index] = per_dev["cuda"]["users_per_s"] / per_dev["cpu"]["users_per_s"]
-    out_dir = pathlib.Path(a.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_and_markdown(out_dir / ("gpu_quick" if a.quick else "gpu"), res, markdown)
+        if ("cpu", "fp32", False) in timed and ("cuda", "fp32", False) in timed:
+            res["speedup_cuda_over_cpu"][index] = (
+                timed["cuda", "fp32", False]["users_per_s"] / timed["cpu", "fp32", False]["users_per_s"]
+            )
+        out_dir = pathlib.Path(a.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = "gpu" + (f"_{a.tag}" if a.tag else "") + ("_quick" if a.quick else "")
+        write_json_and_markdown(out_dir / name, res, markdown)  # after every index: a cut run keeps its rows
     print(markdown(res))
     return res
 

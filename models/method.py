@@ -23,6 +23,7 @@ import io
 import types
 import typing
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -32,6 +33,7 @@ from grove.indexstore.errors import GroveError, StateError
 from grove.indexstore.samples import SplitData
 from grove.indexstore.structures import Structure
 from grove.models.limits import check_arity
+from grove.models.precision import autocast, precision_dtype
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,24 @@ class Searcher(ABC):
 
     n_items: int
     device: torch.device
+    # the compute precision of searches (`grove.models.precision`); set with `set_precision`
+    precision: str = "fp32"
+
+    def set_precision(self, precision: str) -> None:
+        """Compute later searches in ``precision`` ('fp32', 'bf16' or 'fp16'); results stay
+        float32. GroveError for an unknown name. See `grove.models.precision`: by default a
+        search runs under autocast (`precision_context`); a searcher that casts its weights
+        instead overrides both methods."""
+        precision_dtype(precision)
+        self.precision = precision
+
+    def precision_context(self) -> AbstractContextManager[Any]:
+        """The context a search runs in for this searcher's precision (`search_mode`)."""
+        return autocast(self.device, self.precision)
+
+    def compile(self) -> None:
+        """Compile the search's per-level scoring with `torch.compile` (TDM and JTM trees)."""
+        raise GroveError(f"{type(self).__name__} has no compiled search (TDM and JTM trees have)")
 
     @abstractmethod
     def search(self, histories: torch.Tensor, k: int, beam: int) -> tuple[torch.Tensor, torch.Tensor]:

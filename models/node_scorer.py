@@ -36,6 +36,7 @@ Network
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -128,6 +129,15 @@ class TDMScorer(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
+    def cast_activation(self, dtype: torch.dtype) -> None:
+        """Cast the embeddings and the activation unit (and its window matrix) to ``dtype``,
+        keeping the MLP after the concatenation in its own dtype: the activation unit's
+        (U, C, L, 36) intermediates are what a search moves, while the MLP sees (U * C, 11d)
+        rows and, kept in float32, does not round the logits that rank the candidates."""
+        for part in (self.emb, self.act_in, self.act_prelu, self.act_out):
+            part.to(dtype)
+        self.windows = self.windows.to(dtype)
+
     # ------------------------------------------------------------------------------- lookups
     def item_rows(self, items: torch.Tensor) -> torch.Tensor:
         """Item ids (any shape; -1 or out of range = padding) -> embedding rows."""
@@ -198,6 +208,7 @@ class TDMScorer(nn.Module):
         else:
             vec = self._window_vectors(e_b, e_n, valid, win)
         x = torch.cat([vec.flatten(2), e_n], dim=-1)  # (U, C, 11d)
+        x = x.to(next(self.mlp.parameters()).dtype)  # float32 after a reduced-precision activation unit
         return self.mlp(x.reshape(u * c, -1)).view(u, c)
 
     def _window_vectors(
@@ -217,26 +228,52 @@ class TDMScorer(nn.Module):
         per_node = (e_n @ w_n.T + self.act_in.bias).unsqueeze(2)  # (U, C, 1, h)
         cross = (e_b * e_n.unsqueeze(2)) @ w_p.T  # (U, C, L, h)
         hid = cross + per_beh + per_node  # (U, C, L, h)
-        att = self.act_out(self.act_prelu(hid)).squeeze(-1)  # (U, C, L)
+        act = self.act_prelu(hid)
+        if torch.compiler.is_compiling():
+            # the 36 -> 1 layer as a multiply-sum: torch.compile fuses it with the adds and the
+            # PReLU above into one pass over `hid` (a matrix product would be a separate kernel)
+            att = (act * self.act_out.weight[0]).sum(-1) + self.act_out.bias[0]  # (U, C, L)
+        else:
+            att = self.act_out(act).squeeze(-1)  # (U, C, L)
         att = att * valid
         # window sums sum_l att_l * [l in w] * b_l without building (U, C, L, d)
-        sums = (att.unsqueeze(-1) * win).transpose(-1, -2) @ e_b  # (U, C, 10, d)
+        weights = (att.unsqueeze(-1) * win).transpose(-1, -2)  # (U, C, 10, L)
+        if e_b.shape[1] == 1:
+            # behaviours shared by the C nodes: one (C*10, L) @ (L, d) product per user; a
+            # broadcast (U, C, 10, L) @ (U, 1, L, d) would copy each user's (L, d) C times
+            u, c, n_win, length = weights.shape
+            sums = (weights.reshape(u, c * n_win, length) @ e_b[:, 0]).view(u, c, n_win, -1)  # (U, C, 10, d)
+        else:
+            sums = weights @ e_b  # (U, C, 10, d)
         counts = valid.to(att.dtype) @ win  # (U, 1|C, 10)
         return sums / counts.clamp(min=1.0).unsqueeze(-1)  # (U, C, 10, d)
 
     def forward(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Logits (U, C) for histories (U, L) item ids (nearest first, -1 padded) and tree
         nodes (U, C). Behaviours of a user are shared by its C candidate nodes."""
-        return self.forward_rows(self.behaviour_rows(trim_padding(histories), nodes), self.node_rows(nodes))
+        return self.forward_trimmed(trim_padding(histories), nodes)
+
+    def forward_trimmed(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """`forward` of histories already passed through `trim_padding` (a search trims its
+        batch once, not once per level: each trim is a host sync)."""
+        return self.forward_rows(self.behaviour_rows(histories, nodes), self.node_rows(nodes))
 
     def forward_static(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """`forward` with no shape or branch taken from the data (no padding trim, JTM's
         behaviours mapped per node): the same logits, and what `grove.models.scripted` traces."""
         return self.forward_rows(self.static_behaviour_rows(histories, nodes), self.node_rows(nodes))
 
-    def score(self, histories: torch.Tensor, nodes: torch.Tensor, max_elements: int | None = None) -> torch.Tensor:
-        """`forward` in user chunks so that no intermediate exceeds ~``max_elements`` floats
-        (U * C * L * 36); for inference (eval mode, so chunking does not change results)."""
+    def score(
+        self,
+        histories: torch.Tensor,
+        nodes: torch.Tensor,
+        max_elements: int | None = None,
+        forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``forward`` (default `forward`) in user chunks so that no intermediate exceeds
+        ~``max_elements`` floats (U * C * L * 36); for inference (eval mode, so chunking does not
+        change results). A search passes `forward_trimmed` or a compiled `forward_static`."""
+        forward = forward or self
         # default chunk: ~2**20 floats on CPU (the (chunk, C, L, 36) activations stay near the
         # caches); on CUDA as large as memory allows (`cuda_chunk_elements`)
         if max_elements is None:
@@ -245,8 +282,8 @@ class TDMScorer(nn.Module):
         per_user = max(1, c * histories.shape[1] * max(self.act_in.out_features, self.dim))
         step = max(1, max_elements // per_user)
         if step >= u:
-            return self(histories, nodes)
-        return torch.cat([self(histories[i : i + step], nodes[i : i + step]) for i in range(0, u, step)])
+            return forward(histories, nodes)
+        return torch.cat([forward(histories[i : i + step], nodes[i : i + step]) for i in range(0, u, step)])
 
 
 def default_chunk_elements(device: torch.device | str) -> int:

@@ -56,13 +56,22 @@ class Retriever:
 
     @classmethod
     def load(
-        cls, store, index: str, version: int | None = None, alias: str | None = None, device: str | None = "auto"
+        cls,
+        store,
+        index: str,
+        version: int | None = None,
+        alias: str | None = None,
+        device: str | None = "auto",
+        precision: str | None = None,
+        compile: bool = False,
     ) -> Retriever:
-        """Load ``index`` at an explicit version, an alias, or (neither) production / newest."""
+        """Load ``index`` at an explicit version, an alias, or (neither) production / newest, to
+        search on ``device`` in ``precision`` (`grove.models.precision`; default fp32), compiled
+        when asked (TDM and JTM: `grove.models.tree_method.TreeSearcher.compile`)."""
         start = time.perf_counter()
         info = store.resolve(index, version=version, alias=alias)
         loaded = lifecycle.load(store, info.id)
-        searcher = lifecycle.searcher(loaded, device)
+        searcher = lifecycle.searcher(loaded, device, precision, compile)
         return cls(loaded.info, searcher, store.item_ids(info.dataset), time.perf_counter() - start)
 
     @property

@@ -93,8 +93,11 @@ class _Traced:
     def __init__(self, module: torch.jit.ScriptModule):
         self.module = module
 
-    def score(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    def forward_trimmed(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         return self.module(histories, nodes)
+
+    def score(self, histories: torch.Tensor, nodes: torch.Tensor, forward=None) -> torch.Tensor:
+        return (forward or self.module)(histories, nodes)
 
 
 def _trace_scorer(scorer: TDMScorer, tree: Tree, n_items: int) -> torch.jit.ScriptModule:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import gpu, gpu_profile, relearn_chunks, scale, store_roundtrip, tree_build
+from benchmarks import curves, gpu, gpu_profile, precision, quality, relearn_chunks, scale, store_roundtrip, tree_build
 
 
 class _Parsed(Exception):
@@ -16,8 +16,8 @@ class _Parsed(Exception):
         self.args_ = args
 
 
-def _default_args(module, monkeypatch) -> argparse.Namespace:
-    """The namespace ``module.main([])`` parses (its defaults), stopping right after parsing."""
+def _default_args(module, monkeypatch, argv=()) -> argparse.Namespace:
+    """The namespace ``module.main(argv)`` parses (its defaults), stopping right after parsing."""
     parse = argparse.ArgumentParser.parse_args
 
     def stop_after(self, args=None, namespace=None):
@@ -25,7 +25,7 @@ def _default_args(module, monkeypatch) -> argparse.Namespace:
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop_after)
     with pytest.raises(_Parsed) as exc:
-        module.main([])
+        module.main(list(argv))
     monkeypatch.undo()
     return exc.value.args_
 
@@ -129,3 +129,17 @@ def test_relearn_chunks_gives_the_same_tree_at_every_chunk_size(tmp_path):
     assert sum(r["is_default"] for r in res["rows"]) == 2 and len(res["rows"]) == 6
     assert all(r["same_tree"] for r in res["rows"]), res["rows"]
     assert (tmp_path / "relearn_chunks_cpu.md").read_text().count("| yes |") == 6
+
+
+@pytest.mark.parametrize("module", [curves, quality])
+def test_repeated_set_options_add_up(module, monkeypatch):
+    argv = ["--set", "tdm.epochs=1", "--set", "dr.max_samples=10", "jtm.gap=3"]
+    assert _default_args(module, monkeypatch, argv).set == ["tdm.epochs=1", "dr.max_samples=10", "jtm.gap=3"]
+
+
+def test_gpu_and_precision_benchmarks_time_five_runs_and_every_precision(monkeypatch):
+    args = _default_args(gpu, monkeypatch)
+    assert args.repeats >= 5 and args.precisions == ["fp32", "bf16", "fp16"] and args.cpu_precisions == ["fp32"]
+    assert set(args.indexes) == {"tdm", "recforest", "dr"}
+    args = _default_args(precision, monkeypatch, ["a.duckdb"])
+    assert args.repeats >= 5 and args.precisions[0] == "fp32"

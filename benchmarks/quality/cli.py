@@ -75,6 +75,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--set",
         nargs="+",
+        action="extend",
         default=[],
         metavar="METHOD.FIELD=VALUE",
         help="override a config field (tdm.max_samples=30000) or the lifecycle (life.jtm_relearns=1); "

@@ -46,6 +46,18 @@ def positive(text: str) -> int:
     return value
 
 
+def add_precision_opts(p: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--compile`` of the commands that search a loaded version."""
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="compute precision of the search: fp32 (the default), bf16 or fp16; scores are returned as float32",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the per-level scoring (TDM and JTM; first search slower)"
+    )
+
+
 def parse_settings(config_json: str | None, settings: list[str] | None) -> dict:
     """``--config '{"epochs": 2}'`` merged with ``--set epochs=2 --set arity=4`` (JSON values)."""
     values: dict = {}

@@ -17,6 +17,7 @@ import warnings
 
 from grove.flows.cli import batch
 from grove.flows.cli.common import (
+    add_precision_opts,
     add_runner_opts,
     format_table,
     gate_newest,
@@ -128,6 +129,7 @@ def register(sub) -> None:
     p.add_argument("--beam", type=one_int, default=50, help="beam size (one value)")
     p.add_argument("--exclude-seen", action="store_true", help="drop items of the history from the results")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_precision_opts(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     batch.add_retrieve_opts(p)
     p.set_defaults(func=cmd_retrieve)
@@ -269,7 +271,15 @@ def cmd_retrieve(args) -> int:
         return batch.cmd_batch_retrieve(args)
     store = open_store(args)
     history = [h.strip() for h in args.history.split(",") if h.strip()]
-    retriever = Retriever.load(store, args.index, version=args.version, alias=args.alias, device=args.device)
+    retriever = Retriever.load(
+        store,
+        args.index,
+        version=args.version,
+        alias=args.alias,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+    )
     with warnings.catch_warnings():  # the unknown ids are reported once, below, as a CLI warning
         warnings.simplefilter("ignore", UserWarning)
         res = retriever.retrieve_raw([history], args.k, args.beam, exclude_seen=args.exclude_seen)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from grove.flows.cli.common import add_runner_opts, is_local, one_int, open_store, runner_spec
+from grove.flows.cli.common import add_precision_opts, add_runner_opts, is_local, one_int, open_store, runner_spec
 from grove.indexstore.errors import GroveError, InputError
 
 
@@ -202,6 +202,8 @@ def cmd_serve(args) -> int:
         slice_cost=args.slice_cost,
         max_body_bytes=args.max_body_bytes,
         poll_seconds=args.poll_seconds,
+        precision=args.precision,
+        compile=args.compile,
     )
     if args.threads < 0:
         raise GroveError(f"--threads must be >= 0, got {args.threads}")
@@ -261,6 +263,7 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add_precision_opts(p)
     p.add_argument("--max-batch", type=int, default=256, help="histories per micro-batch")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits for more")
     p.add_argument("--max-request", type=int, default=1024, help="histories per request (more: 413)")

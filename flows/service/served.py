@@ -29,11 +29,20 @@ class ServedIndex:
 
 
 def load_served(
-    url: str, index: str, version: int | None = None, alias: str | None = None, device: str = "auto"
+    url: str,
+    index: str,
+    version: int | None = None,
+    alias: str | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    compile: bool = False,
 ) -> ServedIndex:
-    """Load a version (explicit, or the one ``alias`` points to) with its metrics."""
+    """Load a version (explicit, or the one ``alias`` points to) with its metrics, searched in
+    ``precision`` and compiled when asked (`grove.models.retriever.Retriever.load`)."""
     store = Store.open(url, check=False)
-    retriever = Retriever.load(store, index, version=version, alias=alias, device=device)
+    retriever = Retriever.load(
+        store, index, version=version, alias=alias, device=device, precision=precision, compile=compile
+    )
     metrics = [_metric_dict(r) for r in store.metrics(retriever.version.id)]
     return ServedIndex(retriever, metrics, time.time())
 

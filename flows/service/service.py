@@ -13,6 +13,7 @@ from grove.flows.service.served import Answer, Query, ServedIndex, load_served
 from grove.flows.service.watcher import AliasWatcher, Watched
 from grove.indexstore.errors import GroveError
 from grove.indexstore.store import Store
+from grove.models.precision import precision_dtype
 
 log = logging.getLogger("grove.service")
 
@@ -34,6 +35,8 @@ class ServiceConfig:
     max_body_bytes: int = 4 << 20  # request body; more -> 413 before parsing
     poll_seconds: float = 2.0  # alias watcher period
     max_backoff: float = 30.0  # longest wait after failed polls
+    precision: str = "fp32"  # compute precision of the searches (`grove.models.precision`)
+    compile: bool = False  # torch.compile the per-level scoring (TDM and JTM)
 
     def __post_init__(self):
         sizes = (
@@ -45,6 +48,7 @@ class ServiceConfig:
             self.slice_cost,
             self.max_body_bytes,
         )
+        precision_dtype(self.precision)  # GroveError naming the choices
         if min(sizes) <= 0:
             raise GroveError(
                 "max_batch, max_request, max_k, max_beam, max_cost, slice_cost and max_body_bytes must be positive"
@@ -64,7 +68,18 @@ class RetrievalService:
         self.swaps = 0
         self.batcher = MicroBatcher(lambda: self._served, config.max_batch, config.max_wait_ms, config.slice_cost)
         self.watcher = AliasWatcher(
-            Watched(url, index, alias, device, lambda: self._served, self.swap, config.poll_seconds, config.max_backoff)
+            Watched(
+                url,
+                index,
+                alias,
+                device,
+                lambda: self._served,
+                self.swap,
+                config.poll_seconds,
+                config.max_backoff,
+                config.precision,
+                config.compile,
+            )
         )
 
     @classmethod
@@ -79,8 +94,11 @@ class RetrievalService:
         """Resolve and load the alias's version now (NotFoundError for an unknown index/alias)."""
         store = Store.open(url)  # schema checked once here
         store.resolve(index, alias=alias)
-        served = load_served(store.url, index, alias=alias, device=device)
-        return cls(store.url, index, alias, device, served, config or ServiceConfig())
+        config = config or ServiceConfig()
+        served = load_served(
+            store.url, index, alias=alias, device=device, precision=config.precision, compile=config.compile
+        )
+        return cls(store.url, index, alias, device, served, config)
 
     @property
     def current(self) -> ServedIndex:

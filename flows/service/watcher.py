@@ -21,7 +21,7 @@ log = logging.getLogger("grove.service")
 class Watched:
     """What the watcher follows and how it hands a new version over: the store URL, index,
     alias and device; ``current()`` the version served now, ``swap(served)`` replaces it; the
-    poll period and the longest back-off (seconds)."""
+    poll period and the longest back-off (seconds); the precision and compilation of the searches."""
 
     url: str
     index: str
@@ -31,6 +31,8 @@ class Watched:
     swap: Callable[[ServedIndex], None]
     poll_seconds: float
     max_backoff: float
+    precision: str = "fp32"
+    compile: bool = False
 
 
 class AliasWatcher:
@@ -63,7 +65,8 @@ class AliasWatcher:
         self.last_poll = time.time()
         if target is None or target == self._w.current().version:
             return False
-        self._w.swap(load_served(self._w.url, self._w.index, version=target, device=self._w.device))
+        w = self._w
+        w.swap(load_served(w.url, w.index, version=target, device=w.device, precision=w.precision, compile=w.compile))
         return True
 
     def _run(self) -> None:

@@ -21,6 +21,7 @@ from grove.indexstore.errors import GroveError, InputError
 from grove.indexstore.samples import SplitData
 from grove.indexstore.structures import Tree
 from grove.models.method import Built, Method, MethodConfig, Searcher
+from grove.models.precision import search_mode
 from grove.models.topk import empty_topk, merge_topk, padded_topk
 
 # cap on the (batch, chunk) score block a searcher materialises at once: 2^24 floats = 64 MiB
@@ -80,7 +81,7 @@ class BruteForceSearcher(Searcher):
     def _score_chunk(self, state, lo: int, hi: int) -> torch.Tensor:
         """(B, hi - lo) float scores of items lo..hi-1."""
 
-    @torch.no_grad()
+    @search_mode
     def exhaustive(self, histories: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         check_query(histories, k)
         histories = histories.to(self.device)

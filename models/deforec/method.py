@@ -40,6 +40,7 @@ from grove.models.method import (
     state_to_bytes,
 )
 from grove.models.node_scorer import TDMScorer, transfer_weights
+from grove.models.precision import search_mode
 from grove.models.topk import ranked, unique_rows
 from grove.models.tree_builders import category_tree, tree_tensors
 from grove.models.tree_training import TrainOptions
@@ -143,7 +144,7 @@ class DeFoRecSearcher(Searcher):
     def last_candidates(self) -> float | None:
         return self._last
 
-    @torch.no_grad()
+    @search_mode
     def search(self, histories: torch.Tensor, k: int, beam: int):
         hist = histories.to(self.device).long()
         items = []
@@ -156,7 +157,7 @@ class DeFoRecSearcher(Searcher):
         scores = self.discriminate(hist, cand.clamp(min=0)).masked_fill(cand < 0, float("-inf"))
         return ranked(scores, cand, k)
 
-    @torch.no_grad()
+    @search_mode
     def exhaustive(self, histories: torch.Tensor, k: int):
         """The discriminator over every item (the reference the forest's search approximates)."""
         hist = histories.to(self.device).long()

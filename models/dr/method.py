@@ -39,6 +39,7 @@ from grove.models.method import (
     resolve_device,
     state_to_bytes,
 )
+from grove.models.precision import search_mode
 from grove.models.topk import empty_topk, merge_topk, padded_topk, ranked
 from grove.models.tree_training import subsample
 
@@ -264,7 +265,7 @@ class DRSearcher(Searcher):
             return self.net.encode(histories.to(self.device).long())
         return self.net.encode(torch.tensor(histories, dtype=torch.long, device=self.device))
 
-    @torch.no_grad()
+    @search_mode
     def search(self, histories: torch.Tensor, k: int, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
         if k < 1 or beam < 1:
             raise GroveError(f"k and beam must be >= 1, got k={k}, beam={beam}")
@@ -279,7 +280,7 @@ class DRSearcher(Searcher):
             scores[lo : lo + chunk] = self.net.softmax.score_items(u[lo : lo + chunk], c.clamp_min(0))
         return ranked(scores, cands, k)
 
-    @torch.no_grad()
+    @search_mode
     def exhaustive(self, histories: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if k < 1:
             raise GroveError(f"k must be >= 1, got {k}")

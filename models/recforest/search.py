@@ -22,6 +22,7 @@ import torch
 from grove.indexstore.errors import StructureError
 from grove.indexstore.structures import Forest, Tree
 from grove.models.method import Searcher
+from grove.models.precision import search_mode
 from grove.models.recforest.network import RecForestNet
 from grove.models.topk import ranked, unique_rows
 
@@ -201,7 +202,7 @@ class RecForestSearcher(Searcher):
             lp = lp.scatter(1, idx, torch.where(take, scored, lp.gather(1, idx)))
         return torch.logsumexp(lp.view(u, c, -1), dim=2)
 
-    @torch.no_grad()
+    @search_mode
     def search(self, histories: torch.Tensor, k: int, beam: int):
         histories = histories.to(self.device).long()
         mems = self.net.memories(histories)
@@ -218,7 +219,7 @@ class RecForestSearcher(Searcher):
         total = total.masked_fill(cand < 0, float("-inf"))
         return ranked(total, cand, k)
 
-    @torch.no_grad()
+    @search_mode
     def exhaustive(self, histories: torch.Tensor, k: int):
         """Every item scored by sum_t log p_t(item): every leaf's log-prob from expanding each
         tree level by level (`PathDecoder.all_leaf_log_probs`), the same values teacher forcing
