@@ -26,12 +26,14 @@ search of 64 users, then ``--repeats`` timed searches of the whole batch
 (CUDA timings are synchronised); users/s = batch / median seconds.
 
 Variants: every precision of ``--precisions`` (`grove.models.precision`; the CPU runs fp32
-only unless ``--cpu-precisions`` says more) and, with ``--compile``, TDM's compiled search in
-each of them (`TreeSearcher.compile`; its compilation happens in the warm-up and is reported
-apart). The JSON keeps how many of the CPU's fp32 top-k items each row returns and how many of
-its own device's fp32 eager top-k (float arithmetic differs in the last bits, so a tied score may
-rank differently; on these untrained indexes scores are close together, so reduced precision
-swaps more near-ties than on trained ones: `benchmarks.precision` measures trained indexes).
+only unless ``--cpu-precisions`` says more) and, for TDM, with ``--compile`` its compiled
+per-level scoring ("level", `TreeSearcher.compile`) and with ``--whole-search`` its whole search
+compiled ("search": CUDA graphs on CUDA), in each of ``--compile-precisions``; compilation
+happens in the warm-up and is reported apart. The JSON keeps how many of the CPU's fp32 top-k
+items each row returns and how many of its own device's fp32 eager top-k (float arithmetic
+differs in the last bits, so a tied score may rank differently; on these untrained indexes scores
+are close together, so reduced precision swaps more near-ties than on trained ones:
+`benchmarks.precision` measures trained indexes).
 Without CUDA the script runs its CPU half, says so on stdout and records ``"gpu": null``.
 
 Writes ``benchmarks/results/gpu.json`` and ``gpu.md`` (``gpu_quick.*`` with ``--quick``;
@@ -64,11 +66,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_searches(search, hist: torch.Tensor, k: int, beam: int, repeats: int, device) -> dict:
-    """Warm-up on 64 users and on the whole batch (a compiled search compiles there), then
-    ``repeats`` timed searches of the whole batch."""
+def timed_searches(search, hist: torch.Tensor, k: int, beam: int, repeats: int, device, small: bool = True) -> dict:
+    """Warm-up on 64 users (unless not ``small``: a whole-search graph is compiled per batch
+    size) and on the whole batch (a compiled search compiles there), then ``repeats`` timed
+    searches of the whole batch."""
     t = time.perf_counter()
-    search(hist[:64], k, beam)
+    if small:
+        search(hist[:64], k, beam)
     search(hist, k, beam)
     _sync(device)
     warmup = time.perf_counter() - t
@@ -150,7 +154,7 @@ def build(index: str, n: int, trees: int, device: str):
     return build_dr(n, 0)
 
 
-def searchers(index: str, built, device: torch.device, precision: str = "fp32", compiled: bool = False):
+def searchers(index: str, built, device: torch.device, precision: str = "fp32", compiled: str = ""):
     from grove.models.dr.method import DRSearcher
     from grove.models.recforest.search import ForestTables, RecForestSearcher
     from grove.models.tree_method import TreeSearcher
@@ -168,16 +172,20 @@ def searchers(index: str, built, device: torch.device, precision: str = "fp32", 
         s = DRSearcher(copy.deepcopy(net).to(device).eval(), codes, device)
     s.set_precision(precision)
     if compiled:
-        s.compile()
+        s.compile(whole_search=compiled == "search")
     return s
 
 
 def variants(index: str, device: str, a) -> list[tuple[str, bool]]:
-    """(precision, compiled) pairs timed for ``index`` on ``device``."""
+    """(precision, compiled) pairs timed for ``index`` on ``device``; compiled is "" (eager),
+    "level" (`TreeSearcher.compile`) or "search" (``compile(whole_search=True)``)."""
     precisions = a.precisions if device == "cuda" else a.cpu_precisions
-    out = [(p, False) for p in precisions]
+    out = [(p, "") for p in precisions]
+    chosen = [p for p in precisions if a.compile_precisions is None or p in a.compile_precisions]
     if a.compile and index == "tdm":
-        out += [(p, True) for p in precisions if a.compile_precisions is None or p in a.compile_precisions]
+        out += [(p, "level") for p in chosen]
+    if a.whole_search and index == "tdm":
+        out += [(p, "search") for p in chosen]
     return out
 
 
@@ -207,7 +215,7 @@ def markdown(res: dict) -> str:
     for r in res["rows"]:
         runs = ", ".join(f"{s:.3f}" for s in r["seconds"])
         lines.append(
-            f"| {r['index']} | {r['device']} | {r['precision']} | {'yes' if r['compiled'] else 'no'} "
+            f"| {r['index']} | {r['device']} | {r['precision']} | {r['compiled'] or 'no'} "
             f"| {r['users_per_s']:.1f} | {r['median_s']:.4f} | {runs} | {r['warmup_s']:.1f} "
             f"| {ratio(r['overlap_with_cpu'])} | {ratio(r['overlap_with_fp32'])} | {latency(r['batch1_latency'])} |"
         )
@@ -243,7 +251,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"], help="precisions timed on CUDA")
     ap.add_argument("--cpu-precisions", nargs="+", default=["fp32"], help="precisions timed on the CPU")
-    ap.add_argument("--compile", action="store_true", help="also time TDM's compiled search")
+    ap.add_argument("--compile", action="store_true", help="also time TDM's compiled per-level scoring")
+    ap.add_argument(
+        "--whole-search", action="store_true", help="also time TDM's whole search compiled (CUDA graphs on CUDA)"
+    )
     ap.add_argument(
         "--compile-precisions", nargs="+", default=None, help="the precisions compiled (default: every one timed)"
     )
@@ -290,19 +301,19 @@ def main(argv=None) -> dict:
             rows = hist if device.type == "cuda" else hist[: a.cpu_batch]
             for precision, compiled in variants(index, dev, a):
                 s = searchers(index, built, device, precision, compiled)
-                out = timed_searches(s.search, rows, a.k, a.beam, a.repeats, device)
+                out = timed_searches(s.search, rows, a.k, a.beam, a.repeats, device, small=compiled != "search")
                 if a.latency:
                     out["latency"] = batch1_latency(s.search, rows, a.k, a.beam, a.latency, device)
                 timed[dev, precision, compiled] = out
                 print(
-                    f"{index} on {dev} {precision}{' compiled' if compiled else ''}: {out['users_per_s']:.1f} users/s "
+                    f"{index} on {dev} {precision} {compiled or 'eager'}: {out['users_per_s']:.1f} users/s "
                     f"(median {out['median_s']:.4f}s, warm-up {out['warmup_s']:.1f}s)",
                     flush=True,
                 )
                 del s
         for (dev, precision, compiled), out in timed.items():
-            cpu = timed.get(("cpu", "fp32", False))
-            own = timed.get((dev, "fp32", False))
+            cpu = timed.get(("cpu", "fp32", ""))
+            own = timed.get((dev, "fp32", ""))
             res["rows"].append(
                 {
                     "index": index,
@@ -319,13 +330,13 @@ def main(argv=None) -> dict:
                     if cpu is None or dev == "cpu"
                     else overlap(cpu["items"], out["items"][: a.cpu_batch]),
                     "overlap_with_fp32": None
-                    if own is None or (precision, compiled) == ("fp32", False)
+                    if own is None or (precision, compiled) == ("fp32", "")
                     else overlap(own["items"], out["items"]),
                 }
             )
-        if ("cpu", "fp32", False) in timed and ("cuda", "fp32", False) in timed:
+        if ("cpu", "fp32", "") in timed and ("cuda", "fp32", "") in timed:
             res["speedup_cuda_over_cpu"][index] = (
-                timed["cuda", "fp32", False]["users_per_s"] / timed["cpu", "fp32", False]["users_per_s"]
+                timed["cuda", "fp32", ""]["users_per_s"] / timed["cpu", "fp32", ""]["users_per_s"]
             )
         out_dir = pathlib.Path(a.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

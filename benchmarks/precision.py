@@ -73,9 +73,9 @@ def measure_index(url: str, index: str, a) -> list[dict]:
     if a.quick:
         hist = hist[: min(hist.shape[0], 2 * a.batch)]
     rows, reference = [], None
-    variants = [(p, False) for p in a.precisions]
+    variants: list[tuple[str, str | None]] = [(p, None) for p in a.precisions]
     if a.compile and info.method in COMPILABLE:
-        variants += [(p, True) for p in a.precisions]
+        variants += [(p, "level") for p in a.precisions]
     for precision, compiled in variants:
         r = Retriever.load(store, index, version=info.id, device=a.device, precision=precision, compile=compiled)
         items, runs = timed(r, hist, a)
@@ -98,7 +98,7 @@ def measure_index(url: str, index: str, a) -> list[dict]:
         )
         rows[-1]["recall_change_points"] = 100 * (rows[-1]["recall"] - rows[0]["recall"])
         print(
-            f"{index} {precision}{' compiled' if compiled else ''}: overlap@{a.k} {rows[-1]['overlap']:.4f}, "
+            f"{index} {precision} {compiled or 'eager'}: overlap@{a.k} {rows[-1]['overlap']:.4f}, "
             f"recall@{a.k} {rows[-1]['recall']:.4f}, {rows[-1]['users_per_s']:.1f} users/s",
             flush=True,
         )
@@ -136,7 +136,7 @@ def markdown(res: dict) -> str:
     ]
     for r in res["rows"]:
         lines.append(
-            f"| {r['index']} | {r['method']} | {r['precision']} | {'yes' if r['compiled'] else 'no'} | {r['users']} "
+            f"| {r['index']} | {r['method']} | {r['precision']} | {r['compiled'] or 'no'} | {r['users']} "
             f"| {r['overlap']:.4f} | {r['recall']:.4f} | {r['recall_change_points']:+.2f} | {r['users_per_s']:.1f} |"
         )
     return "\n".join(lines) + "\n"

@@ -52,7 +52,7 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NEG_INF = float("-inf")
 
 
-def _check(b: int, k: int, beam: int | None = None) -> None:
+def check_search_args(b: int, k: int, beam: int | None = None) -> None:
     if b < 0:
         raise GroveError(f"batch size must be >= 0, got {b}")
     if k <= 0:
@@ -118,7 +118,7 @@ def beam_search(
     -------
     scores (B, k) float32, items (B, k) long -- best first, padded -inf / -1.
     """
-    _check(batch_size, k, beam)
+    check_search_args(batch_size, k, beam)
     dev, b = tt.device, batch_size
     frontier = torch.zeros(b, 1, dtype=torch.long, device=dev)  # (B, F) beam, -1 = empty
     if tt.depth == 0:  # the root is the only leaf
@@ -159,7 +159,7 @@ def exhaustive(
     scores (B, k) float32, items (B, k) long -- the exact top-k distinct items by leaf score,
     best first, padded -inf / -1.
     """
-    _check(batch_size, k)
+    check_search_args(batch_size, k)
     if chunk <= 0:
         raise GroveError(f"chunk must be > 0, got {chunk}")
     b = batch_size

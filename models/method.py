@@ -145,8 +145,8 @@ class Searcher(ABC):
         """The context a search runs in for this searcher's precision (`search_mode`)."""
         return autocast(self.device, self.precision)
 
-    def compile(self) -> None:
-        """Compile the search's per-level scoring with `torch.compile` (TDM and JTM trees)."""
+    def compile(self, whole_search: bool = False) -> None:
+        """Compile the search with `torch.compile` (TDM and JTM trees: `TreeSearcher.compile`)."""
         raise GroveError(f"{type(self).__name__} has no compiled search (TDM and JTM trees have)")
 
     @abstractmethod

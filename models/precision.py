@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 import torch
@@ -39,6 +39,16 @@ def precision_dtype(precision: str) -> torch.dtype:
         raise GroveError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}") from None
 
 
+COMPILE_MODES = ("level", "search")
+
+
+def check_compile_mode(mode: str | None) -> None:
+    """None (eager), 'level' or 'search' (`grove.models.tree_method.TreeSearcher.compile`);
+    GroveError naming the choices otherwise."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise GroveError(f"unknown compile mode {mode!r}: use level or search (or leave it out: eager)")
+
+
 def default_precision(device: torch.device | str) -> str:
     """The precision a searcher starts in: fp32 on every device (reduced precision is asked for
     explicitly; `benchmarks.precision` reports what it changes)."""
@@ -46,21 +56,10 @@ def default_precision(device: torch.device | str) -> str:
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
-    """A `torch.autocast` context for ``precision`` on ``device`` (nothing for fp32).
-
-    On CUDA, attention then runs on the flash or memory-efficient kernels, never cuDNN's: with
-    torch 2.11 on an H200, cuDNN's half-precision attention failed ("mha_graph.execute ...
-    is_good") on RecForest's 4,096-user batch (204,800 decoder sequences per call), where the
-    other two kernels run."""
+    """A `torch.autocast` context for ``precision`` on ``device`` (nothing for fp32)."""
     if precision == "fp32":
         return nullcontext()
-    stack = ExitStack()
-    stack.enter_context(torch.autocast(device.type, dtype=precision_dtype(precision)))
-    if device.type == "cuda":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
-    return stack
+    return torch.autocast(device.type, dtype=precision_dtype(precision))
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -63,11 +63,12 @@ class Retriever:
         alias: str | None = None,
         device: str | None = "auto",
         precision: str | None = None,
-        compile: bool = False,
+        compile: str | None = None,
     ) -> Retriever:
         """Load ``index`` at an explicit version, an alias, or (neither) production / newest, to
         search on ``device`` in ``precision`` (`grove.models.precision`; default fp32), compiled
-        when asked (TDM and JTM: `grove.models.tree_method.TreeSearcher.compile`)."""
+        when asked: ``compile`` 'level' (each level's scoring) or 'search' (the whole search, CUDA
+        graphs on CUDA), TDM and JTM only (`grove.models.tree_method.TreeSearcher.compile`)."""
         start = time.perf_counter()
         info = store.resolve(index, version=version, alias=alias)
         loaded = lifecycle.load(store, info.id)

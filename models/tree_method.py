@@ -49,7 +49,7 @@ import torch
 from grove.indexstore.errors import GroveError
 from grove.indexstore.samples import MAX_BEHAVIOURS, SplitData
 from grove.indexstore.structures import Tree
-from grove.models.beam_search import beam_search, exhaustive
+from grove.models.beam_search import beam_search, check_search_args, exhaustive
 from grove.models.memory import FLOAT, adam_table, tree_nodes
 from grove.models.method import (
     Built,
@@ -160,6 +160,8 @@ class TreeSearcher(Searcher):
         self.scorer, self.tree, self.device = scorer.to(device).eval(), tree, device
         self._fp32_scorer = self.scorer
         self._compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._compiled_search: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._whole_search = False
         self.tt = tree_tensors(tree, device)
         self.n_items = tree.n_items
 
@@ -172,18 +174,48 @@ class TreeSearcher(Searcher):
             self.scorer = copy.deepcopy(base)
             self.scorer.cast_activation(dtype)
         self.precision = precision
-        if self._compiled is not None:
-            self.compile()
+        if self._compiled is not None or self._compiled_search is not None:
+            self.compile(self._whole_search)
 
     def precision_context(self) -> AbstractContextManager[Any]:
         return nullcontext()  # the weights are cast instead
 
-    def compile(self) -> None:
-        """Score every level through ``torch.compile(scorer.forward_static, dynamic=True)``: one
-        graph for every level width and batch size, whose adds, PReLU and attention weights fuse
-        into one pass over the (U, C, L, 36) activations. The first searches pay the compilation
-        (seconds to a minute); the scores equal the eager ones up to float rounding."""
-        self._compiled = torch.compile(self.scorer.forward_static, dynamic=True)
+    def compile(self, whole_search: bool = False) -> None:
+        """Compile the search with `torch.compile`.
+
+        Default: every level's scoring through ``torch.compile(scorer.forward_static,
+        dynamic=True)``: one graph for every level width and batch size, whose adds, PReLU and
+        attention weights fuse into one pass over the (U, C, L, 36) activations.
+
+        ``whole_search``: the whole level loop, scorer and beam together, as one graph per
+        (batch size, k, beam) -- on CUDA replayed as a CUDA graph ("reduce-overhead"), so a
+        small batch costs one launch instead of ~60 per level. Histories keep their full width
+        (no padding trim: every call has the same shapes). Batches are padded to the next power
+        of two; each new padded size, k or beam compiles again (~a minute), so it suits a server
+        whose batch sizes are few (a batch-1 latency path).
+
+        The first searches pay the compilation (seconds to a minute); the scores equal the eager
+        ones up to float rounding."""
+        self._whole_search = whole_search
+        if whole_search:
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._compiled_search = torch.compile(self._static_search, mode=mode, dynamic=False)
+            self._compiled = None
+        else:
+            self._compiled = torch.compile(self.scorer.forward_static, dynamic=True)
+            self._compiled_search = None
+
+    def _static_search(self, hist: torch.Tensor, k: int, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The beam search with `TDMScorer.forward_static` per level: no host sync, no shape taken
+        from the data (what ``compile(whole_search=True)`` compiles)."""
+        b = hist.shape[0]
+
+        def score(rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+            grid = nodes.view(b, -1)
+            grid = torch.where(grid == 0, grid.max(), grid)  # as `_score_fn`
+            return self.scorer.forward_static(hist, grid).reshape(-1)
+
+        return beam_search(self.tt, score, b, k, beam)
 
     def _score_fn(self, hist: torch.Tensor):
         """The beam-search score function over (user-major) pairs: one scorer call per level,
@@ -203,6 +235,16 @@ class TreeSearcher(Searcher):
 
     @search_mode
     def search(self, histories: torch.Tensor, k: int, beam: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._compiled_search is not None:
+            b = histories.shape[0]
+            check_search_args(b, k, beam)
+            hist = histories.to(self.device).long()
+            size = 1 << max(0, (b - 1).bit_length())  # batches padded to a power of two: few graphs
+            if size > b:
+                hist = torch.cat([hist, hist.new_full((size - b, hist.shape[1]), -1)])
+            scores, items = self._compiled_search(hist, k, beam)
+            # a CUDA graph's outputs are overwritten by its next replay: copy out
+            return scores[:b].clone(), items[:b].clone()
         hist = trim_padding(histories.to(self.device).long())  # once per search: a host sync
         return beam_search(self.tt, self._score_fn(hist), hist.shape[0], k, beam)
 

@@ -104,11 +104,27 @@ def test_compiled_tree_search_returns_the_eager_items(trained, device):
     searcher = get_method("tdm").searcher(config, built, device)
     hist = hist.to(device)
     eager_s, eager_i = searcher.search(hist, K, BEAM)
-    searcher.compile()
+    searcher.compile()  # each level's scoring
     for rows in (hist, hist[:7]):  # one graph for every batch size and level width (dynamic shapes)
         s, i = searcher.search(rows, K, BEAM)
         assert overlap(eager_i[: rows.shape[0]], i) >= 0.99
         torch.testing.assert_close(s, eager_s[: rows.shape[0]], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # compiling the whole level loop takes ~1 minute on two cores
+@pytest.mark.parametrize("device", DEVICES)
+def test_whole_search_compiled_returns_the_eager_items(trained, device):
+    config, built, hist = trained["tdm"]
+    searcher = get_method("tdm").searcher(config, built, device)
+    hist = hist[:5].to(device)
+    eager_s, eager_i = searcher.search(hist, K, BEAM)
+    searcher.compile(whole_search=True)
+    first = searcher.search(hist, K, BEAM)
+    again = searcher.search(hist, K, BEAM)  # a CUDA graph replay: the first answer must survive it
+    for s, i in (first, again):
+        assert overlap(eager_i, i) >= 0.99
+        torch.testing.assert_close(s, eager_s, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(first[0], again[0])
 
 
 def test_only_tree_searchers_compile(trained):
@@ -145,6 +161,8 @@ def test_an_unknown_precision_is_refused_naming_the_choices(trained, url, tdm_ve
         Retriever.load(store, "prec-tdm", version=info.id, device="cpu", precision="half")
     with pytest.raises(GroveError, match="unknown precision"):
         lifecycle.searcher(lifecycle.load(store, info.id), "cpu", precision="int8")
+    with pytest.raises(GroveError, match="unknown compile mode 'fast': use level or search"):
+        Retriever.load(store, "prec-tdm", version=info.id, device="cpu", compile="fast")
     r = Retriever.load(store, "prec-tdm", version=info.id, device="cpu", precision="bf16")
     assert r.searcher.precision == "bf16"
     scores, items = r.retrieve([[1, 2, 3], [5]], k=5, beam=20)
@@ -166,4 +184,7 @@ def test_service_config_refuses_an_unknown_precision():
 
     with pytest.raises(GroveError, match="unknown precision"):
         ServiceConfig(precision="fp64")
+    with pytest.raises(GroveError, match="unknown compile mode"):
+        ServiceConfig(compile="yes")
     assert ServiceConfig(precision="bf16").precision == "bf16"
+    assert ServiceConfig().precision is None  # the device's default (what `grove serve` passes without --precision)

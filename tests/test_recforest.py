@@ -108,6 +108,22 @@ def test_cached_beam_search_matches_recomputation():
     assert (s1[:, :-1] >= s1[:, 1:]).all()  # best first
 
 
+def test_attention_split_into_chunks_gives_the_same_beam(monkeypatch):
+    # large batches are split along the sequences (a CUDA grid axis holds 65,535 blocks)
+    from grove.models.recforest import network
+
+    torch.manual_seed(0)
+    net = RecForestNet(40, 3, [4], hidden=32, heads=4).eval()
+    hist = torch.randint(-1, 40, (6, 69))
+    with torch.no_grad():
+        mem = net.memories(hist)[0]
+        whole = net.decoders[0].beam_search(mem, 9)
+        monkeypatch.setattr(network, "ATTENTION_CHUNK", 7)  # 6 users x 9 paths = 54 sequences: 8 pieces
+        pieces = net.decoders[0].beam_search(mem, 9)
+    assert torch.equal(whole[0], pieces[0])
+    torch.testing.assert_close(whole[1], pieces[1])
+
+
 def test_expanding_every_leaf_equals_teacher_forcing_every_path():
     torch.manual_seed(2)
     net = RecForestNet(30, 3, [3], hidden=16, heads=2).eval()

@@ -54,7 +54,13 @@ def add_precision_opts(p: argparse.ArgumentParser) -> None:
         help="compute precision of the search: fp32 (the default), bf16 or fp16; scores are returned as float32",
     )
     p.add_argument(
-        "--compile", action="store_true", help="torch.compile the per-level scoring (TDM and JTM; first search slower)"
+        "--compile",
+        nargs="?",
+        const="level",
+        default=None,
+        metavar="MODE",
+        help="torch.compile the search (TDM and JTM; the first searches compile): level (each level's scoring, "
+        "the default MODE) or search (the whole search, CUDA graphs on CUDA; one graph per power-of-two batch)",
     )
 
 

@@ -35,7 +35,7 @@ def load_served(
     alias: str | None = None,
     device: str = "auto",
     precision: str | None = None,
-    compile: bool = False,
+    compile: str | None = None,
 ) -> ServedIndex:
     """Load a version (explicit, or the one ``alias`` points to) with its metrics, searched in
     ``precision`` and compiled when asked (`grove.models.retriever.Retriever.load`)."""

@@ -13,7 +13,7 @@ from grove.flows.service.served import Answer, Query, ServedIndex, load_served
 from grove.flows.service.watcher import AliasWatcher, Watched
 from grove.indexstore.errors import GroveError
 from grove.indexstore.store import Store
-from grove.models.precision import precision_dtype
+from grove.models.precision import check_compile_mode, precision_dtype
 
 log = logging.getLogger("grove.service")
 
@@ -35,8 +35,8 @@ class ServiceConfig:
     max_body_bytes: int = 4 << 20  # request body; more -> 413 before parsing
     poll_seconds: float = 2.0  # alias watcher period
     max_backoff: float = 30.0  # longest wait after failed polls
-    precision: str = "fp32"  # compute precision of the searches (`grove.models.precision`)
-    compile: bool = False  # torch.compile the per-level scoring (TDM and JTM)
+    precision: str | None = None  # compute precision of the searches (`grove.models.precision`; None: fp32)
+    compile: str | None = None  # torch.compile 'level' or 'search' (TDM and JTM), None: eager
 
     def __post_init__(self):
         sizes = (
@@ -48,7 +48,9 @@ class ServiceConfig:
             self.slice_cost,
             self.max_body_bytes,
         )
-        precision_dtype(self.precision)  # GroveError naming the choices
+        if self.precision is not None:
+            precision_dtype(self.precision)  # GroveError naming the choices
+        check_compile_mode(self.compile)
         if min(sizes) <= 0:
             raise GroveError(
                 "max_batch, max_request, max_k, max_beam, max_cost, slice_cost and max_body_bytes must be positive"

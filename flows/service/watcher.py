@@ -31,8 +31,8 @@ class Watched:
     swap: Callable[[ServedIndex], None]
     poll_seconds: float
     max_backoff: float
-    precision: str = "fp32"
-    compile: bool = False
+    precision: str | None = None
+    compile: str | None = None
 
 
 class AliasWatcher:

@@ -31,6 +31,26 @@ from torch import nn
 
 from grove.indexstore.samples import MAX_BEHAVIOURS
 
+# Sequences per attention call: a CUDA kernel's grid puts the batch on an axis of at most 65,535
+# blocks; a beam search's self-attention runs users x beam sequences (4,096 x 50 on an H200 failed
+# with "invalid argument" in half precision), so larger batches are split.
+ATTENTION_CHUNK = 1 << 15
+
+
+def attention_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` of (N, nh, S, dh) sequences in pieces of at most
+    `ATTENTION_CHUNK` along N (each sequence is independent: the same result)."""
+    if q.shape[0] <= ATTENTION_CHUNK:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                q[i : i + ATTENTION_CHUNK], k[i : i + ATTENTION_CHUNK], v[i : i + ATTENTION_CHUNK], is_causal=is_causal
+            )
+            for i in range(0, q.shape[0], ATTENTION_CHUNK)
+        ]
+    )
+
 
 class HistoryEncoder(nn.Module):
     """Transformer encoder over a nearest-first, -1-padded behaviour sequence."""
@@ -94,7 +114,7 @@ class DecoderLayer(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=3), torch.cat([past[1], v], dim=3)
         sk = k.shape[3]
-        a = F.scaled_dot_product_attention(
+        a = attention_in_chunks(
             q.reshape(u * p, nh, s, dh),
             k.reshape(u * p, nh, sk, dh),
             v.reshape(u * p, nh, sk, dh),
