@@ -35,6 +35,7 @@ Network
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 
@@ -128,6 +129,15 @@ class TDMScorer(nn.Module):
             width = h
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
+
+    def in_precision(self, dtype: torch.dtype) -> TDMScorer:
+        """This scorer for searches in ``dtype``: itself for float32, else a copy whose
+        activation unit is cast (`cast_activation`)."""
+        if dtype == torch.float32:
+            return self
+        twin = copy.deepcopy(self)
+        twin.cast_activation(dtype)
+        return twin
 
     def cast_activation(self, dtype: torch.dtype) -> None:
         """Cast the embeddings and the activation unit (and its window matrix) to ``dtype``,

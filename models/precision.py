@@ -7,9 +7,10 @@ the cost of ~3 (bf16) or ~4 (fp16) significant digits in each score, so near-tie
 
 Two ways to run in reduced precision, chosen per searcher (`grove.models.method.Searcher`):
 
-* **weights cast** (TDM and JTM trees, `TreeSearcher`): the scorer is copied in the target
-  dtype, so every intermediate of the activation unit -- the (users, nodes, behaviours, 36)
-  tensor that dominates the search -- is half-size. The scores come back as float32.
+* **weights cast** (TDM and JTM trees, `TreeSearcher`; DeFoRec's trees): each scorer's
+  embeddings and activation unit are copied in the target dtype (`TDMScorer.in_precision`), so
+  every intermediate of the activation unit -- the (users, nodes, behaviours, 36) tensor that
+  dominates the search -- is half-size, while the MLP and the logits stay float32.
 * **autocast** (every other searcher): `torch.autocast` runs matrix products and attention in
   the target dtype and keeps reductions such as log-softmax in float32, so RecForest's and
   DR's path log-probabilities still accumulate in float32.

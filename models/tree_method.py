@@ -38,7 +38,6 @@ Choices where the papers are silent
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -166,13 +165,7 @@ class TreeSearcher(Searcher):
         self.n_items = tree.n_items
 
     def set_precision(self, precision: str) -> None:
-        dtype = precision_dtype(precision)
-        base = self._fp32_scorer
-        if dtype == torch.float32:
-            self.scorer = base
-        else:
-            self.scorer = copy.deepcopy(base)
-            self.scorer.cast_activation(dtype)
+        self.scorer = self._fp32_scorer.in_precision(precision_dtype(precision))
         self.precision = precision
         if self._compiled is not None or self._compiled_search is not None:
             self.compile(self._whole_search)

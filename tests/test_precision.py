@@ -20,9 +20,9 @@ from grove.models.registry import get_method
 from grove.models.retriever import Retriever
 
 TINY = {
-    "tdm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 3000},
-    "jtm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 3000, "tree_samples": 3000},
-    "deforec": {"epochs": 1, "dim": 8, "negatives": 5, "max_samples": 3000, "tree_samples": 3000},
+    "tdm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 1000},
+    "jtm": {"epochs": 1, "dim": 8, "hidden": [16, 8], "max_samples": 1000, "tree_samples": 1000},
+    "deforec": {"epochs": 1, "dim": 8, "negatives": 5, "max_samples": 1000, "tree_samples": 1000},
     "recforest": {"arity": 8, "trees": 2, "hidden": 32, "ff": 64, "epochs": 1, "embeddings": "svd"},
     "dr": {"arity": 8, "depth": 2, "n_paths": 2, "dim": 16, "hidden": 32, "epochs": 2, "joint_epochs": 1},
     "two_tower": {"epochs": 1, "dim": 8, "hidden": [16]},

@@ -20,7 +20,9 @@ user's behaviour embeddings shared by all scored nodes.
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,7 +42,7 @@ from grove.models.method import (
     state_to_bytes,
 )
 from grove.models.node_scorer import TDMScorer, transfer_weights
-from grove.models.precision import search_mode
+from grove.models.precision import precision_dtype, search_mode
 from grove.models.topk import ranked, unique_rows
 from grove.models.tree_builders import category_tree, tree_tensors
 from grove.models.tree_training import TrainOptions
@@ -139,10 +141,26 @@ class DeFoRecSearcher(Searcher):
         self.n_items, self.device = n_items, device
         self.rounds = rounds if rounds is not None else list(range(len(trees)))  # forest tree of each scorer
         self.discriminator = discriminator
+        self._fp32 = (scorers, discriminate)  # what `set_precision` casts from
         self._last: float | None = None
 
     def last_candidates(self) -> float | None:
         return self._last
+
+    def set_precision(self, precision: str) -> None:
+        """Cast copies of the trees' scorers (`TDMScorer.in_precision`: activation unit in
+        ``precision``, MLP and logits float32); the last-scorer discriminator follows them, a
+        two-tower discriminator stays float32 (one dot product per candidate)."""
+        dtype = precision_dtype(precision)
+        scorers, discriminate = self._fp32
+        self.scorers = [s.in_precision(dtype) for s in scorers]
+        if self.discriminator == "last_scorer" and dtype != torch.float32:
+            discriminate = scorer_discriminator(self.scorers[-1], self.trees[-1])
+        self.discriminate = discriminate
+        self.precision = precision
+
+    def precision_context(self) -> AbstractContextManager[Any]:
+        return nullcontext()  # the scorers are cast instead
 
     @search_mode
     def search(self, histories: torch.Tensor, k: int, beam: int):
