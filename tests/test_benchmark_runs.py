@@ -143,3 +143,15 @@ def test_gpu_and_precision_benchmarks_time_five_runs_and_every_precision(monkeyp
     assert set(args.indexes) == {"tdm", "recforest", "dr"}
     args = _default_args(precision, monkeypatch, ["a.duckdb"])
     assert args.repeats >= 5 and args.precisions[0] == "fp32"
+
+
+def test_recforest_reference_agrees_with_grove_and_times_both(tmp_path):
+    from benchmarks import recforest_reference
+
+    res = recforest_reference.main(
+        ["--items", "400", "--cases", "2:5", "--users", "2", "--rounds", "2", "--out-dir", str(tmp_path)]
+    )
+    (row,) = res["rows"]
+    assert row["top_k_overlap"] == 1.0 and len(row["ratios"]) == 2
+    assert row["ms_per_user"]["reference"] > 0 and row["ms_per_user"]["grove"] > 0
+    assert "| 2 | 5 |" in (tmp_path / "recforest_reference.md").read_text()
