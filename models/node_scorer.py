@@ -311,10 +311,10 @@ def cuda_chunk_elements(device: torch.device) -> int:
     (1 GiB; a 1,024-user batch of a beam-50 binary tree is then one piece per level), or 1/64 of
     the device's memory where that is less (a handful of such intermediates are alive at once).
 
-    Each chunk costs a host sync (`trim_padding`) and ~20 kernel launches that the GPU waits
-    for, so small chunks leave it idle (the chunk sweep of `benchmarks.gpu_profile`, in
-    benchmarks/README.md; the top-k items are the same at every size). Cached per device:
-    `score` asks once per level."""
+    Each chunk costs ~20 kernel launches that the GPU waits for (and, outside a search, which
+    trims its batch once, a host sync in `trim_padding`), so small chunks leave it idle (the
+    chunk sweep of `benchmarks.gpu_profile`, in benchmarks/README.md; the top-k items are the
+    same at every size). Cached per device: `score` asks once per level."""
     total = torch.cuda.get_device_properties(device).total_memory
     return int(min(1 << 28, max(1 << 20, total // (4 * 64))))
 

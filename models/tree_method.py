@@ -152,8 +152,8 @@ class TreeSearcher(Searcher):
     """A trained tree and its scorer on a device: batched beam search and exhaustive scoring.
 
     Reduced precision casts a copy of the scorer's embeddings and activation unit
-    (`TDMScorer.cast_activation`: every activation intermediate half-size, the MLP and the
-    logits float32); `compile` runs each level's scoring through `torch.compile`."""
+    (`TDMScorer.in_precision`: every activation intermediate half-size, the MLP and the logits
+    float32); `compile` runs each level's scoring, or the whole search, through `torch.compile`."""
 
     def __init__(self, scorer: TDMScorer, tree: Tree, device: torch.device):
         self.scorer, self.tree, self.device = scorer.to(device).eval(), tree, device
