@@ -57,6 +57,7 @@ def test_answers_like_the_retriever(served):
         np.testing.assert_allclose(scores, want_s[: len(want)], rtol=1e-5)
     assert health["version"] == v1 and health["alias"] == "production"
     assert health["load_seconds"] > 0 and "metrics" not in health and len(health_res.content) < 1024
+    assert health["precision"] == "fp32" and health["compile"] is None  # the defaults
     assert quality["version"] == v1 and isinstance(quality["metrics"], list)
 
 

@@ -6,7 +6,8 @@ An HTTP JSON API (FastAPI, served by uvicorn):
   "exclude_seen": false}`` -> ``{"version": V, "items": [[raw ids]], "scores": [[...]],
   "unknown": n}``. Lists are best first and trimmed of padding (a list is shorter than k only
   when the index found fewer items). Ids may be JSON strings or integers (compared as strings).
-* ``GET /health`` -> the version served, its stored metrics, load time, alias, device, swaps.
+* ``GET /health`` -> the version served, load time, alias, device, search precision and
+  compile mode, swaps; ``GET /quality`` -> the served version's stored metrics.
 
 Unknown item ids (choice): ignored and counted in ``unknown``, never an error -- a history whose
 ids are all unknown is served like an empty one (the model's prior), because after a promotion to

@@ -140,6 +140,8 @@ class RetrievalService:
             "method": s.retriever.version.method,
             "dataset": s.retriever.version.dataset,
             "device": str(s.retriever.device),
+            "precision": s.retriever.searcher.precision,
+            "compile": self.config.compile,
             "n_items": s.retriever.n_items,
             "load_seconds": round(s.retriever.load_seconds, 4),
             "loaded_at": s.loaded_at,
