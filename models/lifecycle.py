@@ -37,7 +37,7 @@ from grove.indexstore.staging import DEFAULT_WRITE_WAIT, WRITE_WAIT_ENV
 from grove.indexstore.store import Store
 from grove.models.distributed import world
 from grove.models.method import Built, Method, MethodConfig, Searcher, check_memory, config_from_dict, resolve_device
-from grove.models.precision import check_compile_mode, default_precision, precision_dtype
+from grove.models.precision import check_compile_mode, precision_dtype
 from grove.models.registry import get_method
 
 STEPS = ("construct", "train", "relearn")
@@ -124,10 +124,10 @@ def searcher(
     loaded: Loaded, device: str | torch.device | None = "auto", precision: str | None = None, compile: str | None = None
 ) -> Searcher:
     """The version's searcher on ``device``, refused before loading if it cannot fit there;
-    searching in ``precision`` (default: the device's, `grove.models.precision`) and compiled
+    searching in ``precision`` (default fp32, `grove.models.precision`) and compiled
     when asked: ``compile`` 'level' or 'search' (`Searcher.compile`)."""
     dev = resolve_device(device)
-    precision = precision or default_precision(dev)
+    precision = precision or "fp32"  # reduced precision is asked for explicitly
     precision_dtype(precision)  # unknown names are refused before anything loads
     check_compile_mode(compile)
     check_memory(loaded.method, loaded.recipe.config, loaded.built.structure.n_items, ("search",), dev)

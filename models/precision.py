@@ -50,12 +50,6 @@ def check_compile_mode(mode: str | None) -> None:
         raise GroveError(f"unknown compile mode {mode!r}: use level or search (or leave it out: eager)")
 
 
-def default_precision(device: torch.device | str) -> str:
-    """The precision a searcher starts in: fp32 on every device (reduced precision is asked for
-    explicitly; `benchmarks.precision` reports what it changes)."""
-    return "fp32"
-
-
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
     """A `torch.autocast` context for ``precision`` on ``device`` (nothing for fp32)."""
     if precision == "fp32":

@@ -204,9 +204,7 @@ class TreeSearcher(Searcher):
         b = hist.shape[0]
 
         def score(rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-            grid = nodes.view(b, -1)
-            grid = torch.where(grid == 0, grid.max(), grid)  # as `_score_fn`
-            return self.scorer.forward_static(hist, grid).reshape(-1)
+            return self.scorer.forward_static(hist, _level_grid(nodes, b)).reshape(-1)
 
         return beam_search(self.tt, score, b, k, beam)
 
@@ -217,12 +215,7 @@ class TreeSearcher(Searcher):
         forward = self._compiled or self.scorer.forward_trimmed
 
         def score(rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-            grid = nodes.view(b, -1)  # (B, W)
-            # padding pairs come as the root (node 0), never a real candidate below level 0;
-            # give them a real candidate of this call so all pairs share a level (JTM's
-            # hierarchical behaviours then take their one-level fast path). Scores are discarded.
-            grid = torch.where(grid == 0, grid.max(), grid)
-            return self.scorer.score(hist, grid, forward=forward).reshape(-1)
+            return self.scorer.score(hist, _level_grid(nodes, b), forward=forward).reshape(-1)
 
         return score
 
@@ -247,6 +240,15 @@ class TreeSearcher(Searcher):
         # leaves per call: keep B * chunk * 69 * 36 activation floats around 2**26
         chunk = max(64, (1 << 26) // max(1, hist.shape[0] * hist.shape[1] * 36))
         return exhaustive(self.tt, self._score_fn(hist), hist.shape[0], k, chunk=chunk)
+
+
+def _level_grid(nodes: torch.Tensor, b: int) -> torch.Tensor:
+    """A level's user-major pairs ``nodes`` (B * W,) as the (B, W) grid the scorer takes.
+    Padding pairs come as the root (node 0), never a real candidate below level 0: they get a
+    real candidate of this call so all pairs share a level (JTM's hierarchical behaviours then
+    take their one-level fast path). Their scores are discarded."""
+    grid = nodes.view(b, -1)
+    return torch.where(grid == 0, grid.max(), grid)
 
 
 TC = TypeVar("TC", bound=TreeMethodConfig)

@@ -161,6 +161,30 @@ def make_synth_store(new_store_url):
     return make
 
 
+@pytest.fixture(scope="session")
+def store_trained():
+    """``store(url, index, method, config, built) -> version id``: a trained index written as a
+    version of the synthetic dataset "synth" / split "default", as a train step would."""
+    from grove.indexstore.store import Store
+
+    def store(url: str, index: str, method: str, config, built) -> int:
+        return (
+            Store.open(url)
+            .write_version(
+                index,
+                method,
+                built.structure,
+                {"method": method, "config": config.to_dict(), "step": "train", "round": 0},
+                dataset="synth",
+                split="default",
+                artifacts=built.artifacts,
+            )
+            .id
+        )
+
+    return store
+
+
 _EXIT_STATUS: list[int] = []
 
 

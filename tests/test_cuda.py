@@ -60,22 +60,14 @@ def test_trains_and_searches_on_cuda_like_on_cpu(url, name):
     torch.testing.assert_close(s_gpu.cpu().sort(1).values, s_cpu.sort(1).values, atol=1e-3, rtol=1e-3)
 
 
-def test_retriever_loads_onto_cuda(url):
+def test_retriever_loads_onto_cuda(url, store_trained):
     store = Store.open(url)
     method = get_method("tdm")
     config = config_from_dict(method.config_cls, TINY["tdm"])
     data = split_data(store, "synth", "default", config)
     built = method.train(config, method.construct(config, data, 0), data, 0)
-    info = store.write_version(
-        "cuda-tdm",
-        "tdm",
-        built.structure,
-        {"method": "tdm", "config": config.to_dict(), "step": "train", "round": 0},
-        dataset="synth",
-        split="default",
-        artifacts=built.artifacts,
-    )
-    r = Retriever.load(store, "cuda-tdm", version=info.id, device="cuda")
+    version = store_trained(url, "cuda-tdm", "tdm", config, built)
+    r = Retriever.load(store, "cuda-tdm", version=version, device="cuda")
     assert r.device.type == "cuda"
     scores, items = r.retrieve([[1, 2, 3], [], [5]], k=7, beam=20)
     assert items.shape == (3, 7) and (items[:, 0] >= 0).all()

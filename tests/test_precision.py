@@ -134,19 +134,10 @@ def test_only_tree_searchers_compile(trained):
 
 
 @pytest.fixture(scope="module")
-def tdm_version(trained, url) -> int:
+def tdm_version(trained, url, store_trained) -> int:
     """The tiny TDM index stored as version of the index 'prec-tdm'."""
     config, built, _ = trained["tdm"]
-    info = Store.open(url).write_version(
-        "prec-tdm",
-        "tdm",
-        built.structure,
-        {"method": "tdm", "config": config.to_dict(), "step": "train", "round": 0},
-        dataset="synth",
-        split="default",
-        artifacts=built.artifacts,
-    )
-    return info.id
+    return store_trained(url, "prec-tdm", "tdm", config, built)
 
 
 def test_an_unknown_precision_is_refused_naming_the_choices(trained, url, tdm_version):
