@@ -11,8 +11,9 @@ The folder (`export_index`):
 * ``artifacts/NAME``: the version's model files byte for byte (state dicts, item vectors);
 * the model as TorchScript where the method has one (`grove.models.scripted`): ``scorer.pt``
   (TDM, JTM: the node scorer), ``scorer_R.pt`` per tree (DeFoRec), ``encoder.pt`` +
-  ``layer_d.pt`` + ``rerank.pt`` (Deep Retrieval) or ``user_tower.pt`` + ``item_vectors.parquet``
-  (two-tower), checked before writing to give grove's top-k.
+  ``layer_d.pt`` + ``rerank.pt`` (Deep Retrieval), ``encoder.pt`` + ``decoder_t_step_l.pt`` +
+  ``leaf_scorer_t.pt`` (RecForest) or ``user_tower.pt`` + ``item_vectors.parquet`` (two-tower),
+  checked before writing to give grove's top-k.
 
 A folder is written whole or not at all: files go to ``DIR.partial`` first, which is renamed at
 the end; an existing DIR is refused. `import_index` checks every SHA-256, that the target store

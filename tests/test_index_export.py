@@ -1,7 +1,8 @@
 """Export and import of an index (`grove export`, `grove import-index`): every method's version
 round-trips into another store with the same structure, weights and top-k; the TorchScript
-scorer gives grove's top-k; the README's outside-grove TDM search agrees with grove's; bad
-folders are refused with the store unchanged."""
+scorer gives grove's top-k; the README's outside-grove TDM search agrees with grove's, and so does
+a RecForest search run with the exported modules only; bad folders are refused with the store
+unchanged."""
 
 from __future__ import annotations
 
@@ -81,8 +82,13 @@ def test_every_method_round_trips_into_another_store(stores, tmp_path, method):
         == (method == "two_tower")
     )
     assert any(re.fullmatch(r"scorer_\d+\.pt", name) for name in manifest["files"]) == (method == "deforec")
-    assert ("encoder.pt" in manifest["files"]) == (method == "dr")
-    scripted = ("tdm", "jtm", "deforec", "dr", "two_tower")
+    assert ("encoder.pt" in manifest["files"]) == (method in ("dr", "recforest"))
+    assert (
+        ("leaf_scorer_0.pt" in manifest["files"])
+        == ("decoder_0_step_0.pt" in manifest["files"])
+        == (method == "recforest")
+    )
+    scripted = ("tdm", "jtm", "deforec", "dr", "recforest", "two_tower")
     assert (out.scripted is not None) == (method in scripted) == (manifest["scorer"] is not None)
     raw = pq.read_table(out.folder / "items.parquet").column("raw").to_pylist()
     assert raw == [str(r) for r in src.item_raw_ids("synth")]
@@ -136,6 +142,110 @@ def test_two_tower_export_serves_by_inner_product(stores, tmp_path):
         histories(src), 10, 20
     )
     assert [[raw[i] for i in row] for row in top] == want.items
+
+
+def recforest_outside_grove(folder: pathlib.Path, histories, k: int, beam: int) -> tuple[list, list]:
+    """RecForest's search (appendix Algorithm 4) with the exported TorchScript modules and Parquet
+    files only, as the manifest describes it: a cached beam search in every tree, the union of the
+    items found, ranked by sum_t log p_t(item) (log-sum-exp over the item's leaves; a leaf the beam
+    reached keeps its beam log-prob, the others are teacher-forced). Returns the k best dense item
+    ids and their scores per user."""
+    import torch
+
+    arity = json.loads((folder / "manifest.json").read_text())["arity"]
+    table = pq.read_table(folder / "item_paths.parquet").to_pydict()
+    n_trees = max(table["tree"]) + 1
+    leaf_item: list[dict] = [{} for _ in range(n_trees)]  # leaf path -> item
+    item_leaves: list[dict] = [{} for _ in range(n_trees)]  # item -> its leaf paths
+    for t, item, path in zip(table["tree"], table["item"], table["path"]):
+        leaf_item[t][tuple(path)] = item
+        item_leaves[t].setdefault(item, []).append(path)
+
+    def load(name: str) -> torch.jit.ScriptModule:
+        return torch.jit.load(str(folder / name))
+
+    u = histories.shape[0]
+    rows = torch.arange(u)[:, None]
+    with torch.no_grad():
+        mem_k, mem_v, bias = load("encoder.pt")(histories)
+        beams = []  # per tree, per user: {leaf path: log-prob}
+        for t in range(n_trees):
+            codes, scores, cache = torch.zeros(u, 1, 0, dtype=torch.long), torch.zeros(u, 1), ()
+            for level in range(len(next(iter(leaf_item[t])))):
+                step = load(f"decoder_{t}_step_{level}.pt")
+                last = (codes[:, :, -1],) if level else ()
+                logp, *cache = step(mem_k[t], mem_v[t], bias, *last, *cache)  # (U, P, K), 2 x (layers, U, P, ...)
+                cand = (scores[:, :, None] + logp).reshape(u, -1)
+                scores, idx = cand.topk(min(beam, cand.shape[1]), dim=1)
+                parent = idx // arity
+                codes = torch.cat([codes[rows, parent], (idx % arity)[:, :, None]], dim=2)
+                cache = [c[:, rows, parent] for c in cache]  # the kept prefixes' keys and values
+            beams.append([dict(zip(map(tuple, c.tolist()), s.tolist())) for c, s in zip(codes, scores)])
+        scorers = [load(f"leaf_scorer_{t}.pt") for t in range(n_trees)]
+        best, best_scores = [], []
+        for i in range(u):
+            items = sorted({leaf_item[t][path] for t in range(n_trees) for path in beams[t][i]})
+            total = torch.zeros(len(items))
+            for t in range(n_trees):
+                paths = torch.tensor([p for item in items for p in item_leaves[t][item]])  # (P, H)
+                logp = scorers[t](mem_k[t][:, i : i + 1], mem_v[t][:, i : i + 1], bias[i : i + 1], paths[None])[0]
+                teacher = logp.gather(-1, paths[..., None]).squeeze(-1).sum(-1).tolist()  # (P,) log p_t(leaf)
+                leaf = [beams[t][i].get(tuple(p), lp) for p, lp in zip(paths.tolist(), teacher)]
+                n = [len(item_leaves[t][item]) for item in items]
+                total += torch.stack([x.logsumexp(0) for x in torch.tensor(leaf).split(n)])
+            top = total.topk(k)
+            best.append([items[j] for j in top.indices.tolist()])
+            best_scores.append(top.values.tolist())
+    return best, best_scores
+
+
+def test_recforest_export_serves_outside_grove_like_grove(stores, tmp_path):
+    """The exported RecForest modules, loaded with torch.jit.load, and the Parquet structure give
+    the stored version's top-k without grove; the manifest says how to call every module."""
+    import torch
+
+    src_url, _, versions = stores
+    src = Store.open(src_url)
+    out = export_index(src, "x-recforest", tmp_path / "rf", version=versions["recforest"])
+    manifest = json.loads((out.folder / "manifest.json").read_text())
+    doc = manifest["scorer"]
+    depth = len(pq.read_table(out.folder / "item_paths.parquet").column("path")[0].as_py())  # complete trees
+    for key in ("encoder", "decoder_t_step_l", "leaf_scorer_t", "call", "returns"):
+        assert doc[key], key
+    assert "mem_k, mem_v, bias = encoder(histories)" in doc["encoder"]
+    assert "decoder_t_step_l(mem_k[t], mem_v[t], bias, last_codes, cache_k, cache_v)" in doc["decoder_t_step_l"]
+    assert "leaf_scorer_t(mem_k[t], mem_v[t], bias, paths)" in doc["leaf_scorer_t"]
+    want_files = {"encoder.pt"} | {f"leaf_scorer_{t}.pt" for t in range(2)}
+    want_files |= {f"decoder_{t}_step_{level}.pt" for t in range(2) for level in range(depth)}
+    assert set(doc["files"]) == want_files and want_files <= set(manifest["files"])
+
+    dense = torch.as_tensor(src.load_split("synth", "default").valid.histories[:24]).long()
+    got, scores = recforest_outside_grove(out.folder, dense, k=10, beam=20)
+    want = Retriever.load(src, "x-recforest", version=versions["recforest"], device="cpu").retrieve_raw(
+        histories(src), 10, 20
+    )
+    raw = pq.read_table(out.folder / "items.parquet").column("raw").to_pylist()
+    # the same k items with the same score at every rank: the same ranking, but for items whose
+    # scores tie (two float32 sums of this tiny model do, and a tie may come in either order)
+    assert [{raw[i] for i in row} for row in got] == [set(row) for row in want.items]
+    np.testing.assert_allclose(scores, want.scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("leaf_scoring", ["teacher", "expand"])
+def test_recforest_modules_stand_in_for_either_leaf_scoring(stores, leaf_scoring):
+    """The candidates' leaves the beams missed are scored by teacher forcing or by expanding the
+    tree with the cached steps: the traced modules give grove's top-k either way (else `script`
+    refuses)."""
+    from grove.flows.index_export import _check_histories
+    from grove.models.scripted import script
+
+    src_url, _, versions = stores
+    store = Store.open(src_url)
+    info = store.version(versions["recforest"])
+    searcher = lifecycle.searcher(lifecycle.load(store, info.id), "cpu")
+    searcher.leaf_scoring = leaf_scoring
+    made = script(searcher, _check_histories(info.shape), 10, 20)
+    assert made is not None and made.kind == "encoder, decoder steps and leaf scorers"
 
 
 def test_cli_export_and_import(stores, tmp_path, capsys):

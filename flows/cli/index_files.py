@@ -28,7 +28,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "export",
         help="write an index version to a folder: Parquet structure with raw item ids, the model as "
-        "TorchScript (all but RecForest and item-CF), weights, manifest with SHA-256",
+        "TorchScript where the method has one, weights, manifest with SHA-256",
     )
     p.add_argument("ref", metavar="INDEX[@V]", help="the index, at version V (default: production, else the newest)")
     p.add_argument("dir", help="the folder to create (must not exist)")

@@ -23,7 +23,7 @@ Choices where the appendix is silent
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,16 +40,33 @@ ATTENTION_CHUNK = 1 << 15
 def attention_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool) -> torch.Tensor:
     """`F.scaled_dot_product_attention` of (N, nh, S, dh) sequences in pieces of at most
     `ATTENTION_CHUNK` along N (each sequence is independent: the same result)."""
-    if q.shape[0] <= ATTENTION_CHUNK:
+    return _attention_in_chunks(q, k, v, is_causal, ATTENTION_CHUNK)
+
+
+@torch.jit.script_if_tracing  # a trace keeps the split for every N (`grove.models.scripted`)
+def _attention_in_chunks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, chunk: int
+) -> torch.Tensor:
+    if q.shape[0] <= chunk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
     return torch.cat(
         [
-            F.scaled_dot_product_attention(
-                q[i : i + ATTENTION_CHUNK], k[i : i + ATTENTION_CHUNK], v[i : i + ATTENTION_CHUNK], is_causal=is_causal
-            )
-            for i in range(0, q.shape[0], ATTENTION_CHUNK)
+            F.scaled_dot_product_attention(q[i : i + chunk], k[i : i + chunk], v[i : i + chunk], is_causal=is_causal)
+            for i in range(0, q.shape[0], chunk)
         ]
     )
+
+
+@torch.jit.script_if_tracing  # a trace keeps the width the data gives (`grove.models.scripted`)
+def trim_padding(histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """histories (U, L) -> (histories (U, L'), pad (U, L') bool): the columns up to the longest
+    history of the batch; an empty history keeps column 0 (its padding embedding) visible."""
+    pad = histories < 0
+    width = int((~pad).sum(1).max().item()) if histories.numel() else 0
+    width = max(width, 1)
+    histories, pad = histories[:, :width], pad[:, :width].clone()
+    pad[:, 0] = pad[:, 0] & ~pad.all(1)  # not &=, which TorchScript does not write back
+    return histories, pad
 
 
 class HistoryEncoder(nn.Module):
@@ -70,13 +87,9 @@ class HistoryEncoder(nn.Module):
 
         L' = longest non-padded history of the batch (histories are nearest first, so the
         columns past it are padding for every user and are cut)."""
-        pad = histories < 0
-        width = int((~pad).sum(1).max().item()) if histories.numel() else 0
-        width = max(width, 1)
-        histories, pad = histories[:, :width], pad[:, :width].clone()
-        pad[:, 0] &= ~pad.all(1)  # an empty history keeps column 0 (padding embedding) visible
+        histories, pad = trim_padding(histories)
         ids = torch.where(histories < 0, torch.full_like(histories, self.n_items), histories)
-        pos = torch.arange(width, device=histories.device)
+        pos = torch.arange(histories.shape[1], device=histories.device)
         x = self.item(ids) + self.pos(pos)[None]
         x = self.layers(x, src_key_padding_mask=pad)
         return self.norm(x), pad
@@ -203,51 +216,71 @@ class PathDecoder(nn.Module):
         return self._logits(x, level)[:, :, 0], new_cache
 
     def all_leaf_log_probs(self, mem) -> torch.Tensor:
-        """log p(path) of every leaf, (U, K^H) in leaf-code order (the path read as a base-K int,
-        first level most significant): the tree expanded level by level with the cache, one
-        decoder step per internal node (1 + K + ... + K^(H-1) in all) instead of H steps for
-        each of the K^H leaves as teacher forcing takes. Memory: the cache of the K^(H-1) last
-        prefixes, (U, K^(H-1), heads, H-1, dh) per layer -- chunk users for deep trees."""
-        u = mem[1].shape[0]
-        dev = mem[1].device
-        scores = torch.zeros(u, 1, device=dev)
-        cache, last = None, None
-        for level in range(self.depth):
-            logp, cache = self.step(mem, last, level, cache)  # (U, P, K), P = K^level prefixes
-            scores = (scores[:, :, None] + logp).reshape(u, -1)  # prefix p, child c -> p * K + c
-            if level + 1 < self.depth:
-                p = scores.shape[1]
-                last = (torch.arange(p, device=dev) % self.arity).expand(u, p)
-                cache = [
-                    (k.repeat_interleave(self.arity, dim=1), v.repeat_interleave(self.arity, dim=1)) for k, v in cache
-                ]
-        return scores
+        """`all_leaf_log_probs` of this decoder."""
+        return all_leaf_log_probs(self, mem)
 
     def beam_search(self, mem, beam: int, use_cache: bool = True):
-        """Top-`beam` paths by log-probability, batched over users and beams.
+        """`path_beam_search` of this decoder."""
+        return path_beam_search(self, mem, beam, use_cache)
 
-        Returns codes (U, B', H) long and log-probs (U, B') best first, B' = min(beam, K^H).
-        ``use_cache=False`` recomputes the whole prefix at every step (reference for tests)."""
-        u = mem[1].shape[0]
-        dev = mem[1].device
-        codes = torch.zeros(u, 1, 0, dtype=torch.long, device=dev)
-        scores = torch.zeros(u, 1, device=dev)
-        cache = None
-        rows = torch.arange(u, device=dev)[:, None]
-        for level in range(self.depth):
-            if use_cache:
-                last = None if level == 0 else codes[:, :, -1]
-                logp, cache = self.step(mem, last, level, cache)
-            else:
-                padded = torch.cat([codes, codes.new_zeros(u, codes.shape[1], 1)], dim=2)
-                logp = self.level_log_probs(mem, padded)[:, :, level]
-            cand = (scores[:, :, None] + logp).reshape(u, -1)  # (U, P*K)
-            scores, idx = cand.topk(min(beam, cand.shape[1]), dim=1)  # sorted, best first
-            parent, code = idx // self.arity, idx % self.arity
-            codes = torch.cat([codes[rows, parent], code[:, :, None]], dim=2)
-            if use_cache and cache is not None:
-                cache = [(k[rows, parent], v[rows, parent]) for k, v in cache]
-        return codes, scores
+
+class StepDecoder(Protocol):
+    """What the searches over one tree's paths call: a `PathDecoder`, or its modules traced by
+    `grove.models.scripted` (which stand in for it to check them)."""
+
+    arity: int
+    depth: int
+
+    def step(self, mem, last_codes: torch.Tensor | None, level: int, cache) -> tuple[torch.Tensor, list]: ...
+
+    def level_log_probs(self, mem, codes: torch.Tensor) -> torch.Tensor: ...
+
+
+def all_leaf_log_probs(dec: StepDecoder, mem) -> torch.Tensor:
+    """log p(path) of every leaf, (U, K^H) in leaf-code order (the path read as a base-K int,
+    first level most significant): the tree expanded level by level with the cache, one
+    decoder step per internal node (1 + K + ... + K^(H-1) in all) instead of H steps for
+    each of the K^H leaves as teacher forcing takes. Memory: the cache of the K^(H-1) last
+    prefixes, (U, K^(H-1), heads, H-1, dh) per layer -- chunk users for deep trees."""
+    u = mem[1].shape[0]
+    dev = mem[1].device
+    scores = torch.zeros(u, 1, device=dev)
+    cache, last = None, None
+    for level in range(dec.depth):
+        logp, cache = dec.step(mem, last, level, cache)  # (U, P, K), P = K^level prefixes
+        scores = (scores[:, :, None] + logp).reshape(u, -1)  # prefix p, child c -> p * K + c
+        if level + 1 < dec.depth:
+            p = scores.shape[1]
+            last = (torch.arange(p, device=dev) % dec.arity).expand(u, p)
+            cache = [(k.repeat_interleave(dec.arity, dim=1), v.repeat_interleave(dec.arity, dim=1)) for k, v in cache]
+    return scores
+
+
+def path_beam_search(dec: StepDecoder, mem, beam: int, use_cache: bool = True):
+    """Top-`beam` paths by log-probability, batched over users and beams.
+
+    Returns codes (U, B', H) long and log-probs (U, B') best first, B' = min(beam, K^H).
+    ``use_cache=False`` recomputes the whole prefix at every step (reference for tests)."""
+    u = mem[1].shape[0]
+    dev = mem[1].device
+    codes = torch.zeros(u, 1, 0, dtype=torch.long, device=dev)
+    scores = torch.zeros(u, 1, device=dev)
+    cache = None
+    rows = torch.arange(u, device=dev)[:, None]
+    for level in range(dec.depth):
+        if use_cache:
+            last = None if level == 0 else codes[:, :, -1]
+            logp, cache = dec.step(mem, last, level, cache)
+        else:
+            padded = torch.cat([codes, codes.new_zeros(u, codes.shape[1], 1)], dim=2)
+            logp = dec.level_log_probs(mem, padded)[:, :, level]
+        cand = (scores[:, :, None] + logp).reshape(u, -1)  # (U, P*K)
+        scores, idx = cand.topk(min(beam, cand.shape[1]), dim=1)  # sorted, best first
+        parent, code = idx // dec.arity, idx % dec.arity
+        codes = torch.cat([codes[rows, parent], code[:, :, None]], dim=2)
+        if use_cache and cache is not None:
+            cache = [(k[rows, parent], v[rows, parent]) for k, v in cache]
+    return codes, scores
 
 
 class RecForestNet(nn.Module):

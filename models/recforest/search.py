@@ -23,7 +23,7 @@ from grove.indexstore.errors import StructureError
 from grove.indexstore.structures import Forest, Tree
 from grove.models.method import Searcher
 from grove.models.precision import search_mode
-from grove.models.recforest.network import RecForestNet
+from grove.models.recforest.network import RecForestNet, StepDecoder, all_leaf_log_probs, path_beam_search
 from grove.models.topk import ranked, unique_rows
 
 PATH_CHUNK = 1 << 16  # max (users x paths) scored by teacher forcing at once
@@ -110,7 +110,7 @@ def sibling_groups(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return slot, rep
 
 
-def score_paths(dec, mem, digits: torch.Tensor, groups=None) -> torch.Tensor:
+def score_paths(dec: StepDecoder, mem, digits: torch.Tensor, groups=None) -> torch.Tensor:
     """Teacher-forced log p(path) for digits (U, P, H) -> (U, P), chunked over the parents.
 
     Paths of one user that share their first H-1 codes (siblings) share one decoder pass: the
@@ -159,7 +159,7 @@ class RecForestSearcher(Searcher):
         user chunks of <= PATH_CHUNK last-level prefixes."""
         step = max(1, PATH_CHUNK // self.tables.arity ** max(0, self.tables.depths[t] - 1))
         dec, u = self.net.decoder_list()[t], mem[1].shape[0]
-        return torch.cat([dec.all_leaf_log_probs(_user_slice(mem, i, i + step)) for i in range(0, u, step)])
+        return torch.cat([all_leaf_log_probs(dec, _user_slice(mem, i, i + step)) for i in range(0, u, step)])
 
     def _item_log_probs(self, t, mem, cand, beam_codes, beam_lp):
         """log p_t(item) for candidates (U, C) (-1 holes -> -inf), reusing the beam's leaves
@@ -208,7 +208,7 @@ class RecForestSearcher(Searcher):
         mems = self.net.memories(histories)
         found = []
         for t, (dec, mem) in enumerate(zip(self.net.decoder_list(), mems)):
-            digits, lp = dec.beam_search(mem, beam)
+            digits, lp = path_beam_search(dec, mem, beam)
             codes = self.tables.to_codes(digits)
             found.append((codes, lp, self.tables.leaf_item[t][codes]))
         cand = unique_rows(torch.cat([f[2] for f in found], dim=1))  # (U, C)
@@ -222,8 +222,8 @@ class RecForestSearcher(Searcher):
     @search_mode
     def exhaustive(self, histories: torch.Tensor, k: int):
         """Every item scored by sum_t log p_t(item): every leaf's log-prob from expanding each
-        tree level by level (`PathDecoder.all_leaf_log_probs`), the same values teacher forcing
-        gives at about 1 / (H (K - 1)) of its decoder token steps."""
+        tree level by level (`all_leaf_log_probs`), the same values teacher forcing gives at
+        about 1 / (H (K - 1)) of its decoder token steps."""
         histories = histories.to(self.device).long()
         u = histories.shape[0]
         total = torch.zeros(u, self.n_items, device=self.device)
