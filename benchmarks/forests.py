@@ -39,8 +39,9 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "forests.json"
 DATASETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def load_data(name: str, seed: int) -> SplitData:
-    """ml-1m-subset (with genres) through the readers and the protocol, or synthetic."""
+def load_data(name: str, seed: int, min_behaviours: int = 1) -> SplitData:
+    """ml-1m-subset (with genres) through the readers and the protocol, or synthetic; training
+    windows with >= ``min_behaviours`` behaviours."""
     if name == "ml-1m-subset":
         from grove.indexstore.categories import read_item_categories
         from grove.indexstore.readers import read_interactions
@@ -55,7 +56,9 @@ def load_data(name: str, seed: int) -> SplitData:
     names = sorted({c for c in kept if c is not None})
     code = {c: i for i, c in enumerate(names)}
     codes = np.array([code.get(c, -1) if c is not None else -1 for c in kept], dtype=np.int32)
-    return build_split_data(inter, split_users(inter, seed=seed), len(inter.item_raw), codes, name, "default")
+    return build_split_data(
+        inter, split_users(inter, seed=seed), len(inter.item_raw), codes, name, "default", min_behaviours=min_behaviours
+    )
 
 
 def quality(searcher, data: SplitData, beam: int, users: int) -> dict:

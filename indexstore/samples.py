@@ -14,6 +14,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +85,13 @@ class TrainingSamples:
         """The samples ``idx`` (sharing ``sequence``: no window is copied)."""
         return TrainingSamples(self.sequence, self.starts[idx], self.targets[idx], self.users[idx])
 
+    def behaviour_counts(self) -> np.ndarray:
+        """(n,) int64: the behaviours of every window (<= 69), from the PADs that end each user's
+        run in ``sequence`` (no (n, 69) array is built)."""
+        # every user's run ends in 69 PADs (windows of `from_windows` may not: the end bounds them)
+        pads = np.append(np.flatnonzero(self.sequence == PAD), self.sequence.shape[0])
+        return np.minimum(pads[np.searchsorted(pads, self.starts)] - self.starts, MAX_BEHAVIOURS)
+
 
 @dataclass(frozen=True, eq=False)
 class HeldOutUsers:
@@ -144,6 +152,15 @@ class SplitData:
     train_items: np.ndarray
     valid: HeldOutUsers
     test: HeldOutUsers
+
+    def with_min_behaviours(self, min_behaviours: int) -> SplitData:
+        """This split with only the training windows of >= ``min_behaviours`` behaviours (the
+        protocol's filter applied afterwards: the same windows `build_split_data` keeps with it,
+        up to the 69-behaviour cap); itself for 1, which every window meets."""
+        if min_behaviours <= 1:
+            return self
+        keep = np.flatnonzero(self.train.behaviour_counts() >= min(min_behaviours, MAX_BEHAVIOURS))
+        return dataclasses.replace(self, train=self.train.subset(keep))
 
     def held_out(self, role: str) -> HeldOutUsers:
         if role not in ("valid", "test"):

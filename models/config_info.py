@@ -28,6 +28,9 @@ COMMON = {
     "device": "'auto' (CUDA when available), 'cpu' or 'cuda'",
     "arity": "children per node of the tree (K)",
     "dim": "embedding size of items, nodes and behaviours",
+    "min_behaviours": "a training window needs this many behaviours before its target (JTM 5, RecForest 14)",
+    "network": "scorer network: 'attention' (TDM's activation unit) or 'average' (plain window averages)",
+    "batch_norm": "batch normalisation in the scorer's MLP",
 }
 
 _TREE = {
@@ -53,6 +56,7 @@ BY_METHOD: dict[str, dict[str, str]] = {
         "gap": "levels assigned per tree-learning step (d)",
         "tree_samples": "training pairs scored by tree learning, seeded subset (0 = all)",
         "discriminator": "scorer that ranks the forest's candidates: 'last_scorer' or 'two_tower'",
+        "hierarchical": "score a node with the behaviours' ancestors at its level (JTM's representation)",
         "beam": "default query beam when a search names none",
     },
     "recforest": {

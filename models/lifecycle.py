@@ -65,7 +65,7 @@ class Recipe:
             raise GroveError(f"a version's recipe names no method: {data!r}")
         return cls(
             data["method"],
-            config_from_dict(get_method(data["method"]).config_cls, data.get("config", {})),
+            config_from_dict(get_method(data["method"]).config_cls, data.get("config", {}), stored=True),
             str(data.get("step", "construct")),
             int(data.get("round", 0)),
             int(data.get("workers", 1)),
@@ -139,14 +139,16 @@ def searcher(
 
 
 @functools.lru_cache(maxsize=4)
-def _split_cached(url: str, dataset: str, split: str, min_behaviours: int, stamp: str) -> SplitData:
-    return Store.open(url).load_split(dataset, split, min_behaviours=min_behaviours)
+def _split_cached(url: str, dataset: str, split: str, stamp: str) -> SplitData:
+    return Store.open(url).load_split(dataset, split)
 
 
 def split_data(store: Store, dataset: str, split: str, config: MethodConfig) -> SplitData:
-    """The split's arrays, cached per process (keyed by the dataset's creation stamp)."""
+    """The split's arrays, cached per process (keyed by the dataset's creation stamp), with the
+    training windows the config's ``min_behaviours`` keeps (a view of the cached windows)."""
     stamp = str(store.dataset(dataset).created_at)
-    return _split_cached(store.url, dataset, split, int(getattr(config, "min_behaviours", 1)), stamp)
+    data = _split_cached(store.url, dataset, split, stamp)
+    return data.with_min_behaviours(int(getattr(config, "min_behaviours", 1)))
 
 
 def build(recipe: Recipe, data: SplitData) -> Built:

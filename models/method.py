@@ -42,13 +42,21 @@ class MethodConfig:
 
     seed: int = 0
 
+    # A field added after versions were stored with this config: the value that reproduces what
+    # those versions were built with, used for a stored config that lacks the field (a new
+    # field's default may be a different choice, e.g. JTM's network since issue 30).
+    stored_before: ClassVar[dict[str, Any]] = {}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def config_from_dict(cls: type[MethodConfig], values: dict[str, Any] | None) -> MethodConfig:
-    """Build ``cls`` from a dict, refusing unknown fields with a message that lists known ones."""
-    values = dict(values or {})
+def config_from_dict(cls: type[MethodConfig], values: dict[str, Any] | None, stored: bool = False) -> MethodConfig:
+    """Build ``cls`` from a dict, refusing unknown fields with a message that lists known ones.
+
+    ``stored``: the dict is a stored version's config; fields it lacks take
+    ``cls.stored_before`` (what the version was built with) before the defaults."""
+    values = {**cls.stored_before, **(values or {})} if stored else dict(values or {})
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:

@@ -31,6 +31,18 @@ Network
   attention entirely, so we keep DIN's raw weights and divide by the count.
 * [10 window vectors, node embedding] (11d) -> Linear-BN-PReLU 128 -> 64 -> 24 -> Linear 1.
   The paper's "binary softmax" over 2 outputs is equivalent to one logit with a sigmoid.
+
+Networks (``network``, ``batch_norm``)
+---------------------------------------
+* ``"attention"``: the activation unit above (TDM's "attention-DNN", Figure 2; DeFoRec's
+  Figure 1). With ``batch_norm`` the MLP is Linear-BN-PReLU (TDM; DeFoRec §3.1: "batch
+  normalization is applied to the MLP").
+* ``"average"``: no activation unit; every behaviour weighs 1, so a window vector is the
+  element-wise average of its behaviours (TDM's "TDM DNN" variant, §5.3, "only removes the
+  activation unit"; JTM's network, supplement B, whose MLP is "three fully-connected layers, with
+  128, 64 and 24 hidden units ... PReLU", no batch norm: ``batch_norm=False``). Its window
+  vectors depend on the user (and, for JTM, the level) only, so they are computed once per
+  user and shared by the user's C nodes.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ from grove.indexstore.samples import MAX_BEHAVIOURS
 from grove.indexstore.structures import Tree
 
 WINDOWS = (1, 1, 1, 2, 2, 2, 10, 10, 20, 20)
+NETWORKS = ("attention", "average")
 
 
 def window_matrix(width: int = MAX_BEHAVIOURS, windows=WINDOWS) -> torch.Tensor:
@@ -99,6 +112,8 @@ class TDMScorer(nn.Module):
     hidden : sizes of the MLP after the concatenation (128, 64, 24).
     act_hidden : hidden size of the activation unit (36 in Figure 2).
     batch_norm : Linear-BN-PReLU (TDM) or Linear-PReLU (JTM's plain DNN).
+    network : 'attention' (the activation unit weighs each behaviour) or 'average' (no
+        activation unit: plain window averages; module docstring).
     """
 
     # buffers derived from the tree (not learnt; `register_buffer` below)
@@ -106,8 +121,19 @@ class TDMScorer(nn.Module):
     node_level: torch.Tensor  # (M,) level of every node
     windows: torch.Tensor  # (69, 10) one-hot time windows
 
-    def __init__(self, tree: Tree, dim: int = 24, hidden=(128, 64, 24), act_hidden: int = 36, batch_norm: bool = True):
+    def __init__(
+        self,
+        tree: Tree,
+        dim: int = 24,
+        hidden=(128, 64, 24),
+        act_hidden: int = 36,
+        batch_norm: bool = True,
+        network: str = "attention",
+    ):
         super().__init__()
+        if network not in NETWORKS:
+            raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+        self.network = network
         node_row, n_internal = node_rows_for(tree)
         self.n_items, self.n_internal, self.dim = tree.n_items, n_internal, dim
         self.pad_row = tree.n_items + n_internal
@@ -120,9 +146,14 @@ class TDMScorer(nn.Module):
         self.register_buffer("node_row", torch.as_tensor(node_row), persistent=False)
         self.register_buffer("node_level", torch.as_tensor(tree.level.astype(np.int64)), persistent=False)
         self.register_buffer("windows", window_matrix(), persistent=False)  # (69, 10)
-        self.act_in = nn.Linear(3 * dim, act_hidden)
-        self.act_prelu = _PReLU(act_hidden)
-        self.act_out = nn.Linear(act_hidden, 1)
+        # the activation unit ('attention' only: an 'average' scorer has no such parameters)
+        attention = network == "attention"
+        self.act_in = nn.Linear(3 * dim, act_hidden) if attention else None
+        self.act_prelu = _PReLU(act_hidden) if attention else None
+        self.act_out = nn.Linear(act_hidden, 1) if attention else None
+        # floats per (user, node, behaviour) of a level's scoring: the activation unit's hidden
+        # layer or the behaviour embedding (the unit chunk sizes are counted in)
+        self.act_width = max(act_hidden if attention else 0, dim)
         layers, width = [], (len(WINDOWS) + 1) * dim
         for h in hidden:
             layers += [nn.Linear(width, h)] + ([nn.BatchNorm1d(h)] if batch_norm else []) + [nn.PReLU(h)]
@@ -145,7 +176,8 @@ class TDMScorer(nn.Module):
         (U, C, L, 36) intermediates are what a search moves, while the MLP sees (U * C, 11d)
         rows and, kept in float32, does not round the logits that rank the candidates."""
         for part in (self.emb, self.act_in, self.act_prelu, self.act_out):
-            part.to(dtype)
+            if part is not None:
+                part.to(dtype)
         self.windows = self.windows.to(dtype)
 
     # ------------------------------------------------------------------------------- lookups
@@ -202,7 +234,7 @@ class TDMScorer(nn.Module):
         valid = (beh_rows != self.pad_row).unsqueeze(1) if shared else beh_rows != self.pad_row
         win = self.windows[: beh_rows.shape[-1]]  # (L, 10)
         u, c = node_rows.shape
-        per_user = c * beh_rows.shape[-1] * self.act_in.out_features
+        per_user = c * beh_rows.shape[-1] * self.act_width
         if torch.is_grad_enabled() and not e_n.is_cuda and u * per_user > self.train_chunk_elements:
             # split, not slices: a slice's backward fills a full-size zero gradient per chunk
             # (ruinous for JTM's (U, C, L, d) behaviours); split's backward is one cat
@@ -217,7 +249,7 @@ class TDMScorer(nn.Module):
             )
         else:
             vec = self._window_vectors(e_b, e_n, valid, win)
-        x = torch.cat([vec.flatten(2), e_n], dim=-1)  # (U, C, 11d)
+        x = torch.cat([vec.flatten(2).expand(u, c, -1), e_n], dim=-1)  # (U, C, 11d)
         x = x.to(next(self.mlp.parameters()).dtype)  # float32 after a reduced-precision activation unit
         return self.mlp(x.reshape(u * c, -1)).view(u, c)
 
@@ -227,7 +259,10 @@ class TDMScorer(nn.Module):
         """The activation unit and the window averages.
 
         e_b (U, 1|C, L, d) behaviour embeddings, e_n (U, C, d) node embeddings, valid (U, 1|C, L)
-        bool (not padding), win (L, 10) one-hot windows -> (U, C, 10, d) window vectors."""
+        bool (not padding), win (L, 10) one-hot windows -> (U, C, 10, d) window vectors
+        ((U, 1, 10, d) for an 'average' scorer whose C nodes share the behaviours)."""
+        if self.act_in is None or self.act_prelu is None or self.act_out is None:
+            return self._window_averages(e_b, valid, win)
         d = self.dim
         w_b, w_p, w_n = self.act_in.weight.split(d, dim=1)  # each (h, d)
         # first layer of the activation unit, [b, b*n, n] @ W^T + bias, as three terms:
@@ -257,6 +292,14 @@ class TDMScorer(nn.Module):
             sums = weights @ e_b  # (U, C, 10, d)
         counts = valid.to(att.dtype) @ win  # (U, 1|C, 10)
         return sums / counts.clamp(min=1.0).unsqueeze(-1)  # (U, C, 10, d)
+
+    @staticmethod
+    def _window_averages(e_b: torch.Tensor, valid: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
+        """The 'average' network's window vectors: e_b (U, 1|C, L, d), valid (U, 1|C, L) ->
+        (U, 1|C, 10, d), the mean of each window's behaviours (zeros for an empty window)."""
+        mask = valid.to(e_b.dtype)  # (U, 1|C, L)
+        sums = (mask.unsqueeze(-1) * win).transpose(-1, -2) @ e_b  # (U, 1|C, 10, d)
+        return sums / (mask @ win).clamp(min=1.0).unsqueeze(-1)
 
     def forward(self, histories: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Logits (U, C) for histories (U, L) item ids (nearest first, -1 padded) and tree
@@ -289,7 +332,7 @@ class TDMScorer(nn.Module):
         if max_elements is None:
             max_elements = self.score_chunk_elements or default_chunk_elements(histories.device)
         u, c = nodes.shape
-        per_user = max(1, c * histories.shape[1] * max(self.act_in.out_features, self.dim))
+        per_user = max(1, c * histories.shape[1] * self.act_width)
         step = max(1, max_elements // per_user)
         if step >= u:
             return forward(histories, nodes)

@@ -33,7 +33,16 @@ Choices where the papers are silent
   117 negatives per sample, depth 12 153, and from depth 13 on 200 (at depth 20: 43 on the
   leaves, 1 on each of the top three levels); the papers use 100-200 in total (TDM §5.2,
   JTM supplement: 100 on Amazon Books, 200 on UserBehavior).
-* JTM uses the same batch-normalised MLP as TDM (the supplement describes the same network).
+* The scorer's network (``network``, ``batch_norm``; `grove.models.node_scorer`): each method
+  defaults to what its paper's experiments used. TDM: the attention-DNN with a batch-normalised
+  MLP (§3.3 and Figure 2; the "TDM DNN" of §5.3, without the activation unit, is
+  ``network='average'``). JTM: the supplement's network (part B, Figure 1: an element-wise average
+  per time window, a plain 128-64-24 PReLU MLP: ``network='average', batch_norm=False``); it says
+  TDM's attention "can be used" instead (``network='attention', batch_norm=True``, what grove
+  used before issue 30 and what a version stored without these fields was built with).
+* Training windows (``min_behaviours``): JTM keeps "only windows that have at least 6
+  interactions" (supplement C), a target and >= 5 behaviours: JTM's default is 5. TDM names no
+  filter: 1, every positive with one behaviour before it.
 """
 
 from __future__ import annotations
@@ -60,7 +69,7 @@ from grove.models.method import (
     resolve_device,
     state_to_bytes,
 )
-from grove.models.node_scorer import WINDOWS, TDMScorer, transfer_weights, trim_padding
+from grove.models.node_scorer import NETWORKS, WINDOWS, TDMScorer, transfer_weights, trim_padding
 from grove.models.precision import precision_dtype, search_mode
 from grove.models.tree_builders import category_tree, complete_depth, tree_tensors
 from grove.models.tree_training import TrainOptions, train_scorer
@@ -80,6 +89,8 @@ class TreeMethodConfig(MethodConfig):
     max_samples: train on a seeded subset of this many windows (0 = all).
     warm_start: start training a relearnt tree from the previous model.
     device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+    network, batch_norm: the scorer ('attention' | 'average'; MLP with batch norm or not).
+    min_behaviours: a training window needs this many behaviours before its target.
     """
 
     arity: int = 2
@@ -96,10 +107,17 @@ class TreeMethodConfig(MethodConfig):
     max_samples: int = 0
     warm_start: bool = True
     device: str = "auto"
+    network: str = "attention"
+    batch_norm: bool = True
+    min_behaviours: int = 1
 
     def __post_init__(self):
         if self.arity < 2:
             raise ValueError(f"arity must be >= 2, got {self.arity}")
+        if self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {NETWORKS}, got {self.network!r}")
+        if self.min_behaviours < 1:
+            raise ValueError(f"min_behaviours must be >= 1, got {self.min_behaviours}")
         if self.dim < 1 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(
                 "dim, batch_size and lr must be positive and epochs >= 0; got "
@@ -242,6 +260,16 @@ class TreeSearcher(Searcher):
         return exhaustive(self.tt, self._score_fn(hist), hist.shape[0], k, chunk=chunk)
 
 
+def scorer_kwargs(config: TreeMethodConfig) -> dict[str, Any]:
+    """The `TDMScorer` arguments a tree method's config sets."""
+    return {
+        "dim": config.dim,
+        "hidden": tuple(config.hidden),
+        "network": config.network,
+        "batch_norm": config.batch_norm,
+    }
+
+
 def _level_grid(nodes: torch.Tensor, b: int) -> torch.Tensor:
     """A level's user-major pairs ``nodes`` (B * W,) as the (B, W) grid the scorer takes.
     Padding pairs come as the root (node 0), never a real candidate below level 0: they get a
@@ -288,7 +316,7 @@ class TreeMethod(Method[TC]):
         return 0
 
     def make_scorer(self, config: TC, tree: Tree) -> TDMScorer:
-        return TDMScorer(tree, dim=config.dim, hidden=tuple(config.hidden))
+        return TDMScorer(tree, **scorer_kwargs(config))
 
     def load_scorer(self, config: TC, built: Built, device: torch.device) -> TDMScorer:
         tree = _tree(built)

@@ -70,8 +70,11 @@ def test_every_method_searches_in_reduced_precision_close_to_fp32(trained, name,
         assert s.dtype == torch.float32 and i.dtype == torch.int64 and i.shape == i32.shape
         # a few significant digits less: near-ties may swap, the lists stay nearly the same
         assert overlap(i32, i) >= 0.8, (precision, overlap(i32, i))
-        finite = torch.isfinite(s32) & torch.isfinite(s)
-        torch.testing.assert_close(s.sort(1).values[finite], s32.sort(1).values[finite], atol=0.1, rtol=0.05)
+        # an item both lists hold has nearly the same score (a list may swap its tail items)
+        same = (i[:, :, None] == i32[:, None, :]) & (i[:, :, None] >= 0)  # (B, K, K)
+        row, at, at32 = same.nonzero(as_tuple=True)
+        finite = torch.isfinite(s32[row, at32])
+        torch.testing.assert_close(s[row, at][finite], s32[row, at32][finite], atol=0.1, rtol=0.05)
     searcher.set_precision("fp32")
     s_back, i_back = searcher.search(hist, K, BEAM)
     if device == "cpu":

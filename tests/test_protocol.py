@@ -13,7 +13,7 @@ from grove.indexstore.errors import InputError
 from grove.indexstore.interactions import Interactions
 from grove.indexstore.protocol import SplitAssignment, build_split_data, positive_mask, split_users
 from grove.indexstore.readers import read_interactions
-from grove.indexstore.samples import MAX_BEHAVIOURS, PAD
+from grove.indexstore.samples import MAX_BEHAVIOURS, PAD, TrainingSamples
 
 
 def _inter(user, item, ts, rating=None, n_users=None, n_items=None):
@@ -226,3 +226,28 @@ def test_ten_million_positives_fit():
     # windows are slices of one sequence: O(interactions) memory, not (n, 69)
     assert data.train.sequence.nbytes <= 4 * (len(inter) + MAX_BEHAVIOURS * inter.n_users)
     assert data.train.take(np.arange(3)).shape == (3, MAX_BEHAVIOURS)
+
+
+@pytest.mark.parametrize("m", [1, 3, 6, 69])
+def test_min_behaviours_after_loading_keeps_the_windows_the_protocol_keeps(m):
+    """`SplitData.with_min_behaviours` (what a method's config applies to a loaded split) keeps
+    exactly the windows `build_split_data` builds with that filter; also for `from_windows`
+    samples, whose last window may end the sequence without padding."""
+    rng = np.random.default_rng(4)
+    n = 8000
+    inter = _inter(
+        rng.integers(0, 40, n), rng.integers(0, 200, n), rng.integers(0, 80, n), rng.integers(1, 6, n), 40, 200
+    )
+    assign = split_users(inter, min_positives=5, seed=2)
+    every = build_split_data(inter, assign, 200, None, "r", "s")
+    want = build_split_data(inter, assign, 200, None, "r", "s", min_behaviours=m)
+    got = every.with_min_behaviours(m)
+    np.testing.assert_array_equal(
+        got.train.take(np.arange(len(got.train))), want.train.take(np.arange(len(want.train)))
+    )
+    np.testing.assert_array_equal(got.train.targets, want.train.targets)
+    np.testing.assert_array_equal(got.train.users, want.train.users)
+    windows = every.train.take(np.arange(len(every.train)))
+    assert np.array_equal(every.train.behaviour_counts(), (windows >= 0).sum(1))
+    explicit = TrainingSamples.from_windows(windows, every.train.targets, every.train.users)
+    assert np.array_equal(explicit.behaviour_counts(), (windows >= 0).sum(1))

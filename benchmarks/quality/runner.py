@@ -120,16 +120,21 @@ class Runner:
             torch.cuda.synchronize()
         return out, time.perf_counter() - t
 
+    def data_for(self, recipe: Recipe):
+        """The split with the training windows ``recipe``'s config keeps (``min_behaviours``)."""
+        return self.data.with_min_behaviours(int(getattr(recipe.config, "min_behaviours", 1)))
+
     def train(self, recipe: Recipe, built: Built) -> tuple[Built, Recipe, dict]:
-        (trained, nxt), sec = self.timed(advance, recipe, built, self.data, "train")
+        data = self.data_for(recipe)
+        (trained, nxt), sec = self.timed(advance, recipe, built, data, "train")
         return (
             trained,
             nxt,
-            {"train_seconds": sec, "train_samples_per_s": n_train_samples(nxt.config, len(self.data.train)) / sec},
+            {"train_seconds": sec, "train_samples_per_s": n_train_samples(nxt.config, len(data.train)) / sec},
         )
 
     def relearn(self, recipe: Recipe, built: Built) -> tuple[Built, Recipe, float]:
-        (relearnt, nxt), sec = self.timed(advance, recipe, built, self.data, "relearn")
+        (relearnt, nxt), sec = self.timed(advance, recipe, built, self.data_for(recipe), "relearn")
         return relearnt, nxt, sec
 
     def record(
@@ -172,7 +177,7 @@ class Runner:
     # ----------------------------------------------------------------------- methods
     def tdm_like(self, name: str, relearns: int, label: str, relearn_label: str):
         recipe = self.recipe(name)
-        built, recipe, info = self.train(recipe, build(recipe, self.data))
+        built, recipe, info = self.train(recipe, build(recipe, self.data_for(recipe)))
         self.record(f"{label} initial tree", recipe, built, **info)
         for r in range(1, relearns + 1):
             built, recipe, sec = self.relearn(recipe, built)
@@ -189,7 +194,7 @@ class Runner:
 
     def run_deforec(self):
         recipe = self.recipe("deforec")
-        built, recipe, info = self.train(recipe, build(recipe, self.data))
+        built, recipe, info = self.train(recipe, build(recipe, self.data_for(recipe)))
         self.record("DeFoRec 1 tree (round 0)", recipe, built, **info)
         rounds = self.life["deforec_rounds"]
         for r in range(1, rounds):
@@ -207,7 +212,7 @@ class Runner:
     def run_recforest(self):
         trees = self.life["recforest_trees"]
         base = self.recipe("recforest", trees=max(trees))
-        full, sec_c = self.timed(build, base, self.data)
+        full, sec_c = self.timed(build, base, self.data_for(base))
         for t in trees:
             recipe = self.recipe("recforest", trees=t)
             built, recipe, info = self.train(recipe, Built(Forest(full.structure.trees[:t]), full.artifacts))
@@ -223,7 +228,7 @@ class Runner:
     def run_dr(self):
         for j in self.life["dr_paths"]:
             recipe = self.recipe("dr", n_paths=j)
-            built, recipe, info = self.train(recipe, build(recipe, self.data))
+            built, recipe, info = self.train(recipe, build(recipe, self.data_for(recipe)))
             # the EM rounds train with their own epochs: the same recipe with that config
             recipe = dataclasses.replace(
                 recipe, config=self.recipe("dr", n_paths=j, epochs=self.life["dr_em_epochs"]).config
@@ -239,12 +244,13 @@ class Runner:
 
     def run_two_tower(self):
         recipe = self.recipe("two_tower")
-        built, recipe, info = self.train(recipe, build(recipe, self.data))
+        built, recipe, info = self.train(recipe, build(recipe, self.data_for(recipe)))
         self.record("Two-tower (brute force)", recipe, built, brute_force=True, speed=True, **info)
 
     def run_itemcf(self):
         recipe = self.recipe("itemcf")
-        (built, recipe), sec = self.timed(advance, recipe, build(recipe, self.data), self.data, "train")
+        data = self.data_for(recipe)
+        (built, recipe), sec = self.timed(advance, recipe, build(recipe, data), data, "train")
         self.record("Item-CF", recipe, built, brute_force=True, speed=True, build_seconds=sec)
 
 

@@ -13,8 +13,14 @@ Lifecycle (`grove.models.method.Method`):
   'last_scorer' (default: the last round's scorer on the item's first leaf of the last tree) or
   'two_tower' (inner product of the two-tower user and item vectors).
 
-Choice: the scorer is the plain TDM attention DNN (no JTM hierarchical behaviours), which keeps a
-user's behaviour embeddings shared by all scored nodes.
+The scorer (§3.1 and Figure 1, with §6's single logit): TDM's attention DNN with a
+batch-normalised MLP (§3.1: "batch normalization is applied to the MLP"; ``network``,
+``batch_norm``, `grove.models.node_scorer`), with JTM's hierarchical user preference
+representation (§6: "the user behavior sequence is represented as c^j = {b_j(c_1), ...,
+b_j(c_N)} at layer j": every behaviour replaced by its ancestor at the level of the node scored,
+`grove.models.jtm.hierarchical`). ``hierarchical=False`` scores with the items themselves, what
+grove did before issue 30 and what a version stored without the field was built with. The paper
+filters users (>= 15 interactions), not training windows: ``min_behaviours`` defaults to 1.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import re
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -31,6 +37,7 @@ from grove.indexstore.samples import SplitData
 from grove.indexstore.structures import Forest, Tree
 from grove.models.deforec.training import train_softmax_scorer
 from grove.models.deforec.tree_learning import learn_tree_softmax
+from grove.models.jtm.hierarchical import HierarchicalScorer
 from grove.models.method import (
     Built,
     Method,
@@ -41,7 +48,7 @@ from grove.models.method import (
     resolve_device,
     state_to_bytes,
 )
-from grove.models.node_scorer import TDMScorer, transfer_weights
+from grove.models.node_scorer import NETWORKS, TDMScorer, transfer_weights
 from grove.models.precision import precision_dtype, search_mode
 from grove.models.topk import ranked, unique_rows
 from grove.models.tree_builders import category_tree, tree_tensors
@@ -54,7 +61,9 @@ DISCRIMINATORS = ("last_scorer", "two_tower")
 class DeFoRecConfig(MethodConfig):
     """arity K (the paper uses binary trees), m negatives per level (40) and at most
     ``negatives_total`` per sample (480; `grove.models.deforec.training.level_negatives`; 0 = no cap),
-    gap d (7), training knobs, discriminator, default query beam and the device."""
+    gap d (7), training knobs, discriminator, default query beam and the device; the scorer's
+    ``network`` / ``batch_norm`` / ``hierarchical`` behaviours and the training windows'
+    ``min_behaviours`` (module docstring)."""
 
     arity: int = 2
     negatives: int = 40
@@ -71,6 +80,13 @@ class DeFoRecConfig(MethodConfig):
     discriminator: str = "last_scorer"
     beam: int = 150
     device: str = "auto"
+    network: str = "attention"
+    batch_norm: bool = True
+    hierarchical: bool = True
+    min_behaviours: int = 1
+
+    # versions stored before issue 30 scored with the items themselves
+    stored_before: ClassVar[dict[str, Any]] = {"hierarchical": False}
 
     def __post_init__(self):
         if self.arity < 2 or self.negatives < 1 or self.gap < 1 or self.negatives_total < 0:
@@ -79,6 +95,10 @@ class DeFoRecConfig(MethodConfig):
             )
         if self.discriminator not in DISCRIMINATORS:
             raise ValueError(f"discriminator must be one of {DISCRIMINATORS}, got {self.discriminator!r}")
+        if self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {NETWORKS}, got {self.network!r}")
+        if self.min_behaviours < 1:
+            raise ValueError(f"min_behaviours must be >= 1, got {self.min_behaviours}")
 
 
 def _weights_name(r: int) -> str:
@@ -94,8 +114,14 @@ def _forest(built: Built) -> Forest:
     return s
 
 
+def make_scorer(config: DeFoRecConfig, tree: Tree) -> TDMScorer:
+    """A fresh scorer for ``tree``: hierarchical behaviours or the items themselves."""
+    cls = HierarchicalScorer if config.hierarchical else TDMScorer
+    return cls(tree, dim=config.dim, network=config.network, batch_norm=config.batch_norm)
+
+
 def load_scorer(config: DeFoRecConfig, tree: Tree, data: bytes, device) -> TDMScorer:
-    scorer = TDMScorer(tree, dim=config.dim)
+    scorer = make_scorer(config, tree)
     scorer.load_state_dict(bytes_to_state(data, "cpu"))
     return scorer.to(device).eval()
 
@@ -224,7 +250,7 @@ class DeFoRecMethod(Method[DeFoRecConfig]):
         device = resolve_device(config.device)
         torch.manual_seed(seed)
         tree = forest.trees[r]
-        scorer = TDMScorer(tree, dim=config.dim)
+        scorer = make_scorer(config, tree)
         if r > 0 and _weights_name(r - 1) in built.artifacts:
             old = bytes_to_state(built.artifacts[_weights_name(r - 1)], "cpu")
             transfer_weights(scorer, old, forest.trees[r - 1], tree, keep_nodes_by_path=True)

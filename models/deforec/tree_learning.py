@@ -65,7 +65,7 @@ def _softmax_weights(
     positions under the item's current node (positions -> old-tree nodes by ``level_map``)."""
     out = torch.zeros(pairs.items.shape[0], width, device=cur.device)
     offs = torch.arange(width, device=cur.device)
-    per_column = max(scorer.act_in.out_features, scorer.dim)
+    per_column = scorer.act_width
     with torch.inference_mode():
         for sl, hist in pairs.chunks(per_column, width, max_elements):
             nodes = level_map[cur[pairs.targets[sl]].unsqueeze(1) * width + offs]  # (b, width) old-tree nodes

@@ -5,6 +5,7 @@ preference representation (`grove.models.jtm.hierarchical`) and joint tree learn
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from grove.indexstore.structures import Tree
 from grove.models.jtm.hierarchical import HierarchicalScorer
@@ -12,16 +13,26 @@ from grove.models.jtm.tree_learning import learn_tree
 from grove.models.memory import FLOAT
 from grove.models.node_scorer import TDMScorer
 from grove.models.tree_builders import complete_depth
-from grove.models.tree_method import TreeMethod, TreeMethodConfig
+from grove.models.tree_method import TreeMethod, TreeMethodConfig, scorer_kwargs
 
 
 @dataclass(frozen=True)
 class JTMConfig(TreeMethodConfig):
     """JTM: plus ``gap`` (d, levels assigned per tree-learning step; 7 in the supplement) and
-    ``tree_samples`` (training pairs scored by tree learning, seeded subset; 0 = all)."""
+    ``tree_samples`` (training pairs scored by tree learning, seeded subset; 0 = all).
 
+    Defaults from the supplement: the plain network (window averages, 128-64-24 PReLU MLP
+    without batch norm; part B) and windows of >= 6 interactions (``min_behaviours=5``, part C);
+    `grove.models.tree_method` says what each choice means and what TDM uses."""
+
+    network: str = "average"
+    batch_norm: bool = False
+    min_behaviours: int = 5
     gap: int = 7
     tree_samples: int = 100_000
+
+    # versions stored before these fields existed were built with TDM's network, every window
+    stored_before: ClassVar[dict[str, Any]] = {"network": "attention", "batch_norm": True, "min_behaviours": 1}
 
     def __post_init__(self):
         super().__post_init__()
@@ -37,7 +48,7 @@ class JTMMethod(TreeMethod[JTMConfig]):
     keep_nodes_by_path = True
 
     def make_scorer(self, config: JTMConfig, tree: Tree) -> TDMScorer:
-        return HierarchicalScorer(tree, dim=config.dim, hidden=tuple(config.hidden))
+        return HierarchicalScorer(tree, **scorer_kwargs(config))
 
     def relearn_bytes(self, config: JTMConfig, n_items: int) -> int:
         """The position maps of the complete layout and the (items with pairs, K**gap) weights."""

@@ -99,7 +99,7 @@ def _step_weights(
     offsets = [torch.arange(k**j, device=cur.device) for j in range(1, g + 1)]
     out = torch.zeros(pairs.items.shape[0], width, device=cur.device)
     cols = sum(k**j for j in range(1, g + 1))
-    per_column = max(scorer.act_in.out_features, scorer.dim)
+    per_column = scorer.act_width
     with torch.inference_mode():
         for sl, hist in pairs.chunks(per_column, cols, max_elements):
             base = cur[pairs.targets[sl]].unsqueeze(1)  # (b, 1) position at level l0

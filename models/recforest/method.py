@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -58,9 +59,11 @@ class RecForestConfig(MethodConfig):
 
     ``embeddings``: 'two_tower' pretrains the two-tower baseline (``pretrain_*`` knobs) and
     clusters its item vectors; 'svd' uses a truncated SVD of the user x item matrix (fast).
-    ``random_ratio`` is Algorithm 2's δ. ``max_steps`` > 0 caps the optimiser steps (time-boxed
-    runs); ``beam`` is the default query beam flows use when none is given (query-time knob, not
-    used to build).
+    ``random_ratio`` is Algorithm 2's δ (`grove.models.tree_builders.recforest_tree`). ``max_steps``
+    > 0 caps the optimiser steps (time-boxed runs); ``beam`` is the default query beam flows use
+    when none is given (query-time knob, not used to build). ``min_behaviours``: appendix E.2
+    trains on sliding windows that each contain "at least 15 interactions", the target and >= 14
+    behaviours (versions stored before the field existed trained on every window).
 
     ``arity``: the paper uses 18 on every dataset. A complete K-ary tree over N items has K^H
     leaves (H = ceil(log_K N)) and Algorithm 2 fills the ones beyond N with copies of items, so
@@ -90,6 +93,10 @@ class RecForestConfig(MethodConfig):
     random_ratio: float = 0.1
     beam: int = 100
     device: str = "auto"
+    min_behaviours: int = 14
+
+    # versions stored before issue 30 trained on every window
+    stored_before: ClassVar[dict[str, Any]] = {"min_behaviours": 1}
 
     def __post_init__(self):
         if self.arity < 2 or self.trees < 1 or self.hidden % self.heads:
@@ -99,6 +106,8 @@ class RecForestConfig(MethodConfig):
             )
         if self.embeddings not in EMBEDDINGS:
             raise ValueError(f"embeddings must be one of {EMBEDDINGS}, got {self.embeddings!r}")
+        if self.min_behaviours < 1:
+            raise ValueError(f"min_behaviours must be >= 1, got {self.min_behaviours}")
 
 
 def svd_item_embeddings(data: SplitData, dim: int, seed: int) -> np.ndarray:
