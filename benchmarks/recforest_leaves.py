@@ -7,9 +7,11 @@ Every candidate item is scored by sum_t log p_t(item) over all trees, and p_t(it
 item's leaves, so the leaves that tree t's beam did not reach must be scored too:
 ``teacher`` forces the paths through the decoder, one pass per distinct parent prefix (an item's
 copies sit on sibling leaves; distinct parents x H token steps per user),
-``expand`` expands the whole tree with the cache (one step per internal node,
-1 + K + ... + K^(H-1)), ``auto`` (the default) takes expand when distinct parents x H exceeds
-``EXPAND_MARGIN`` x the internal nodes. Untrained 4-tree forests of 18-ary trees over random
+``cached`` decodes the parents level by level with the cache over their distinct prefixes (at most
+sum_l min(K^l, parents) steps, H calls), ``expand`` expands the whole tree with the cache (one step
+per internal node, 1 + K + ... + K^(H-1)), ``auto`` (the default) takes cached over teacher when
+it saves more tokens than its extra calls cost (``EXPAND_MARGIN``, ``STEP_TOKENS``).
+Untrained 4-tree forests of 18-ary trees over random
 embeddings (cost does not depend on training), 69-item histories, k = 50; users/s of one search
 of the batch, the modes alternating, median of ``--repeats`` after a warm-up. The three modes must
 return the same items (checked). Writes ``results/recforest_leaves.json`` and ``.md``.
@@ -30,9 +32,9 @@ from benchmarks.gpu import build_recforest, searchers
 from benchmarks.machine import machine_info
 from benchmarks.output import write_json_and_markdown
 from benchmarks.quality import RESULTS
-from grove.models.recforest.search import EXPAND_MARGIN
+from grove.models.recforest.search import EXPAND_MARGIN, STEP_TOKENS
 
-MODES = ("teacher", "expand", "auto")
+MODES = ("teacher", "cached", "expand", "auto")
 
 
 def run_case(items: int, beam: int, batch: int, trees: int, repeats: int) -> dict:
@@ -65,21 +67,23 @@ def run_case(items: int, beam: int, batch: int, trees: int, repeats: int) -> dic
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [
-        "# RecForest final ranking: teacher forcing vs tree expansion",
+        "# RecForest final ranking: teacher forcing vs cached prefixes vs tree expansion",
         "",
         f"Machine: {m['cpu_count']} cores ({m['cpu_model']}), torch {m['torch']}, {res['threads']} thread(s); "
         f"load average {m.get('load_average_before')}. {res['trees']} trees, 18-ary, k 50, median of {res['repeats']} "
-        f"after a warm-up, modes alternating. EXPAND_MARGIN = {res['expand_margin']}. Command: `{res['command']}`.",
+        f"after a warm-up, modes alternating. EXPAND_MARGIN = {res['expand_margin']}, "
+        f"STEP_TOKENS = {res.get('step_tokens')}. Command: `{res['command']}`.",
         "",
-        "| items | depth | beam | batch | candidates/user | teacher users/s | expand users/s | auto users/s "
-        "| auto / teacher | same items |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| items | depth | beam | batch | candidates/user | teacher users/s | cached users/s | expand users/s "
+        "| auto users/s | auto / teacher | same items |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in res["cases"]:
         u = c["users_per_s"]
         lines.append(
             f"| {c['items']:,} | {c['depth']} | {c['beam']} | {c['batch']} | {c['candidates_per_user']:.0f} | "
-            f"{u['teacher']:.2f} | {u['expand']:.2f} | {u['auto']:.2f} | {c['auto_over_teacher']:.2f}x | "
+            f"{u['teacher']:.2f} | {u['cached']:.2f} | {u['expand']:.2f} | {u['auto']:.2f} | "
+            f"{c['auto_over_teacher']:.2f}x | "
             f"{c['same_items']} |"
         )
     return "\n".join(lines) + "\n"
@@ -111,6 +115,7 @@ def main(argv=None) -> dict:
         "trees": a.trees,
         "repeats": a.repeats,
         "expand_margin": EXPAND_MARGIN,
+        "step_tokens": STEP_TOKENS,
         "cases": cases,
     }
     write_json_and_markdown(os.path.join(a.out_dir, "recforest_leaves"), res, markdown)

@@ -3,6 +3,7 @@ official code searches (issue 29.3), side by side, rounds interleaved.
 
     python -m benchmarks.recforest_reference                    # 71,436 items, 1 tree/beam 20, 4 trees/beam 100
     python -m benchmarks.recforest_reference --items 5000 --users 3 --rounds 1    # a quick look
+    python -m benchmarks.recforest_reference --compile          # grove compiled as well
 
 The reference (`reference_search`) follows the official implementation's search as its paper
 describes it, over grove's own network and trees so that both rank the same items:
@@ -13,8 +14,11 @@ describes it, over grove's own network and trees so that both rank the same item
   scored by its own teacher-forced decoder pass (no sharing between sibling leaves), an item's
   leaves summed as grove does (`grove.models.recforest.search`).
 
-grove's `RecForestSearcher` encodes once, decodes with a key/value cache and scores the missing
-leaves one decoder pass per parent. Both run on the same untrained paper-sized network (hidden 96,
+grove's `RecForestSearcher` encodes once, decodes with a key/value cache, reuses the leaves its
+beams scored (their siblings too) and scores the other leaves from their parents (one
+teacher-forced pass per parent, or the parents' distinct prefixes with the cache). ``--compile``
+also times grove's compiled search (`RecForestSearcher.compile`: encoder and beams as one graph,
+compiled once in the warm-up). Both run on the same untrained paper-sized network (hidden 96,
 2 + 2 layers, 4 heads) over complete 18-ary trees built by Algorithm 2 from random 24-d item
 embeddings (untrained: the cost of a search does not depend on the weights), with random
 69-item histories, one torch thread, one user per call. Each round times every user once with
@@ -79,15 +83,23 @@ def reference_search(net: RecForestNet, tables: ForestTables, histories: torch.T
     return ranked(total.masked_fill(cand < 0, float("-inf")), cand, k)
 
 
-def side_by_side(net, tables, n_items: int, hist: torch.Tensor, k: int, beam: int, rounds: int) -> dict:
-    """ms/user of each implementation per round, the users searched one at a time."""
+def side_by_side(
+    net, tables, n_items: int, hist: torch.Tensor, k: int, beam: int, rounds: int, compiled: bool = False
+) -> dict:
+    """ms/user of each implementation per round, the users searched one at a time; with
+    ``compiled``, grove's compiled search too (`RecForestSearcher.compile`, compiled once in the
+    warm-up, outside the timing)."""
     grove = RecForestSearcher(net, tables, n_items, torch.device("cpu"))
     impls = {
         "grove": lambda h: grove.search(h, k, beam),
         "reference": lambda h: reference_search(net, tables, h, k, beam),
     }
+    if compiled:
+        fast = RecForestSearcher(net, tables, n_items, torch.device("cpu"))
+        fast.compile()
+        impls["grove compiled"] = lambda h: fast.search(h, k, beam)
     first = {name: f(hist[:1])[1] for name, f in impls.items()}  # warm-up, and the agreement check
-    agree = overlap(first["reference"], first["grove"])
+    agree = min(overlap(first["reference"], first[name]) for name in impls if name != "reference")
     per_round: dict[str, list[float]] = {name: [] for name in impls}
     for r in range(rounds):
         spent = dict.fromkeys(impls, 0.0)
@@ -100,13 +112,18 @@ def side_by_side(net, tables, n_items: int, hist: torch.Tensor, k: int, beam: in
         for name in impls:
             per_round[name].append(1000 * spent[name] / hist.shape[0])
     ratios = [ref / g for ref, g in zip(per_round["reference"], per_round["grove"])]
-    return {
+    row = {
         "ms_per_user": {name: statistics.median(v) for name, v in per_round.items()},
         "rounds_ms_per_user": per_round,
         "ratio": statistics.median(ratios),
         "ratios": ratios,
         "top_k_overlap": agree,
     }
+    if compiled:
+        row["ratio_compiled"] = statistics.median(
+            ref / g for ref, g in zip(per_round["reference"], per_round["grove compiled"])
+        )
+    return row
 
 
 def markdown(res: dict) -> str:
@@ -128,6 +145,14 @@ def markdown(res: dict) -> str:
             f"| {r['trees']} | {r['beam']} | {r['ms_per_user']['reference']:.2f} | {r['ms_per_user']['grove']:.2f} "
             f"| {r['ratio']:.1f}x | {ratios} | {r['top_k_overlap']:.3f} |"
         )
+    compiled = [r for r in res["rows"] if "ratio_compiled" in r]
+    if compiled:
+        lines += ["", "| trees | beam | grove compiled ms/user | reference / grove compiled |", "|---|---|---|---|"]
+        for r in compiled:
+            lines.append(
+                f"| {r['trees']} | {r['beam']} | {r['ms_per_user']['grove compiled']:.2f} "
+                f"| {r['ratio_compiled']:.1f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +163,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=at_least(1), default=50)
     ap.add_argument("--users", type=at_least(1), default=10, help="users per round, one per call")
     ap.add_argument("--rounds", type=at_least(1), default=5)
+    ap.add_argument("--compile", action="store_true", help="also time grove's compiled search (compiled once)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out-dir", default=str(RESULTS))
     a = ap.parse_args(argv)
@@ -167,13 +193,14 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         net = make_net(RecForestConfig(trees=trees), a.items, [t.depth for t in sub.trees]).eval()
         tables = ForestTables.from_forest(sub, "cpu")
-        row = side_by_side(net, tables, a.items, hist, a.k, beam, a.rounds)
+        row = side_by_side(net, tables, a.items, hist, a.k, beam, a.rounds, a.compile)
         if row["top_k_overlap"] < 0.99:
             raise SystemExit(f"{trees} trees, beam {beam}: grove and the reference disagree ({row['top_k_overlap']})")
         res["rows"].append({"trees": trees, "beam": beam, **row})
         print(
             f"{trees} tree(s), beam {beam}: reference {row['ms_per_user']['reference']:.2f} ms/user, "
-            f"grove {row['ms_per_user']['grove']:.2f} ({row['ratio']:.1f}x)",
+            f"grove {row['ms_per_user']['grove']:.2f} ({row['ratio']:.1f}x)"
+            + (f", compiled {row['ms_per_user']['grove compiled']:.2f}" if a.compile else ""),
             flush=True,
         )
     name = "recforest_reference" + (f"_{a.tag}" if a.tag else "")

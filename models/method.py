@@ -154,8 +154,9 @@ class Searcher(ABC):
         return autocast(self.device, self.precision)
 
     def compile(self, whole_search: bool = False) -> None:
-        """Compile the search with `torch.compile` (TDM and JTM trees: `TreeSearcher.compile`)."""
-        raise GroveError(f"{type(self).__name__} has no compiled search (TDM and JTM trees have)")
+        """Compile the search with `torch.compile` (TDM and JTM trees: `TreeSearcher.compile`;
+        RecForest: `RecForestSearcher.compile`)."""
+        raise GroveError(f"{type(self).__name__} has no compiled search (TDM, JTM and RecForest have)")
 
     @abstractmethod
     def search(self, histories: torch.Tensor, k: int, beam: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from grove.models.recforest.method import (
     duplicate_leaves_warning,
     svd_item_embeddings,
 )
-from grove.models.recforest.network import RecForestNet
+from grove.models.recforest.network import RecForestNet, beam_search_with_siblings, prefix_log_probs
 from grove.models.recforest.search import ForestTables, RecForestSearcher, score_paths, tree_code_tables
 
 
@@ -162,6 +162,64 @@ def test_scoring_paths_by_shared_prefix_equals_one_pass_per_path():
     assert torch.allclose(shared, alone, atol=1e-5)
 
 
+def test_cached_prefix_scoring_equals_teacher_forcing():
+    """prefix_log_probs decodes only the distinct prefixes of the parents, with the cache; every
+    parent (repeated or not, any order) and each of its children get their teacher-forced
+    log-probs (issue 29.3)."""
+    torch.manual_seed(4)
+    net = RecForestNet(30, 4, [4], hidden=16, heads=2).eval()
+    hist = torch.randint(-1, 30, (5, 69))
+    hist[3] = -1
+    parents = torch.randint(0, 64, (5, 30), generator=torch.Generator().manual_seed(1))
+    parents[:, 20:] = parents[:, :10]  # repeats
+    dec = net.decoders[0]
+    with torch.no_grad():
+        mem = net.memories(hist)[0]
+        head, last = prefix_log_probs(dec, mem, parents)
+        leaves = parents[..., None] * 4 + torch.arange(4)  # (5, 30, 4) every child
+        digits = (leaves[..., None] // 4 ** torch.arange(3, -1, -1)) % 4
+        forced = dec.path_log_probs(mem, digits.reshape(5, -1, 4)).view(5, 30, 4)
+        empty = prefix_log_probs(dec, mem, parents[:, :0])
+    assert head.shape == (5, 30) and last.shape == (5, 30, 4)
+    assert torch.allclose(head[..., None] + last, forced, atol=1e-5)
+    assert torch.allclose(head, torch.logsumexp(forced, dim=2), atol=1e-5)  # p(parent) = sum of its children
+    assert empty[0].shape == (5, 0) and empty[1].shape == (5, 0, 4)
+
+
+def test_beam_siblings_are_the_last_levels_children():
+    """beam_search_with_siblings also returns every child of the last level's prefixes: the
+    beam's own leaves among them with bit-identical scores, the others teacher-forced alike."""
+    torch.manual_seed(5)
+    net = RecForestNet(30, 3, [3], hidden=16, heads=2).eval()
+    dec = net.decoders[0]
+    with torch.no_grad():
+        mem = net.memories(torch.randint(-1, 30, (4, 69)))[0]
+        codes, scores, parents, children = beam_search_with_siblings(dec, mem, 5)
+        digits = torch.cat([parents[:, :, None].expand(-1, -1, 3, -1), torch.arange(3).expand(4, 5, 3)[..., None]], 3)
+        forced = dec.path_log_probs(mem, digits.reshape(4, 15, 3)).view(4, 5, 3)
+    assert parents.shape == (4, 5, 2) and children.shape == (4, 5, 3)
+    assert torch.allclose(children, forced, atol=1e-5)
+    leaf = (codes * 3 ** torch.arange(2, -1, -1)).sum(-1)  # (4, 5)
+    sib = ((parents * 3 ** torch.arange(2, 0, -1)).sum(-1)[..., None] + torch.arange(3)).flatten(1)
+    pos = (leaf[..., None] == sib[:, None, :]).float().argmax(-1)
+    assert torch.equal(sib.gather(1, pos), leaf)
+    assert torch.equal(children.flatten(1).gather(1, pos), scores)
+
+
+def test_compiled_search_equals_eager(trained):
+    """RecForestSearcher.compile (issue 29.3): the encoder and the beams as one graph, histories
+    untrimmed, a batch of 3 padded to 4; the same top-k as eager, scores up to float rounding."""
+    data, method, built = trained
+    hist = torch.as_tensor(data.test.histories[:3], dtype=torch.long)
+    hist[1] = -1  # an empty history: the padding path
+    s = method.searcher(_config(), built, "cpu")
+    want = s.search(hist, k=10, beam=4)
+    s.compile()
+    got = s.search(hist, k=10, beam=4)
+    assert torch.equal(want[1], got[1])
+    torch.testing.assert_close(want[0], got[0], atol=1e-5, rtol=1e-5)
+
+
 def test_full_beam_gives_every_path_and_probabilities_sum_to_one():
     torch.manual_seed(1)
     net = RecForestNet(10, 3, [2], hidden=16, heads=2).eval()
@@ -266,10 +324,10 @@ def test_final_ranking_by_expansion_equals_teacher_forcing(trained):
     hist = torch.as_tensor(data.test.histories, dtype=torch.long)
     s = method.searcher(_config(), built, "cpu")
     out = {}
-    for mode in ("expand", "teacher", "auto"):
+    for mode in ("expand", "teacher", "cached", "auto"):
         s.leaf_scoring = mode
         out[mode] = s.search(hist, k=10, beam=4)
-    for mode in ("teacher", "auto"):
+    for mode in ("teacher", "cached", "auto"):
         assert torch.equal(out["expand"][1], out[mode][1])
         assert torch.allclose(out["expand"][0], out[mode][0], atol=1e-5)
 

@@ -82,12 +82,18 @@ class HistoryEncoder(nn.Module):
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, histories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, histories: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """histories (U, L<=69) long, -1 padded -> (memory (U, L', h), pad (U, L') bool).
 
         L' = longest non-padded history of the batch (histories are nearest first, so the
-        columns past it are padding for every user and are cut)."""
-        histories, pad = trim_padding(histories)
+        columns past it are padding for every user and are cut); ``trim=False`` keeps L' = L
+        (masked: the same memory up to float rounding) with no host sync and no shape taken
+        from the data, as a compiled search needs."""
+        if trim:
+            histories, pad = trim_padding(histories)
+        else:
+            pad = histories < 0
+            pad[:, 0] = pad[:, 0] & ~pad.all(1)  # an empty history keeps column 0 visible
         ids = torch.where(histories < 0, torch.full_like(histories, self.n_items), histories)
         pos = torch.arange(histories.shape[1], device=histories.device)
         x = self.item(ids) + self.pos(pos)[None]
@@ -116,29 +122,31 @@ class DecoderLayer(nn.Module):
         kv = self.kv2(memory).view(u, length, 2, self.heads, self.dh).permute(2, 0, 3, 1, 4)
         return kv[0], kv[1]
 
+    def _dropped(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout in training; a search skips even the call (a few microseconds, per layer,
+        per step, at batch 1)."""
+        return self.drop(x) if self.training else x
+
     def forward(self, x, mem_k, mem_v, mem_bias, past=None):
         """x (U, P, S, h); mem_k/mem_v (U, nh, L, dh); mem_bias (U, 1, 1, L) additive mask;
         past: None or (k, v) each (U, P, nh, s, dh) for the s earlier steps (then S == 1).
         Returns x (U, P, S, h) and (k, v) (U, P, nh, s + S, dh) to cache."""
         u, p, s, h = x.shape
         nh, dh = self.heads, self.dh
-        qkv = self.qkv(self.ln1(x)).view(u, p, s, 3, nh, dh).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (U, P, nh, S, dh)
+        # (3, U*P, nh, S, dh) views of one projection: no copy before the attention
+        q, k, v = self.qkv(self.ln1(x)).view(u * p, s, 3, nh, dh).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = k.reshape(u, p, nh, s, dh), v.reshape(u, p, nh, s, dh)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=3), torch.cat([past[1], v], dim=3)
         sk = k.shape[3]
-        a = attention_in_chunks(
-            q.reshape(u * p, nh, s, dh),
-            k.reshape(u * p, nh, sk, dh),
-            v.reshape(u * p, nh, sk, dh),
-            is_causal=past is None and s > 1,
-        )
-        x = x + self.drop(self.out1(a.view(u, p, nh, s, dh).permute(0, 1, 3, 2, 4).reshape(u, p, s, h)))
+        causal = past is None and s > 1
+        a = attention_in_chunks(q, k.view(u * p, nh, sk, dh), v.view(u * p, nh, sk, dh), is_causal=causal)
+        x = x + self._dropped(self.out1(a.transpose(1, 2).reshape(u, p, s, h)))
         # cross-attention: the P*S queries of a user share the user's encoder output
         q2 = self.q2(self.ln2(x)).view(u, p * s, nh, dh).transpose(1, 2)  # (U, nh, P*S, dh)
         a2 = F.scaled_dot_product_attention(q2, mem_k, mem_v, attn_mask=mem_bias)
-        x = x + self.drop(self.out2(a2.transpose(1, 2).reshape(u, p, s, h)))
-        x = x + self.drop(self.ff(self.ln3(x)))
+        x = x + self._dropped(self.out2(a2.transpose(1, 2).reshape(u, p, s, h)))
+        x = x + self._dropped(self.ff(self.ln3(x)))
         return x, (k, v)
 
 
@@ -261,12 +269,25 @@ def path_beam_search(dec: StepDecoder, mem, beam: int, use_cache: bool = True):
 
     Returns codes (U, B', H) long and log-probs (U, B') best first, B' = min(beam, K^H).
     ``use_cache=False`` recomputes the whole prefix at every step (reference for tests)."""
+    codes, scores, _, _ = beam_search_with_siblings(dec, mem, beam, use_cache)
+    return codes, scores
+
+
+def beam_search_with_siblings(dec: StepDecoder, mem, beam: int, use_cache: bool = True):
+    """`path_beam_search`, and what its last level scored on the way: every child of the last
+    level's P kept prefixes (the beam's leaves and their siblings).
+
+    Returns codes (U, B', H), log-probs (U, B'), parents (U, P, H-1) long (P = min(beam,
+    K^(H-1))) and children (U, P, K) log p(parent path, child): the leaves of a final ranking
+    that sit under one of these parents need no further decoder step."""
     u = mem[1].shape[0]
     dev = mem[1].device
     codes = torch.zeros(u, 1, 0, dtype=torch.long, device=dev)
     scores = torch.zeros(u, 1, device=dev)
     cache = None
     rows = torch.arange(u, device=dev)[:, None]
+    children = scores[:, :, None]
+    parents = codes
     for level in range(dec.depth):
         if use_cache:
             last = None if level == 0 else codes[:, :, -1]
@@ -274,13 +295,58 @@ def path_beam_search(dec: StepDecoder, mem, beam: int, use_cache: bool = True):
         else:
             padded = torch.cat([codes, codes.new_zeros(u, codes.shape[1], 1)], dim=2)
             logp = dec.level_log_probs(mem, padded)[:, :, level]
-        cand = (scores[:, :, None] + logp).reshape(u, -1)  # (U, P*K)
+        children, parents = scores[:, :, None] + logp, codes  # (U, P, K), (U, P, level)
+        cand = children.reshape(u, -1)  # (U, P*K)
         scores, idx = cand.topk(min(beam, cand.shape[1]), dim=1)  # sorted, best first
         parent, code = idx // dec.arity, idx % dec.arity
         codes = torch.cat([codes[rows, parent], code[:, :, None]], dim=2)
-        if use_cache and cache is not None:
+        if use_cache and cache is not None and level + 1 < dec.depth:
             cache = [(k[rows, parent], v[rows, parent]) for k, v in cache]
-    return codes, scores
+    return codes, scores, parents, children
+
+
+def prefix_log_probs(dec: StepDecoder, mem, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of given parent paths and of each of their K children, decoded level by level with
+    the cache over the distinct prefixes only: one step per (user, internal node on the way to a
+    parent), the nodes of a sub-tree of the tree `all_leaf_log_probs` expands whole.
+
+    parents (U, W) long: parent codes (the first H-1 codes as a base-K int, any order, repeats
+    allowed). Returns head (U, W) log p(parent path) and last (U, W, K) log p(child | parent).
+    Memory: the cache of the W parents' prefixes, (U, W, heads, H-1, dh) per layer."""
+    u, w = parents.shape
+    k, depth = dec.arity, dec.depth
+    if not w:
+        return parents.new_zeros(u, 0, dtype=torch.float32), parents.new_zeros(u, 0, k, dtype=torch.float32)
+    logp, cache = dec.step(mem, None, 0, None)  # (U, 1, K): the root's children
+    head = logp.new_zeros(u, 1)
+    slot = torch.zeros_like(parents)  # each parent's prefix among the level's distinct ones
+    rows = torch.arange(u, device=parents.device)[:, None]
+    for level in range(1, depth):
+        prefix = parents // k ** (depth - 1 - level)  # (U, W) the first `level` codes
+        new_slot, rep = prefix_groups(prefix)  # rep (U, G): one parent per distinct prefix
+        up = slot.gather(1, rep)  # (U, G): its prefix one level up
+        code = (prefix % k).gather(1, rep)  # (U, G): its code at level - 1
+        head = head.gather(1, up) + logp[rows, up, code]
+        cache = [(kk[rows, up], vv[rows, up]) for kk, vv in cache]
+        logp, cache = dec.step(mem, code, level, cache)  # (U, G, K)
+        slot = new_slot
+    return head.gather(1, slot), logp.gather(1, slot[..., None].expand(-1, -1, k))
+
+
+def prefix_groups(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group each row's entries by value: codes (U, P) ints -> slot (U, P), the group of each
+    entry, and rep (U, W), one entry of each group (W = the most groups in a row; a row with
+    fewer repeats its first entry, harmlessly)."""
+    u, p = codes.shape
+    sp, order = codes.sort(dim=1)
+    new = torch.ones_like(sp, dtype=torch.bool)
+    new[:, 1:] = sp[:, 1:] != sp[:, :-1]
+    rank = new.long().cumsum(1) - 1  # (U, P) group, sorted order
+    width = int(rank[:, -1].max().item()) + 1 if p else 0
+    rep = torch.zeros(u, width, dtype=torch.long, device=codes.device)
+    rep.scatter_(1, rank, order)  # any entry of the group will do: they are equal
+    slot = torch.empty_like(rank).scatter_(1, order, rank)  # (U, P) entry -> its group
+    return slot, rep
 
 
 class RecForestNet(nn.Module):
@@ -308,9 +374,10 @@ class RecForestNet(nn.Module):
         """The decoders, one per tree, typed (a ModuleList holds plain Modules)."""
         return cast(list[PathDecoder], list(self.decoders))
 
-    def memories(self, histories: torch.Tensor) -> list:
-        """Encode once; per tree the decoder's cross-attention keys/values and padding bias."""
-        memory, pad = self.encoder(histories)
+    def memories(self, histories: torch.Tensor, trim: bool = True) -> list:
+        """Encode once; per tree the decoder's cross-attention keys/values and padding bias.
+        ``trim``: `HistoryEncoder.forward`'s."""
+        memory, pad = self.encoder(histories, trim)
         return [dec.memory_kv(memory, pad) for dec in self.decoder_list()]
 
     def loss(self, histories: torch.Tensor, codes: list[torch.Tensor]) -> torch.Tensor:

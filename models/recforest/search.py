@@ -5,15 +5,17 @@ An item may sit at several leaves of a complete tree (Algorithm 2 duplicates ite
 ``p_t(item) = sum over the item's leaves of p_t(leaf path)``: the probability that decoder t
 generates the item. Training samples a leaf uniformly among the item's leaves (see
 `ForestTables.sample_codes`), so probability mass is spread over all of them; scoring takes the
-log-sum-exp over leaves. Leaf log-probs found by a tree's beam are reused; every other
-(candidate, leaf) pair is scored by teacher forcing, one decoder pass per distinct parent (an item's
-copies sit on sibling leaves), compacted to a fixed-width batch -- or, when that would take more
-decoder token steps (distinct parents x H) than expanding the whole tree with the cache (one step
-per internal node), by that expansion: deep trees whose items sit on many leaves.
+log-sum-exp over leaves. Leaf log-probs a tree's beam search computed are reused: its beam's
+leaves and every sibling of them (its last level scores every child of the prefixes it kept).
+Every other (candidate, leaf) pair is scored from its parent: by teacher forcing, one decoder pass
+per distinct parent (an item's copies sit on sibling leaves), compacted to a fixed-width batch; or,
+when the parents are many (a forest's other trees' candidates), decoded level by level with the
+cache over their distinct prefixes only (fewer token steps than H per parent, more decoder calls).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +25,21 @@ from grove.indexstore.errors import StructureError
 from grove.indexstore.structures import Forest, Tree
 from grove.models.method import Searcher
 from grove.models.precision import search_mode
-from grove.models.recforest.network import RecForestNet, StepDecoder, all_leaf_log_probs, path_beam_search
+from grove.models.recforest.network import (
+    RecForestNet,
+    StepDecoder,
+    all_leaf_log_probs,
+    beam_search_with_siblings,
+    prefix_groups,
+    prefix_log_probs,
+)
 from grove.models.topk import ranked, unique_rows
 
 PATH_CHUNK = 1 << 16  # max (users x paths) scored by teacher forcing at once
-EXPAND_MARGIN = 1.25  # expand a tree when its missing leaves x depth exceed this x its internal nodes
+EXPAND_MARGIN = 1.25  # a cached decoder step per (user, path) costs this x a teacher-forced token
+# the fixed cost of one decoder call (a step or a teacher-forced pass), in (user, path) tokens: at
+# small batches a few calls cost more than the tokens they save
+STEP_TOKENS = 32
 
 
 def tree_code_tables(tree: Tree, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,17 +109,8 @@ class ForestTables:
 def sibling_groups(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Group each row's paths by parent: parents (U, P) ints (a path's first H-1 codes as a
     base-K int) -> slot (U, P), the group of each path, and rep (U, W), one path of each group
-    (W = the most groups in a row; a row with fewer repeats its first path, harmlessly)."""
-    u, p = parents.shape
-    sp, order = parents.sort(dim=1)
-    new = torch.ones_like(sp, dtype=torch.bool)
-    new[:, 1:] = sp[:, 1:] != sp[:, :-1]
-    rank = new.long().cumsum(1) - 1  # (U, P) group, sorted order
-    width = int(rank[:, -1].max().item()) + 1 if p else 0
-    rep = torch.zeros(u, width, dtype=torch.long, device=parents.device)
-    rep.scatter_(1, rank, order)  # any path of the group will do: they share the parent
-    slot = torch.empty_like(rank).scatter_(1, order, rank)  # (U, P) path -> its group
-    return slot, rep
+    (`prefix_groups`)."""
+    return prefix_groups(parents)
 
 
 def score_paths(dec: StepDecoder, mem, digits: torch.Tensor, groups=None) -> torch.Tensor:
@@ -142,14 +145,16 @@ def score_paths(dec: StepDecoder, mem, digits: torch.Tensor, groups=None) -> tor
 class RecForestSearcher(Searcher):
     """Beam search over every tree's decoder, union of items, rank by sum_t log p_t(item)."""
 
-    # how the candidates' leaves missing from a tree's beam are scored: "auto" takes the cheaper of
-    # "teacher" (forcing the missing paths, one pass per parent) and "expand" (every leaf, by
-    # expanding the tree)
+    # how the candidates' leaves missing from a tree's beam (and from its last level's siblings)
+    # are scored: "teacher" (forcing the missing paths, one pass per parent), "cached" (their
+    # parents decoded level by level with the cache, one step per distinct prefix), "expand" (every
+    # leaf, by expanding the tree); "auto" takes the cheaper of teacher and cached (`_cache_pays`)
     leaf_scoring = "auto"
 
     def __init__(self, net: RecForestNet, tables: ForestTables, n_items: int, device: torch.device):
         self.net, self.tables, self.n_items, self.device = net.eval(), tables, n_items, device
         self._last_candidates: float | None = None
+        self._compiled_beams: Callable[[torch.Tensor, int], tuple[list, list]] | None = None
 
     def last_candidates(self) -> float | None:
         return self._last_candidates
@@ -161,18 +166,18 @@ class RecForestSearcher(Searcher):
         dec, u = self.net.decoder_list()[t], mem[1].shape[0]
         return torch.cat([all_leaf_log_probs(dec, _user_slice(mem, i, i + step)) for i in range(0, u, step)])
 
-    def _item_log_probs(self, t, mem, cand, beam_codes, beam_lp):
-        """log p_t(item) for candidates (U, C) (-1 holes -> -inf), reusing the beam's leaves
-        beam_codes / beam_lp (U, B)."""
+    def _item_log_probs(self, t, mem, cand, leaf_codes, leaf_lp):
+        """log p_t(item) for candidates (U, C) (-1 holes -> -inf), reusing the leaves the beam
+        search scored: leaf_codes / leaf_lp (U, B), distinct codes in each row."""
         tab, dec = self.tables, self.net.decoder_list()[t]
         u, c = cand.shape
         leaves = tab.item_codes[t][cand.clamp(min=0)]  # (U, C, R)
         leaves = torch.where((cand >= 0)[..., None], leaves, torch.full_like(leaves, -1)).reshape(u, -1)
-        sorted_codes, order = beam_codes.sort(dim=1)
+        sorted_codes, order = leaf_codes.sort(dim=1)
         pos = torch.searchsorted(sorted_codes, leaves).clamp(max=sorted_codes.shape[1] - 1)
         hit = (sorted_codes.gather(1, pos) == leaves) & (leaves >= 0)
         lp = torch.where(
-            hit, beam_lp.gather(1, order.gather(1, pos)), torch.full_like(leaves, 0.0, dtype=beam_lp.dtype)
+            hit, leaf_lp.gather(1, order.gather(1, pos)), torch.full_like(leaves, 0.0, dtype=leaf_lp.dtype)
         )
         lp = lp.masked_fill(leaves < 0, float("-inf"))
         missing = (leaves >= 0) & ~hit
@@ -181,41 +186,88 @@ class RecForestSearcher(Searcher):
             return torch.logsumexp(lp.view(u, c, -1), dim=2)
         idx = torch.argsort((~missing).to(torch.int8), dim=1, stable=True)[:, :width]  # (U, W)
         sub = leaves.gather(1, idx)
-        # teacher forcing runs the decoder once per distinct parent of the missing leaves (see
-        # score_paths); a teacher-forced token costs somewhat less than an expansion step
-        # (EXPAND_MARGIN; `benchmarks.recforest_leaves` measures both)
-        groups = sibling_groups(sub.clamp(min=0) // tab.arity)  # leaf code // K = its parent's code
-        teacher_tokens = groups[1].shape[1] * tab.depths[t]
-        expand = (
-            self.leaf_scoring == "expand"
-            or self.leaf_scoring == "auto"
-            and teacher_tokens > EXPAND_MARGIN * _expansion_steps(tab.arity, tab.depths[t])
-        )
-        if expand:
-            # teacher forcing would cost more decoder token steps than expanding the whole tree
-            # (deep trees whose items sit on many leaves): take every leaf's log-prob instead
+        if self.leaf_scoring == "expand":
             every = self._all_leaves(t, mem)  # (U, K^H)
             lp = torch.where(missing, every.gather(1, leaves.clamp(min=0)), lp)
-        else:
+            return torch.logsumexp(lp.view(u, c, -1), dim=2)
+        groups = sibling_groups(sub.clamp(min=0) // tab.arity)  # leaf code // K = its parent's code
+        if self.leaf_scoring == "teacher" or self.leaf_scoring == "auto" and not self._cache_pays(t, u, groups):
             scored = score_paths(dec, mem, tab.digits(sub, t), groups)
-            take = missing.gather(1, idx)
-            lp = lp.scatter(1, idx, torch.where(take, scored, lp.gather(1, idx)))
+        else:  # the missing leaves' parents decoded with the cache over their distinct prefixes
+            scored = self._cached_leaves(t, mem, sub.clamp(min=0))
+        take = missing.gather(1, idx)
+        lp = lp.scatter(1, idx, torch.where(take, scored, lp.gather(1, idx)))
         return torch.logsumexp(lp.view(u, c, -1), dim=2)
+
+    def _cache_pays(self, t: int, u: int, groups) -> bool:
+        """Whether decoding G distinct parents level by level with the cache (at most
+        sum_l min(K^l, G) tokens a user, H decoder calls) beats teacher-forcing them (G x H
+        tokens, one call), a call costing `STEP_TOKENS` tokens and a teacher-forced token
+        1 / EXPAND_MARGIN of a cached one."""
+        k, depth, g = self.tables.arity, self.tables.depths[t], groups[1].shape[1]
+        cached = sum(min(k**level, g) for level in range(depth))
+        return u * (g * depth / EXPAND_MARGIN - cached) > (depth - 1) * STEP_TOKENS
+
+    def _cached_leaves(self, t: int, mem, leaves: torch.Tensor) -> torch.Tensor:
+        """log p_t(leaf) of leaf codes (U, W) by `prefix_log_probs` over their parents, in user
+        chunks of <= PATH_CHUNK parents."""
+        k, dec = self.tables.arity, self.net.decoder_list()[t]
+        step = max(1, PATH_CHUNK // max(1, leaves.shape[1]))
+        out = []
+        for i in range(0, leaves.shape[0], step):
+            part = leaves[i : i + step]
+            head, last = prefix_log_probs(dec, _user_slice(mem, i, i + step), part // k)
+            out.append(head + last.gather(2, (part % k)[..., None]).squeeze(-1))
+        return torch.cat(out)
+
+    def compile(self, whole_search: bool = False) -> None:
+        """Compile the encoder and every tree's beam search (`_static_beams`) as one graph with
+        ``torch.compile(dynamic=False)``: at batch 1 a search is mostly the fixed cost of many
+        small operators, which the graph fuses. The final ranking, whose widths depend on the
+        candidates found, stays eager. ``whole_search`` (``--compile search`` rather than
+        ``level``) compiles the same: the beam search is already whole.
+
+        Histories keep their full width (masked, no padding trim); batches are padded to the
+        next power of two; each new padded size or beam compiles again (tens of seconds on a
+        CPU), so it suits a server whose batch sizes are few (a batch-1 latency path). The scores
+        equal the eager ones up to float rounding."""
+        self._compiled_beams = torch.compile(self._static_beams, dynamic=False)
+
+    def _tree_beams(self, mems: list, beam: int) -> list:
+        """Per tree, `beam_search_with_siblings` over its memory."""
+        return [beam_search_with_siblings(dec, mem, beam) for dec, mem in zip(self.net.decoder_list(), mems)]
+
+    def _static_beams(self, histories: torch.Tensor, beam: int) -> tuple[list, list]:
+        """The memories and every tree's beams with no host sync and no shape taken from the
+        data (what `compile` compiles): histories (U, 69) at full width."""
+        mems = self.net.memories(histories, trim=False)
+        return mems, self._tree_beams(mems, beam)
 
     @search_mode
     def search(self, histories: torch.Tensor, k: int, beam: int):
         histories = histories.to(self.device).long()
-        mems = self.net.memories(histories)
-        found = []
-        for t, (dec, mem) in enumerate(zip(self.net.decoder_list(), mems)):
-            digits, lp = path_beam_search(dec, mem, beam)
-            codes = self.tables.to_codes(digits)
-            found.append((codes, lp, self.tables.leaf_item[t][codes]))
-        cand = unique_rows(torch.cat([f[2] for f in found], dim=1))  # (U, C)
+        u = histories.shape[0]
+        if self._compiled_beams is None:
+            mems = self.net.memories(histories)
+            beams = self._tree_beams(mems, beam)
+        else:
+            size = 1 << max(0, (u - 1).bit_length())  # batches padded to a power of two: few graphs
+            if size > u:
+                histories = torch.cat([histories, histories.new_full((size - u, histories.shape[1]), -1)])
+            mems, beams = self._compiled_beams(histories, beam)
+            mems = [_user_slice(mem, 0, u) for mem in mems]
+            beams = [tuple(x[:u] for x in b) for b in beams]
+        tab, found, leaves = self.tables, [], []
+        for t, (digits, _, parents, children) in enumerate(beams):
+            found.append(tab.leaf_item[t][tab.to_codes(digits)])
+            # the beam's leaves and their siblings, scored on the way: codes parent * K + child (U, P*K)
+            sib = tab.to_codes(parents)[..., None] * tab.arity + torch.arange(tab.arity, device=self.device)
+            leaves.append((sib.flatten(1), children.flatten(1)))
+        cand = unique_rows(torch.cat(found, dim=1))  # (U, C)
         self._last_candidates = float((cand >= 0).sum(1).float().mean().item())
         total = torch.zeros(cand.shape, device=self.device)
         for t, mem in enumerate(mems):
-            total = total + self._item_log_probs(t, mem, cand, found[t][0], found[t][1])
+            total = total + self._item_log_probs(t, mem, cand, *leaves[t])
         total = total.masked_fill(cand < 0, float("-inf"))
         return ranked(total, cand, k)
 
@@ -234,11 +286,6 @@ class RecForestSearcher(Searcher):
             total = total + torch.logsumexp(per, dim=2)
         items = torch.arange(self.n_items, device=self.device).expand(u, -1)
         return ranked(total, items, k)
-
-
-def _expansion_steps(arity: int, depth: int) -> int:
-    """Decoder steps to expand a complete tree: one per internal node, 1 + K + ... + K^(H-1)."""
-    return (arity**depth - 1) // (arity - 1)
 
 
 def _user_slice(mem, lo: int, hi: int):
