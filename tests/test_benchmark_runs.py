@@ -155,3 +155,23 @@ def test_recforest_reference_agrees_with_grove_and_times_both(tmp_path):
     assert row["top_k_overlap"] == 1.0 and len(row["ratios"]) == 2
     assert row["ms_per_user"]["reference"] > 0 and row["ms_per_user"]["grove"] > 0
     assert "| 2 | 5 |" in (tmp_path / "recforest_reference.md").read_text()
+
+
+@pytest.mark.dataset
+def test_variants_runs_each_variant_once_and_keeps_runs_already_measured(tmp_path, shared_datasets, capsys):
+    """benchmarks.variants: a run per (method, fields, seed), written after each; a second call
+    finds them in the results and runs nothing again."""
+    from benchmarks import variants
+
+    out = tmp_path / "variants"
+    variants.main(["--quick", "--points", "tdm_network", "--seeds", "0", "--out", str(out)])
+    first = json.loads((out.parent / "variants.json").read_text())
+    assert [(r["fields"], r["seed"]) for r in first["runs"]] == [
+        ({"network": "attention"}, 0),
+        ({"network": "average"}, 0),
+    ]
+    assert "| tdm_network | average |" in (out.parent / "variants.md").read_text()
+    capsys.readouterr()
+    variants.main(["--quick", "--points", "tdm_network", "--seeds", "0", "--out", str(out)])
+    assert "seed" not in capsys.readouterr().out
+    assert json.loads((out.parent / "variants.json").read_text())["runs"] == first["runs"]
