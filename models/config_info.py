@@ -72,7 +72,7 @@ BY_METHOD: dict[str, dict[str, str]] = {
         "embedding_dim": "size of those item vectors",
         "pretrain_epochs": "epochs of the two-tower pretraining",
         "pretrain_max_steps": "cap on the two-tower pretraining steps (0 = no cap)",
-        "random_ratio": "fraction of each cluster split at random when building a tree",
+        "random_ratio": "fraction of each cluster split at random when building a tree (δ; 0 = Algorithm 2 as printed)",
         "beam": "default query beam when a search names none",
     },
     "dr": {

@@ -210,7 +210,7 @@ def recforest_tree(
     embeddings,
     arity: int = 18,
     seed: int = 0,
-    random_ratio: float = 0.1,
+    random_ratio: float = 0.0,
     device: str | torch.device = "cpu",
     iters: int = 10,
 ) -> Tree:
@@ -224,10 +224,14 @@ def recforest_tree(
     * The appendix draws each child's D0 item with replacement, which can drop an item; here the
       first ``n mod K`` children take D0's items once each and only the rest draw with
       replacement, so every item keeps >= 1 leaf.
-    * ``random_ratio`` (δ, undefined in the appendix): in every cluster a fraction δ of the items
-      left after D0 (rounded down to a multiple of K) is split among the children uniformly at
-      random (the "Random" strategy), the remainder by balanced k-means. δ adds diversity
-      between the trees of a forest; 0 is pure Balanced-Kmeans.
+    * ``random_ratio`` (δ): Algorithm 2 takes "random ratio δ" as an input and never uses it;
+      its steps are D0 at random and balanced k-means on the rest, and the randomness that makes
+      a forest's trees differ is D0's draws and each tree's k-means seeds. ``0`` (the default) is
+      the algorithm as printed. ``δ > 0`` is a reading of the name that grove used before issue
+      30 (0.1): in every cluster a fraction δ of the items left after D0 (rounded down to a
+      multiple of K) is split among the children uniformly at random (the appendix's "Random"
+      strategy), the rest by balanced k-means. On ml-1m-subset (2 trees, 3 seeds) δ = 0.1 and
+      δ = 0 differ by less than a seed's spread (benchmarks/README.md, "variants").
 
     Parameters
     ----------

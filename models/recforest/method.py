@@ -59,7 +59,9 @@ class RecForestConfig(MethodConfig):
 
     ``embeddings``: 'two_tower' pretrains the two-tower baseline (``pretrain_*`` knobs) and
     clusters its item vectors; 'svd' uses a truncated SVD of the user x item matrix (fast).
-    ``random_ratio`` is Algorithm 2's δ (`grove.models.tree_builders.recforest_tree`). ``max_steps``
+    ``random_ratio`` is Algorithm 2's δ (`grove.models.tree_builders.recforest_tree`; 0, the
+    algorithm as printed, by default: the δ = 0.1 reading grove used before issue 30 measured no
+    better, benchmarks/README.md "variants"). ``max_steps``
     > 0 caps the optimiser steps (time-boxed runs); ``beam`` is the default query beam flows use
     when none is given (query-time knob, not used to build). ``min_behaviours``: appendix E.2
     trains on sliding windows that each contain "at least 15 interactions", the target and >= 14
@@ -90,7 +92,7 @@ class RecForestConfig(MethodConfig):
     embedding_dim: int = 24
     pretrain_epochs: int = 3
     pretrain_max_steps: int = 0
-    random_ratio: float = 0.1
+    random_ratio: float = 0.0
     beam: int = 100
     device: str = "auto"
     min_behaviours: int = 14
