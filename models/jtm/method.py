@@ -23,7 +23,11 @@ class JTMConfig(TreeMethodConfig):
 
     Defaults from the supplement: the plain network (window averages, 128-64-24 PReLU MLP
     without batch norm; part B) and windows of >= 6 interactions (``min_behaviours=5``, part C);
-    `grove.models.tree_method` says what each choice means and what TDM uses."""
+    `grove.models.tree_method` says what each choice means and what TDM uses. The plain network
+    learns slowly at the shared learning rate 1e-3 (the supplement's, with batches of 30,000): on
+    ml-1m-subset after 20,000 windows it is far below TDM's attention network, and above it at
+    ``lr=0.01`` or on 100,000 windows (benchmarks/README.md, "variants"): short runs want
+    ``lr=0.01``."""
 
     network: str = "average"
     batch_norm: bool = False
