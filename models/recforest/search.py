@@ -106,13 +106,6 @@ class ForestTables:
         return self.digits(self.item_codes[t][items, r], t)
 
 
-def sibling_groups(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group each row's paths by parent: parents (U, P) ints (a path's first H-1 codes as a
-    base-K int) -> slot (U, P), the group of each path, and rep (U, W), one path of each group
-    (`prefix_groups`)."""
-    return prefix_groups(parents)
-
-
 def score_paths(dec: StepDecoder, mem, digits: torch.Tensor, groups=None) -> torch.Tensor:
     """Teacher-forced log p(path) for digits (U, P, H) -> (U, P), chunked over the parents.
 
@@ -121,11 +114,11 @@ def score_paths(dec: StepDecoder, mem, digits: torch.Tensor, groups=None) -> tor
     sibling. RecForest puts an item's copies on adjacent leaves (Algorithm 2), so the leaves a
     final ranking asks for are mostly siblings: on ml-latest-small's 18^4-leaf trees, ~11 leaves
     per item, this runs the decoder on several times fewer sequences than one pass per path.
-    ``groups``: `sibling_groups` of these paths when the caller has it already."""
+    ``groups``: `prefix_groups` of these paths' parents when the caller has it already."""
     u, p, h = digits.shape
     k = dec.arity
     if groups is None:
-        groups = sibling_groups((digits[..., :-1] * k ** torch.arange(h - 2, -1, -1, device=digits.device)).sum(-1))
+        groups = prefix_groups((digits[..., :-1] * k ** torch.arange(h - 2, -1, -1, device=digits.device)).sum(-1))
     slot, rep = groups
     if not rep.shape[1]:
         return digits.new_zeros(u, p, dtype=torch.float32)
@@ -190,7 +183,7 @@ class RecForestSearcher(Searcher):
             every = self._all_leaves(t, mem)  # (U, K^H)
             lp = torch.where(missing, every.gather(1, leaves.clamp(min=0)), lp)
             return torch.logsumexp(lp.view(u, c, -1), dim=2)
-        groups = sibling_groups(sub.clamp(min=0) // tab.arity)  # leaf code // K = its parent's code
+        groups = prefix_groups(sub.clamp(min=0) // tab.arity)  # leaf code // K = its parent's code
         if self.leaf_scoring == "teacher" or self.leaf_scoring == "auto" and not self._cache_pays(t, u, groups):
             scored = score_paths(dec, mem, tab.digits(sub, t), groups)
         else:  # the missing leaves' parents decoded with the cache over their distinct prefixes
