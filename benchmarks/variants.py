@@ -36,6 +36,7 @@ import json
 import os
 import pathlib
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -197,15 +198,23 @@ def main(argv: list[str] | None = None) -> None:
                 if job not in jobs and not any(_same(r, *job) for r in runs):
                     jobs.append(job)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    failed = []
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
         futures = {pool.submit(run_one, *job, a.quick): job for job in jobs}
         for fut in as_completed(futures):
             method, fields, seed = futures[fut]
-            row = fut.result()
+            try:
+                row = fut.result()
+            except Exception as exc:  # one failed run must not lose the others in flight
+                print(method, fields, "seed", seed, f"FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                failed.append((method, fields, seed))
+                continue
             print(method, fields, "seed", seed, {k: round(v, 4) for k, v in row.items()}, flush=True)
             result["runs"].append({"method": method, "fields": fields, "seed": seed, **row})
             write_json_and_markdown(out, result, markdown)
     write_json_and_markdown(out, result, markdown)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed (see above); a second call runs only them")
 
 
 if __name__ == "__main__":
