@@ -27,6 +27,7 @@ import torch
 
 from grove.indexstore.errors import InputError
 from grove.indexstore.samples import HeldOutUsers
+from grove.models.limits import check_evaluation
 from grove.models.method import Searcher
 from grove.models.metrics import METRIC_NAMES, in_sets, per_user_metrics
 from grove.models.metrics import fidelity as fidelity_ratio
@@ -112,6 +113,7 @@ def check_args(held_out: HeldOutUsers, ks, beam: int, batch_size: int) -> tuple[
         raise InputError(f"batch_size must be a positive integer, got {batch_size}")
     if len(held_out) == 0:
         raise InputError("there are no held-out users to evaluate")
+    check_evaluation(ks, (int(beam),))  # k <= MAX_K, beam <= MAX_BEAM: the lists are (users, max k)
     return ks
 
 

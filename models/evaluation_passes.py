@@ -27,6 +27,7 @@ import torch
 
 from grove.indexstore.entities import MetricRow
 from grove.indexstore.samples import HeldOutUsers
+from grove.models import memory
 from grove.models.evaluation import Lists, MetricValue, both_results, check_args, search_lists, wants_exhaustive
 from grove.models.method import Searcher
 from grove.models.metrics import fidelity as fidelity_ratio
@@ -73,6 +74,13 @@ def plan(
     for beam in beams:
         check_args(held_out, ks, beam, 256)
         passes.append(SearchPass(len(held_out), int(beam)))
+    if passes:  # every pass's kept and filtered (users, max k) int64 lists are held until assembled
+        kmax = max(int(k) for k in ks)
+        memory.require(
+            sum(2 * p.users * kmax * 8 for p in passes),
+            "cpu",
+            f"the ranked lists of {len(passes)} evaluation pass(es) of {len(held_out):,} users at k = {kmax:,}",
+        )
     return passes
 
 

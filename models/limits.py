@@ -1,6 +1,7 @@
 """The documented bounds of a query and of a build, checked before any work.
 
-* k (items per list) <= the index's items and <= ``MAX_K``;
+* k (items per list) <= the index's items and <= ``MAX_K``; an evaluation's cut-offs <= ``MAX_K``
+  (they may exceed a small catalogue: its lists are padded);
 * beam <= ``MAX_BEAM`` (the frontier a search keeps per level);
 * a history of raw ids: <= ``MAX_HISTORY`` ids (the models read the newest 69; longer lists only
   cost lookups and, with ``exclude_seen``, filtering);
@@ -36,8 +37,29 @@ def check_query(k, beam, n_items: int) -> None:
             if k > n_items
             else f"k = {k:,} is above the maximum of {MAX_K:,} items per list"
         )
+    check_beam(beam)
+
+
+def check_beam(beam) -> None:
+    """beam in [1, MAX_BEAM]; GroveError naming the value."""
+    _positive_int(beam, "beam")
     if beam > MAX_BEAM:
         raise GroveError(f"beam = {beam:,} is above the maximum of {MAX_BEAM:,}")
+
+
+def check_evaluation(ks, beams) -> None:
+    """An evaluation's cut-offs and beams: every k in [1, MAX_K], every beam in [1, MAX_BEAM]
+    (None, the exhaustive reference, has no beam). Its lists are (users, max k) per pass: an
+    unbounded k would allocate them before the first search."""
+    if not ks:
+        raise GroveError("an evaluation needs at least one k")
+    for k in ks:
+        _positive_int(k, "k")
+        if k > MAX_K:
+            raise GroveError(f"k = {k:,} is above the maximum of {MAX_K:,} items per list")
+    for beam in beams:
+        if beam is not None:
+            check_beam(beam)
 
 
 def check_histories(lengths: list[int]) -> None:

@@ -26,6 +26,32 @@ def ints(text: str) -> tuple[int, ...]:
     return vals
 
 
+def cutoffs(text: str) -> tuple[int, ...]:
+    """argparse type of an evaluation's ``--k``: `ints`, each at most
+    `grove.models.limits.MAX_K` (checked before anything is loaded)."""
+    from grove.models.limits import check_evaluation
+
+    vals = ints(text)
+    try:
+        check_evaluation(vals, ())
+    except GroveError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return vals
+
+
+def beam_sizes(text: str) -> tuple[int, ...]:
+    """argparse type of an evaluation's ``--beam``: `ints`, each at most
+    `grove.models.limits.MAX_BEAM`."""
+    from grove.models.limits import check_evaluation
+
+    vals = ints(text)
+    try:
+        check_evaluation((1,), vals)
+    except GroveError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return vals
+
+
 def one_int(text: str) -> int:
     """argparse type of ``--k``/``--beam`` where a command takes one value: the list syntax of
     `ints` (so the options read alike everywhere) holding exactly one positive integer."""

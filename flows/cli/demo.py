@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import pathlib
 
-from grove.flows.cli.common import format_table, gate_newest, ints, is_local, parse_settings, print_metrics
+from grove.flows.cli.common import (
+    beam_sizes,
+    cutoffs,
+    format_table,
+    gate_newest,
+    is_local,
+    parse_settings,
+    print_metrics,
+)
 from grove.models.registry import method_names
 
 DEMO_SPLIT = "default"
@@ -41,8 +49,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the method")
     p.add_argument("--config", help="method config as a JSON object")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="one config field (repeatable)")
-    p.add_argument("--k", type=ints, default=(10, 50), help="cut-offs, e.g. 10,50")
-    p.add_argument("--beam", type=ints, default=(50,), help="beam sizes, e.g. 20,50,100")
+    p.add_argument("--k", type=cutoffs, default=(10, 50), help="cut-offs, e.g. 10,50")
+    p.add_argument("--beam", type=beam_sizes, default=(50,), help="beam sizes, e.g. 20,50,100")
     p.add_argument("--users", type=int, default=None, help="evaluate on the first N valid users")
     p.add_argument("--local", action="store_true", help="run the cycle without Prefect")
     p.set_defaults(func=cmd_demo)

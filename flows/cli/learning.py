@@ -19,9 +19,10 @@ from grove.flows.cli import batch
 from grove.flows.cli.common import (
     add_precision_opts,
     add_runner_opts,
+    beam_sizes,
+    cutoffs,
     format_table,
     gate_newest,
-    ints,
     is_local,
     newest_version,
     one_int,
@@ -47,8 +48,8 @@ def _add_method_opts(p: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_opts(p: argparse.ArgumentParser, beams: tuple[int, ...] = (50,)) -> None:
-    p.add_argument("--k", type=ints, default=(10, 50), help="cut-offs, e.g. 10,50")
-    p.add_argument("--beam", type=ints, default=beams, help="beam sizes, e.g. 20,50,100")
+    p.add_argument("--k", type=cutoffs, default=(10, 50), help="cut-offs, e.g. 10,50")
+    p.add_argument("--beam", type=beam_sizes, default=beams, help="beam sizes, e.g. 20,50,100")
     p.add_argument("--users", type=positive, default=None, help="evaluate on the first N held-out users")
 
 
