@@ -17,8 +17,8 @@ describes it, over grove's own network and trees so that both rank the same item
 grove's `RecForestSearcher` encodes once, decodes with a key/value cache, reuses the leaves its
 beams scored (their siblings too) and scores the other leaves from their parents (one
 teacher-forced pass per parent, or the parents' distinct prefixes with the cache). ``--compile``
-also times grove's compiled search (`RecForestSearcher.compile`: encoder and beams as one graph,
-compiled once in the warm-up). Both run on the same untrained paper-sized network (hidden 96,
+also times grove's compiled search (`RecForestSearcher.compile`, compiled once in the warm-up:
+encoder and beams as one graph, with one tree the final ranking too). Both run on the same untrained paper-sized network (hidden 96,
 2 + 2 layers, 4 heads) over complete 18-ary trees built by Algorithm 2 from random 24-d item
 embeddings (untrained: the cost of a search does not depend on the weights), with random
 69-item histories, one torch thread, one user per call. Each round times every user once with

@@ -163,9 +163,9 @@ def test_scoring_paths_by_shared_prefix_equals_one_pass_per_path():
 
 
 def test_cached_prefix_scoring_equals_teacher_forcing():
-    """prefix_log_probs decodes only the distinct prefixes of the parents, with the cache; every
-    parent (repeated or not, any order) and each of its children get their teacher-forced
-    log-probs (issue 29.3)."""
+    """prefix_log_probs decodes only the distinct prefixes of the parents, with the cache, from the
+    root or resumed below a beam search's complete level; every parent (repeated or not, any
+    order) and each of its children get their teacher-forced log-probs (issue 29.3)."""
     torch.manual_seed(4)
     net = RecForestNet(30, 4, [4], hidden=16, heads=2).eval()
     hist = torch.randint(-1, 30, (5, 69))
@@ -180,9 +180,15 @@ def test_cached_prefix_scoring_equals_teacher_forcing():
         digits = (leaves[..., None] // 4 ** torch.arange(3, -1, -1)) % 4
         forced = dec.path_log_probs(mem, digits.reshape(5, -1, 4)).view(5, 30, 4)
         empty = prefix_log_probs(dec, mem, parents[:, :0])
+        # resumed from a beam search's complete levels: the root (level 0), all 4 nodes of level 1
+        levels = beam_search_with_siblings(dec, mem, 4)[4]
+        assert [lv.children.shape[1] for lv in levels[:2]] == [1, 4]
+        resumed = [prefix_log_probs(dec, mem, parents, lv) for lv in levels[:2]]
     assert head.shape == (5, 30) and last.shape == (5, 30, 4)
     assert torch.allclose(head[..., None] + last, forced, atol=1e-5)
     assert torch.allclose(head, torch.logsumexp(forced, dim=2), atol=1e-5)  # p(parent) = sum of its children
+    for h, lp in resumed:
+        assert torch.allclose(h[..., None] + lp, forced, atol=1e-5)
     assert empty[0].shape == (5, 0) and empty[1].shape == (5, 0, 4)
 
 
@@ -194,7 +200,7 @@ def test_beam_siblings_are_the_last_levels_children():
     dec = net.decoders[0]
     with torch.no_grad():
         mem = net.memories(torch.randint(-1, 30, (4, 69)))[0]
-        codes, scores, parents, children = beam_search_with_siblings(dec, mem, 5)
+        codes, scores, parents, children, _ = beam_search_with_siblings(dec, mem, 5)
         digits = torch.cat([parents[:, :, None].expand(-1, -1, 3, -1), torch.arange(3).expand(4, 5, 3)[..., None]], 3)
         forced = dec.path_log_probs(mem, digits.reshape(4, 15, 3)).view(4, 5, 3)
     assert parents.shape == (4, 5, 2) and children.shape == (4, 5, 3)
@@ -206,18 +212,29 @@ def test_beam_siblings_are_the_last_levels_children():
     assert torch.equal(children.flatten(1).gather(1, pos), scores)
 
 
-def test_compiled_search_equals_eager(trained):
-    """RecForestSearcher.compile (issue 29.3): the encoder and the beams as one graph, histories
-    untrimmed, a batch of 3 padded to 4; the same top-k as eager, scores up to float rounding."""
-    data, method, built = trained
-    hist = torch.as_tensor(data.test.histories[:3], dtype=torch.long)
+def test_compiled_search_equals_eager():
+    """RecForestSearcher.compile (issue 29.3), one tree: encoder, beams and final ranking as one
+    graph, histories untrimmed, a batch of 7 padded to 8. A row whose beam items' other leaves
+    lie under parents the level before the last did not step is ranked eagerly after the graph
+    (as a forest's are); either way the same top-k as eager, scores up to float rounding."""
+    torch.manual_seed(0)
+    tree = complete_tree(50, 3, seed=1)  # 81 leaves: 31 duplicates, beside their originals
+    net = RecForestNet(50, 3, [tree.depth], hidden=16, heads=2).eval()
+    s = RecForestSearcher(net, ForestTables.from_forest(Forest([tree]), "cpu"), 50, torch.device("cpu"))
+    hist = torch.randint(0, 50, (7, 69))
     hist[1] = -1  # an empty history: the padding path
-    s = method.searcher(_config(), built, "cpu")
-    want = s.search(hist, k=10, beam=4)
+    want = s.search(hist, k=10, beam=3)
     s.compile()
-    got = s.search(hist, k=10, beam=4)
+    got = s.search(hist, k=10, beam=3)
     assert torch.equal(want[1], got[1])
     torch.testing.assert_close(want[0], got[0], atol=1e-5, rtol=1e-5)
+    padded = torch.cat([hist, hist.new_full((1, 69), -1)])
+    with torch.no_grad():
+        scores, items, resolved, _ = s._compiled_search(padded, 10, 3)[2]  # the graph compiled above
+    resolved = resolved[:7]
+    assert 0 < int(resolved.sum()) < 7  # both paths taken
+    assert torch.equal(items[:7][resolved], want[1][resolved])
+    torch.testing.assert_close(scores[:7][resolved], want[0][resolved], atol=1e-5, rtol=1e-5)
 
 
 def test_full_beam_gives_every_path_and_probabilities_sum_to_one():

@@ -23,7 +23,7 @@ Choices where the appendix is silent
 from __future__ import annotations
 
 import math
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,15 @@ def _attention_in_chunks(
             for i in range(0, q.shape[0], chunk)
         ]
     )
+
+
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of one query over a few keys, q (N, nh, 1, dh), k / v (N, nh, s, dh) ->
+    (N, nh, 1, dh), as products and sums: a cached decoder step attends over its s <= H
+    earlier steps, and inside a compiled graph these few operators fuse with their neighbours
+    into one loop, where `F.scaled_dot_product_attention` stays a separate kernel call."""
+    w = torch.softmax((q * k).sum(-1) * q.shape[-1] ** -0.5, dim=-1)  # (N, nh, s)
+    return (w.unsqueeze(-1) * v).sum(2, keepdim=True)
 
 
 @torch.jit.script_if_tracing  # a trace keeps the width the data gives (`grove.models.scripted`)
@@ -97,8 +106,28 @@ class HistoryEncoder(nn.Module):
         ids = torch.where(histories < 0, torch.full_like(histories, self.n_items), histories)
         pos = torch.arange(histories.shape[1], device=histories.device)
         x = self.item(ids) + self.pos(pos)[None]
-        x = self.layers(x, src_key_padding_mask=pad)
+        x = self.layers(x, src_key_padding_mask=pad) if self.training else self._inference_layers(x, pad)
         return self.norm(x), pad
+
+    def _inference_layers(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """The encoder layers without dropout, written out: what ``nn.TransformerEncoder``'s
+        inference fast path computes (the same values up to float rounding), as a few
+        operators that ``torch.compile`` can fuse; its fused kernel masks padding through a
+        softmax that alone costs more than the layer's matrix products at one user."""
+        u, length, h = x.shape
+        bias = torch.zeros(pad.shape, dtype=x.dtype, device=x.device).masked_fill(pad, float("-inf"))[:, None, None]
+        for layer in cast(list[nn.TransformerEncoderLayer], list(self.layers.layers)):
+            att = layer.self_attn
+            nh = att.num_heads
+            q, k, v = (
+                F.linear(layer.norm1(x), att.in_proj_weight, att.in_proj_bias)
+                .view(u, length, 3, nh, h // nh)
+                .permute(2, 0, 3, 1, 4)
+            )
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (U, nh, L, dh)
+            x = x + att.out_proj(a.transpose(1, 2).reshape(u, length, h))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+        return x
 
 
 class DecoderLayer(nn.Module):
@@ -139,8 +168,11 @@ class DecoderLayer(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=3), torch.cat([past[1], v], dim=3)
         sk = k.shape[3]
-        causal = past is None and s > 1
-        a = attention_in_chunks(q, k.view(u * p, nh, sk, dh), v.view(u * p, nh, sk, dh), is_causal=causal)
+        if s == 1 and not q.is_cuda and torch.compiler.is_compiling():
+            a = one_query_attention(q, k.view(u * p, nh, sk, dh), v.view(u * p, nh, sk, dh))
+        else:
+            causal = past is None and s > 1
+            a = attention_in_chunks(q, k.view(u * p, nh, sk, dh), v.view(u * p, nh, sk, dh), is_causal=causal)
         x = x + self._dropped(self.out1(a.transpose(1, 2).reshape(u, p, s, h)))
         # cross-attention: the P*S queries of a user share the user's encoder output
         q2 = self.q2(self.ln2(x)).view(u, p * s, nh, dh).transpose(1, 2)  # (U, nh, P*S, dh)
@@ -269,17 +301,29 @@ def path_beam_search(dec: StepDecoder, mem, beam: int, use_cache: bool = True):
 
     Returns codes (U, B', H) long and log-probs (U, B') best first, B' = min(beam, K^H).
     ``use_cache=False`` recomputes the whole prefix at every step (reference for tests)."""
-    codes, scores, _, _ = beam_search_with_siblings(dec, mem, beam, use_cache)
+    codes, scores, _, _, _ = beam_search_with_siblings(dec, mem, beam, use_cache)
     return codes, scores
 
 
+class BeamLevel(NamedTuple):
+    """What one level of a beam search computed for the P prefixes it stepped: prefixes (U, P, l)
+    codes, children (U, P, K) log p(prefix, child), and the decoder cache, per layer (k, v)
+    (U, P, nh, l + 1, dh): a child of one of these prefixes is one decoder step away."""
+
+    prefixes: torch.Tensor
+    children: torch.Tensor
+    cache: list
+
+
 def beam_search_with_siblings(dec: StepDecoder, mem, beam: int, use_cache: bool = True):
-    """`path_beam_search`, and what its last level scored on the way: every child of the last
-    level's P kept prefixes (the beam's leaves and their siblings).
+    """`path_beam_search`, and what its last levels scored on the way: every child of the last
+    level's P kept prefixes (the beam's leaves and their siblings), and the level before it.
 
     Returns codes (U, B', H), log-probs (U, B'), parents (U, P, H-1) long (P = min(beam,
-    K^(H-1))) and children (U, P, K) log p(parent path, child): the leaves of a final ranking
-    that sit under one of these parents need no further decoder step."""
+    K^(H-1))), children (U, P, K) log p(parent path, child): the leaves of a final ranking
+    that sit under one of these parents need no further decoder step; and the `BeamLevel` of
+    every level (empty without the cache): a node whose parent a level stepped is one step
+    away."""
     u = mem[1].shape[0]
     dev = mem[1].device
     codes = torch.zeros(u, 1, 0, dtype=torch.long, device=dev)
@@ -288,6 +332,7 @@ def beam_search_with_siblings(dec: StepDecoder, mem, beam: int, use_cache: bool 
     rows = torch.arange(u, device=dev)[:, None]
     children = scores[:, :, None]
     parents = codes
+    levels: list[BeamLevel] = []
     for level in range(dec.depth):
         if use_cache:
             last = None if level == 0 else codes[:, :, -1]
@@ -296,39 +341,57 @@ def beam_search_with_siblings(dec: StepDecoder, mem, beam: int, use_cache: bool 
             padded = torch.cat([codes, codes.new_zeros(u, codes.shape[1], 1)], dim=2)
             logp = dec.level_log_probs(mem, padded)[:, :, level]
         children, parents = scores[:, :, None] + logp, codes  # (U, P, K), (U, P, level)
+        if cache is not None:
+            levels.append(BeamLevel(parents, children, cache))
         cand = children.reshape(u, -1)  # (U, P*K)
         scores, idx = cand.topk(min(beam, cand.shape[1]), dim=1)  # sorted, best first
         parent, code = idx // dec.arity, idx % dec.arity
         codes = torch.cat([codes[rows, parent], code[:, :, None]], dim=2)
         if use_cache and cache is not None and level + 1 < dec.depth:
             cache = [(k[rows, parent], v[rows, parent]) for k, v in cache]
-    return codes, scores, parents, children
+    return codes, scores, parents, children, levels
 
 
-def prefix_log_probs(dec: StepDecoder, mem, parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_log_probs(
+    dec: StepDecoder, mem, parents: torch.Tensor, start: BeamLevel | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log p of given parent paths and of each of their K children, decoded level by level with
     the cache over the distinct prefixes only: one step per (user, internal node on the way to a
     parent), the nodes of a sub-tree of the tree `all_leaf_log_probs` expands whole.
 
     parents (U, W) long: parent codes (the first H-1 codes as a base-K int, any order, repeats
-    allowed). Returns head (U, W) log p(parent path) and last (U, W, K) log p(child | parent).
-    Memory: the cache of the W parents' prefixes, (U, W, heads, H-1, dh) per layer."""
+    allowed). ``start``: a beam search's `BeamLevel` of a level L <= H-2 that stepped every
+    prefix of the parents at that level (a complete level: K^L <= beam); decoding resumes
+    below it instead of from the root. Returns head (U, W) log p(parent path) and last
+    (U, W, K) log p(child | parent). Memory: the cache of the W parents' prefixes, (U, W,
+    heads, H-1, dh) per layer."""
     u, w = parents.shape
     k, depth = dec.arity, dec.depth
     if not w:
         return parents.new_zeros(u, 0, dtype=torch.float32), parents.new_zeros(u, 0, k, dtype=torch.float32)
-    logp, cache = dec.step(mem, None, 0, None)  # (U, 1, K): the root's children
-    head = logp.new_zeros(u, 1)
-    slot = torch.zeros_like(parents)  # each parent's prefix among the level's distinct ones
     rows = torch.arange(u, device=parents.device)[:, None]
-    for level in range(1, depth):
+    if start is None:
+        logp, cache = dec.step(mem, None, 0, None)  # (U, 1, K): the root's children
+        children, first = logp, 1
+        slot = torch.zeros_like(parents)  # each parent's prefix among the level's rows
+    else:
+        first = start.prefixes.shape[2] + 1
+        place = k ** torch.arange(first - 2, -1, -1, device=parents.device)
+        codes = (start.prefixes * place).sum(-1)  # (U, P) the level's prefixes as base-K ints
+        order = codes.argsort(dim=1)
+        at = torch.searchsorted(codes.gather(1, order), parents // k ** (depth - first))
+        slot = order.gather(1, at.clamp(max=codes.shape[1] - 1))
+        children, cache = start.children, start.cache
+    head = children.new_zeros(u, 1)
+    for level in range(first, depth):
         prefix = parents // k ** (depth - 1 - level)  # (U, W) the first `level` codes
         new_slot, rep = prefix_groups(prefix)  # rep (U, G): one parent per distinct prefix
         up = slot.gather(1, rep)  # (U, G): its prefix one level up
         code = (prefix % k).gather(1, rep)  # (U, G): its code at level - 1
-        head = head.gather(1, up) + logp[rows, up, code]
+        head = children[rows, up, code]  # log p(prefix)
         cache = [(kk[rows, up], vv[rows, up]) for kk, vv in cache]
         logp, cache = dec.step(mem, code, level, cache)  # (U, G, K)
+        children = head[..., None] + logp
         slot = new_slot
     return head.gather(1, slot), logp.gather(1, slot[..., None].expand(-1, -1, k))
 

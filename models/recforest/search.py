@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from grove.indexstore.structures import Forest, Tree
 from grove.models.method import Searcher
 from grove.models.precision import search_mode
 from grove.models.recforest.network import (
+    BeamLevel,
+    PathDecoder,
     RecForestNet,
     StepDecoder,
     all_leaf_log_probs,
@@ -40,6 +43,9 @@ EXPAND_MARGIN = 1.25  # a cached decoder step per (user, path) costs this x a te
 # the fixed cost of one decoder call (a step or a teacher-forced pass), in (user, path) tokens: at
 # small batches a few calls cost more than the tokens they save
 STEP_TOKENS = 32
+# a compiled one-tree search steps up to this x beam distinct parents of the beam items' other
+# leaves (`RecForestSearcher._one_tree_ranking`); a row with more is ranked eagerly
+ONE_TREE_PARENTS = 2
 
 
 def tree_code_tables(tree: Tree, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +95,15 @@ class ForestTables:
 
     def digits(self, codes: torch.Tensor, t: int) -> torch.Tensor:
         """Leaf codes (...) -> K-way paths (..., H_t)."""
-        h = self.depths[t]
-        powers = self.arity ** torch.arange(h - 1, -1, -1, device=codes.device)
-        return (codes.clamp(min=0)[..., None] // powers) % self.arity
+        return (codes.clamp(min=0)[..., None] // self._powers(self.depths[t], codes.device)) % self.arity
 
     def to_codes(self, digits: torch.Tensor) -> torch.Tensor:
-        h = digits.shape[-1]
-        powers = self.arity ** torch.arange(h - 1, -1, -1, device=digits.device)
-        return (digits * powers).sum(-1)
+        return (digits * self._powers(digits.shape[-1], digits.device)).sum(-1)
+
+    def _powers(self, h: int, device) -> torch.Tensor:
+        """(K^(h-1), ..., K, 1): the place values of an h-digit code (from Python ints: a
+        compiled graph holds them as constants)."""
+        return torch.tensor([self.arity**i for i in range(h - 1, -1, -1)], dtype=torch.long, device=device)
 
     def sample_codes(self, items: torch.Tensor, t: int, gen: torch.Generator) -> torch.Tensor:
         """Training targets: for items (n,), one of each item's leaves in tree t, uniformly
@@ -147,7 +154,8 @@ class RecForestSearcher(Searcher):
     def __init__(self, net: RecForestNet, tables: ForestTables, n_items: int, device: torch.device):
         self.net, self.tables, self.n_items, self.device = net.eval(), tables, n_items, device
         self._last_candidates: float | None = None
-        self._compiled_beams: Callable[[torch.Tensor, int], tuple[list, list]] | None = None
+        self._compiled_search: Callable[[torch.Tensor, int, int], tuple[list, list, tuple | None]] | None = None
+        self._compiled_step: Callable[..., tuple[torch.Tensor, list]] | None = None
 
     def last_candidates(self) -> float | None:
         return self._last_candidates
@@ -159,9 +167,10 @@ class RecForestSearcher(Searcher):
         dec, u = self.net.decoder_list()[t], mem[1].shape[0]
         return torch.cat([all_leaf_log_probs(dec, _user_slice(mem, i, i + step)) for i in range(0, u, step)])
 
-    def _item_log_probs(self, t, mem, cand, leaf_codes, leaf_lp):
+    def _item_log_probs(self, t, mem, cand, leaf_codes, leaf_lp, start: BeamLevel | None = None):
         """log p_t(item) for candidates (U, C) (-1 holes -> -inf), reusing the leaves the beam
-        search scored: leaf_codes / leaf_lp (U, B), distinct codes in each row."""
+        search scored: leaf_codes / leaf_lp (U, B), distinct codes in each row; ``start``: the
+        beam's deepest complete level, where cached decoding resumes (`prefix_log_probs`)."""
         tab, dec = self.tables, self.net.decoder_list()[t]
         u, c = cand.shape
         leaves = tab.item_codes[t][cand.clamp(min=0)]  # (U, C, R)
@@ -184,78 +193,156 @@ class RecForestSearcher(Searcher):
             lp = torch.where(missing, every.gather(1, leaves.clamp(min=0)), lp)
             return torch.logsumexp(lp.view(u, c, -1), dim=2)
         groups = prefix_groups(sub.clamp(min=0) // tab.arity)  # leaf code // K = its parent's code
-        if self.leaf_scoring == "teacher" or self.leaf_scoring == "auto" and not self._cache_pays(t, u, groups):
+        first = 0 if start is None else start.prefixes.shape[2] + 1  # the first level decoded
+        if self.leaf_scoring == "teacher" or (
+            self.leaf_scoring == "auto" and not self._cache_pays(t, u, groups[1].shape[1], first)
+        ):
             scored = score_paths(dec, mem, tab.digits(sub, t), groups)
         else:  # the missing leaves' parents decoded with the cache over their distinct prefixes
-            scored = self._cached_leaves(t, mem, sub.clamp(min=0))
+            scored = self._cached_leaves(t, mem, sub.clamp(min=0), start)
         take = missing.gather(1, idx)
         lp = lp.scatter(1, idx, torch.where(take, scored, lp.gather(1, idx)))
         return torch.logsumexp(lp.view(u, c, -1), dim=2)
 
-    def _cache_pays(self, t: int, u: int, groups) -> bool:
-        """Whether decoding G distinct parents level by level with the cache (at most
-        sum_l min(K^l, G) tokens a user, H decoder calls) beats teacher-forcing them (G x H
-        tokens, one call), a call costing `STEP_TOKENS` tokens and a teacher-forced token
-        1 / EXPAND_MARGIN of a cached one."""
-        k, depth, g = self.tables.arity, self.tables.depths[t], groups[1].shape[1]
-        cached = sum(min(k**level, g) for level in range(depth))
-        return u * (g * depth / EXPAND_MARGIN - cached) > (depth - 1) * STEP_TOKENS
+    def _cache_pays(self, t: int, u: int, g: int, first: int = 0) -> bool:
+        """Whether decoding G distinct parents level by level with the cache from level
+        ``first`` (the beam's levels above it resume the decoding; at most sum_l min(K^l, G)
+        tokens a user, one call a level) beats teacher-forcing them (G x H tokens, one call), a
+        call costing `STEP_TOKENS` tokens and a teacher-forced token 1 / EXPAND_MARGIN of a
+        cached one."""
+        k, depth = self.tables.arity, self.tables.depths[t]
+        levels = range(first, depth)
+        cached = sum(min(k**level, g) for level in levels)
+        return u * (g * depth / EXPAND_MARGIN - cached) > (len(levels) - 1) * STEP_TOKENS
 
-    def _cached_leaves(self, t: int, mem, leaves: torch.Tensor) -> torch.Tensor:
-        """log p_t(leaf) of leaf codes (U, W) by `prefix_log_probs` over their parents, in user
-        chunks of <= PATH_CHUNK parents."""
-        k, dec = self.tables.arity, self.net.decoder_list()[t]
+    def _cached_leaves(self, t: int, mem, leaves: torch.Tensor, start: BeamLevel | None = None) -> torch.Tensor:
+        """log p_t(leaf) of leaf codes (U, W) by `prefix_log_probs` over their parents (resumed
+        from ``start``), in user chunks of <= PATH_CHUNK parents."""
+        k, plain = self.tables.arity, self.net.decoder_list()[t]
+        dec: StepDecoder = plain if self._compiled_step is None else _CompiledSteps(plain, self._compiled_step)
         step = max(1, PATH_CHUNK // max(1, leaves.shape[1]))
         out = []
         for i in range(0, leaves.shape[0], step):
             part = leaves[i : i + step]
-            head, last = prefix_log_probs(dec, _user_slice(mem, i, i + step), part // k)
+            resume = None if start is None else _level_slice(start, i, i + step)
+            head, last = prefix_log_probs(dec, _user_slice(mem, i, i + step), part // k, resume)
             out.append(head + last.gather(2, (part % k)[..., None]).squeeze(-1))
         return torch.cat(out)
 
     def compile(self, whole_search: bool = False) -> None:
-        """Compile the encoder and every tree's beam search (`_static_beams`) as one graph with
-        ``torch.compile(dynamic=False)``: at batch 1 a search is mostly the fixed cost of many
-        small operators, which the graph fuses. The final ranking, whose widths depend on the
-        candidates found, stays eager. ``whole_search`` (``--compile search`` rather than
-        ``level``) compiles the same: the beam search is already whole.
+        """Compile the search with ``torch.compile(dynamic=False)``: at batch 1 a search is mostly
+        the fixed cost of many small operators, which one graph fuses (on a CPU with inductor's
+        C++ wrapper, which calls the kernels without Python in between).
+
+        The graph holds the encoder and every tree's beam search (`_static_beams`), and with one
+        tree the final ranking too (`_one_tree_ranking`): the beam's items, their other leaves
+        scored by one decoder step from the level before the last. A forest's other trees'
+        candidates, or one tree's leaves that step cannot reach, have widths that depend on the
+        data and are ranked eagerly after the graph. ``whole_search`` (``--compile search``
+        rather than ``level``) compiles the same: the beam search is already whole.
 
         Histories keep their full width (masked, no padding trim); batches are padded to the
-        next power of two; each new padded size or beam compiles again (tens of seconds on a
+        next power of two; each new padded size, k or beam compiles again (tens of seconds on a
         CPU), so it suits a server whose batch sizes are few (a batch-1 latency path). The scores
         equal the eager ones up to float rounding."""
-        self._compiled_beams = torch.compile(self._static_beams, dynamic=False)
+        options: dict[str, str | int | bool | Callable[..., Any]] | None = (
+            {"cpp_wrapper": True} if self.device.type == "cpu" else None
+        )
+        self._compiled_search = torch.compile(self._static_search, dynamic=False, options=options)
+        # the eager ranking's cached decoder steps: widths vary, so one graph with symbolic sizes
+        self._compiled_step = torch.compile(PathDecoder.step, dynamic=True)
 
     def _tree_beams(self, mems: list, beam: int) -> list:
         """Per tree, `beam_search_with_siblings` over its memory."""
         return [beam_search_with_siblings(dec, mem, beam) for dec, mem in zip(self.net.decoder_list(), mems)]
 
-    def _static_beams(self, histories: torch.Tensor, beam: int) -> tuple[list, list]:
-        """The memories and every tree's beams with no host sync and no shape taken from the
-        data (what `compile` compiles): histories (U, 69) at full width."""
+    def _static_search(self, histories: torch.Tensor, k: int, beam: int):
+        """What `compile` compiles, with no host sync and no shape taken from the data: histories
+        (U, 69) at full width -> the memories, every tree's beams, and with one tree its
+        `_one_tree_ranking` (else None)."""
         mems = self.net.memories(histories, trim=False)
-        return mems, self._tree_beams(mems, beam)
+        beams = self._tree_beams(mems, beam)
+        ranking = self._one_tree_ranking(mems[0], beams[0], k) if len(beams) == 1 else None
+        return mems, beams, ranking
+
+    def _one_tree_ranking(self, mem, beams, k: int):
+        """A one-tree index's final ranking in fixed shapes: the items of the beam's leaves
+        (U, B), each scored by the sum over its leaves (U, B, R). A leaf under one of the last
+        level's kept parents has its log-prob already; the others' distinct parents (at most
+        `ONE_TREE_PARENTS` x B of them) take one decoder step each from their grandparent's
+        cache, which the level before the last kept (`BeamLevel`). Returns (scores (U, k),
+        items (U, k), resolved (U,) bool, candidates (U,)): resolved is False where a row had more
+        parents than that, or one whose grandparent that level did not step -- such a batch is
+        ranked eagerly."""
+        digits, _, parents, children, levels = beams
+        grand = levels[-2] if len(levels) > 1 else None
+        tab, dec = self.tables, self.net.decoder_list()[0]
+        kk, u = tab.arity, digits.shape[0]
+        cand = unique_rows(tab.leaf_item[0][tab.to_codes(digits)])  # (U, B)
+        b = cand.shape[1]
+        leaves = tab.item_codes[0][cand.clamp(min=0)]  # (U, B, R)
+        leaves = torch.where((cand >= 0)[..., None], leaves, torch.full_like(leaves, -1)).flatten(1)  # (U, B*R)
+        parent, child = leaves.clamp(min=0) // kk, leaves.clamp(min=0) % kk
+        kept = tab.to_codes(parents)  # (U, P) the last level's parents
+        at, hit = _find(kept, parent)
+        hit &= leaves >= 0
+        known = children.flatten(1).gather(1, at * kk + child)
+        missing = (leaves >= 0) & ~hit
+        # the missing leaves' distinct parents, sorted, first W of them; `none` pads
+        none = kk ** (tab.depths[0] - 1)
+        key, _ = torch.where(missing, parent, torch.full_like(parent, none)).sort(dim=1)
+        first = torch.ones_like(key, dtype=torch.bool)
+        first[:, 1:] = key[:, 1:] != key[:, :-1]
+        first &= key < none
+        w = min(ONE_TREE_PARENTS * b, key.shape[1])
+        todo = torch.where(first, key, torch.full_like(key, none)).sort(dim=1)[0][:, :w]  # (U, W)
+        resolved = first.sum(1) <= w
+        if grand is None:  # depth 1: every leaf is a child of the root, none missing
+            lp = torch.where(hit, known, torch.full_like(known, float("-inf")))
+        else:
+            at_g, found = _find(tab.to_codes(grand.prefixes), todo // kk)  # (U, W) in the level H-2
+            resolved &= (found | (todo == none)).all(1)
+            rows = torch.arange(u, device=todo.device)[:, None]
+            head = grand.children.flatten(1).gather(1, at_g * kk + todo % kk)  # log p(parent path)
+            cache = [(kc[rows, at_g], vc[rows, at_g]) for kc, vc in grand.cache]
+            logp, _ = dec.step(mem, todo % kk, tab.depths[0] - 1, cache)  # (U, W, K)
+            slot, _ = _find(todo, parent)
+            stepped = head.gather(1, slot) + logp.flatten(1).gather(1, slot * kk + child)
+            lp = torch.where(hit, known, torch.where(missing, stepped, torch.full_like(known, float("-inf"))))
+        total = torch.logsumexp(lp.view(u, b, -1), dim=2).masked_fill(cand < 0, float("-inf"))
+        scores, items = ranked(total, cand, k)
+        return scores, items, resolved, (cand >= 0).sum(1)
 
     @search_mode
     def search(self, histories: torch.Tensor, k: int, beam: int):
         histories = histories.to(self.device).long()
         u = histories.shape[0]
-        if self._compiled_beams is None:
+        if self._compiled_search is None:
             mems = self.net.memories(histories)
             beams = self._tree_beams(mems, beam)
         else:
             size = 1 << max(0, (u - 1).bit_length())  # batches padded to a power of two: few graphs
             if size > u:
                 histories = torch.cat([histories, histories.new_full((size - u, histories.shape[1]), -1)])
-            mems, beams = self._compiled_beams(histories, beam)
+            mems, beams, ranking = self._compiled_search(histories, k, beam)
+            if ranking is not None and bool(ranking[2][:u].all()):
+                self._last_candidates = float(ranking[3][:u].float().mean())
+                return ranking[0][:u], ranking[1][:u]
             mems = [_user_slice(mem, 0, u) for mem in mems]
-            beams = [tuple(x[:u] for x in b) for b in beams]
+            beams = [(*(x[:u] for x in b[:4]), [_level_slice(lv, 0, u) for lv in b[4]]) for b in beams]
+        return self._ranking(mems, beams, k)
+
+    def _ranking(self, mems: list, beams: list, k: int):
+        """The union of every tree's beam items ranked by sum_t log p_t(item), with data-dependent
+        widths (`_item_log_probs`)."""
         tab, found, leaves = self.tables, [], []
-        for t, (digits, _, parents, children) in enumerate(beams):
+        for t, (digits, _, parents, children, levels) in enumerate(beams):
             found.append(tab.leaf_item[t][tab.to_codes(digits)])
             # the beam's leaves and their siblings, scored on the way: codes parent * K + child (U, P*K)
             sib = tab.to_codes(parents)[..., None] * tab.arity + torch.arange(tab.arity, device=self.device)
-            leaves.append((sib.flatten(1), children.flatten(1)))
+            # the deepest level above the parents whose every prefix the beam stepped (K^l <= beam)
+            complete = [lv for lv in levels[:-1] if lv.children.shape[1] == tab.arity ** lv.prefixes.shape[2]]
+            leaves.append((sib.flatten(1), children.flatten(1), complete[-1] if complete else None))
         cand = unique_rows(torch.cat(found, dim=1))  # (U, C)
         self._last_candidates = float((cand >= 0).sum(1).float().mean().item())
         total = torch.zeros(cand.shape, device=self.device)
@@ -279,6 +366,32 @@ class RecForestSearcher(Searcher):
             total = total + torch.logsumexp(per, dim=2)
         items = torch.arange(self.n_items, device=self.device).expand(u, -1)
         return ranked(total, items, k)
+
+
+def _find(codes: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of values (U, N) sits in the same row of codes (U, M): (position (U, N), found
+    (U, N) bool); where not found, position is some index in range."""
+    ordered, order = codes.sort(dim=1)
+    pos = torch.searchsorted(ordered, values).clamp(max=ordered.shape[1] - 1)
+    return order.gather(1, pos), ordered.gather(1, pos) == values
+
+
+class _CompiledSteps:
+    """A `StepDecoder` whose steps run through a compiled `PathDecoder.step`."""
+
+    def __init__(self, dec: PathDecoder, step: Callable[..., tuple[torch.Tensor, list]]):
+        self.dec, self._step, self.arity, self.depth = dec, step, dec.arity, dec.depth
+
+    def step(self, mem, last_codes: torch.Tensor | None, level: int, cache) -> tuple[torch.Tensor, list]:
+        return self._step(self.dec, mem, last_codes, level, cache)
+
+    def level_log_probs(self, mem, codes: torch.Tensor) -> torch.Tensor:
+        return self.dec.level_log_probs(mem, codes)
+
+
+def _level_slice(level: BeamLevel, lo: int, hi: int) -> BeamLevel:
+    """Users lo..hi of a `BeamLevel`."""
+    return BeamLevel(level.prefixes[lo:hi], level.children[lo:hi], [(k[lo:hi], v[lo:hi]) for k, v in level.cache])
 
 
 def _user_slice(mem, lo: int, hi: int):
