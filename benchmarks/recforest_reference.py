@@ -21,9 +21,12 @@ also times grove's compiled search (`RecForestSearcher.compile`, compiled once i
 encoder and beams as one graph, with one tree the final ranking too). Both run on the same untrained paper-sized network (hidden 96,
 2 + 2 layers, 4 heads) over complete 18-ary trees built by Algorithm 2 from random 24-d item
 embeddings (untrained: the cost of a search does not depend on the weights), with random
-69-item histories, one torch thread, one user per call. Each round times every user once with
-each implementation, the order alternating; ms/user is the median over rounds of each round's
-mean, the ratio is taken within each round. The first user's top-k of the two must agree
+69-item histories, one torch thread, one user per call. Each round times every implementation
+over all the users, one user after another (as a server takes requests), the implementations'
+order alternating from round to round; ms/user is the median over rounds of each round's mean,
+the ratio is taken within each round. (Alternating implementations user by user instead starts
+every grove search with caches the reference has just filled with its own data: a cold start
+rather than a server's steady state; benchmarks/README.md gives both.) The first user's top-k of the two must agree
 (overlap >= 0.99, checked; float sums differ only in the last bits).
 
 Writes ``benchmarks/results/recforest_reference.json`` and ``.md`` (``_<tag>`` with ``--tag``).
@@ -86,9 +89,10 @@ def reference_search(net: RecForestNet, tables: ForestTables, histories: torch.T
 def side_by_side(
     net, tables, n_items: int, hist: torch.Tensor, k: int, beam: int, rounds: int, compiled: bool = False
 ) -> dict:
-    """ms/user of each implementation per round, the users searched one at a time; with
-    ``compiled``, grove's compiled search too (`RecForestSearcher.compile`, compiled once in the
-    warm-up, outside the timing)."""
+    """ms/user of each implementation per round, the users searched one at a time and one after
+    another, the implementations' order alternating from round to round; with ``compiled``,
+    grove's compiled search too (`RecForestSearcher.compile`, compiled once in the warm-up,
+    outside the timing)."""
     grove = RecForestSearcher(net, tables, n_items, torch.device("cpu"))
     impls = {
         "grove": lambda h: grove.search(h, k, beam),
@@ -102,15 +106,11 @@ def side_by_side(
     agree = min(overlap(first["reference"], first[name]) for name in impls if name != "reference")
     per_round: dict[str, list[float]] = {name: [] for name in impls}
     for r in range(rounds):
-        spent = dict.fromkeys(impls, 0.0)
-        for i in range(hist.shape[0]):
-            order = list(impls) if (r + i) % 2 == 0 else list(reversed(impls))
-            for name in order:
-                t = time.perf_counter()
+        for name in list(impls) if r % 2 == 0 else list(reversed(impls)):
+            t = time.perf_counter()
+            for i in range(hist.shape[0]):  # the users one after another, as a server takes them
                 impls[name](hist[i : i + 1])
-                spent[name] += time.perf_counter() - t
-        for name in impls:
-            per_round[name].append(1000 * spent[name] / hist.shape[0])
+            per_round[name].append(1000 * (time.perf_counter() - t) / hist.shape[0])
     ratios = [ref / g for ref, g in zip(per_round["reference"], per_round["grove"])]
     row = {
         "ms_per_user": {name: statistics.median(v) for name, v in per_round.items()},

@@ -235,6 +235,10 @@ def test_compiled_search_equals_eager():
     assert 0 < int(resolved.sum()) < 7  # both paths taken
     assert torch.equal(items[:7][resolved], want[1][resolved])
     torch.testing.assert_close(scores[:7][resolved], want[0][resolved], atol=1e-5, rtol=1e-5)
+    s.leaf_scoring = "cached"  # the eager ranking's descent, compiled with symbolic widths
+    got = s.search(hist, k=10, beam=3)
+    assert torch.equal(want[1], got[1])
+    torch.testing.assert_close(want[0], got[0], atol=1e-5, rtol=1e-5)
 
 
 def test_full_beam_gives_every_path_and_probabilities_sum_to_one():

@@ -352,8 +352,22 @@ def beam_search_with_siblings(dec: StepDecoder, mem, beam: int, use_cache: bool 
     return codes, scores, parents, children, levels
 
 
+def descend(
+    dec: StepDecoder, mem, children: torch.Tensor, cache: list, up: torch.Tensor, code: torch.Tensor, level: int
+):
+    """One level down a sub-tree: for the G nodes (U, G) at ``level``, child ``code`` of row
+    ``up`` of the level above (children (U, P, K) log p(prefix, child) and its cache), their
+    log p (U, G), their children's conditional log-probs (U, G, K) and joint ones (U, G, K),
+    and their cache. What `prefix_log_probs` repeats; a compiled search compiles it whole."""
+    rows = torch.arange(up.shape[0], device=up.device)[:, None]
+    head = children[rows, up, code]
+    cache = [(kk[rows, up], vv[rows, up]) for kk, vv in cache]
+    logp, cache = dec.step(mem, code, level, cache)
+    return head, logp, head[..., None] + logp, cache
+
+
 def prefix_log_probs(
-    dec: StepDecoder, mem, parents: torch.Tensor, start: BeamLevel | None = None
+    dec: StepDecoder, mem, parents: torch.Tensor, start: BeamLevel | None = None, down=descend
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p of given parent paths and of each of their K children, decoded level by level with
     the cache over the distinct prefixes only: one step per (user, internal node on the way to a
@@ -362,14 +376,13 @@ def prefix_log_probs(
     parents (U, W) long: parent codes (the first H-1 codes as a base-K int, any order, repeats
     allowed). ``start``: a beam search's `BeamLevel` of a level L <= H-2 that stepped every
     prefix of the parents at that level (a complete level: K^L <= beam); decoding resumes
-    below it instead of from the root. Returns head (U, W) log p(parent path) and last
-    (U, W, K) log p(child | parent). Memory: the cache of the W parents' prefixes, (U, W,
-    heads, H-1, dh) per layer."""
+    below it instead of from the root. ``down``: `descend` or a compiled one. Returns head
+    (U, W) log p(parent path) and last (U, W, K) log p(child | parent). Memory: the cache of
+    the W parents' prefixes, (U, W, heads, H-1, dh) per layer."""
     u, w = parents.shape
     k, depth = dec.arity, dec.depth
     if not w:
         return parents.new_zeros(u, 0, dtype=torch.float32), parents.new_zeros(u, 0, k, dtype=torch.float32)
-    rows = torch.arange(u, device=parents.device)[:, None]
     if start is None:
         logp, cache = dec.step(mem, None, 0, None)  # (U, 1, K): the root's children
         children, first = logp, 1
@@ -388,10 +401,7 @@ def prefix_log_probs(
         new_slot, rep = prefix_groups(prefix)  # rep (U, G): one parent per distinct prefix
         up = slot.gather(1, rep)  # (U, G): its prefix one level up
         code = (prefix % k).gather(1, rep)  # (U, G): its code at level - 1
-        head = children[rows, up, code]  # log p(prefix)
-        cache = [(kk[rows, up], vv[rows, up]) for kk, vv in cache]
-        logp, cache = dec.step(mem, code, level, cache)  # (U, G, K)
-        children = head[..., None] + logp
+        head, logp, children, cache = down(dec, mem, children, cache, up, code, level)
         slot = new_slot
     return head.gather(1, slot), logp.gather(1, slot[..., None].expand(-1, -1, k))
 

@@ -28,11 +28,11 @@ from grove.models.method import Searcher
 from grove.models.precision import search_mode
 from grove.models.recforest.network import (
     BeamLevel,
-    PathDecoder,
     RecForestNet,
     StepDecoder,
     all_leaf_log_probs,
     beam_search_with_siblings,
+    descend,
     prefix_groups,
     prefix_log_probs,
 )
@@ -155,7 +155,7 @@ class RecForestSearcher(Searcher):
         self.net, self.tables, self.n_items, self.device = net.eval(), tables, n_items, device
         self._last_candidates: float | None = None
         self._compiled_search: Callable[[torch.Tensor, int, int], tuple[list, list, tuple | None]] | None = None
-        self._compiled_step: Callable[..., tuple[torch.Tensor, list]] | None = None
+        self._compiled_descend: Callable[..., tuple] | None = None
 
     def last_candidates(self) -> float | None:
         return self._last_candidates
@@ -218,14 +218,14 @@ class RecForestSearcher(Searcher):
     def _cached_leaves(self, t: int, mem, leaves: torch.Tensor, start: BeamLevel | None = None) -> torch.Tensor:
         """log p_t(leaf) of leaf codes (U, W) by `prefix_log_probs` over their parents (resumed
         from ``start``), in user chunks of <= PATH_CHUNK parents."""
-        k, plain = self.tables.arity, self.net.decoder_list()[t]
-        dec: StepDecoder = plain if self._compiled_step is None else _CompiledSteps(plain, self._compiled_step)
+        k, dec = self.tables.arity, self.net.decoder_list()[t]
+        down = descend if self._compiled_descend is None else self._compiled_descend
         step = max(1, PATH_CHUNK // max(1, leaves.shape[1]))
         out = []
         for i in range(0, leaves.shape[0], step):
             part = leaves[i : i + step]
             resume = None if start is None else _level_slice(start, i, i + step)
-            head, last = prefix_log_probs(dec, _user_slice(mem, i, i + step), part // k, resume)
+            head, last = prefix_log_probs(dec, _user_slice(mem, i, i + step), part // k, resume, down)
             out.append(head + last.gather(2, (part % k)[..., None]).squeeze(-1))
         return torch.cat(out)
 
@@ -249,8 +249,8 @@ class RecForestSearcher(Searcher):
             {"cpp_wrapper": True} if self.device.type == "cpu" else None
         )
         self._compiled_search = torch.compile(self._static_search, dynamic=False, options=options)
-        # the eager ranking's cached decoder steps: widths vary, so one graph with symbolic sizes
-        self._compiled_step = torch.compile(PathDecoder.step, dynamic=True)
+        # the eager ranking's cached descent: widths vary, so one graph with symbolic sizes
+        self._compiled_descend = torch.compile(descend, dynamic=True)
 
     def _tree_beams(self, mems: list, beam: int) -> list:
         """Per tree, `beam_search_with_siblings` over its memory."""
@@ -374,19 +374,6 @@ def _find(codes: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torc
     ordered, order = codes.sort(dim=1)
     pos = torch.searchsorted(ordered, values).clamp(max=ordered.shape[1] - 1)
     return order.gather(1, pos), ordered.gather(1, pos) == values
-
-
-class _CompiledSteps:
-    """A `StepDecoder` whose steps run through a compiled `PathDecoder.step`."""
-
-    def __init__(self, dec: PathDecoder, step: Callable[..., tuple[torch.Tensor, list]]):
-        self.dec, self._step, self.arity, self.depth = dec, step, dec.arity, dec.depth
-
-    def step(self, mem, last_codes: torch.Tensor | None, level: int, cache) -> tuple[torch.Tensor, list]:
-        return self._step(self.dec, mem, last_codes, level, cache)
-
-    def level_log_probs(self, mem, codes: torch.Tensor) -> torch.Tensor:
-        return self.dec.level_log_probs(mem, codes)
 
 
 def _level_slice(level: BeamLevel, lo: int, hi: int) -> BeamLevel:
