@@ -234,7 +234,7 @@ class RecForestSearcher(Searcher):
         the fixed cost of many small operators, which one graph fuses (on a CPU with inductor's
         C++ wrapper, which calls the kernels without Python in between).
 
-        The graph holds the encoder and every tree's beam search (`_static_beams`), and with one
+        The graph (`_static_search`) holds the encoder and every tree's beam search, and with one
         tree the final ranking too (`_one_tree_ranking`): the beam's items, their other leaves
         scored by one decoder step from the level before the last. A forest's other trees'
         candidates, or one tree's leaves that step cannot reach, have widths that depend on the
