@@ -316,14 +316,15 @@ class BeamLevel(NamedTuple):
 
 
 def beam_search_with_siblings(dec: StepDecoder, mem, beam: int, use_cache: bool = True):
-    """`path_beam_search`, and what its last levels scored on the way: every child of the last
-    level's P kept prefixes (the beam's leaves and their siblings), and the level before it.
+    """`path_beam_search`, and what its levels scored on the way: every child of the last
+    level's P kept prefixes (the beam's leaves and their siblings), and earlier levels' states.
 
     Returns codes (U, B', H), log-probs (U, B'), parents (U, P, H-1) long (P = min(beam,
     K^(H-1))), children (U, P, K) log p(parent path, child): the leaves of a final ranking
-    that sit under one of these parents need no further decoder step; and the `BeamLevel` of
-    every level (empty without the cache): a node whose parent a level stepped is one step
-    away."""
+    that sit under one of these parents need no further decoder step; and per level l a
+    `BeamLevel` (a node whose parent it stepped is one step away), kept for the levels that
+    stepped every prefix (K^l <= beam) and for level H-2, else None, so that a large batch
+    does not hold every level's cache (empty without the cache)."""
     u = mem[1].shape[0]
     dev = mem[1].device
     codes = torch.zeros(u, 1, 0, dtype=torch.long, device=dev)
@@ -332,7 +333,7 @@ def beam_search_with_siblings(dec: StepDecoder, mem, beam: int, use_cache: bool 
     rows = torch.arange(u, device=dev)[:, None]
     children = scores[:, :, None]
     parents = codes
-    levels: list[BeamLevel] = []
+    levels: list[BeamLevel | None] = []
     for level in range(dec.depth):
         if use_cache:
             last = None if level == 0 else codes[:, :, -1]
@@ -342,7 +343,8 @@ def beam_search_with_siblings(dec: StepDecoder, mem, beam: int, use_cache: bool 
             logp = dec.level_log_probs(mem, padded)[:, :, level]
         children, parents = scores[:, :, None] + logp, codes  # (U, P, K), (U, P, level)
         if cache is not None:
-            levels.append(BeamLevel(parents, children, cache))
+            keep = level == dec.depth - 2 or children.shape[1] == dec.arity**level
+            levels.append(BeamLevel(parents, children, cache) if keep else None)
         cand = children.reshape(u, -1)  # (U, P*K)
         scores, idx = cand.topk(min(beam, cand.shape[1]), dim=1)  # sorted, best first
         parent, code = idx // dec.arity, idx % dec.arity

@@ -329,7 +329,7 @@ class RecForestSearcher(Searcher):
                 self._last_candidates = float(ranking[3][:u].float().mean())
                 return ranking[0][:u], ranking[1][:u]
             mems = [_user_slice(mem, 0, u) for mem in mems]
-            beams = [(*(x[:u] for x in b[:4]), [_level_slice(lv, 0, u) for lv in b[4]]) for b in beams]
+            beams = [(*(x[:u] for x in b[:4]), [lv and _level_slice(lv, 0, u) for lv in b[4]]) for b in beams]
         return self._ranking(mems, beams, k)
 
     def _ranking(self, mems: list, beams: list, k: int):
@@ -341,7 +341,9 @@ class RecForestSearcher(Searcher):
             # the beam's leaves and their siblings, scored on the way: codes parent * K + child (U, P*K)
             sib = tab.to_codes(parents)[..., None] * tab.arity + torch.arange(tab.arity, device=self.device)
             # the deepest level above the parents whose every prefix the beam stepped (K^l <= beam)
-            complete = [lv for lv in levels[:-1] if lv.children.shape[1] == tab.arity ** lv.prefixes.shape[2]]
+            complete = [
+                lv for lv in levels[:-1] if lv is not None and lv.children.shape[1] == tab.arity ** lv.prefixes.shape[2]
+            ]
             leaves.append((sib.flatten(1), children.flatten(1), complete[-1] if complete else None))
         cand = unique_rows(torch.cat(found, dim=1))  # (U, C)
         self._last_candidates = float((cand >= 0).sum(1).float().mean().item())
