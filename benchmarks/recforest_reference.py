@@ -18,16 +18,17 @@ grove's `RecForestSearcher` encodes once, decodes with a key/value cache, reuses
 beams scored (their siblings too) and scores the other leaves from their parents (one
 teacher-forced pass per parent, or the parents' distinct prefixes with the cache). ``--compile``
 also times grove's compiled search (`RecForestSearcher.compile`, compiled once in the warm-up:
-encoder and beams as one graph, with one tree the final ranking too). Both run on the same untrained paper-sized network (hidden 96,
-2 + 2 layers, 4 heads) over complete 18-ary trees built by Algorithm 2 from random 24-d item
-embeddings (untrained: the cost of a search does not depend on the weights), with random
-69-item histories, one torch thread, one user per call. Each round times every implementation
-over all the users, one user after another (as a server takes requests), the implementations'
-order alternating from round to round; ms/user is the median over rounds of each round's mean,
-the ratio is taken within each round. (Alternating implementations user by user instead starts
-every grove search with caches the reference has just filled with its own data: a cold start
-rather than a server's steady state; benchmarks/README.md gives both.) The first user's top-k of the two must agree
-(overlap >= 0.99, checked; float sums differ only in the last bits).
+encoder and beams as one graph, with one tree the final ranking too). Both run on the same
+untrained paper-sized network (hidden 96, 2 + 2 layers, 4 heads) over complete 18-ary trees
+built by Algorithm 2 from random 24-d item embeddings (untrained: the cost of a search does not
+depend on the weights), with random 69-item histories, one torch thread, one user per call. Each
+round times every implementation over all the users, one user after another (as a server takes
+requests), the implementations' order alternating from round to round; ms/user is the median
+over rounds of each round's mean, the ratio is taken within each round. (Alternating
+implementations user by user instead starts every grove search with caches the reference has
+just filled with its own data: a cold start rather than a server's steady state;
+benchmarks/README.md gives both.) The first user's top-k of the two must agree (overlap >= 0.99,
+checked; float sums differ only in the last bits).
 
 Writes ``benchmarks/results/recforest_reference.json`` and ``.md`` (``_<tag>`` with ``--tag``).
 """
