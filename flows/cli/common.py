@@ -26,30 +26,28 @@ def ints(text: str) -> tuple[int, ...]:
     return vals
 
 
-def cutoffs(text: str) -> tuple[int, ...]:
-    """argparse type of an evaluation's ``--k``: `ints`, each at most
-    `grove.models.limits.MAX_K` (checked before anything is loaded)."""
-    from grove.models.limits import check_evaluation
-
+def _checked_ints(text: str, check) -> tuple[int, ...]:
+    """`ints`, then ``check`` (a `grove.models.limits` bound) before anything is loaded."""
     vals = ints(text)
     try:
-        check_evaluation(vals, ())
+        check(vals)
     except GroveError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return vals
+
+
+def cutoffs(text: str) -> tuple[int, ...]:
+    """argparse type of an evaluation's ``--k``: `ints`, each at most `grove.models.limits.MAX_K`."""
+    from grove.models.limits import check_evaluation
+
+    return _checked_ints(text, lambda ks: check_evaluation(ks, ()))
 
 
 def beam_sizes(text: str) -> tuple[int, ...]:
-    """argparse type of an evaluation's ``--beam``: `ints`, each at most
-    `grove.models.limits.MAX_BEAM`."""
-    from grove.models.limits import check_evaluation
+    """argparse type of an evaluation's ``--beam``: `ints`, each at most `grove.models.limits.MAX_BEAM`."""
+    from grove.models.limits import check_beam
 
-    vals = ints(text)
-    try:
-        check_evaluation((1,), vals)
-    except GroveError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return vals
+    return _checked_ints(text, lambda beams: [check_beam(b) for b in beams])
 
 
 def one_int(text: str) -> int:

@@ -305,6 +305,22 @@ def path_beam_search(dec: StepDecoder, mem, beam: int, use_cache: bool = True):
     return codes, scores
 
 
+def path_codes(digits: torch.Tensor, k: int) -> torch.Tensor:
+    """K-way paths (..., h) -> their codes (...), the path read as a base-K int, first level most
+    significant (place values from Python ints: a compiled graph holds them as constants)."""
+    h = digits.shape[-1]
+    place = torch.tensor([k**i for i in range(h - 1, -1, -1)], dtype=torch.long, device=digits.device)
+    return (digits * place).sum(-1)
+
+
+def find_in_rows(codes: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each of values (U, N) sits in the same row of codes (U, M): (position (U, N), found
+    (U, N) bool); where not found, position is some index in range."""
+    ordered, order = codes.sort(dim=1)
+    pos = torch.searchsorted(ordered, values).clamp(max=ordered.shape[1] - 1)
+    return order.gather(1, pos), ordered.gather(1, pos) == values
+
+
 class BeamLevel(NamedTuple):
     """What one level of a beam search computed for the P prefixes it stepped: prefixes (U, P, l)
     codes, children (U, P, K) log p(prefix, child), and the decoder cache, per layer (k, v)
@@ -391,11 +407,7 @@ def prefix_log_probs(
         slot = torch.zeros_like(parents)  # each parent's prefix among the level's rows
     else:
         first = start.prefixes.shape[2] + 1
-        place = k ** torch.arange(first - 2, -1, -1, device=parents.device)
-        codes = (start.prefixes * place).sum(-1)  # (U, P) the level's prefixes as base-K ints
-        order = codes.argsort(dim=1)
-        at = torch.searchsorted(codes.gather(1, order), parents // k ** (depth - first))
-        slot = order.gather(1, at.clamp(max=codes.shape[1] - 1))
+        slot, _ = find_in_rows(path_codes(start.prefixes, k), parents // k ** (depth - first))
         children, cache = start.children, start.cache
     head = children.new_zeros(u, 1)
     for level in range(first, depth):

@@ -33,6 +33,8 @@ from grove.models.recforest.network import (
     all_leaf_log_probs,
     beam_search_with_siblings,
     descend,
+    find_in_rows,
+    path_codes,
     prefix_groups,
     prefix_log_probs,
 )
@@ -95,15 +97,18 @@ class ForestTables:
 
     def digits(self, codes: torch.Tensor, t: int) -> torch.Tensor:
         """Leaf codes (...) -> K-way paths (..., H_t)."""
-        return (codes.clamp(min=0)[..., None] // self._powers(self.depths[t], codes.device)) % self.arity
+        h = self.depths[t]
+        place = torch.tensor([self.arity**i for i in range(h - 1, -1, -1)], dtype=torch.long, device=codes.device)
+        return (codes.clamp(min=0)[..., None] // place) % self.arity
 
     def to_codes(self, digits: torch.Tensor) -> torch.Tensor:
-        return (digits * self._powers(digits.shape[-1], digits.device)).sum(-1)
+        return path_codes(digits, self.arity)
 
-    def _powers(self, h: int, device) -> torch.Tensor:
-        """(K^(h-1), ..., K, 1): the place values of an h-digit code (from Python ints: a
-        compiled graph holds them as constants)."""
-        return torch.tensor([self.arity**i for i in range(h - 1, -1, -1)], dtype=torch.long, device=device)
+    def candidate_leaves(self, cand: torch.Tensor, t: int) -> torch.Tensor:
+        """Candidate items (U, C) (-1 holes) -> the codes of their leaves in tree t, (U, C * R),
+        -1 for padding and holes."""
+        leaves = self.item_codes[t][cand.clamp(min=0)]  # (U, C, R)
+        return torch.where((cand >= 0)[..., None], leaves, torch.full_like(leaves, -1)).flatten(1)
 
     def sample_codes(self, items: torch.Tensor, t: int, gen: torch.Generator) -> torch.Tensor:
         """Training targets: for items (n,), one of each item's leaves in tree t, uniformly
@@ -125,7 +130,7 @@ def score_paths(dec: StepDecoder, mem, digits: torch.Tensor, groups=None) -> tor
     u, p, h = digits.shape
     k = dec.arity
     if groups is None:
-        groups = prefix_groups((digits[..., :-1] * k ** torch.arange(h - 2, -1, -1, device=digits.device)).sum(-1))
+        groups = prefix_groups(path_codes(digits[..., :-1], k))
     slot, rep = groups
     if not rep.shape[1]:
         return digits.new_zeros(u, p, dtype=torch.float32)
@@ -173,14 +178,10 @@ class RecForestSearcher(Searcher):
         beam's deepest complete level, where cached decoding resumes (`prefix_log_probs`)."""
         tab, dec = self.tables, self.net.decoder_list()[t]
         u, c = cand.shape
-        leaves = tab.item_codes[t][cand.clamp(min=0)]  # (U, C, R)
-        leaves = torch.where((cand >= 0)[..., None], leaves, torch.full_like(leaves, -1)).reshape(u, -1)
-        sorted_codes, order = leaf_codes.sort(dim=1)
-        pos = torch.searchsorted(sorted_codes, leaves).clamp(max=sorted_codes.shape[1] - 1)
-        hit = (sorted_codes.gather(1, pos) == leaves) & (leaves >= 0)
-        lp = torch.where(
-            hit, leaf_lp.gather(1, order.gather(1, pos)), torch.full_like(leaves, 0.0, dtype=leaf_lp.dtype)
-        )
+        leaves = tab.candidate_leaves(cand, t)  # (U, C * R)
+        at, hit = find_in_rows(leaf_codes, leaves)
+        hit &= leaves >= 0
+        lp = torch.where(hit, leaf_lp.gather(1, at), torch.full_like(leaves, 0.0, dtype=leaf_lp.dtype))
         lp = lp.masked_fill(leaves < 0, float("-inf"))
         missing = (leaves >= 0) & ~hit
         width = int(missing.sum(1).max().item()) if missing.numel() else 0
@@ -280,11 +281,9 @@ class RecForestSearcher(Searcher):
         kk, u = tab.arity, digits.shape[0]
         cand = unique_rows(tab.leaf_item[0][tab.to_codes(digits)])  # (U, B)
         b = cand.shape[1]
-        leaves = tab.item_codes[0][cand.clamp(min=0)]  # (U, B, R)
-        leaves = torch.where((cand >= 0)[..., None], leaves, torch.full_like(leaves, -1)).flatten(1)  # (U, B*R)
+        leaves = tab.candidate_leaves(cand, 0)  # (U, B * R)
         parent, child = leaves.clamp(min=0) // kk, leaves.clamp(min=0) % kk
-        kept = tab.to_codes(parents)  # (U, P) the last level's parents
-        at, hit = _find(kept, parent)
+        at, hit = find_in_rows(tab.to_codes(parents), parent)  # among the last level's parents
         hit &= leaves >= 0
         known = children.flatten(1).gather(1, at * kk + child)
         missing = (leaves >= 0) & ~hit
@@ -300,13 +299,10 @@ class RecForestSearcher(Searcher):
         if grand is None:  # depth 1: every leaf is a child of the root, none missing
             lp = torch.where(hit, known, torch.full_like(known, float("-inf")))
         else:
-            at_g, found = _find(tab.to_codes(grand.prefixes), todo // kk)  # (U, W) in the level H-2
+            at_g, found = find_in_rows(tab.to_codes(grand.prefixes), todo // kk)  # (U, W) in the level H-2
             resolved &= (found | (todo == none)).all(1)
-            rows = torch.arange(u, device=todo.device)[:, None]
-            head = grand.children.flatten(1).gather(1, at_g * kk + todo % kk)  # log p(parent path)
-            cache = [(kc[rows, at_g], vc[rows, at_g]) for kc, vc in grand.cache]
-            logp, _ = dec.step(mem, todo % kk, tab.depths[0] - 1, cache)  # (U, W, K)
-            slot, _ = _find(todo, parent)
+            head, logp, _, _ = descend(dec, mem, grand.children, grand.cache, at_g, todo % kk, tab.depths[0] - 1)
+            slot, _ = find_in_rows(todo, parent)
             stepped = head.gather(1, slot) + logp.flatten(1).gather(1, slot * kk + child)
             lp = torch.where(hit, known, torch.where(missing, stepped, torch.full_like(known, float("-inf"))))
         total = torch.logsumexp(lp.view(u, b, -1), dim=2).masked_fill(cand < 0, float("-inf"))
@@ -368,14 +364,6 @@ class RecForestSearcher(Searcher):
             total = total + torch.logsumexp(per, dim=2)
         items = torch.arange(self.n_items, device=self.device).expand(u, -1)
         return ranked(total, items, k)
-
-
-def _find(codes: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each of values (U, N) sits in the same row of codes (U, M): (position (U, N), found
-    (U, N) bool); where not found, position is some index in range."""
-    ordered, order = codes.sort(dim=1)
-    pos = torch.searchsorted(ordered, values).clamp(max=ordered.shape[1] - 1)
-    return order.gather(1, pos), ordered.gather(1, pos) == values
 
 
 def _level_slice(level: BeamLevel, lo: int, hi: int) -> BeamLevel:
